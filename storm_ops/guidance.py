@@ -1,0 +1,279 @@
+"""Composable guidance: loss terms with their own step windows, step sizes and thresholds.
+
+A :class:`Guidance` is an immutable tuple of :class:`GuidanceTerm` objects (what the loss nodes
+produce and chain). At denoising step ``i`` of ``n`` the sampler asks which terms are active,
+records the attention maps they need, and minimises
+
+    objective = sum_k  weight_k * alpha_k(i) * L_k
+
+so one backward pass serves every term and each term keeps its paper's step size
+(``z <- z - alpha_k * grad L_k`` summed over terms). Per-run scratch state (A-STAR's masks of the
+previous step, say) lives in a dict the sampler creates per run, never in the terms.
+
+Step positions are fractions of the schedule so paper defaults carry over to any step count:
+A&E's "update at steps 0..24 of 50" is the window ``[0, 0.5)``; its refinement thresholds at steps
+0, 10 and 20 are at fractions 0, 0.2 and 0.4.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import StormError
+from .tokens import TokenLayout
+
+
+@dataclass(frozen=True)
+class StepWindow:
+    """Steps ``round(start * n) <= i < round(end * n)`` of an ``n``-step schedule."""
+
+    start: float = 0.0
+    end: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.start <= 1.0 and 0.0 <= self.end <= 1.0):
+            raise StormError(f"step window fractions must lie in [0, 1], got {self.start}..{self.end}",
+                             input_name="start_at")
+        if self.end < self.start:
+            raise StormError(f"the guidance window ends ({self.end}) before it starts ({self.start})",
+                             input_name="end_at")
+
+    def steps(self, num_steps: int) -> range:
+        return range(round(self.start * num_steps), round(self.end * num_steps))
+
+
+@dataclass(frozen=True)
+class StepSize:
+    """A&E's step-size schedule ``alpha_i = scale * sqrt(linspace(1, end_factor, n)[i])``.
+
+    ``end_factor = 1`` gives a constant step (SynGen); A&E uses ``scale=20, end_factor=0.5``
+    (20.0 at i=0 down to 17.38 at i=24 of 50). Step sizes are in the diffusers latent space
+    ``z``; the sampler converts them to ComfyUI's ``x`` space.
+    """
+
+    scale: float = 20.0
+    end_factor: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.scale) or self.scale < 0:
+            raise StormError(f"step size must be a finite number >= 0, got {self.scale}", input_name="step_size")
+        if not 0.0 < self.end_factor <= 1.0:
+            raise StormError(f"step size end factor must lie in (0, 1], got {self.end_factor}",
+                             input_name="step_decay")
+
+    def at(self, step: int, num_steps: int) -> float:
+        if num_steps <= 1:
+            return self.scale
+        frac = 1.0 + (self.end_factor - 1.0) * step / (num_steps - 1)
+        return self.scale * math.sqrt(frac)
+
+
+def parse_thresholds(text: str) -> tuple[tuple[float, float], ...]:
+    """Parse ``"0:0.05, 0.2:0.5, 0.4:0.8"`` (schedule fraction : threshold) pairs.
+
+    An empty string means no refinement. Raises :class:`StormError` (input ``thresholds``)
+    with the offending item.
+    """
+    pairs = []
+    for item in re.split(r"[,;\n]", text or ""):
+        item = item.strip()
+        if not item:
+            continue
+        parts = item.split(":")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            pos, value = float(parts[0]), float(parts[1])
+        except ValueError:
+            raise StormError(
+                f"cannot read refinement threshold {item!r}: write 'position:threshold' pairs where "
+                "position is a fraction of the steps (0 = first step), e.g. '0:0.05, 0.2:0.5, 0.4:0.8'",
+                input_name="thresholds",
+            ) from None
+        if not 0.0 <= pos <= 1.0:
+            raise StormError(f"threshold position {pos} in {item!r} must lie in [0, 1]", input_name="thresholds")
+        if not 0.0 <= value <= 1.0:
+            raise StormError(f"threshold {value} in {item!r} must lie in [0, 1]", input_name="thresholds")
+        pairs.append((pos, value))
+    return tuple(sorted(pairs))
+
+
+@dataclass
+class GuidanceContext:
+    """What a term sees at one evaluation.
+
+    Attributes
+    ----------
+    maps : Tensor, shape (B, T, h, w)
+        Aggregated cross-attention probabilities of the conditional pass (differentiable).
+    step, num_steps : int
+        Denoising step index and schedule length.
+    state : dict
+        Per-run scratch space of this term (empty at the first step of every run).
+    """
+
+    maps: torch.Tensor
+    step: int
+    num_steps: int
+    state: dict = field(default_factory=dict)
+
+
+@dataclass
+class TermResult:
+    """A term's loss per sample (differentiable) and detached metrics for the log."""
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class GuidanceTerm(ABC):
+    """One loss of a guidance run. Subclasses are immutable configuration objects."""
+
+    #: short name used in logs ("attend_excite", "syngen", ...)
+    name: str = "term"
+
+    def __init__(self, *, window: StepWindow, step_size: StepSize, weight: float = 1.0,
+                 thresholds: tuple[tuple[float, float], ...] = (), max_refine_iters: int = 20):
+        if not math.isfinite(weight):
+            raise StormError(f"weight must be finite, got {weight}", input_name="weight")
+        if max_refine_iters < 0:
+            raise StormError(f"max refinement iterations must be >= 0, got {max_refine_iters}",
+                             input_name="max_refine_iters")
+        self.window = window
+        self.step_size = step_size
+        self.weight = float(weight)
+        self.thresholds = tuple(thresholds)
+        self.max_refine_iters = int(max_refine_iters)
+
+    # -- schedule ------------------------------------------------------------------------
+    def active(self, step: int, num_steps: int) -> bool:
+        return step in self.window.steps(num_steps) and self.weight != 0 and self.step_size.scale > 0
+
+    def coefficient(self, step: int, num_steps: int) -> float:
+        """``weight * alpha(step)`` — the factor of this term in the objective."""
+        return self.weight * self.step_size.at(step, num_steps)
+
+    def threshold_at(self, step: int, num_steps: int) -> float | None:
+        """The refinement threshold at this step, if any (the last pair mapping to it wins)."""
+        found = None
+        for pos, value in self.thresholds:
+            if round(pos * num_steps) == step:
+                found = value
+        return found
+
+    def resolve(self, defaults: dict) -> GuidanceTerm:
+        """This term with model-dependent settings (``"auto"``) filled in from ``defaults``.
+
+        ``defaults`` is provided by the sampler per model family (e.g. ``{"end_tokens": "sd1"}``).
+        Returns ``self`` when there is nothing to resolve; never mutates ``self``.
+        """
+        return self
+
+    # -- math ----------------------------------------------------------------------------
+    @abstractmethod
+    def token_columns(self) -> tuple[int, ...]:
+        """Columns whose maps the loss reads (for validation against the prompt length)."""
+
+    @abstractmethod
+    def compute(self, ctx: GuidanceContext) -> TermResult:
+        """Loss per sample, shape ``(B,)``, differentiable w.r.t. ``ctx.maps``."""
+
+    def satisfied(self, result: TermResult, threshold: float) -> torch.Tensor:
+        """Per-sample ``(B,)`` bool: whether refinement to ``threshold`` is done.
+
+        The default compares the loss with ``1 - threshold`` (A&E semantics).
+        """
+        return result.loss.detach() <= 1.0 - threshold
+
+    def check_layout(self, layout_length: int) -> None:
+        cols = self.token_columns()
+        if cols and max(cols) >= layout_length:
+            raise StormError(
+                f"{self.name}: token column {max(cols)} does not exist in a conditioning of "
+                f"{layout_length} columns; the subject tokens were made for another prompt",
+                input_name="positive",
+            )
+
+    def describe(self) -> str:
+        return (f"{self.name}: weight {self.weight:g}, step size {self.step_size.scale:g} "
+                f"(decay to x{math.sqrt(self.step_size.end_factor):.3f}), steps "
+                f"{self.window.start:g}-{self.window.end:g} of the schedule"
+                + (f", thresholds {', '.join(f'{p:g}:{v:g}' for p, v in self.thresholds)}" if self.thresholds else ""))
+
+
+@dataclass
+class Combined:
+    """The combined objective of the active terms at one evaluation."""
+
+    objective: torch.Tensor                  # (B,) differentiable
+    term_losses: dict[str, torch.Tensor]     # name -> (B,) detached
+    satisfied: torch.Tensor                  # (B,) bool, True when no term asks for refinement
+    metrics: dict[str, torch.Tensor]         # "name.metric" -> detached tensors
+    max_refine_iters: int                    # cap for refinement at this step (0 = none)
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """An immutable collection of guidance terms (the ``STORM_GUIDANCE`` socket value)."""
+
+    terms: tuple[GuidanceTerm, ...] = ()
+    layout: TokenLayout | None = None
+
+    def with_term(self, term: GuidanceTerm, layout: TokenLayout | None = None) -> Guidance:
+        """A new Guidance with ``term`` appended (inputs are never mutated)."""
+        if layout is not None and self.layout is not None and layout.length != self.layout.length:
+            raise StormError(
+                f"{term.name}: its tokens come from a prompt with {layout.length} columns but the "
+                f"guidance it is chained to was built for {self.layout.length} columns; build every "
+                "loss from the same prompt",
+                input_name="guidance",
+            )
+        return Guidance(self.terms + (term,), layout if layout is not None else self.layout)
+
+    def resolve(self, defaults: dict) -> Guidance:
+        """A Guidance whose terms have their ``"auto"`` settings resolved (see GuidanceTerm.resolve)."""
+        return Guidance(tuple(t.resolve(defaults) for t in self.terms), self.layout)
+
+    def active_terms(self, step: int, num_steps: int) -> tuple[GuidanceTerm, ...]:
+        return tuple(t for t in self.terms if t.active(step, num_steps))
+
+    def any_active(self, num_steps: int) -> bool:
+        return any(self.active_terms(i, num_steps) for i in range(num_steps))
+
+    def unique_names(self) -> list[str]:
+        names, seen = [], {}
+        for t in self.terms:
+            seen[t.name] = seen.get(t.name, 0) + 1
+            names.append(t.name if seen[t.name] == 1 else f"{t.name}#{seen[t.name]}")
+        return names
+
+    def combine(self, maps: torch.Tensor, step: int, num_steps: int, states: dict) -> Combined:
+        """Evaluate the active terms on ``maps`` (B, T, h, w) and combine them.
+
+        ``states`` maps a term's unique name to its per-run scratch dict (created on demand).
+        """
+        batch = maps.shape[0]
+        objective = maps.new_zeros(batch)
+        satisfied = torch.ones(batch, dtype=torch.bool, device=maps.device)
+        term_losses: dict[str, torch.Tensor] = {}
+        metrics: dict[str, torch.Tensor] = {}
+        cap = 0
+        for name, term in zip(self.unique_names(), self.terms, strict=True):
+            if not term.active(step, num_steps):
+                continue
+            ctx = GuidanceContext(maps, step, num_steps, states.setdefault(name, {}))
+            result = term.compute(ctx)
+            objective = objective + term.coefficient(step, num_steps) * result.loss
+            term_losses[name] = result.loss.detach()
+            for key, value in result.metrics.items():
+                metrics[f"{name}.{key}"] = value.detach()
+            threshold = term.threshold_at(step, num_steps)
+            if threshold is not None and term.max_refine_iters > 0:
+                satisfied = satisfied & term.satisfied(result, threshold)
+                cap = max(cap, term.max_refine_iters)
+        return Combined(objective, term_losses, satisfied, metrics, cap)

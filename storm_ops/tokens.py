@@ -1,0 +1,377 @@
+"""CLIP token layouts and subject-word resolution.
+
+A prompt is encoded by ComfyUI as ``k`` chunks of 77 columns: ``[start, pieces..., end, pad...]``.
+The cross-attention maps have one column per conditioning column (``T = 77 * k``), so a word of
+the prompt is identified by the column indices of its BPE pieces. This module works on already
+tokenised prompts (:class:`TokenLayout`); the ComfyUI layer builds layouts with the host's own
+tokenizer, so the columns here are exactly the columns of the conditioning.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+from .errors import StormError
+
+START, WORD, END, PAD = "start", "word", "end", "pad"
+TOKEN_KINDS = (START, WORD, END, PAD)
+CLIP_CHUNK = 77
+
+# A&E's end-token conventions for the softmax over tokens (methods.md 1.1):
+#   "sd1":   drop each chunk's start token and its last column (EOT and padding stay in),
+#            the official default for SD-1.x (positions 1..75 of 77);
+#   "words": keep only the prompt's word pieces (the official ``sd_2_1`` / diffusers
+#            ``normalize_eot`` behaviour, needed when padding is not the EOT token).
+END_TOKEN_CONVENTIONS = ("sd1", "words")
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One column of the tokenised prompt.
+
+    Attributes
+    ----------
+    text : str
+        Decoded text of the BPE piece without CLIP's end-of-word marker (``"cat"``, ``","``).
+    kind : str
+        ``"start"``, ``"word"``, ``"end"`` or ``"pad"``.
+    ends_word : bool
+        Whether the piece ends a word (CLIP's ``</w>`` suffix). Non-final pieces of a multi-piece
+        word have ``ends_word=False``.
+    """
+
+    text: str
+    kind: str = WORD
+    ends_word: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in TOKEN_KINDS:
+            raise StormError(f"unknown token kind {self.kind!r}; expected one of {TOKEN_KINDS}")
+
+
+@dataclass(frozen=True)
+class WordSpan:
+    """A word of the prompt: its text and the columns of its pieces (in order)."""
+
+    text: str
+    positions: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A selected subject: a display name and the token columns whose maps represent it."""
+
+    name: str
+    positions: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """The columns of a tokenised prompt, ``T = len(pieces)``.
+
+    Parameters
+    ----------
+    pieces : tuple of Piece, length T
+        One entry per conditioning column, chunk after chunk.
+    chunk_length : int
+        Columns per CLIP chunk (77). ``T`` must be a multiple of it.
+    """
+
+    pieces: tuple[Piece, ...]
+    chunk_length: int = CLIP_CHUNK
+
+    def __post_init__(self) -> None:
+        if self.chunk_length < 3:
+            raise StormError(f"chunk_length must be at least 3, got {self.chunk_length}")
+        if not self.pieces or len(self.pieces) % self.chunk_length:
+            raise StormError(
+                f"a token layout needs a whole number of {self.chunk_length}-column chunks, "
+                f"got {len(self.pieces)} columns"
+            )
+
+    @classmethod
+    def from_ids(
+        cls,
+        ids: list[int | None],
+        decode,
+        *,
+        start_id: int | None,
+        end_id: int | None,
+        chunk_length: int = CLIP_CHUNK,
+    ) -> TokenLayout:
+        """Build a layout from token ids as the host's tokenizer returned them.
+
+        Parameters
+        ----------
+        ids : list, length T
+            Token ids chunk after chunk; ``None`` marks a column that is not a vocabulary token
+            (a textual-inversion embedding vector).
+        decode : callable
+            ``decode(id) -> (text, ends_word)`` for a vocabulary id.
+        start_id, end_id : int or None
+            The tokenizer's start and end ids. In each chunk the first column is the start token
+            when it equals ``start_id``; the first ``end_id`` after it is the end token and every
+            later column is padding (whatever its id: SD-1 pads with ``end_id``, OpenCLIP with 0).
+        """
+        pieces: list[Piece] = []
+        for c in range(0, len(ids), chunk_length):
+            seen_end = False
+            for j, tid in enumerate(ids[c:c + chunk_length]):
+                if seen_end:
+                    pieces.append(Piece("", PAD, True))
+                elif j == 0 and start_id is not None and tid == start_id:
+                    pieces.append(Piece("<start>", START, True))
+                elif end_id is not None and tid == end_id:
+                    seen_end = True
+                    pieces.append(Piece("<end>", END, True))
+                elif tid is None:
+                    pieces.append(Piece("<embedding>", WORD, True))
+                else:
+                    text, ends_word = decode(tid)
+                    pieces.append(Piece(text, WORD, bool(ends_word)))
+        return cls(tuple(pieces), chunk_length)
+
+    # ------------------------------------------------------------------ views
+    @property
+    def length(self) -> int:
+        """Number of columns ``T``."""
+        return len(self.pieces)
+
+    @property
+    def num_chunks(self) -> int:
+        return self.length // self.chunk_length
+
+    @cached_property
+    def word_positions(self) -> tuple[int, ...]:
+        """Columns holding word pieces, in order."""
+        return tuple(i for i, p in enumerate(self.pieces) if p.kind == WORD)
+
+    @cached_property
+    def words(self) -> tuple[WordSpan, ...]:
+        """The prompt's words: consecutive word pieces up to one that ends a word."""
+        spans: list[WordSpan] = []
+        current: list[int] = []
+        for i, p in enumerate(self.pieces):
+            if p.kind != WORD:
+                if current:  # a word cut by a chunk boundary still ends here
+                    spans.append(self._span(current))
+                    current = []
+                continue
+            current.append(i)
+            if p.ends_word:
+                spans.append(self._span(current))
+                current = []
+        if current:
+            spans.append(self._span(current))
+        return tuple(spans)
+
+    def _span(self, positions: list[int]) -> WordSpan:
+        return WordSpan("".join(self.pieces[i].text for i in positions), tuple(positions))
+
+    def softmax_mask(self, convention: str = "sd1") -> torch.Tensor:
+        """Boolean mask ``(T,)`` of the columns that take part in A&E's softmax over tokens.
+
+        ``"sd1"`` drops each chunk's first and last column; ``"words"`` keeps word pieces only.
+        """
+        if convention == "sd1":
+            mask = torch.ones(self.length, dtype=torch.bool)
+            mask[0::self.chunk_length] = False
+            mask[self.chunk_length - 1::self.chunk_length] = False
+        elif convention == "words":
+            mask = torch.zeros(self.length, dtype=torch.bool)
+            mask[list(self.word_positions)] = True
+        else:
+            raise StormError(
+                f"unknown end-token convention {convention!r}; use one of {END_TOKEN_CONVENTIONS}"
+            )
+        return mask
+
+    def describe(self) -> str:
+        """One line per chunk listing ``index:piece`` for every word piece (``-`` marks a piece
+        that continues into the next one)."""
+        lines = []
+        for c in range(self.num_chunks):
+            lo = c * self.chunk_length
+            items = [
+                f"{i}:{p.text}{'' if p.ends_word else '-'}"
+                for i, p in enumerate(self.pieces[lo:lo + self.chunk_length], start=lo)
+                if p.kind == WORD
+            ]
+            prefix = f"chunk {c + 1}: " if self.num_chunks > 1 else ""
+            lines.append(prefix + " ".join(items))
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- subject selection
+_OCCURRENCE = re.compile(r"^(?P<word>.+?)\s*#\s*(?P<n>\d+)$")
+
+
+def _normalise(text: str) -> str:
+    return "".join(text.lower().split())
+
+
+def find_word(layout: TokenLayout, query: str, occurrence: int = 1) -> tuple[int, ...] | None:
+    """Columns of the ``occurrence``-th match of ``query`` (one or more words) in the prompt.
+
+    Matching is case-insensitive and compares the query, whitespace removed, with the text of
+    consecutive words, so ``"teddy bear"``, multi-piece words (``"tiramisu"`` = ``tira`` +
+    ``misu``) and words split by punctuation (``"dog's"``) all resolve. Returns ``None`` when
+    there is no such occurrence.
+    """
+    target = _normalise(query)
+    if not target:
+        return None
+    words = layout.words
+    seen = 0
+    for start in range(len(words)):
+        text = ""
+        for end in range(start, len(words)):
+            text += words[end].text.lower()
+            if not target.startswith(text):
+                break
+            if text == target:
+                seen += 1
+                if seen == occurrence:
+                    return tuple(p for w in words[start:end + 1] for p in w.positions)
+                break
+    return None
+
+
+def count_word(layout: TokenLayout, query: str) -> int:
+    """How many times ``query`` occurs in the prompt (see :func:`find_word`)."""
+    n = 0
+    while find_word(layout, query, n + 1) is not None:
+        n += 1
+    return n
+
+
+def parse_subject_spec(spec: str) -> list[str]:
+    """Split a subject specification (``"cat, dog"``, ``"2, 5"``, ``"dog#2"``) into items.
+
+    Items are separated by commas, semicolons or new lines; blanks are ignored.
+    """
+    return [item.strip() for item in re.split(r"[,;\n]", spec or "") if item.strip()]
+
+
+def resolve_subjects(layout: TokenLayout, spec: str) -> tuple[Subject, ...]:
+    """Turn a subject specification into token columns of ``layout``.
+
+    Each item is a word or phrase of the prompt (``"cat"``, ``"teddy bear"``), a word with the
+    occurrence to use (``"dog#2"`` = the second "dog"), or an explicit column index (``"5"``;
+    column 0 is the start token, the first word piece is column 1).
+
+    Raises
+    ------
+    StormError
+        With ``input_name="subjects"``, naming the offending item and listing the prompt's
+        tokens with their indices.
+    """
+    items = parse_subject_spec(spec)
+    if not items:
+        raise StormError(
+            "no subjects given: enter the words of the prompt to guide, separated by commas "
+            "(for example 'cat, dog'), or their token indices (for example '2, 5').\n"
+            f"Prompt tokens: {layout.describe()}",
+            input_name="subjects",
+        )
+    subjects: list[Subject] = []
+    for item in items:
+        subject = _resolve_item(layout, item)
+        for other in subjects:
+            if other.positions == subject.positions:
+                raise StormError(
+                    f"subject {item!r} selects the same tokens as {other.name!r}; to guide a "
+                    f"repeated word use its occurrence, e.g. '{other.name.split('#')[0]}#2'",
+                    input_name="subjects",
+                )
+        subjects.append(subject)
+    return tuple(subjects)
+
+
+def _resolve_item(layout: TokenLayout, item: str) -> Subject:
+    listing = f"Prompt tokens: {layout.describe()}"
+    if item.isdigit():
+        index = int(item)
+        if index >= layout.length:
+            raise StormError(
+                f"token index {index} is out of range: the prompt has {layout.length} columns and "
+                f"its words sit at indices {_ranges(layout.word_positions)}.\n{listing}",
+                input_name="subjects",
+            )
+        piece = layout.pieces[index]
+        if piece.kind != WORD:
+            raise StormError(
+                f"token index {index} is the {piece.kind} token, not a word of the prompt; "
+                f"pick one of the word indices.\n{listing}",
+                input_name="subjects",
+            )
+        return Subject(f"{piece.text}@{index}", (index,))
+    match = _OCCURRENCE.match(item)
+    word, occurrence = (match["word"], int(match["n"])) if match else (item, 1)
+    if occurrence < 1:
+        raise StormError(f"{item!r}: occurrences count from 1", input_name="subjects")
+    positions = find_word(layout, word, occurrence)
+    if positions is None:
+        count = count_word(layout, word)
+        if count:
+            raise StormError(
+                f"{item!r}: the prompt contains {word!r} only {count} time(s).\n{listing}",
+                input_name="subjects",
+            )
+        raise StormError(
+            f"{word!r} is not a word of the prompt. Use words exactly as they appear in the "
+            f"prompt, or token indices.\n{listing}",
+            input_name="subjects",
+        )
+    return Subject(item, positions)
+
+
+def _ranges(positions: tuple[int, ...]) -> str:
+    if not positions:
+        return "(none: the prompt is empty)"
+    out, start, prev = [], positions[0], positions[0]
+    for p in positions[1:] + (None,):
+        if p is not None and p == prev + 1:
+            prev = p
+            continue
+        out.append(f"{start}" if start == prev else f"{start}-{prev}")
+        if p is not None:
+            start = prev = p
+    return ", ".join(out)
+
+
+@dataclass(frozen=True)
+class PromptTokens:
+    """What the Subject Tokens node hands to guidance: the layout of the prompt and its subjects.
+
+    Attributes
+    ----------
+    text : str
+        The prompt as typed.
+    layout : TokenLayout
+        Its columns (``T = layout.length``).
+    subjects : tuple of Subject
+        The selected subject words.
+    pads_with_end : bool
+        Whether the tokenizer pads with the end token (SD-1 CLIP-L) or with id 0 (OpenCLIP).
+    """
+
+    text: str
+    layout: TokenLayout
+    subjects: tuple[Subject, ...]
+    pads_with_end: bool = True
+
+    def describe(self) -> str:
+        """Readable summary: the tokenisation with indices and the chosen subjects."""
+        lines = [f"Prompt: {self.text}", f"Columns: {self.layout.length} ({self.layout.num_chunks} x {self.layout.chunk_length})",
+                 "Tokens:", self.layout.describe()]
+        if self.subjects:
+            lines.append("Subjects:")
+            for s in self.subjects:
+                pieces = " + ".join(self.layout.pieces[p].text for p in s.positions)
+                lines.append(f"  {s.name}: {list(s.positions)} ({pieces})")
+        return "\n".join(lines)

@@ -1,0 +1,97 @@
+"""Attend-and-Excite maps and loss (methods.md section 1)."""
+
+import pytest
+import torch
+from test_tokens import CAT_DOG, layout_of
+
+from storm_ops.errors import StormError
+from storm_ops.guidance import GuidanceContext
+from storm_ops.losses.attend_excite import (
+    AttendExciteConfig,
+    AttendExciteTerm,
+    attend_excite_loss,
+    max_attention,
+    subject_maps,
+)
+from storm_ops.smoothing import gaussian_smooth
+from storm_ops.tokens import Subject, TokenLayout
+
+
+def test_loss_is_max_over_subjects_of_one_minus_max():
+    # methods.md 1.2 fixture ae_max_attention_sd14: maxima (0.273655, 0.018227) -> L = 0.981773
+    loss = attend_excite_loss(torch.tensor([[0.273655, 0.018227]]))
+    assert loss.item() == pytest.approx(0.981773, abs=1e-6)
+    batch = attend_excite_loss(torch.tensor([[0.9, 0.2], [0.6, 0.7], [1.2, 1.0]]))
+    assert torch.allclose(batch, torch.tensor([0.8, 0.4, 0.0]))  # clamped at 0
+
+
+def _maps(layout: TokenLayout, h=6, w=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.softmax(torch.randn(1, layout.length, h, w, generator=g) * 3, 1)
+
+
+def test_subject_maps_follow_softmax_then_smoothing():
+    lay = layout_of(CAT_DOG)
+    maps = _maps(lay)
+    subjects = (Subject("cat", (2,)), Subject("dog", (5,)))
+    out = subject_maps(maps, lay, subjects, AttendExciteConfig(end_token_convention="sd1"))
+    probs = torch.softmax(maps[:, 1:76] * 100, 1)  # official: positions 1..75
+    expected = gaussian_smooth(probs[:, [1, 4]], 3, 0.5, "attend_excite")
+    assert torch.allclose(out, expected, atol=1e-6)
+    raw = subject_maps(maps, lay, subjects, AttendExciteConfig(smooth=False, end_token_convention="sd1"))
+    assert torch.allclose(raw, probs[:, [1, 4]], atol=1e-6)
+    assert out.shape == (1, 2, 6, 5)
+
+
+def test_words_convention_drops_eot_and_padding():
+    lay = layout_of(CAT_DOG, pad_id=0)
+    maps = _maps(lay)
+    maps[:, 6:] += 0.5  # strong end/padding attention, as on SD2 (methods.md 8: maxima 0.27 vs 0.87)
+    maps = maps / maps.sum(1, keepdim=True)
+    subjects = (Subject("cat", (2,)),)
+    sd1 = max_attention(subject_maps(maps, lay, subjects, AttendExciteConfig(end_token_convention="sd1")))
+    words = max_attention(subject_maps(maps, lay, subjects, AttendExciteConfig(end_token_convention="words")))
+    assert words.item() > sd1.item()
+    probs = torch.softmax(maps[:, 1:6] * 100, 1)
+    expected = gaussian_smooth(probs[:, 1:2], 3, 0.5, "attend_excite").amax()
+    assert words.item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_multi_piece_subject_uses_the_sum_of_its_pieces():
+    lay = layout_of(["a</w>", "tira", "misu</w>"])
+    maps = _maps(lay)
+    cfg = AttendExciteConfig(smooth=False, end_token_convention="words")
+    word = subject_maps(maps, lay, (Subject("tiramisu", (2, 3)),), cfg)
+    pieces = subject_maps(maps, lay, (Subject("a", (2,)), Subject("b", (3,))), cfg)
+    assert torch.allclose(word[:, 0], pieces.sum(1), atol=1e-6)
+
+
+def test_term_is_differentiable_and_reports_maxima():
+    lay = layout_of(CAT_DOG)
+    term = AttendExciteTerm(lay, (Subject("cat", (2,)), Subject("dog", (5,))),
+                            AttendExciteConfig(end_token_convention="sd1"))
+    maps = _maps(lay).requires_grad_(True)
+    result = term.compute(GuidanceContext(maps, 0, 50))
+    result.loss.sum().backward()
+    assert maps.grad is not None and maps.grad.abs().sum() > 0
+    assert result.metrics["max_attention"].shape == (1, 2)
+    assert result.loss.item() == pytest.approx(1 - result.metrics["max_attention"].min().item(), abs=1e-6)
+    assert term.token_columns() == (2, 5)
+
+
+def test_auto_end_tokens_resolve_per_model_without_mutating_the_term():
+    lay = layout_of(CAT_DOG)
+    term = AttendExciteTerm(lay, (Subject("cat", (2,)),), AttendExciteConfig(end_token_convention="auto"))
+    sd2 = term.resolve({"end_tokens": "words"})
+    assert sd2.config.end_token_convention == "words" and term.config.end_token_convention == "auto"
+    with pytest.raises(StormError, match="resolved"):
+        term.compute(GuidanceContext(_maps(lay), 0, 50))
+
+
+def test_bad_configuration():
+    with pytest.raises(StormError):
+        AttendExciteConfig(kernel_size=4)
+    with pytest.raises(StormError):
+        AttendExciteConfig(end_token_convention="sd3")
+    with pytest.raises(StormError):
+        AttendExciteTerm(layout_of(CAT_DOG), ())

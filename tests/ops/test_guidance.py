@@ -1,0 +1,95 @@
+"""Step windows, step sizes, thresholds and the combination of terms."""
+
+import math
+
+import pytest
+import torch
+
+from storm_ops.errors import StormError
+from storm_ops.guidance import (
+    Guidance,
+    GuidanceContext,
+    GuidanceTerm,
+    StepSize,
+    StepWindow,
+    TermResult,
+    parse_thresholds,
+)
+from storm_ops.losses.attend_excite import DEFAULT_THRESHOLDS, DEFAULT_WINDOW
+
+
+def test_attend_excite_step_sizes_match_the_official_schedule():
+    size = StepSize(20.0, 0.5)
+    official = [20 * math.sqrt(v) for v in torch.linspace(1.0, 0.5, 50).tolist()]
+    assert [round(size.at(i, 50), 5) for i in range(50)] == [round(v, 5) for v in official]
+    assert size.at(0, 50) == pytest.approx(20.0)
+    assert size.at(10, 50) == pytest.approx(18.95, abs=0.005)
+    assert size.at(20, 50) == pytest.approx(17.84, abs=0.005)
+    assert size.at(24, 50) == pytest.approx(17.38, abs=0.005)
+    assert StepSize(20.0, 1.0).at(37, 50) == 20.0  # SynGen: constant
+
+
+def test_default_window_and_thresholds_are_the_papers_steps():
+    assert list(DEFAULT_WINDOW.steps(50)) == list(range(25))
+    term = _ConstantTerm(thresholds=DEFAULT_THRESHOLDS)
+    assert {i: term.threshold_at(i, 50) for i in range(50) if term.threshold_at(i, 50) is not None} == \
+        {0: 0.05, 10: 0.5, 20: 0.8}
+    assert list(DEFAULT_WINDOW.steps(20)) == list(range(10))
+
+
+def test_parse_thresholds():
+    assert parse_thresholds("0:0.05, 0.2:0.5; 0.4:0.8") == ((0.0, 0.05), (0.2, 0.5), (0.4, 0.8))
+    assert parse_thresholds("") == ()
+    for bad in ("0.2", "a:b", "2:0.5", "0.1:1.5"):
+        with pytest.raises(StormError) as err:
+            parse_thresholds(bad)
+        assert err.value.input_name == "thresholds"
+
+
+def test_window_validation():
+    with pytest.raises(StormError):
+        StepWindow(0.6, 0.5)
+    with pytest.raises(StormError):
+        StepSize(-1.0)
+
+
+class _ConstantTerm(GuidanceTerm):
+    name = "const"
+
+    def __init__(self, value=0.5, **kw):
+        kw.setdefault("window", StepWindow(0.0, 0.5))
+        kw.setdefault("step_size", StepSize(10.0, 1.0))
+        super().__init__(**kw)
+        self.value = value
+
+    def token_columns(self):
+        return (1,)
+
+    def compute(self, ctx: GuidanceContext) -> TermResult:
+        ctx.state["calls"] = ctx.state.get("calls", 0) + 1
+        return TermResult(ctx.maps.sum((1, 2, 3)) * 0 + self.value, {"v": torch.tensor([self.value])})
+
+
+def test_combine_weights_terms_by_their_step_sizes_and_keeps_state_per_term():
+    g = Guidance().with_term(_ConstantTerm(0.5)).with_term(_ConstantTerm(0.25, weight=2.0,
+                                                                         window=StepWindow(0.0, 0.2)))
+    maps = torch.rand(2, 4, 3, 3, requires_grad=True)
+    states = {}
+    out = g.combine(maps, 0, 10, states)
+    assert torch.allclose(out.objective, torch.full((2,), 10 * 0.5 + 2 * 10 * 0.25))
+    assert set(out.term_losses) == {"const", "const#2"}
+    assert states["const"]["calls"] == 1 and states["const#2"]["calls"] == 1
+    late = g.combine(maps, 3, 10, states)  # second term's window has ended
+    assert set(late.term_losses) == {"const"}
+    assert bool(out.satisfied.all()) and out.max_refine_iters == 0
+
+
+def test_guidance_is_immutable_and_checks_prompt_lengths():
+    from storm_ops.tokens import Piece, TokenLayout
+    short = TokenLayout(tuple(Piece("x") for _ in range(77)))
+    long = TokenLayout(tuple(Piece("x") for _ in range(154)))
+    g1 = Guidance().with_term(_ConstantTerm(), short)
+    g2 = g1.with_term(_ConstantTerm(), short)
+    assert len(g1.terms) == 1 and len(g2.terms) == 2
+    with pytest.raises(StormError, match="same prompt"):
+        g1.with_term(_ConstantTerm(), long)

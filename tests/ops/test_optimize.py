@@ -1,0 +1,87 @@
+"""The guided step / refinement loop with synthetic objectives."""
+
+import pytest
+import torch
+
+from storm_ops.optimize import Evaluation, apply_update, guidance_step
+
+
+class MeanObjective:
+    """loss_b = max(0, 1 - mean(z_b)) with a surrogate gradient of -1 per element (so an update with
+    multiplier m raises every entry by m); satisfied when mean(z_b) >= T."""
+
+    def __init__(self, threshold=0.5, cap=20, poison=None):
+        self.threshold, self.cap, self.calls, self.poison = threshold, cap, 0, poison
+
+    def __call__(self, z):
+        self.calls += 1
+        mean = z.flatten(1).mean(1)
+        loss = (1 - mean).clamp_min(0)
+        grad = torch.where((loss > 0)[:, None, None], torch.full_like(z, -1.0), torch.zeros_like(z))
+        if self.poison is not None:
+            grad[self.poison] = float("nan")
+        return Evaluation(loss, grad, loss <= 1 - self.threshold, self.cap)
+
+
+def test_refinement_stops_at_its_threshold():
+    z = torch.zeros(1, 2, 2)
+    obj = MeanObjective(threshold=0.5, cap=20)
+    out, report = guidance_step(z, obj, multiplier=0.1, update=False)
+    # each update raises the mean by 0.1: 5 updates reach the threshold, then it stops
+    assert report.refine_iters == 5 and obj.calls == 6
+    assert out.mean().item() == pytest.approx(0.5)
+    assert bool(report.last.satisfied.all())
+    assert torch.equal(z, torch.zeros(1, 2, 2))  # input untouched
+
+
+def test_refinement_stops_at_its_iteration_cap():
+    obj = MeanObjective(threshold=0.9, cap=3)
+    out, report = guidance_step(torch.zeros(1, 2, 2), obj, multiplier=0.1, update=False)
+    assert report.refine_iters == 3 and obj.calls == 4
+    assert not bool(report.last.satisfied.all())
+    assert out.mean().item() == pytest.approx(0.3)
+
+
+def test_regular_update_uses_the_last_evaluation_and_refinement_is_per_sample():
+    z = torch.stack([torch.zeros(2, 2), torch.full((2, 2), 0.45)])
+    obj = MeanObjective(threshold=0.5, cap=20)
+    out, report = guidance_step(z, obj, multiplier=0.1)
+    # sample 1 needs one refinement update, sample 0 five; both get the regular update afterwards
+    assert report.refine_iters == 5
+    assert out[0].mean().item() == pytest.approx(0.6)
+    assert out[1].mean().item() == pytest.approx(0.65)
+
+
+def test_no_refinement_when_disabled():
+    obj = MeanObjective(threshold=0.5, cap=20)
+    out, report = guidance_step(torch.zeros(1, 2, 2), obj, multiplier=0.1, refine=False)
+    assert report.refine_iters == 0 and obj.calls == 1
+    assert out.mean().item() == pytest.approx(0.1)
+
+
+def test_non_finite_gradient_skips_that_sample_and_is_reported():
+    z = torch.zeros(2, 2, 2)
+    obj = MeanObjective(threshold=0.5, cap=0, poison=1)
+    out, report = guidance_step(z, obj, multiplier=0.1)
+    assert torch.equal(out[1], z[1])  # never corrupted
+    assert out[0].mean().item() == pytest.approx(0.1)
+    assert report.skipped and "sample(s) [1]" in report.skipped[0]
+    assert torch.isfinite(out).all()
+
+
+def test_non_finite_loss_is_skipped_and_refinement_gives_up_when_nothing_can_move():
+    def evaluate(z):
+        return Evaluation(torch.tensor([float("nan")]), torch.ones_like(z), torch.tensor([False]), 20)
+
+    calls = []
+    out, report = guidance_step(torch.zeros(1, 3), lambda z: calls.append(1) or evaluate(z), multiplier=1.0)
+    assert torch.equal(out, torch.zeros(1, 3))
+    assert len(calls) == 1 and report.updates == 0
+    assert any("non-finite loss" in s for s in report.skipped)
+
+
+def test_apply_update_with_per_sample_multiplier():
+    z = torch.zeros(2, 3)
+    ev = Evaluation(torch.zeros(2), torch.ones(2, 3), torch.ones(2, dtype=torch.bool))
+    out, applied = apply_update(z, ev, torch.tensor([1.0, 2.0]))
+    assert torch.equal(out, torch.tensor([[-1.0] * 3, [-2.0] * 3])) and bool(applied.all())

@@ -1,0 +1,123 @@
+"""Token layouts and subject resolution on hand-made tokenisations (real CLIP in tests/host)."""
+
+import pytest
+
+from storm_ops.errors import StormError
+from storm_ops.tokens import END, PAD, START, WORD, TokenLayout, count_word, find_word, resolve_subjects
+
+START_ID, END_ID = 49406, 49407
+
+
+def layout_of(pieces, chunks=None, pad_id=END_ID, chunk=77):
+    """Build a layout the way the host tokenises: [start, pieces..., end, pad...] per chunk."""
+    vocab = {}
+    chunks = chunks or [pieces]
+    ids = []
+    for words in chunks:
+        row = [START_ID] + [vocab.setdefault(p, 1000 + len(vocab)) for p in words] + [END_ID]
+        row += [pad_id] * (chunk - len(row))
+        ids += row
+    inverse = {v: k for k, v in vocab.items()}
+
+    def decode(i):
+        p = inverse[i]
+        return p.replace("</w>", ""), p.endswith("</w>")
+
+    return TokenLayout.from_ids(ids, decode, start_id=START_ID, end_id=END_ID, chunk_length=chunk)
+
+
+CAT_DOG = ["a</w>", "cat</w>", "and</w>", "a</w>", "dog</w>"]
+
+
+def test_kinds_and_word_positions_for_both_padding_conventions():
+    for pad in (END_ID, 0):
+        lay = layout_of(CAT_DOG, pad_id=pad)
+        assert lay.length == 77
+        assert lay.pieces[0].kind == START and lay.pieces[6].kind == END
+        assert all(p.kind == PAD for p in lay.pieces[7:])
+        assert lay.word_positions == (1, 2, 3, 4, 5)
+        assert [w.text for w in lay.words] == ["a", "cat", "and", "a", "dog"]
+
+
+def test_subject_words_resolve_to_ae_indices():
+    lay = layout_of(CAT_DOG)
+    subjects = resolve_subjects(lay, "cat, dog")
+    assert [s.positions for s in subjects] == [(2,), (5,)]  # A&E: "a cat and a dog" -> cat 2, dog 5
+
+
+def test_multi_piece_words_phrases_and_punctuation():
+    lay = layout_of(["a</w>", "tira", "misu</w>", "and</w>", "a</w>", "teddy</w>", "bear</w>", "'s</w>", ",</w>"])
+    assert find_word(lay, "tiramisu") == (2, 3)
+    assert find_word(lay, "Teddy  Bear") == (6, 7)
+    assert find_word(lay, "bear's") == (7, 8)
+    assert find_word(lay, "tira") is None  # a piece is not a word
+    assert find_word(lay, "misu") is None
+
+
+def test_repeated_words_pick_the_occurrence():
+    lay = layout_of(["a</w>", "dog</w>", "chasing</w>", "a</w>", "dog</w>"])
+    assert count_word(lay, "dog") == 2
+    first, second = resolve_subjects(lay, "dog, dog#2")
+    assert first.positions == (2,) and second.positions == (5,)
+    with pytest.raises(StormError, match="only 2 time"):
+        resolve_subjects(lay, "dog#3")
+    with pytest.raises(StormError, match="same tokens"):
+        resolve_subjects(lay, "dog, dog")
+
+
+def test_explicit_indices_and_their_errors():
+    lay = layout_of(CAT_DOG)
+    assert resolve_subjects(lay, "2, 5")[1].positions == (5,)
+    with pytest.raises(StormError, match="out of range") as err:
+        resolve_subjects(lay, "80")
+    assert err.value.input_name == "subjects" and "1-5" in str(err.value)
+    with pytest.raises(StormError, match="start token"):
+        resolve_subjects(lay, "0")
+    with pytest.raises(StormError, match="end token"):
+        resolve_subjects(lay, "6")
+
+
+def test_absent_word_names_it_and_lists_the_tokens():
+    lay = layout_of(CAT_DOG)
+    with pytest.raises(StormError) as err:
+        resolve_subjects(lay, "cat, horse")
+    message = str(err.value)
+    assert "'horse'" in message and "1:a 2:cat 3:and 4:a 5:dog" in message
+    assert err.value.input_name == "subjects"
+
+
+def test_empty_subject_list():
+    for spec in ("", " , ;", "\n"):
+        with pytest.raises(StormError, match="no subjects"):
+            resolve_subjects(layout_of(CAT_DOG), spec)
+
+
+def test_multi_chunk_prompts_use_global_columns():
+    first = ["a</w>"] * 70 + ["cat</w>"]
+    second = ["and</w>", "a</w>", "dog</w>"]
+    lay = layout_of(None, chunks=[first, second])
+    assert lay.length == 154 and lay.num_chunks == 2
+    cat, dog = resolve_subjects(lay, "cat, dog")
+    assert cat.positions == (71,) and dog.positions == (77 + 3,)
+    assert "chunk 2: 78:and 79:a 80:dog" in lay.describe()
+
+
+def test_softmax_masks_follow_the_ae_conventions():
+    lay = layout_of(CAT_DOG)
+    sd1 = lay.softmax_mask("sd1")
+    assert not sd1[0] and not sd1[76] and sd1[1:76].all()  # positions 1..75
+    words = lay.softmax_mask("words")
+    assert words.nonzero().flatten().tolist() == [1, 2, 3, 4, 5]
+    two = layout_of(None, chunks=[CAT_DOG, CAT_DOG]).softmax_mask("sd1")
+    assert not two[77] and not two[153] and two[78:153].all()
+    with pytest.raises(StormError):
+        lay.softmax_mask("sd3")
+
+
+def test_layout_validation():
+    with pytest.raises(StormError):
+        TokenLayout(())
+    lay = layout_of(CAT_DOG)
+    with pytest.raises(StormError):
+        TokenLayout(lay.pieces[:50])
+    assert lay.pieces[1].kind == WORD
