@@ -1,0 +1,15 @@
+"""Test harness for ComfyUI-STORM: real ComfyUI hosts, tiny models, in-process workflow runs.
+
+Import it with ``tests/`` on ``sys.path`` (pytest: ``-o pythonpath=tests`` or
+``[tool.pytest.ini_options] pythonpath = ["tests"]``)::
+
+    from harness.host import ensure_host, load_pack          # pick + configure the host, import the pack
+    from harness.tiny_models import build_tiny, tiny_conditioning
+    from harness.workflows import get_runner, ui_to_api, substitute_checkpoints, run_prompt
+
+Host selection: ``COMFYUI_PATH=<ComfyUI checkout>`` -> upstream, else the pip fork ``comfyui==0.0.1``.
+CPU mode is used when CUDA is unavailable or ``STORM_TEST_DEVICE=cpu``.
+
+Nothing here imports ``comfy`` at import time; :func:`harness.host.ensure_host` must run first
+(every public entry point calls it).
+"""

@@ -1,0 +1,64 @@
+"""Test-only ComfyUI custom-node pack: a checkpoint loader that returns tiny random models.
+
+Example workflows use the core ``CheckpointLoaderSimple``; ``harness.workflows.substitute_checkpoints``
+swaps it for ``STORMTest_TinyCheckpointLoader`` (same ``ckpt_name`` input, same outputs) so the
+workflows run on CPU in seconds. The architecture comes from the checkpoint name:
+contains ``"xl"`` -> SDXL, contains ``"sd2"`` / ``"v2"`` -> SD2.x, anything else -> SD1.5.
+
+ComfyUI imports this folder as a top-level custom-node module, so the harness is imported by
+absolute name; the ``tests`` folder is put on ``sys.path`` when it is not there already (e.g. when a
+real ComfyUI server loads this pack).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_TESTS_DIR = str(Path(__file__).resolve().parents[2])
+if _TESTS_DIR not in sys.path:
+    sys.path.append(_TESTS_DIR)
+
+from harness.tiny_models import build_tiny  # noqa: E402
+
+
+def arch_from_checkpoint_name(ckpt_name: str) -> str:
+    """``"sdxl"`` if the name contains "xl", ``"sd2"`` if it contains "sd2"/"v2", else ``"sd15"``."""
+    name = ckpt_name.lower()
+    if "xl" in name:
+        return "sdxl"
+    if "sd2" in name or "v2" in name:
+        return "sd2"
+    return "sd15"
+
+
+class STORMTest_TinyCheckpointLoader:
+    """Drop-in replacement for ``CheckpointLoaderSimple`` that builds tiny random-weight models."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "ckpt_name": ("STRING", {
+                    "default": "tiny_sd15.safetensors",
+                    "tooltip": "Checkpoint name; only used to pick the architecture "
+                               "(\"xl\" -> SDXL, \"sd2\"/\"v2\" -> SD2.x, else SD1.5).",
+                }),
+            }
+        }
+
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    RETURN_NAMES = ("MODEL", "CLIP", "VAE")
+    OUTPUT_TOOLTIPS = ("Tiny UNet with the real block topology.", "Tiny text encoder with the real tokenizer.",
+                       "Tiny VAE (8x down-sampling, 4 latent channels).")
+    FUNCTION = "load_checkpoint"
+    CATEGORY = "testing/storm"
+    DESCRIPTION = "Test-only: tiny random-weight SD1.5/SD2.x/SDXL model, text encoder and VAE."
+
+    def load_checkpoint(self, ckpt_name):
+        tiny = build_tiny(arch_from_checkpoint_name(ckpt_name), seed=0)
+        return (tiny.model, tiny.clip, tiny.vae)
+
+
+NODE_CLASS_MAPPINGS = {"STORMTest_TinyCheckpointLoader": STORMTest_TinyCheckpointLoader}
+NODE_DISPLAY_NAME_MAPPINGS = {"STORMTest_TinyCheckpointLoader": "Tiny Checkpoint Loader (STORM tests)"}
