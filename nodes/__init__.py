@@ -1,0 +1,22 @@
+"""ComfyUI glue: the only package of ComfyUI-STORM that imports ``comfy``.
+
+Node ids are permanent (``STORM_*``); display names may change.
+"""
+
+from .nodes_guidance import AttendAndExcite
+from .nodes_sampling import GuidedKSampler, GuidedSampler
+from .recorder import AttentionRecorder
+from .tokens import SubjectTokens
+from .visualize import AttentionHeatmap
+
+_NODES = {
+    "STORM_SubjectTokens": SubjectTokens,
+    "STORM_AttendAndExcite": AttendAndExcite,
+    "STORM_GuidedSampler": GuidedSampler,
+    "STORM_GuidedKSampler": GuidedKSampler,
+    "STORM_AttentionRecorder": AttentionRecorder,
+    "STORM_AttentionHeatmap": AttentionHeatmap,
+}
+
+NODE_CLASS_MAPPINGS = dict(_NODES)
+NODE_DISPLAY_NAME_MAPPINGS = {node_id: cls.NODE_NAME for node_id, cls in _NODES.items()}

@@ -1,0 +1,150 @@
+"""Which cross-attention layers a model has, and which ones to record.
+
+Layers are chosen by UNet *level* (number of downsamplings), read off the model's own modules,
+never by absolute map size, so any resolution and aspect ratio works. Attend-and-Excite's
+"16x16 at 512 px" layers of SD1.5 (input 7, 8; output 3, 4, 5) are level 2 = 1/32 of the pixel
+resolution; SDXL's comparable layers (input 7, 8; output 0, 1, 2 at 32x32 for 1024 px) are level
+2 as well.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import comfy.supported_models as supported
+
+from ..storm_ops.errors import StormError
+
+
+@dataclass(frozen=True)
+class CrossAttentionLayer:
+    """One SpatialTransformer with cross-attention.
+
+    ``key`` is the attn2 replace-patch key ``(block, index)`` (it covers every depth);
+    ``depth`` the number of transformer blocks in it.
+    """
+
+    key: tuple[str, int]
+    level: int
+    depth: int
+    heads: int
+    context_dim: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.key[0]} {self.key[1]}"
+
+
+#: User-facing layer selections -> (level offset from A&E's level, include middle, include down/up)
+LAYER_SELECTIONS = {
+    "1/32 res: down+up (A&E)": (2, False),
+    "1/32 res: down+mid+up": (2, True),
+    "1/16 res: down+up": (1, False),
+}
+DEFAULT_LAYER_SELECTION = "1/32 res: down+up (A&E)"
+
+_FAMILIES = (  # order matters: subclasses first
+    ("sdxl_refiner", "SDXLRefiner"),
+    ("sdxl", "SDXL"),
+    ("sd2", "SD20"),
+    ("sd1", "SD15"),
+)
+
+
+@dataclass(frozen=True)
+class UNetInfo:
+    """The cross-attention layers of a UNet and its model family."""
+
+    family: str
+    model_name: str
+    layers: tuple[CrossAttentionLayer, ...]
+
+    @property
+    def default_end_tokens(self) -> str:
+        """A&E's end-token convention for this family: SD1.x keeps EOT/padding in the softmax;
+        SD2.x (and, our choice, SDXL, whose CLIP-G half pads with "!") use words only."""
+        return "sd1" if self.family == "sd1" else "words"
+
+    def select(self, selection: str = DEFAULT_LAYER_SELECTION, node: str = "STORM") -> tuple[CrossAttentionLayer, ...]:
+        if selection not in LAYER_SELECTIONS:
+            raise StormError(f"{node}: unknown attention layer selection {selection!r}; "
+                             f"choose one of {list(LAYER_SELECTIONS)}", input_name="attention_layers")
+        level, with_middle = LAYER_SELECTIONS[selection]
+        levels = sorted({layer.level for layer in self.layers})
+        if level not in levels:  # shallow UNets: use the deepest level that has cross-attention
+            level = max(lv for lv in levels if lv <= level) if min(levels) <= level else min(levels)
+        chosen = tuple(layer for layer in self.layers if layer.level == level
+                       and (with_middle or layer.key[0] != "middle"))
+        if not chosen:
+            raise StormError(f"{node}: {self.model_name} has no cross-attention layers at the selected level",
+                             input_name="attention_layers")
+        return chosen
+
+
+def _class_names(module) -> set[str]:
+    return {type(m).__name__ for m in module.children()}
+
+
+def _spatial_transformer(block):
+    for m in block.children():
+        if type(m).__name__ == "SpatialTransformer":
+            return m
+    return None
+
+
+def _layer(block_name: str, index: int, level: int, st) -> CrossAttentionLayer | None:
+    blocks = [b for b in st.transformer_blocks if getattr(b, "attn2", None) is not None]
+    if not blocks:
+        return None
+    attn2 = blocks[0].attn2
+    return CrossAttentionLayer((block_name, index), level, len(st.transformer_blocks), attn2.heads,
+                               attn2.to_k.in_features)
+
+
+def model_family(model_config) -> str:
+    for family, cls_name in _FAMILIES:
+        cls = getattr(supported, cls_name, None)
+        if cls is not None and isinstance(model_config, cls):
+            return family
+    return "unet"
+
+
+def describe_unet(base_model, node: str = "STORM") -> UNetInfo:
+    """Introspect ``base_model`` (a ComfyUI ``BaseModel``) for its cross-attention layers.
+
+    Raises :class:`StormError` naming ``node`` and the model for architectures without a
+    UNet (DiT models such as SD3 or Flux) or without cross-attention.
+    """
+    config = getattr(base_model, "model_config", None)
+    model_name = type(config).__name__ if config is not None else type(base_model).__name__
+    unet = getattr(base_model, "diffusion_model", None)
+    if unet is None or not hasattr(unet, "input_blocks") or not hasattr(unet, "output_blocks"):
+        raise StormError(
+            f"{node}: the model {model_name} is not a UNet with cross-attention; attention guidance "
+            "supports SD1.x, SD2.x and SDXL checkpoints (DiT models such as SD3 and Flux are not supported)",
+            input_name="model")
+    layers: list[CrossAttentionLayer] = []
+    level = 0
+    for i, block in enumerate(unet.input_blocks):
+        if "Downsample" in _class_names(block):
+            level += 1
+        st = _spatial_transformer(block)
+        if st is not None and (layer := _layer("input", i, level, st)):
+            layers.append(layer)
+    middle = getattr(unet, "middle_block", None)
+    if middle is not None:
+        st = _spatial_transformer(middle)
+        if st is not None and (layer := _layer("middle", 0, level, st)):
+            layers.append(layer)
+    for i, block in enumerate(unet.output_blocks):
+        st = _spatial_transformer(block)
+        if st is not None and (layer := _layer("output", i, level, st)):
+            layers.append(layer)
+        if "Upsample" in _class_names(block):
+            level -= 1
+    if not layers:
+        raise StormError(
+            f"{node}: the model {model_name} has no cross-attention layers, so there are no text "
+            "attention maps to guide; use a text-conditioned SD1.x, SD2.x or SDXL checkpoint",
+            input_name="model")
+    return UNetInfo(model_family(config), model_name, tuple(layers))

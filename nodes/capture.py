@@ -1,0 +1,247 @@
+"""Recording cross-attention probabilities through ``attn2`` replace patches.
+
+A replace patch receives the projected ``q, k, v`` of a layer and returns the attention output
+before ``to_out``. Ours computes the fp32 softmax probabilities of the *conditional* slice for
+the selected layers only, hands them to a :class:`MapRecorder`, and returns the output of the
+replace patch that was registered before it (IP-Adapter-style packs keep working) or of the
+host's own kernel, called exactly as the unpatched layer calls it — so recording never changes
+the image.
+
+Patches are closures over a recorder created per sampling run (closures survive
+``ModelPatcher.clone()``'s deep copy as the same object; see host-api.md 1.2).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import torch
+
+from ..storm_ops.attention import AttentionAccumulator, fold_token_tiling
+from ..storm_ops.errors import StormError
+from ..storm_ops.shapes import downsampled_size, infer_hw
+from .architecture import CrossAttentionLayer
+from .compat import host_attention
+
+#: transformer_options flag marking the guided sampler's gradient passes (recorders skip them)
+GRAD_PASS_FLAG = "storm_grad_pass"
+
+
+def current_sigma(extra_options: dict) -> float:
+    sigmas = extra_options.get("sigmas")
+    return float(sigmas.flatten()[0]) if isinstance(sigmas, torch.Tensor) else float("nan")
+
+
+class StopForward(Exception):
+    """Raised by the last recorded layer of a gradient pass: later layers cannot change the loss."""
+
+
+def attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d))`` per head in float32.
+
+    Parameters
+    ----------
+    q : Tensor, shape (B, N, Hd * d)
+    k : Tensor, shape (B, T, Hd * d)
+
+    Returns
+    -------
+    Tensor, shape (B, Hd, N, T)
+    """
+    b, n, inner = q.shape
+    d = inner // heads
+    qh = q.float().reshape(b, n, heads, d).transpose(1, 2)
+    kh = k.float().reshape(b, k.shape[1], heads, d).transpose(1, 2)
+    return torch.softmax((qh @ kh.transpose(-1, -2)) * d ** -0.5, dim=-1)
+
+
+class RunRecord:
+    """Attention maps and guidance log of one sampling run (what the visualiser shows).
+
+    ``step_maps`` holds, per UNet evaluation of the sampler, the layer/head-averaged maps of
+    the conditional pass: ``(sigma, Tensor (B, Tctx, h, w) float16 on the CPU)``.
+    """
+
+    def __init__(self, info: dict):
+        self.info = dict(info)
+        self.step_maps: list[tuple[float, torch.Tensor]] = []
+        self.final_latent: torch.Tensor | None = None
+        self.log: list[dict] = []
+
+    def add_step(self, sigma: float, maps: torch.Tensor) -> None:
+        self.step_maps.append((sigma, maps.detach().to("cpu", torch.float16)))
+
+    def mean_maps(self, n_tokens: int) -> torch.Tensor:
+        """Average over the run's evaluations, folded to ``n_tokens`` columns: ``(B, T, h, w)``."""
+        if not self.step_maps:
+            raise StormError("this sampling run recorded no attention maps")
+        total = None
+        for _, maps in self.step_maps:
+            m = fold_token_tiling(maps.float().movedim(1, -1), n_tokens).movedim(-1, 1)
+            total = m if total is None else total + m
+        return total / len(self.step_maps)
+
+
+def latent_match_error(stored: torch.Tensor, given: torch.Tensor) -> float:
+    """Scale-invariant relative distance between a run's final latent and a LATENT's samples.
+
+    The host divides the sampler's output by the VAE scale factor, so ``given = stored / s``.
+    Returns ``min_a ||a * given - stored|| / ||stored||`` (``inf`` for mismatched shapes).
+    """
+    if stored.shape != given.shape:
+        return float("inf")
+    s, g = stored.double().flatten(), given.double().cpu().flatten()
+    gg = float(g @ g)
+    if gg == 0.0:
+        return 0.0 if float(s @ s) == 0.0 else float("inf")
+    a = float(g @ s) / gg
+    return float((a * g - s).norm() / s.norm().clamp_min(1e-30))
+
+
+class AttentionHistory:
+    """The ``STORM_ATTENTION`` socket value: the last few runs of one recorder or sampler.
+
+    Runs are identified by their final latent, so the visualiser always shows the maps of the
+    run that produced the latent it is given. The object is shared, not copied, when ComfyUI
+    deep-copies model options.
+    """
+
+    MATCH_TOLERANCE = 1e-3
+
+    def __init__(self, source: str, capacity: int = 8):
+        self.source = source
+        self.runs: deque[RunRecord] = deque(maxlen=capacity)
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def add(self, record: RunRecord) -> None:
+        self.runs.append(record)
+
+    def find(self, samples: torch.Tensor) -> RunRecord | None:
+        """The most recent run whose final latent matches ``samples`` ``(B, C, h, w)``."""
+        for record in reversed(self.runs):
+            if record.final_latent is not None and \
+                    latent_match_error(record.final_latent, samples) < self.MATCH_TOLERANCE:
+                return record
+        return None
+
+    def latest(self) -> RunRecord | None:
+        return self.runs[-1] if self.runs else None
+
+
+class MapRecorder:
+    """Receives the probabilities of the patched layers during one sampling run.
+
+    Modes: ``"cfg"`` records every conditional pass into ``record.step_maps`` (no gradients);
+    ``"grad"`` accumulates differentiable maps of one gradient pass and asks the patch to stop
+    the forward pass after the last recorded layer; ``"off"`` records nothing.
+    """
+
+    def __init__(self, layers: tuple[CrossAttentionLayer, ...], record: RunRecord | None,
+                 n_tokens: int | None = None):
+        self.levels = {layer.key: layer.level for layer in layers}
+        self.expected_calls = sum(layer.depth for layer in layers)
+        self.record = record
+        self.n_tokens = n_tokens
+        self.mode = "cfg" if record is not None else "off"
+        self._acc = AttentionAccumulator()
+        self._calls = 0
+        self._seen: set = set()
+        self._grad_maps: torch.Tensor | None = None
+
+    def _reset_pass(self) -> None:
+        self._acc, self._calls, self._seen = AttentionAccumulator(), 0, set()
+
+    # ---------------------------------------------------------------- gradient passes
+    def begin_grad_pass(self) -> None:
+        self._reset_pass()
+        self.mode, self._grad_maps = "grad", None
+
+    def end_grad_pass(self) -> torch.Tensor:
+        """The differentiable maps ``(B, T, h, w)`` of the pass; back to recording CFG passes."""
+        maps, self._grad_maps = self._grad_maps, None
+        self._reset_pass()
+        self.mode = "cfg" if self.record is not None else "off"
+        if maps is None:
+            raise StormError("the gradient pass did not reach every selected attention layer "
+                             "(another patch may have replaced the UNet forward)")
+        return maps
+
+    # ---------------------------------------------------------------- called by the patches
+    def observe(self, key: tuple[str, int], q: torch.Tensor, k: torch.Tensor, extra_options: dict) -> bool:
+        """Record one layer call; returns True when a gradient pass may stop here."""
+        if self.mode == "off" or (self.mode == "cfg" and extra_options.get(GRAD_PASS_FLAG)):
+            return False
+        cond_or_uncond = list(extra_options.get("cond_or_uncond", [0]))
+        if 0 not in cond_or_uncond:
+            return False
+        chunk = q.shape[0] // len(cond_or_uncond)
+        rows = [r for i, c in enumerate(cond_or_uncond) if c == 0 for r in range(i * chunk, (i + 1) * chunk)]
+        if len(rows) != q.shape[0]:
+            q, k = q[rows], k[rows]
+        layer_call = (key, extra_options.get("block_index", 0))
+        if layer_call in self._seen:  # a new UNet call began before the last one finished: drop it
+            self._reset_pass()
+        self._seen.add(layer_call)
+        if self.mode == "cfg":
+            q, k = q.detach(), k.detach()
+        probs = attention_probs(q, k, extra_options["n_heads"])
+        if len(rows) > chunk:  # several positive chunks in one call: average them
+            probs = probs.reshape(len(rows) // chunk, chunk, *probs.shape[1:]).mean(0)
+        if self.n_tokens is not None:
+            probs = fold_token_tiling(probs, self.n_tokens)
+        self._acc.add(probs, self._map_size(key, probs.shape[2], extra_options))
+        self._calls += 1
+        if self._calls < self.expected_calls:
+            return False
+        maps = self._acc.mean()
+        self._reset_pass()
+        if self.mode == "grad":
+            self._grad_maps = maps
+            return True
+        self.record.add_step(current_sigma(extra_options), maps)
+        return False
+
+    def _map_size(self, key, n_query: int, extra_options: dict) -> tuple[int, int]:
+        shape = extra_options.get("original_shape")
+        if shape is None:
+            raise StormError("the host did not pass the latent shape to the attention patch")
+        height, width = int(shape[-2]), int(shape[-1])
+        level = self.levels.get(key)
+        if level is not None:
+            h, w = downsampled_size(height, level), downsampled_size(width, level)
+            if h * w == n_query:
+                return h, w
+        return infer_hw(n_query, height, width)
+
+
+def make_attn2_patch(recorder: MapRecorder, key: tuple[str, int], previous=None):
+    """An attn2 replace patch that records into ``recorder`` and chains to ``previous``."""
+
+    def storm_attn2_record(q, k, v, extra_options):
+        if recorder.observe(key, q, k, extra_options):
+            raise StopForward
+        if previous is not None:
+            return previous(q, k, v, extra_options)
+        return host_attention(q, k, v, extra_options["n_heads"], extra_options)
+
+    return storm_attn2_record
+
+
+def install_patches(model_options: dict, recorder: MapRecorder, layers: tuple[CrossAttentionLayer, ...]) -> dict:
+    """Register recording patches for ``layers`` in ``model_options`` (already a private copy).
+
+    One key per transformer depth ``(block, index, depth)``: the host looks those up before the
+    2-tuple key, so chaining per depth never hides another pack's patch nor is hidden by it.
+    """
+    transformer_options = model_options.setdefault("transformer_options", {})
+    replace = transformer_options.setdefault("patches_replace", {})
+    attn2 = dict(replace.get("attn2", {}))
+    for layer in layers:
+        for depth in range(layer.depth):
+            full = (layer.key[0], layer.key[1], depth)
+            previous = attn2.get(full, attn2.get(layer.key))
+            attn2[full] = make_attn2_patch(recorder, layer.key, previous)
+    replace["attn2"] = attn2
+    return model_options

@@ -1,0 +1,160 @@
+"""Everything that differs between the ComfyUI versions we support, in one place.
+
+Supported hosts: the 2024 pip fork (``comfyui==0.0.1``) through current upstream. See
+``docs/host-api.md`` section 8 for the table of differences. Each helper here has one job and
+says which host needs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import logging
+
+import comfy.ldm.modules.attention as comfy_attention
+import comfy.model_management
+import torch
+
+log = logging.getLogger("comfyui-storm")
+
+# Upstream (>= 0.3.59) wraps kernels with ``wrap_attn`` and accepts ``transformer_options``;
+# the fork's kernels take ``(q, k, v, heads, mask=None, attn_precision=None)`` only.
+_KERNELS_TAKE_OPTIONS = hasattr(comfy_attention, "wrap_attn")
+
+
+def host_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                   extra_options: dict) -> torch.Tensor:
+    """The host's own attention kernel, called exactly as the unpatched layer calls it.
+
+    ``q, k, v``: ``(B, N, Hd * d)`` projected tensors; returns ``(B, N, Hd * d)`` before
+    ``to_out``. The module attribute is read at call time (never monkeypatched).
+    """
+    kwargs = {"attn_precision": extra_options.get("attn_precision")}
+    if _KERNELS_TAKE_OPTIONS:
+        kwargs["transformer_options"] = extra_options
+    return comfy_attention.optimized_attention(q, k, v, heads, **kwargs)
+
+
+def copy_nested(value):
+    """Copy nested dicts and lists, sharing the leaves.
+
+    The fork passes the patcher's own ``model_options`` to samplers (upstream passes a copy),
+    so a sampler must copy before adding patches or they leak into later runs.
+    """
+    if isinstance(value, dict):
+        return {k: copy_nested(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [copy_nested(v) for v in value]
+    return value
+
+
+@contextlib.contextmanager
+def grad_capable_weights(module: torch.nn.Module):
+    """Swap parameters and buffers that are inference tensors for normal clones, then restore.
+
+    ComfyUI creates and moves weights inside ``torch.inference_mode()``; autograd refuses to
+    save such tensors for backward ("Inference tensors cannot be saved for backward"). Only the
+    tensors that are inference tensors are cloned, for the duration of one gradient pass.
+    """
+    swapped: list[tuple[dict, str, torch.Tensor]] = []
+    try:
+        with torch.inference_mode(False):
+            for m in module.modules():
+                for store in (m._parameters, m._buffers):
+                    for name, t in store.items():
+                        if t is not None and t.is_inference():
+                            clone = t.clone()
+                            store[name] = torch.nn.Parameter(clone, requires_grad=False) \
+                                if isinstance(t, torch.nn.Parameter) else clone
+                            swapped.append((store, name, t))
+        yield len(swapped)
+    finally:
+        for store, name, t in reversed(swapped):
+            store[name] = t
+
+
+@contextlib.contextmanager
+def gradient_pass(module: torch.nn.Module):
+    """Context for a forward/backward pass through the host's UNet from inside a node.
+
+    * ``inference_mode(False)`` + ``enable_grad()``: the executor runs nodes in inference mode;
+    * :func:`grad_capable_weights`;
+    * ``allow_mutation_on_saved_tensors()``: the fork's transformer blocks add residuals in
+      place (``x += n``), which autograd otherwise rejects (upstream changed this in 0.3.40).
+    """
+    with torch.inference_mode(False), torch.enable_grad(), grad_capable_weights(module), \
+            torch.autograd.graph.allow_mutation_on_saved_tensors():
+        yield
+
+
+def throw_if_interrupted() -> None:
+    """Raise the host's interrupt exception when the user pressed Cancel."""
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def interrupt_exception_types() -> tuple[type[BaseException], ...]:
+    """The exception class(es) the host raises on interrupt."""
+    types = []
+    exc = getattr(comfy.model_management, "InterruptProcessingException", None)
+    if exc is not None:
+        types.append(exc)
+    with contextlib.suppress(ImportError):
+        types.append(importlib.import_module("comfy.interruption").InterruptProcessingException)
+    return tuple(types)
+
+
+def inpaint_blend(model_k, x: torch.Tensor, sigma: torch.Tensor, denoise_mask, model_options: dict) -> torch.Tensor:
+    """Reproduce ``KSamplerX0Inpaint``'s input blending for our own conditional pass.
+
+    With a denoise mask the host feeds ``x * mask + noised_latent * (1 - mask)`` to the model;
+    the gradient pass must see the same input. Upstream uses ``scale_latent_inpaint``, the fork
+    ``model_sampling.noise_scaling``.
+    """
+    if denoise_mask is None:
+        return x
+    if "denoise_mask_function" in model_options:
+        denoise_mask = model_options["denoise_mask_function"](
+            sigma, denoise_mask, extra_options={"model": model_k.inner_model, "sigmas": model_k.sigmas})
+    base = model_k.inner_model.inner_model
+    if hasattr(base, "scale_latent_inpaint"):
+        known = base.scale_latent_inpaint(x=x, sigma=sigma, noise=model_k.noise, latent_image=model_k.latent_image)
+    else:
+        s = sigma.reshape([sigma.shape[0]] + [1] * (model_k.noise.dim() - 1))
+        known = base.model_sampling.noise_scaling(s, model_k.noise, model_k.latent_image)
+    return x * denoise_mask + known * (1.0 - denoise_mask)
+
+
+def encode_prompt(clip, text: str):
+    """Encode like the host's CLIPTextEncode: returns (tokens dict, CONDITIONING)."""
+    tokens = clip.tokenize(text)
+    if hasattr(clip, "encode_from_tokens_scheduled"):
+        return tokens, clip.encode_from_tokens_scheduled(tokens)
+    cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+    return tokens, [[cond, {"pooled_output": pooled}]]
+
+
+def latent_preview_callback(model, steps: int):
+    """The host's progress/preview callback for a sampling run of ``steps`` steps."""
+    try:
+        module = importlib.import_module("latent_preview")
+    except ImportError:
+        module = importlib.import_module("comfy.cmd.latent_preview")
+    return module.prepare_callback(model, steps)
+
+
+def folder_paths():
+    """The host's ``folder_paths`` module (top level upstream, ``comfy.cmd`` in the fork)."""
+    try:
+        return importlib.import_module("folder_paths")
+    except ImportError:
+        return importlib.import_module("comfy.cmd.folder_paths")
+
+
+def accepts_kwarg(fn, name: str) -> bool:
+    """Whether ``fn`` takes a keyword argument ``name``."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())

@@ -1,0 +1,37 @@
+"""Turning ``StormError`` into messages that name the node and the input."""
+
+from __future__ import annotations
+
+import functools
+
+from ..storm_ops.errors import StormError
+
+
+class StormNodeError(StormError):
+    """A user-facing error: ``<node>: input '<name>': <what is wrong and what to do>``."""
+
+
+def format_error(node: str, error: StormError) -> str:
+    message = str(error)
+    if message.startswith(node):
+        message = message[len(node):].lstrip(": ")
+    where = f"input '{error.input_name}': " if error.input_name else ""
+    return f"{node}: {where}{message}"
+
+
+def node_errors(node: str):
+    """Decorator for a node's FUNCTION: re-raise ``StormError`` with the node and input named."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except StormNodeError:
+                raise
+            except StormError as error:
+                raise StormNodeError(format_error(node, error), input_name=error.input_name) from error
+
+        return run
+
+    return wrap

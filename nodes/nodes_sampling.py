@@ -1,0 +1,126 @@
+"""Sampler nodes: a SAMPLER for SamplerCustom(Advanced) and an all-in-one KSampler replacement."""
+
+from __future__ import annotations
+
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+
+from ..storm_ops.errors import StormError
+from .architecture import DEFAULT_LAYER_SELECTION, LAYER_SELECTIONS
+from .capture import AttentionHistory
+from .compat import latent_preview_callback
+from .errors import node_errors
+from .sampler import BASE_SAMPLERS, GuidedSamplerSettings, make_ksampler
+
+SAMPLER_TOOLTIP = (
+    "Base sampler that takes the denoising steps (the host's own implementation). Single-step samplers "
+    "(euler, heun, dpm_2, ddim and the ancestral ones) are exact on guided steps; multistep samplers "
+    "(dpmpp_2m, lms) restart their history at each guided step (a first-order step right after the "
+    "latent was moved) and run at full order once guidance ends. Ancestral samplers use one noise "
+    "stream for the whole run.")
+LAYERS_INPUT = (list(LAYER_SELECTIONS), {
+    "default": DEFAULT_LAYER_SELECTION,
+    "tooltip": "Cross-attention layers whose maps the losses read, by UNet level: 1/32 of the image resolution "
+               "(16x16 at 512 px on SD1.5, 32x32 at 1024 px on SDXL) on the down and up path is the paper's choice; "
+               "'+mid' adds the middle block where it has the same size; 1/16 uses twice finer, costlier maps."})
+GUIDANCE_INPUT = ("STORM_GUIDANCE", {"tooltip": "The losses to apply, from STORM loss nodes (e.g. STORM Attend-and-Excite)."})
+ATTENTION_OUTPUT_TOOLTIP = ("Attention maps and guidance log of each run, for STORM Attention Heatmap "
+                            "(it picks the run that produced the latent you connect).")
+
+
+class GuidedSampler:
+    """STORM Guided Sampler: a SAMPLER for the core SamplerCustom / SamplerCustomAdvanced nodes."""
+
+    NODE_NAME = "STORM Guided Sampler"
+    DESCRIPTION = (
+        "A SAMPLER that applies attention guidance: on guided steps it runs a conditional UNet pass with "
+        "gradients, evaluates the connected losses on the cross-attention maps and moves the latent, then "
+        "takes the base sampler's step. Use with SamplerCustom / SamplerCustomAdvanced. With no active "
+        "loss it reproduces the base sampler exactly.")
+    CATEGORY = "STORM/sampling"
+    FUNCTION = "build"
+    RETURN_TYPES = ("SAMPLER", "STORM_ATTENTION")
+    RETURN_NAMES = ("sampler", "attention")
+    OUTPUT_TOOLTIPS = ("Connect to the sampler input of SamplerCustom / SamplerCustomAdvanced.", ATTENTION_OUTPUT_TOOLTIP)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "guidance": GUIDANCE_INPUT,
+            "sampler_name": (list(BASE_SAMPLERS), {"default": "euler", "tooltip": SAMPLER_TOOLTIP}),
+            "attention_layers": LAYERS_INPUT,
+        }}
+
+    @node_errors(NODE_NAME)
+    def build(self, guidance, sampler_name, attention_layers):
+        settings = GuidedSamplerSettings(guidance, sampler_name, attention_layers, self.NODE_NAME)
+        history = AttentionHistory(self.NODE_NAME)
+        return (make_ksampler(settings, history), history)
+
+
+class GuidedKSampler:
+    """STORM Guided KSampler: KSampler with attention guidance, for graphs built around KSampler."""
+
+    NODE_NAME = "STORM Guided KSampler"
+    DESCRIPTION = (
+        "KSampler with attention guidance (same inputs as KSampler plus the guidance). On guided steps it "
+        "moves the latent along the gradient of the connected losses before each denoising step. Outputs "
+        "the latent and the attention maps of exactly this run.")
+    CATEGORY = "STORM/sampling"
+    FUNCTION = "sample"
+    RETURN_TYPES = ("LATENT", "STORM_ATTENTION")
+    RETURN_NAMES = ("latent", "attention")
+    OUTPUT_TOOLTIPS = ("The denoised latent.", ATTENTION_OUTPUT_TOOLTIP)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The diffusion model (SD1.x, SD2.x or SDXL)."}),
+            "guidance": GUIDANCE_INPUT,
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                             "tooltip": "Noise seed."}),
+            "steps": ("INT", {"default": 50, "min": 1, "max": 10000,
+                              "tooltip": "Denoising steps (papers: 50; guidance windows scale with the step count)."}),
+            "cfg": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                              "tooltip": "Classifier-free guidance scale (papers: 7.5)."}),
+            "sampler_name": (list(BASE_SAMPLERS), {"default": "euler", "tooltip": SAMPLER_TOOLTIP}),
+            "scheduler": (list(comfy.samplers.KSampler.SCHEDULERS), {"default": "normal", "tooltip": "Noise schedule."}),
+            "positive": ("CONDITIONING", {"tooltip": "Positive prompt; use the conditioning output of STORM Subject Tokens."}),
+            "negative": ("CONDITIONING", {"tooltip": "Negative prompt."}),
+            "latent_image": ("LATENT", {"tooltip": "Latent to denoise (batches are guided per image)."}),
+            "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                  "tooltip": "Denoising strength, as in KSampler."}),
+            "attention_layers": LAYERS_INPUT,
+        }}
+
+    @node_errors(NODE_NAME)
+    def sample(self, model, guidance, seed, steps, cfg, sampler_name, scheduler, positive, negative,
+               latent_image, denoise, attention_layers):
+        settings = GuidedSamplerSettings(guidance, sampler_name, attention_layers, self.NODE_NAME)
+        history = AttentionHistory(self.NODE_NAME, capacity=1)
+        sampler = make_ksampler(settings, history)
+        samples = _sample_like_ksampler(model, sampler, sampler_name, seed, steps, cfg, scheduler,
+                                        positive, negative, latent_image, denoise)
+        out = latent_image.copy()
+        out["samples"] = samples
+        return (out, history)
+
+
+def _sample_like_ksampler(model, sampler, sampler_name, seed, steps, cfg, scheduler, positive, negative,
+                          latent, denoise):
+    """What the core KSampler node does, with our SAMPLER: same noise, sigmas, mask and callback."""
+    latent_image = latent["samples"]
+    if hasattr(comfy.sample, "fix_empty_latent_channels"):
+        latent_image = comfy.sample.fix_empty_latent_channels(model, latent_image)
+    if latent_image.dim() != 4:
+        raise StormError(f"expected an image latent of shape (B, C, H, W), got {tuple(latent_image.shape)}",
+                         input_name="latent_image")
+    noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
+    base = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler_name,
+                                   scheduler=scheduler, denoise=denoise, model_options=model.model_options)
+    callback = latent_preview_callback(model, steps)
+    disable_pbar = not bool(getattr(comfy.utils, "PROGRESS_BAR_ENABLED", True))
+    return comfy.sample.sample_custom(model, noise, cfg, sampler, base.sigmas, positive, negative, latent_image,
+                                      noise_mask=latent.get("noise_mask"), callback=callback,
+                                      disable_pbar=disable_pbar, seed=seed)

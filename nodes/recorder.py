@@ -1,0 +1,81 @@
+"""STORM Attention Recorder: records cross-attention maps during any sampler's run."""
+
+from __future__ import annotations
+
+from .architecture import describe_unet
+from .capture import AttentionHistory, MapRecorder, RunRecord, current_sigma, install_patches
+from .errors import node_errors
+from .nodes_sampling import ATTENTION_OUTPUT_TOOLTIP, LAYERS_INPUT
+
+
+class ContinuousRecorder(MapRecorder):
+    """A recorder living in a patched MODEL, used by whatever sampler runs it.
+
+    A run starts when the noise level goes up (every sampling run starts at its highest sigma);
+    each run gets its own :class:`RunRecord` in ``history``. The run's final latent is taken from
+    the CFG-combined prediction of its last step (what every sampler returns when the schedule
+    ends at sigma 0), so the visualiser can match the run to the LATENT it is shown.
+    """
+
+    def __init__(self, layers, history: AttentionHistory, info: dict):
+        super().__init__(layers, record=None)
+        self.mode = "cfg"
+        self.history = history
+        self.info = info
+        self._last_sigma: float | None = None
+
+    def _maybe_start_run(self, sigma: float) -> None:
+        if self.record is None or (self._last_sigma is not None and sigma > self._last_sigma):
+            self.record = RunRecord(self.info)
+            self.history.add(self.record)
+        self._last_sigma = sigma
+
+    def observe(self, key, q, k, extra_options):
+        if 0 in extra_options.get("cond_or_uncond", [0]) and not extra_options.get("storm_grad_pass"):
+            self._maybe_start_run(current_sigma(extra_options))
+        return super().observe(key, q, k, extra_options)
+
+    def on_denoised(self, denoised, sigma) -> None:
+        if self.record is not None:
+            self.record.final_latent = denoised.detach().to("cpu", dtype=denoised.dtype).float()
+
+
+class AttentionRecorder:
+    """MODEL -> MODEL patch that records cross-attention maps for STORM Attention Heatmap."""
+
+    NODE_NAME = "STORM Attention Recorder"
+    DESCRIPTION = (
+        "Records the cross-attention maps of the selected layers while any sampler (KSampler, "
+        "SamplerCustom, ...) runs the returned model, without changing the image. Connect the attention "
+        "output and the sampler's latent to STORM Attention Heatmap.")
+    CATEGORY = "STORM/attention"
+    FUNCTION = "patch"
+    RETURN_TYPES = ("MODEL", "STORM_ATTENTION")
+    RETURN_NAMES = ("model", "attention")
+    OUTPUT_TOOLTIPS = ("The model with recording patches (a clone; the input model is unchanged).",
+                       ATTENTION_OUTPUT_TOOLTIP)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The diffusion model to record (SD1.x, SD2.x or SDXL)."}),
+            "attention_layers": LAYERS_INPUT,
+        }}
+
+    @node_errors(NODE_NAME)
+    def patch(self, model, attention_layers):
+        unet = describe_unet(model.model, self.NODE_NAME)
+        layers = unet.select(attention_layers, self.NODE_NAME)
+        history = AttentionHistory(self.NODE_NAME)
+        recorder = ContinuousRecorder(layers, history, {
+            "node": self.NODE_NAME, "model": unet.model_name, "family": unet.family,
+            "layers": [layer.label for layer in layers]})
+        patched = model.clone()
+        install_patches(patched.model_options, recorder, layers)
+
+        def storm_record_final(args):
+            recorder.on_denoised(args["denoised"], args.get("sigma"))
+            return args["denoised"]
+
+        patched.set_model_sampler_post_cfg_function(storm_record_final)
+        return (patched, history)

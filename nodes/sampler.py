@@ -1,0 +1,250 @@
+"""The attention-guided sampler: a ComfyUI ``SAMPLER`` that owns the denoising loop.
+
+On a guided step ``i`` it runs a conditional-only UNet pass with gradients (stopping after the
+last recorded layer), evaluates the active guidance terms on the recorded maps, refines/updates
+the latent (``storm_ops.optimize``), and then takes the base sampler's step. The base samplers
+are the host's own k-diffusion functions, called over segments of the schedule:
+
+* unguided stretches run as one call, so with guidance off the output equals the host's sampler
+  bit for bit;
+* every guided step is its own call. Single-step samplers (euler, heun, dpm_2, ddim) are exact;
+  multistep samplers (dpmpp_2m, lms) restart their history at each guided step, i.e. take a
+  first-order step there (the latent was just moved, so the old history no longer describes it),
+  and resume higher order after the guidance window; ancestral samplers draw their noise from
+  one generator for the whole run.
+
+Step sizes are the papers' (diffusers latent ``z``); ComfyUI samples ``x = x0 + sigma * eps``
+with ``z = x / sqrt(1 + sigma^2)``, so ``z <- z - a * grad_z`` is ``x <- x - a (1 + sigma^2) grad_x``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import comfy.k_diffusion.sampling as k_sampling
+import comfy.samplers
+import torch
+
+from ..storm_ops.errors import StormError
+from ..storm_ops.guidance import Guidance
+from ..storm_ops.optimize import Evaluation, guidance_step
+from .architecture import DEFAULT_LAYER_SELECTION, describe_unet
+from .capture import GRAD_PASS_FLAG, AttentionHistory, MapRecorder, RunRecord, StopForward, install_patches
+from .compat import accepts_kwarg, copy_nested, gradient_pass, inpaint_blend, throw_if_interrupted
+from .errors import StormNodeError, format_error
+
+log = logging.getLogger("comfyui-storm")
+
+NODE = "STORM Guided Sampler"
+
+#: base samplers (host k-diffusion names); "ddim" is ComfyUI's ddim = euler with seeded inpaint noise
+BASE_SAMPLERS = ("euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms",
+                 "dpmpp_2m", "dpmpp_2s_ancestral", "ddim")
+MULTISTEP_SAMPLERS = frozenset({"lms", "dpmpp_2m"})
+
+
+@dataclass(frozen=True)
+class GuidedSamplerSettings:
+    """Everything the sampler function needs besides ComfyUI's arguments."""
+
+    guidance: Guidance
+    base_sampler: str = "euler"
+    attention_layers: str = DEFAULT_LAYER_SELECTION
+    node: str = NODE
+
+    def __post_init__(self) -> None:
+        if self.base_sampler not in BASE_SAMPLERS:
+            raise StormError(f"{self.node}: unknown base sampler {self.base_sampler!r}; "
+                             f"choose one of {', '.join(BASE_SAMPLERS)}", input_name="sampler_name")
+
+
+def base_sampler_function(name: str):
+    """The host's k-diffusion sampling function for ``name``."""
+    return getattr(k_sampling, "sample_" + ("euler" if name == "ddim" else name))
+
+
+def make_ksampler(settings: GuidedSamplerSettings, history: AttentionHistory):
+    """A ``comfy.samplers.KSAMPLER`` running :func:`sample_guided` (the SAMPLER socket value)."""
+
+    def storm_guided_sampler(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        try:
+            return sample_guided(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
+                                 settings=settings, history=history)
+        except StormNodeError:
+            raise
+        except StormError as error:
+            raise StormNodeError(format_error(settings.node, error), input_name=error.input_name) from error
+
+    inpaint = {"random": True} if settings.base_sampler == "ddim" else {}
+    return comfy.samplers.KSAMPLER(storm_guided_sampler, inpaint_options=inpaint)
+
+
+class _CheckedModel:
+    """Delegates to the sampler's model and checks for a UI interrupt before every UNet call."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def __call__(self, *args, **kwargs):
+        throw_if_interrupted()
+        return self._model(*args, **kwargs)
+
+
+def plan_segments(num_steps: int, guided: set[int]) -> list[tuple[int, int, bool]]:
+    """Split ``range(num_steps)`` into ``(start, stop, guided)`` segments.
+
+    Guided steps are single-step segments; consecutive unguided steps form one segment.
+    """
+    segments: list[tuple[int, int, bool]] = []
+    i = 0
+    while i < num_steps:
+        if i in guided:
+            segments.append((i, i + 1, True))
+            i += 1
+            continue
+        j = i
+        while j < num_steps and j not in guided:
+            j += 1
+        segments.append((i, j, False))
+        i = j
+    return segments
+
+
+def _positive_conds(model, node: str) -> list[dict]:
+    guider = model.inner_model
+    conds = getattr(guider, "conds", None)
+    if not isinstance(conds, dict) or "positive" not in conds:
+        raise StormError(f"{node}: the guider {type(guider).__name__} has no positive conditioning; "
+                         "use it with SamplerCustom or a CFG guider", input_name="positive")
+    positive = conds["positive"]
+    if len(positive) != 1:
+        raise StormError(
+            f"{node}: the positive conditioning has {len(positive)} entries (combined, area or "
+            "timestep-scheduled conditionings); attention guidance needs a single prompt encoding",
+            input_name="positive")
+    return positive
+
+
+def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
+                  settings: GuidedSamplerSettings, history: AttentionHistory):
+    """k-diffusion-style sampler function (see module docstring)."""
+    extra_args = dict(extra_args or {})
+    node = settings.node
+    num_steps = len(sigmas) - 1
+    base_model = model.inner_model.inner_model
+    unet = describe_unet(base_model, node)
+    layers = unet.select(settings.attention_layers, node)
+    guidance = settings.guidance.resolve({"end_tokens": unet.default_end_tokens})
+    layout = guidance.layout
+
+    guided = {i for i in range(num_steps) if guidance.active_terms(i, num_steps)} if guidance.terms else set()
+    positive = _positive_conds(model, node) if guided else None
+    n_tokens = None
+    if positive is not None:
+        n_tokens = int(positive[0]["cross_attn"].shape[1])
+        if layout is not None and layout.length != n_tokens:
+            raise StormError(
+                f"{node}: the positive conditioning has {n_tokens} token columns but the subject tokens "
+                f"were computed for a prompt with {layout.length}; connect the conditioning output of "
+                "STORM Subject Tokens (or encode the same prompt) to 'positive'", input_name="positive")
+        for term in guidance.terms:
+            term.check_layout(n_tokens)
+    elif layout is not None:
+        n_tokens = layout.length
+
+    record = RunRecord({"node": node, "model": unet.model_name, "family": unet.family,
+                        "layers": [layer.label for layer in layers], "base_sampler": settings.base_sampler,
+                        "steps": num_steps, "guided_steps": sorted(guided)})
+    recorder = MapRecorder(layers, record, n_tokens)
+    model_options = install_patches(copy_nested(extra_args.get("model_options", {})), recorder, layers)
+    extra_args["model_options"] = model_options
+    grad_options = {**model_options,
+                    "transformer_options": {**model_options["transformer_options"], GRAD_PASS_FLAG: True}}
+
+    checked = _CheckedModel(model)
+    base_fn = base_sampler_function(settings.base_sampler)
+    base_kwargs = {}
+    segments = plan_segments(num_steps, guided)
+    if len(segments) > 1 and accepts_kwarg(base_fn, "noise_sampler"):
+        base_kwargs["noise_sampler"] = _noise_sampler(x, extra_args.get("seed"))
+    states: dict = {}
+
+    def evaluate_at(step: int):
+        sigma = sigmas[step]
+        s_in = x.new_ones([x.shape[0]])
+
+        def evaluate(z: torch.Tensor) -> Evaluation:
+            throw_if_interrupted()
+            with gradient_pass(base_model.diffusion_model):
+                zg = z.detach().clone().requires_grad_(True)
+                timestep = (sigma * s_in).detach().clone()
+                z_in = inpaint_blend(model, zg, timestep, extra_args.get("denoise_mask"), grad_options)
+                recorder.begin_grad_pass()
+                try:
+                    comfy.samplers.calc_cond_batch(base_model, [positive], z_in, timestep, grad_options)
+                except StopForward:
+                    pass
+                maps = recorder.end_grad_pass()
+                combined = guidance.combine(maps, step, num_steps, states)
+                if combined.objective.requires_grad:
+                    grad = torch.autograd.grad(combined.objective.sum(), zg)[0]
+                else:
+                    grad = torch.zeros_like(zg)
+            return Evaluation(combined.objective.detach(), grad.detach(), combined.satisfied,
+                              combined.max_refine_iters, combined.term_losses, combined.metrics)
+
+        return evaluate
+
+    x_out = x
+    for start, stop, is_guided in segments:
+        if is_guided:
+            sigma = float(sigmas[start])
+            x_out, report = guidance_step(x_out, evaluate_at(start), multiplier=1.0 + sigma ** 2)
+            entry = _log_entry(start, sigma, report)
+            record.log.append(entry)
+            for reason in report.skipped:
+                log.warning("%s: step %d: %s", node, start, reason)
+        offset_cb = None if callback is None else _offset_callback(callback, start)
+        x_out = base_fn(checked, x_out, sigmas[start:stop + 1], extra_args=extra_args, callback=offset_cb,
+                        disable=disable if len(segments) == 1 else True, **base_kwargs)
+    record.final_latent = x_out.detach().to("cpu", torch.float32)
+    history.add(record)
+    return x_out
+
+
+def _noise_sampler(x, seed):
+    fn = k_sampling.default_noise_sampler
+    return fn(x, seed=seed) if accepts_kwarg(fn, "seed") else fn(x)
+
+
+def _offset_callback(callback, offset: int):
+    def storm_offset_callback(info: dict):
+        callback({**info, "i": info["i"] + offset})
+    return storm_offset_callback
+
+
+def _floats(t: torch.Tensor) -> list:
+    return [round(float(v), 6) if math.isfinite(float(v)) else str(float(v)) for v in t.flatten()]
+
+
+def _log_entry(step: int, sigma: float, report) -> dict:
+    entry = {
+        "step": step,
+        "sigma": round(sigma, 6),
+        "loss_before": _floats(report.first.objective),
+        "loss_after": _floats(report.last.objective),
+        "terms_before": {k: _floats(v) for k, v in report.first.term_losses.items()},
+        "terms_after": {k: _floats(v) for k, v in report.last.term_losses.items()},
+        "refine_iters": report.refine_iters,
+        "updates": report.updates,
+    }
+    for key, value in report.last.metrics.items():
+        entry[key] = _floats(value)
+    if report.skipped:
+        entry["skipped"] = list(report.skipped)
+    return entry

@@ -1,0 +1,53 @@
+// ComfyUI-STORM frontend extension: shows the text a STORM node reports after it runs
+// (the tokenisation of STORM Subject Tokens, the guidance log of STORM Attention Heatmap)
+// in a read-only box inside the node. Callbacks are chained, never replaced.
+import { app } from "../../scripts/app.js";
+
+const TEXT_OUTPUTS = {
+  STORM_SubjectTokens: "storm_text",
+  STORM_AttentionHeatmap: "storm_log",
+};
+const DISPLAY = "storm_display";
+
+function showText(node, text) {
+  let widget = node.widgets?.find((w) => w.name === DISPLAY);
+  if (!widget) {
+    const area = document.createElement("textarea");
+    area.readOnly = true;
+    area.spellcheck = false;
+    Object.assign(area.style, {
+      fontFamily: "monospace",
+      fontSize: "11px",
+      width: "100%",
+      minHeight: "60px",
+      resize: "none",
+      opacity: "0.85",
+    });
+    widget = node.addDOMWidget(DISPLAY, "storm_text", area, {
+      serialize: false,
+      getValue: () => area.value,
+      setValue: (v) => {
+        area.value = v;
+      },
+    });
+    widget.serialize = false;
+  }
+  widget.element.value = text;
+  node.setSize?.([node.size[0], Math.max(node.size[1], node.computeSize()[1])]);
+  node.setDirtyCanvas?.(true, true);
+}
+
+app.registerExtension({
+  name: "STORM.ui",
+  nodeCreated(node) {
+    const key = TEXT_OUTPUTS[node.comfyClass];
+    if (!key) return;
+    const previous = node.onExecuted;
+    node.onExecuted = function (output) {
+      const result = previous?.apply(this, arguments);
+      const text = output?.[key];
+      if (text !== undefined) showText(this, Array.isArray(text) ? text.join("\n") : String(text));
+      return result;
+    };
+  },
+});
