@@ -282,6 +282,24 @@ def build_tiny(arch: str, *, seed: int = 0, dtype: torch.dtype = torch.float32) 
     return TinyModel(arch, model, clip, vae, spec.context_dim, spec.pooled_dim)
 
 
+def build_tiny_unet(arch: str, *, unet_overrides: dict[str, Any] | None = None, seed: int = 0,
+                    dtype: torch.dtype = torch.float32) -> Any:
+    """Only the ModelPatcher of ``arch``, optionally with ``unet_config`` entries replaced.
+
+    For models the real topology tables do not cover, e.g. a UNet without cross-attention:
+    ``build_tiny_unet("sd15", unet_overrides={"transformer_depth": [0] * 8,
+    "transformer_depth_output": [0] * 12, "transformer_depth_middle": -1})``.
+    """
+    if arch not in ARCH_SPECS:
+        raise ValueError(f"unknown tiny architecture {arch!r}; expected one of {ARCHS}")
+    ensure_host()
+    spec = ARCH_SPECS[arch]
+    if unet_overrides:
+        spec = dataclasses.replace(spec, unet_config={**spec.unet_config, **unet_overrides})
+    with torch.no_grad():
+        return _build_unet(spec, seed, dtype)
+
+
 def tiny_conditioning(clip: Any, text: str) -> list:
     """Encode ``text`` exactly as the host's ``CLIPTextEncode`` node does.
 

@@ -1,0 +1,15 @@
+"""Small helpers for calling node classes directly in host tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def node_output(value: Any) -> tuple:
+    """The result tuple of a node call that may return ``{"ui": ..., "result": ...}``."""
+    return tuple(value["result"]) if isinstance(value, dict) else tuple(value)
+
+
+def node_ui(value: Any) -> dict:
+    """The ``ui`` part of a node call's return value (empty when there is none)."""
+    return dict(value.get("ui", {})) if isinstance(value, dict) else {}

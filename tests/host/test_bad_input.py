@@ -1,0 +1,85 @@
+"""Bad input gives an error naming the node and the input, never a traceback from inside torch."""
+
+import comfy.sample
+import comfy.samplers
+import pytest
+import torch
+
+from harness.nodeutil import node_output
+from harness.tiny_models import build_tiny_unet
+
+LAYERS = "1/32 res: down+up (A&E)"
+NO_CROSS_ATTENTION = {"transformer_depth": [0] * 8, "transformer_depth_output": [0] * 12,
+                      "transformer_depth_middle": -1}
+
+
+@pytest.fixture(scope="module")
+def prompt(nodes, tiny, encode):
+    tm = tiny("sd15")
+    with torch.inference_mode():
+        tokens, cond, _ = node_output(nodes["STORM_SubjectTokens"]().run(tm.clip, "a cat and a dog", "cat, dog"))
+        (guidance,) = nodes["STORM_AttendAndExcite"]().build(tokens, 20.0, 0.0, 0.5, "", 0, True, "auto")
+    return tm, tokens, cond, encode(tm.clip, ""), guidance
+
+
+def ksample(nodes, model, guidance, pos, neg, hw=(16, 16)):
+    with torch.inference_mode():
+        return nodes["STORM_GuidedKSampler"]().sample(model, guidance, 0, 2, 7.5, "euler", "normal", pos, neg,
+                                                      {"samples": torch.zeros(1, 4, *hw)}, 1.0, LAYERS)
+
+
+def test_model_without_cross_attention(nodes, prompt):
+    _, _, pos, neg, guidance = prompt
+    with torch.inference_mode():
+        model = build_tiny_unet("sd15", unet_overrides=NO_CROSS_ATTENTION)
+    with pytest.raises(Exception, match=r"STORM Guided KSampler: input 'model':.*no cross-attention layers"):
+        ksample(nodes, model, guidance, pos, neg)
+    with pytest.raises(Exception, match=r"STORM Attention Recorder: input 'model':.*no cross-attention"):
+        nodes["STORM_AttentionRecorder"]().patch(model, LAYERS)
+
+
+def test_positive_prompt_of_another_length(nodes, prompt, encode):
+    tm, _, _, neg, guidance = prompt
+    long_positive = encode(tm.clip, ", ".join(["a cat and a dog"] * 30))
+    with pytest.raises(Exception, match=r"STORM Guided KSampler: input 'positive':.*has 231 token columns.*prompt with 77"):
+        ksample(nodes, tm.model, guidance, long_positive, neg)
+
+
+def test_combined_positive_conditioning(nodes, prompt):
+    tm, _, pos, neg, guidance = prompt
+    combined = pos + pos  # what ConditioningCombine produces
+    with pytest.raises(Exception, match=r"input 'positive':.*2 entries"):
+        ksample(nodes, tm.model, guidance, combined, neg)
+
+
+def test_guided_sampler_inside_sampler_custom_reports_its_own_name(nodes, prompt):
+    tm, _, pos, neg, guidance = prompt
+    with torch.inference_mode():
+        sampler, _ = nodes["STORM_GuidedSampler"]().build(guidance, "euler", LAYERS)
+        model = build_tiny_unet("sd15", unet_overrides=NO_CROSS_ATTENTION)
+        sigmas = comfy.samplers.KSampler(model, steps=2, device=model.load_device, sampler="euler",
+                                         scheduler="normal", model_options=model.model_options).sigmas
+        latent = torch.zeros(1, 4, 16, 16)
+        with pytest.raises(Exception, match=r"^STORM Guided Sampler: input 'model'"):
+            comfy.sample.sample_custom(model, torch.randn_like(latent), 7.5, sampler, sigmas, pos, neg, latent,
+                                       disable_pbar=True, seed=0)
+
+
+def test_bad_widget_values(nodes, prompt):
+    _, tokens, _, _, guidance = prompt
+    build = nodes["STORM_AttendAndExcite"]().build
+    with pytest.raises(Exception, match=r"STORM Attend-and-Excite: input 'thresholds':.*'0.2'"):
+        build(tokens, 20.0, 0.0, 0.5, "0.2", 5, True, "auto")
+    with pytest.raises(Exception, match=r"STORM Attend-and-Excite: input 'end_at'"):
+        build(tokens, 20.0, 0.6, 0.5, "", 5, True, "auto")
+    with pytest.raises(Exception, match=r"STORM Guided Sampler: input 'sampler_name'"):
+        nodes["STORM_GuidedSampler"]().build(guidance, "dpm_fast", LAYERS)
+
+
+def test_losses_from_different_prompts_cannot_be_chained(nodes, prompt, tiny):
+    tm, _, _, _, guidance = prompt
+    long_prompt = "a cat and " + ", ".join(["a dog"] * 40)
+    with torch.inference_mode():
+        other = node_output(nodes["STORM_SubjectTokens"]().run(tm.clip, long_prompt, "cat"))[0]
+    with pytest.raises(Exception, match=r"STORM Attend-and-Excite: input 'guidance':.*same prompt"):
+        nodes["STORM_AttendAndExcite"]().build(other, 20.0, 0.0, 0.5, "", 5, True, "auto", guidance=guidance)

@@ -1,0 +1,210 @@
+"""The guided sampler on the real hosts: exactness, the A&E effect, progress, interrupts, bad numbers."""
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import pytest
+import torch
+
+from harness.nodeutil import node_output
+
+LAYERS = "1/32 res: down+up (A&E)"
+THRESHOLDS = "0:0.05, 0.2:0.5, 0.4:0.8"
+
+
+@pytest.fixture(scope="module")
+def setup(nodes, tiny, encode):
+    """``setup(arch)`` -> (model, tokens, positive, negative) for "a cat and a dog"."""
+    cache = {}
+
+    def get(arch):
+        if arch not in cache:
+            tm = tiny(arch)
+            with torch.inference_mode():
+                tokens, cond, _ = node_output(nodes["STORM_SubjectTokens"]().run(tm.clip, "a cat and a dog", "cat, dog"))
+            cache[arch] = (tm.model, tokens, cond, encode(tm.clip, "blurry"))
+        return cache[arch]
+
+    return get
+
+
+def ae(nodes, tokens, step_size=20.0, **kw):
+    args = dict(start_at=0.0, end_at=0.5, thresholds=THRESHOLDS, max_refine_iters=5, smoothing=True, end_tokens="auto")
+    args.update(kw)
+    with torch.inference_mode():
+        return nodes["STORM_AttendAndExcite"]().build(tokens, step_size, **args)[0]
+
+
+def custom_sample(model, sampler, sigmas, pos, neg, latent, seed=3, callback=None):
+    noise = comfy.sample.prepare_noise(latent, seed)
+    with torch.inference_mode():
+        return comfy.sample.sample_custom(model, noise, 7.5, sampler, sigmas, pos, neg, latent, callback=callback,
+                                          disable_pbar=True, seed=seed)
+
+
+def sigmas_for(model, steps, scheduler="normal", sampler="euler"):
+    ks = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler, scheduler=scheduler,
+                                 denoise=1.0, model_options=model.model_options)
+    return ks.sigmas
+
+
+def guided_sampler(nodes, guidance, name="euler"):
+    with torch.inference_mode():
+        return nodes["STORM_GuidedSampler"]().build(guidance, name, LAYERS)
+
+
+class ConstantTerm:
+    """A term whose loss does not depend on the maps: guided steps happen, gradients are zero."""
+
+    @staticmethod
+    def make(pack, value=1.0, window=(0.0, 0.5)):
+        g = pack.storm_ops.guidance
+
+        class Constant(g.GuidanceTerm):
+            name = "constant"
+
+            def token_columns(self):
+                return ()
+
+            def compute(self, ctx):
+                return g.TermResult(ctx.maps.sum((1, 2, 3)) * 0.0 + value)
+
+        term = Constant(window=g.StepWindow(*window), step_size=g.StepSize(1.0, 1.0))
+        return g.Guidance((term,))
+
+
+SAMPLERS = ["euler", "euler_ancestral", "heun", "dpmpp_2m", "ddim"]
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_guidance_off_equals_the_host_sampler_bit_for_bit(nodes, setup, name):
+    model, tokens, pos, neg = setup("sd15")
+    latent = torch.zeros(1, 4, 16, 16)
+    sigmas = sigmas_for(model, 4, sampler=name)
+    ours, _ = guided_sampler(nodes, ae(nodes, tokens, step_size=0.0), name)
+    host = comfy.samplers.sampler_object(name)
+    assert torch.equal(custom_sample(model, ours, sigmas, pos, neg, latent),
+                       custom_sample(model, host, sigmas, pos, neg, latent))
+
+
+@pytest.mark.parametrize("arch,name", [("sd15", "euler_ancestral"), ("sdxl", "euler"), ("sdxl", "dpmpp_2m")])
+def test_guided_ksampler_off_equals_core_ksampler(nodes, setup, arch, name):
+    model, tokens, pos, neg = setup(arch)
+    latent = {"samples": torch.zeros(1, 4, 16, 16)}
+    with torch.inference_mode():
+        out, _ = nodes["STORM_GuidedKSampler"]().sample(model, ae(nodes, tokens, end_at=0.0), 5, 4, 7.5, name,
+                                                        "karras", pos, neg, latent, 1.0, LAYERS)
+        noise = comfy.sample.prepare_noise(latent["samples"], 5)
+        ref = comfy.sample.sample(model, noise, 4, 7.5, name, "karras", pos, neg, latent["samples"], seed=5,
+                                  disable_pbar=True)
+    assert torch.equal(out["samples"], ref)
+
+
+@pytest.mark.parametrize("name", ["euler", "euler_ancestral", "heun", "ddim"])
+def test_single_step_samplers_stay_exact_when_segmented(pack, nodes, setup, name):
+    """Guided steps with a zero gradient split the schedule into per-step calls: still the host's result."""
+    model, _, pos, neg = setup("sd15")
+    latent = torch.zeros(1, 4, 16, 16)
+    sigmas = sigmas_for(model, 4)
+    ours, history = guided_sampler(nodes, ConstantTerm.make(pack), name)
+    got = custom_sample(model, ours, sigmas, pos, neg, latent)
+    assert history.latest().info["guided_steps"] == [0, 1]
+    assert torch.equal(got, custom_sample(model, comfy.samplers.sampler_object(name), sigmas, pos, neg, latent))
+
+
+def _min_subject_attention(pack, record, tokens, family):
+    ae_mod = pack.storm_ops.losses.attend_excite
+    cfg = ae_mod.AttendExciteConfig(end_token_convention="sd1" if family == "sd1" else "words")
+    values = []
+    for _, maps in record.step_maps:
+        sub = ae_mod.subject_maps(maps.float(), tokens.layout, tokens.subjects, cfg)
+        values.append(float(ae_mod.max_attention(sub).min()))
+    return values
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sdxl"])
+def test_guidance_raises_the_neglected_subjects_attention(pack, nodes, setup, arch):
+    """Same seed and noise: the most neglected subject's smoothed max attention is higher with guidance."""
+    model, tokens, pos, neg = setup(arch)
+    latent = torch.zeros(1, 4, 32, 32)
+    sigmas = sigmas_for(model, 10)
+    for seed in (1, 2):
+        runs = {}
+        for label, size in (("off", 0.0), ("on", 20.0)):
+            sampler, history = guided_sampler(nodes, ae(nodes, tokens, step_size=size))
+            custom_sample(model, sampler, sigmas, pos, neg, latent, seed=seed)
+            runs[label] = history.latest()
+        family = runs["on"].info["family"]
+        window = range(5)  # end_at 0.5 of 10 steps
+        off = _min_subject_attention(pack, runs["off"], tokens, family)
+        on = _min_subject_attention(pack, runs["on"], tokens, family)
+        assert sum(on[i] for i in window) / 5 > sum(off[i] for i in window) / 5 + 0.02, (seed, off, on)
+        assert runs["on"].info["guided_steps"] == [0, 1, 2, 3, 4]
+        refined = [e for e in runs["on"].log if e["refine_iters"]]
+        for entry in refined:  # refinement lowers the A&E loss at its step
+            assert entry["terms_after"]["attend_excite"][0] < entry["terms_before"]["attend_excite"][0]
+
+
+def test_progress_callback_is_called_once_per_step_in_order(nodes, setup):
+    model, tokens, pos, neg = setup("sd15")
+    seen = []
+    sampler, _ = guided_sampler(nodes, ae(nodes, tokens, max_refine_iters=2))
+    custom_sample(model, sampler, sigmas_for(model, 6), pos, neg, torch.zeros(1, 4, 16, 16),
+                  callback=lambda step, x0, x, total: seen.append((step, total)))
+    assert seen == [(i, 6) for i in range(6)]
+
+
+def test_interrupt_stops_within_one_unet_pass(pack, nodes, setup):
+    model, tokens, pos, neg = setup("sd15")
+    calls = []
+    stop_at = 4  # lands inside the guided window (gradient passes and refinement)
+
+    def counting_wrapper(apply_model, args):
+        calls.append(1)
+        if len(calls) == stop_at:
+            comfy.model_management.interrupt_current_processing(True)
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    counted = model.clone()
+    counted.set_model_unet_function_wrapper(counting_wrapper)
+    sampler, _ = guided_sampler(nodes, ae(nodes, tokens))
+    try:
+        with pytest.raises(pack.nodes.compat.interrupt_exception_types()):
+            custom_sample(counted, sampler, sigmas_for(model, 10), pos, neg, torch.zeros(1, 4, 16, 16))
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
+    assert len(calls) == stop_at  # no UNet pass started after the interrupt
+
+
+def test_non_finite_loss_skips_the_update_and_is_reported(pack, nodes, setup):
+    model, _, pos, neg = setup("sd15")
+    latent = torch.zeros(1, 4, 16, 16)
+    sigmas = sigmas_for(model, 6)
+    sampler, history = guided_sampler(nodes, ConstantTerm.make(pack, value=float("nan"), window=(0.0, 0.34)))
+    out = custom_sample(model, sampler, sigmas, pos, neg, latent)
+    log = history.latest().log
+    assert [e["step"] for e in log] == [0, 1]
+    assert all("skipped" in e and "non-finite loss" in e["skipped"][0] for e in log)
+    reference = custom_sample(model, comfy.samplers.sampler_object("euler"), sigmas, pos, neg, latent)
+    assert torch.isfinite(out).all() and torch.equal(out, reference)  # the latent was never touched
+
+
+def test_batches_are_guided_per_image(nodes, setup):
+    model, tokens, pos, neg = setup("sd15")
+    sampler, history = guided_sampler(nodes, ae(nodes, tokens, max_refine_iters=3))
+    out = custom_sample(model, sampler, sigmas_for(model, 4), pos, neg, torch.zeros(2, 4, 16, 16))
+    assert out.shape == (2, 4, 16, 16) and torch.isfinite(out).all()
+    entry = history.latest().log[0]
+    assert len(entry["terms_before"]["attend_excite"]) == 2
+    assert len(entry["attend_excite.max_attention"]) == 4  # 2 images x 2 subjects
+
+
+@pytest.mark.parametrize("arch,hw,maps", [("sd15", (36, 44), (9, 11)), ("sdxl", (25, 19), (7, 5))])
+def test_latent_sizes_that_are_not_multiples_of_8(nodes, setup, arch, hw, maps):
+    model, tokens, pos, neg = setup(arch)
+    sampler, history = guided_sampler(nodes, ae(nodes, tokens, max_refine_iters=1))
+    out = custom_sample(model, sampler, sigmas_for(model, 4), pos, neg, torch.zeros(1, 4, *hw))
+    assert out.shape == (1, 4, *hw) and torch.isfinite(out).all()
+    record = history.latest()
+    assert tuple(record.mean_maps(77).shape[-2:]) == maps
+    assert record.log and record.log[0]["terms_before"]["attend_excite"][0] <= 1.0

@@ -1,0 +1,84 @@
+"""STORM Subject Tokens with the host's real CLIP tokenizers (SD1 CLIP-L, SDXL CLIP-L + CLIP-G)."""
+
+import pytest
+import torch
+
+from harness.nodeutil import node_output, node_ui
+
+ARCHS = ["sd15", "sdxl"]
+
+
+def run_tokens(nodes, clip, text, subjects):
+    with torch.inference_mode():
+        return nodes["STORM_SubjectTokens"]().run(clip, text, subjects)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_subject_words_become_ae_positions(nodes, tiny, arch):
+    tokens, cond, text = node_output(run_tokens(nodes, tiny(arch).clip, "a cat and a dog", "cat, dog"))
+    assert [s.positions for s in tokens.subjects] == [(2,), (5,)]
+    assert "1:a 2:cat 3:and 4:a 5:dog" in text
+    assert tokens.layout.length == 77 == cond[0][0].shape[1]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_conditioning_equals_clip_text_encode(nodes, tiny, encode, arch):
+    clip = tiny(arch).clip
+    _, cond, _ = node_output(run_tokens(nodes, clip, "a red crown and a golden strawberry", "crown"))
+    reference = encode(clip, "a red crown and a golden strawberry")
+    assert torch.equal(cond[0][0], reference[0][0])
+    if arch == "sdxl":
+        assert torch.equal(cond[0][1]["pooled_output"], reference[0][1]["pooled_output"])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_multi_piece_repeated_and_phrase_subjects(nodes, tiny, arch):
+    clip = tiny(arch).clip
+    prompt = "a tiramisu next to a teddy bear and another teddy bear"
+    tokens, _, _ = node_output(run_tokens(nodes, clip, prompt, "tiramisu, teddy bear, bear#2"))
+    layout = tokens.layout
+    tiramisu, teddy, bear2 = tokens.subjects
+    assert len(tiramisu.positions) >= 2  # BPE splits it; all its pieces are used
+    assert "".join(layout.pieces[p].text for p in tiramisu.positions) == "tiramisu"
+    assert [layout.pieces[p].text for p in teddy.positions] == ["teddy", "bear"]
+    assert layout.pieces[bear2.positions[0]].text == "bear" and bear2.positions[0] > teddy.positions[-1]
+
+
+def test_sd1_and_sdxl_tokenise_to_the_same_columns(nodes, tiny):
+    prompt = "an astronaut riding a horse, photorealistic, 8k"
+    a = node_output(run_tokens(nodes, tiny("sd15").clip, prompt, "astronaut, horse"))[0]
+    b = node_output(run_tokens(nodes, tiny("sdxl").clip, prompt, "astronaut, horse"))[0]
+    assert [s.positions for s in a.subjects] == [s.positions for s in b.subjects]
+    assert a.pads_with_end and b.pads_with_end  # both read CLIP-L, which pads with the end token
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_prompts_over_77_tokens_use_the_second_chunk(nodes, tiny, arch):
+    clip = tiny(arch).clip
+    filler = ", ".join(["a very detailed masterpiece"] * 20)
+    prompt = f"a cat and {filler}, and a dog"
+    tokens, cond, text = node_output(run_tokens(nodes, clip, prompt, "cat, dog"))
+    layout = tokens.layout
+    assert layout.length == cond[0][0].shape[1] and layout.num_chunks >= 2
+    cat, dog = tokens.subjects
+    assert cat.positions == (2,)
+    assert dog.positions[0] >= 77 and layout.pieces[dog.positions[0]].text == "dog"
+    assert "chunk 2:" in text
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_errors_name_the_node_the_input_and_list_tokens(nodes, tiny, arch, pack):
+    clip = tiny(arch).clip
+    with pytest.raises(pack.storm_ops.errors.StormError) as err:
+        run_tokens(nodes, clip, "a cat and a dog", "cat, horse")
+    msg = str(err.value)
+    assert msg.startswith("STORM Subject Tokens: input 'subjects':")
+    assert "'horse'" in msg and "2:cat" in msg and "5:dog" in msg
+    for spec, needle in [("", "no subjects"), ("99", "out of range"), ("0", "start token")]:
+        with pytest.raises(pack.storm_ops.errors.StormError, match=needle):
+            run_tokens(nodes, clip, "a cat and a dog", spec)
+
+
+def test_tokenization_is_reported_to_the_ui(nodes, tiny):
+    ui = node_ui(run_tokens(nodes, tiny("sd15").clip, "a cat", "cat"))
+    assert "2:cat" in ui["storm_text"][0]

@@ -1,0 +1,97 @@
+"""STORM Attention Heatmap: outputs, run matching (never stale maps), options and errors."""
+
+import comfy.sample
+import comfy.samplers
+import pytest
+import torch
+
+from harness.nodeutil import node_output, node_ui
+
+LAYERS = "1/32 res: down+up (A&E)"
+
+
+@pytest.fixture(scope="module")
+def prompt(nodes, tiny, encode):
+    tm = tiny("sd15")
+    with torch.inference_mode():
+        tokens, cond, _ = node_output(nodes["STORM_SubjectTokens"]().run(tm.clip, "a cat and a dog", "cat, dog"))
+        (guidance,) = nodes["STORM_AttendAndExcite"]().build(tokens, 20.0, 0.0, 0.5, "0:0.05", 2, True, "auto")
+    return tm, tokens, cond, encode(tm.clip, ""), guidance
+
+
+def run_custom(model, sampler, pos, neg, seed, steps=4, hw=(16, 24)):
+    latent = torch.zeros(1, 4, *hw)
+    sigmas = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler="euler",
+                                     scheduler="normal", model_options=model.model_options).sigmas
+    with torch.inference_mode():
+        return {"samples": comfy.sample.sample_custom(model, comfy.sample.prepare_noise(latent, seed), 7.5, sampler,
+                                                      sigmas, pos, neg, latent, disable_pbar=True, seed=seed)}
+
+
+def render(nodes, attention, latent, tokens, **kw):
+    with torch.inference_mode():
+        return nodes["STORM_AttentionHeatmap"]().render(attention, latent, tokens, kw.pop("show", "subjects"),
+                                                         kw.pop("view", "attention"), **kw)
+
+
+def test_outputs_grid_overlay_mask_and_log(nodes, prompt):
+    tm, tokens, pos, neg, guidance = prompt
+    with torch.inference_mode():
+        sampler, attention = nodes["STORM_GuidedSampler"]().build(guidance, "euler", LAYERS)
+    latent = run_custom(tm.model, sampler, pos, neg, seed=1)
+    image = torch.rand(1, 128, 192, 3)
+    out = render(nodes, attention, latent, tokens, image=image)
+    grid, overlay, mask, log = node_output(out)
+    assert grid.shape == (1, 128 + 18, 2 * 192 + 4, 3)
+    assert overlay.shape == (2, 128, 192, 3) and 0 <= overlay.min() and overlay.max() <= 1
+    assert mask.shape == (2, 128, 192)
+    assert torch.allclose(mask.flatten(1).amax(1), torch.ones(2)) and mask.min() >= 0
+    assert log.startswith("step 0 (sigma") and "attend_excite" in log
+    ui = node_ui(out)
+    assert ui["storm_log"] == [log] and ui["images"][0]["type"] == "temp"
+    words = node_output(render(nodes, attention, latent, tokens, show="all words", view="attend-and-excite"))
+    assert words[2].shape[0] == 5  # a cat and a dog
+    assert words[0].shape[-2] == 5 * 192 + 4 * 4  # no image: the latent's size in pixels (16x24 latent)
+
+
+def test_each_latent_shows_the_maps_of_its_own_run(nodes, prompt):
+    tm, tokens, pos, neg, guidance = prompt
+    with torch.inference_mode():
+        sampler, attention = nodes["STORM_GuidedSampler"]().build(guidance, "euler", LAYERS)
+    first = run_custom(tm.model, sampler, pos, neg, seed=1)
+    second = run_custom(tm.model, sampler, pos, neg, seed=2)  # re-queued with a new seed
+    masks_first = node_output(render(nodes, attention, first, tokens))[2]
+    masks_second = node_output(render(nodes, attention, second, tokens))[2]
+    assert not torch.allclose(masks_first, masks_second)
+    # the same as a fresh sampler that only ever ran seed 2: no mixing of runs
+    with torch.inference_mode():
+        fresh_sampler, fresh = nodes["STORM_GuidedSampler"]().build(guidance, "euler", LAYERS)
+    fresh_latent = run_custom(tm.model, fresh_sampler, pos, neg, seed=2)
+    assert torch.equal(fresh_latent["samples"], second["samples"])
+    assert torch.equal(node_output(render(nodes, fresh, fresh_latent, tokens))[2], masks_second)
+    # a latent no recorded run produced is refused instead of showing stale maps
+    foreign = {"samples": torch.randn_like(first["samples"])}
+    with pytest.raises(Exception, match="input 'latent'.*produced this latent"):
+        render(nodes, attention, foreign, tokens)
+    latest = node_output(render(nodes, attention, foreign, tokens, run="latest run"))[2]
+    assert torch.equal(latest, masks_second)
+
+
+def test_recorder_with_the_core_ksampler_path(nodes, prompt):
+    tm, tokens, pos, neg, _ = prompt
+    with torch.inference_mode():
+        model, attention = nodes["STORM_AttentionRecorder"]().patch(tm.model, LAYERS)
+        noise = comfy.sample.prepare_noise(torch.zeros(1, 4, 16, 16), 4)
+        samples = comfy.sample.sample(model, noise, 4, 7.5, "dpmpp_2m", "karras", pos, neg,
+                                      torch.zeros(1, 4, 16, 16), seed=4, disable_pbar=True)
+    grid, _, mask, log = node_output(render(nodes, attention, {"samples": samples}, tokens))
+    assert mask.shape == (2, 128, 128) and log == "no guided steps in this run"
+
+
+def test_bad_batch_index_names_the_input(nodes, prompt):
+    tm, tokens, pos, neg, guidance = prompt
+    with torch.inference_mode():
+        sampler, attention = nodes["STORM_GuidedSampler"]().build(guidance, "euler", LAYERS)
+    latent = run_custom(tm.model, sampler, pos, neg, seed=1)
+    with pytest.raises(Exception, match="STORM Attention Heatmap: input 'batch_index'"):
+        render(nodes, attention, latent, tokens, batch_index=3)
