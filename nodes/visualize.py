@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 
@@ -151,7 +150,8 @@ class AttentionHeatmap:
         labels = [s.name for s in subjects]
         grid = labelled_grid(heat, labels)
         text = format_log(record.log)
-        ui = {"images": [self._save_preview(grid)], "storm_log": [text], "storm_labels": labels}
+        ui = {"images": [self._save_preview(grid)], "storm_log": [text], "storm_labels": labels,
+              "storm_steps": list(record.log)}
         return {"ui": ui, "result": (grid, overlay.clamp(0, 1), masks, text)}
 
     @staticmethod
@@ -178,7 +178,3 @@ class AttentionHeatmap:
         array = (grid[0].cpu().numpy() * 255).round().astype(np.uint8)
         Image.fromarray(array).save(os.path.join(directory, name))
         return {"filename": name, "subfolder": "", "type": "temp"}
-
-
-def log_to_json(log: list[dict]) -> str:
-    return json.dumps(log, indent=1)

@@ -1,0 +1,97 @@
+"""Each example workflow, as the frontend would submit it, runs through ComfyUI's executor.
+
+For CPU CI the image size and step count are reduced (``CI_PROFILE``); every other widget value
+is the workflow's own. The tiny checkpoint substitutes for ``CheckpointLoaderSimple``.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from harness.host import REPO_ROOT
+from harness.workflows import load_ui_workflow, substitute_checkpoints, ui_to_api
+
+WORKFLOWS = sorted((REPO_ROOT / "example_workflows").glob("*.json"))
+#: per class_type: inputs overridden so a run takes seconds on 2 CPU cores
+CI_PROFILE = {
+    "EmptyLatentImage": {"width": 128, "height": 128},
+    "STORM_GuidedKSampler": {"steps": 8},
+    "KSampler": {"steps": 8},
+    "BasicScheduler": {"steps": 8},
+}
+
+
+def ci_prompt(path: Path, runner) -> dict:
+    prompt = substitute_checkpoints(ui_to_api(load_ui_workflow(path), runner.node_defs()))
+    for node in prompt.values():
+        node["inputs"].update(CI_PROFILE.get(node["class_type"], {}))
+    return prompt
+
+
+def test_there_are_example_workflows():
+    assert any(p.name == "attend_and_excite.json" for p in WORKFLOWS)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_workflow_is_valid_ui_format(path):
+    wf = json.loads(path.read_text())
+    assert {"nodes", "links", "version", "last_node_id", "last_link_id"} <= set(wf)
+    ids = {n["id"] for n in wf["nodes"]}
+    assert len(ids) == len(wf["nodes"]) and max(ids) <= wf["last_node_id"]
+    by_id = {n["id"]: n for n in wf["nodes"]}
+    for link_id, src, src_slot, dst, dst_slot, type_ in wf["links"]:
+        assert link_id <= wf["last_link_id"]
+        assert link_id in by_id[src]["outputs"][src_slot]["links"]
+        assert by_id[dst]["inputs"][dst_slot]["link"] == link_id
+        assert by_id[src]["outputs"][src_slot]["type"] == type_
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_workflow_runs_in_the_host_executor(path, runner):
+    result = runner.run(ci_prompt(path, runner))
+    result.raise_for_error()
+    saved = [p for node_id in result.outputs_ui for p in result.file_paths(node_id)]
+    assert saved and all(p.exists() for p in saved)
+    for p in saved:
+        assert np.asarray(Image.open(p)).std() > 0  # not a blank image
+    logs = [ui["storm_log"][0] for ui in result.outputs_ui.values() if "storm_log" in ui]
+    assert logs, "the workflow shows a guidance log"
+
+
+def _heatmap_node(prompt):
+    return next(i for i, n in prompt.items() if n["class_type"] == "STORM_AttentionHeatmap")
+
+
+def _sampler_node(prompt):
+    return next(i for i, n in prompt.items() if "seed" in n["inputs"] or "noise_seed" in n["inputs"])
+
+
+def test_requeue_with_a_new_seed_never_shows_stale_maps(runner):
+    path = REPO_ROOT / "example_workflows" / "attend_and_excite.json"
+    prompt = ci_prompt(path, runner)
+    heat, sampler = _heatmap_node(prompt), _sampler_node(prompt)
+    key = "seed" if "seed" in prompt[sampler]["inputs"] else "noise_seed"
+
+    first = runner.run(prompt)
+    first.raise_for_error()
+    prompt[sampler]["inputs"][key] += 1
+    second = runner.run(prompt)  # re-queued: loaders and prompt encoding come from the cache
+    second.raise_for_error()
+    assert "1" in second.cached_nodes and sampler in second.executed_nodes and heat in second.executed_nodes
+
+    runner.reset_cache()
+    fresh = runner.run(prompt)  # the same seed from scratch
+    fresh.raise_for_error()
+
+    def heatmaps(result):
+        return [np.asarray(Image.open(p)) for p in result.file_paths(heat)]
+
+    def log(result):
+        return result.outputs_ui[heat]["storm_log"][0]
+
+    assert log(second) == log(fresh) and log(second) != log(first)
+    assert all(np.array_equal(a, b) for a, b in zip(heatmaps(second), heatmaps(fresh), strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(heatmaps(second), heatmaps(first), strict=True))
