@@ -1,0 +1,335 @@
+"""Prompt analysis: objects, SynGen modifier sets and spatial relations, aligned to CLIP columns.
+
+With spaCy (the default when an English pipeline is installed) the modifier sets follow SynGen's
+extractors (methods.md 2.1): (a) every noun collects its children labelled ``amod, nmod, compound,
+npadvmod, advmod, acomp`` and, below them, further such labels and ``conj`` ("a red and blue table"
+binds red and blue to table); (b) a copula binds its predicate to its subject ("the dog is red").
+SynGen's extractor (c) is not used (it stops after the first noun). Choices beyond SynGen:
+
+* an object is a noun with its noun-noun compounds: "teddy bear" is one entity whose columns are
+  both words, and the compound is not listed as a modifier of itself (SynGen would bind "teddy" to
+  "bear"; the set's columns are the same). Colour, material and pattern words are modifiers even
+  when the parser labels them ``compound`` ("a red teddy bear", "a cream sofa");
+* a noun labelled as a modifier but heading its own noun phrase (a determiner or a coordinating
+  word of its own: "a man wearing a blue shirt and red shoes", where ``en_core_web_sm`` makes
+  "shirt" an ``nmod`` of "shoes") is an object of its own, not a modifier;
+* a repeated noun with "the" and nothing else ("a frog ..., a bird above the frog") is the same
+  object as its first mention;
+* a noun attached across a comma heads its own phrase ("riding a horse, photorealistic, 8k"), and
+  words with digits ("4k", "8k") are quality tags, not objects;
+* the words of relation phrases ("next", "left", "top") are neither objects nor modifiers.
+
+Without spaCy a rule-based fallback handles plain lists ("a red crown and a golden strawberry").
+"""
+
+from __future__ import annotations
+
+from . import nlp, relations
+from .analysis import BindingSet, PromptAnalysis
+from .errors import StormError
+from .tokens import Subject, TokenLayout
+
+PARSERS = ("auto", "spacy", "rules")
+#: SynGen's modifier dependency labels.
+MOD_LABELS = frozenset({"amod", "nmod", "compound", "npadvmod", "advmod", "acomp"})
+_NOUNS = ("NOUN", "PROPN")
+#: Colour, material and pattern words: modifiers even where the parser calls them compound nouns.
+ATTRIBUTE_WORDS = frozenset(
+    "red orange yellow green blue purple violet pink brown black white gray grey gold golden silver beige "
+    "cream ivory maroon navy teal turquoise cyan magenta lime lavender crimson scarlet olive tan khaki coral "
+    "amber indigo burgundy peach mint rose charcoal bronze copper wooden wood metal metallic plastic glass "
+    "stone brick marble rubber paper fabric ceramic steel iron leather velvet silk wool woolen cotton denim "
+    "porcelain crystal concrete clay checkered striped spotted dotted plaid floral matte glossy transparent".split())
+#: Adjective endings: "iridescent", "luminous" are attributes even when tagged as compound nouns.
+ATTRIBUTE_SUFFIXES = ("escent", "ous", "ful", "ive", "less", "ish")
+_DETERMINERS = frozenset("a an the some another this that these those my his her its our their your one two "
+                         "three four five several many few".split())
+_BREAKS = frozenset("and with or & plus , ; . : ! ? | on in of at by from to into onto for inside outside behind "
+                    "against along across around through between among without within is are".split())
+_COPULAS = ("is", "are")
+_MAX_RULE_WORDS = 4
+FALLBACK_NOTE = ("rule-based fallback (no spaCy pipeline installed): only plain 'adjective noun and adjective "
+                 "noun' prompts are understood. For a real parse: ")
+
+
+def analyze_prompt(text: str, layout: TokenLayout, *, parser: str = "auto", pipeline: str | None = None
+                   ) -> PromptAnalysis:
+    """Analyse a prompt tokenised as ``layout``.
+
+    Parameters
+    ----------
+    text : str
+        The prompt as typed (ComfyUI weights such as ``(red:1.2)`` are allowed).
+    layout : TokenLayout
+        Its tokenisation by the model's own CLIP tokenizer; every word found is given by its columns.
+    parser : {"auto", "spacy", "rules"}
+        ``"auto"`` uses spaCy when an English pipeline is installed, else the rules (with a note).
+    pipeline : str, optional
+        spaCy pipeline to load (``"en_core_web_trf"``); default: the best installed one.
+
+    Raises
+    ------
+    NoParserError
+        ``parser="spacy"`` (or a named ``pipeline``) and no such pipeline is installed.
+    """
+    if parser not in PARSERS:
+        raise StormError(f"unknown parser {parser!r}; use one of {PARSERS}", input_name="parser")
+    if parser == "rules":
+        return analyze_rules(text, layout)
+    try:
+        model, name = nlp.load_pipeline(pipeline)
+    except nlp.NoParserError:
+        if parser == "spacy" or pipeline:
+            raise
+        return analyze_rules(text, layout, notes=(FALLBACK_NOTE + nlp.install_hint(),))
+    return analyze_parsed(text, layout, model(nlp.clean_prompt(text)), method=f"spacy:{name}")
+
+
+def analyze_parsed(text: str, layout: TokenLayout, doc, *, method: str = "spacy") -> PromptAnalysis:
+    """Analysis of an already parsed prompt (a spaCy ``Doc`` of the cleaned prompt)."""
+    notes: list[str] = []
+    aligned = nlp.align_words([t.text for t in doc], layout)
+    phrases = relations.find_relation_phrases(doc)
+    consumed = frozenset(i for p in phrases for i in p.consumed)
+
+    heads = [t for t in doc if t.pos_ in _NOUNS and t.i not in consumed and not _is_tag(t.text)
+             and _heads_phrase(t, consumed)]
+    head_ids = {t.i for t in heads}
+    entity_of: dict[int, Subject] = {}
+    entities: list[Subject] = []
+    parts_of: dict[int, set[int]] = {}
+    for head in heads:
+        parts = sorted(_compound_parts(head, head_ids | consumed) | {head.i})
+        words = [w for i in parts for w in aligned[i]]
+        if not aligned[head.i]:
+            notes.append(f"'{head.text}' was not found in the CLIP tokens; it is left out")
+            continue
+        subject = nlp.word_subject(layout, list(dict.fromkeys(words)))
+        earlier = _first_mention(head, subject, entities)
+        if earlier is not None:
+            notes.append(f"'the {head.text}' at columns {list(subject.positions)} is taken as the "
+                         f"'{earlier.name}' at {list(earlier.positions)}")
+            subject = earlier
+        else:
+            entities.append(subject)
+        parts_of[head.i] = set(parts)
+        entity_of.update((i, subject) for i in parts)
+
+    modifiers: dict[tuple[int, ...], list[int]] = {}
+    skip = consumed | head_ids
+    for head in heads:
+        if head.i in parts_of:
+            found = _collect(head.children, skip)
+            _bind(modifiers, entity_of[head.i], [i for i in found if i not in parts_of[head.i]])
+    for aux in doc:
+        if aux.pos_ == "AUX" and aux.dep_ not in MOD_LABELS:
+            subjects = _copula_subjects(aux, entity_of)
+            predicate = [c for c in aux.children if c.dep_ in MOD_LABELS and c.pos_ not in ("AUX", "VERB")]
+            if subjects and predicate:
+                found = _collect(predicate, skip, direct=True)
+                for subject in subjects:
+                    _bind(modifiers, subject, found)
+
+    by_positions = {e.positions: e for e in entities}
+    bindings, bound = [], set()
+    for positions, found in sorted(modifiers.items()):
+        mods, used = [], set(positions)
+        for i in sorted(set(found)):
+            bound.add(i)
+            mod = nlp.word_subject(layout, aligned[i]) if aligned[i] else None
+            if mod is None or used & set(mod.positions):
+                where = "in the CLIP tokens" if mod is None else "apart from its noun's tokens"
+                notes.append(f"modifier '{doc[i].text}' was not found {where}; it is left out")
+                continue
+            mods.append(mod)
+            used.update(mod.positions)
+        if mods:
+            bindings.append(BindingSet(by_positions[positions], tuple(mods)))
+    attached = bound | consumed | set(entity_of)
+    for t in doc:
+        if t.pos_ == "ADJ" and t.i not in attached:
+            notes.append(f"'{t.text}' is not attached to any noun by the parser; it is not bound "
+                         f"(write the binding in the override, e.g. '{t.text} -> <noun>')")
+
+    rels, rel_notes = relations.resolve_relations(doc, phrases, entity_of)
+    return _finish(text, layout, entities, bindings, rels, method, notes + list(rel_notes))
+
+
+def _heads_phrase(token, consumed) -> bool:
+    """Whether a noun heads an object's phrase (SynGen: its label is not a modifier label)."""
+    if token.dep_ not in MOD_LABELS:
+        return True
+    if token.head.i in consumed:  # "an apple right of a banana": apple is parsed as compound of "right"
+        return True
+    lo, hi = sorted((token.i, token.head.i))
+    if any(t.text in (",", ";") for t in token.doc[lo:hi]):  # "riding a horse, photorealistic, 8k"
+        return True
+    if token.dep_ == "compound" or is_attribute(token.text):
+        return False
+    return any(c.dep_ in ("det", "cc", "poss", "nummod") for c in token.children)
+
+
+def _is_tag(word: str) -> bool:
+    """Words with digits ("4k", "8k", "1080p") are quality tags, not objects."""
+    return any(c.isdigit() for c in word)
+
+
+def is_attribute(word: str) -> bool:
+    """Whether a word names a colour, material, pattern or other attribute (see ``ATTRIBUTE_WORDS``)."""
+    word = word.lower()
+    return word in ATTRIBUTE_WORDS or word.endswith(ATTRIBUTE_SUFFIXES)
+
+
+def _compound_parts(head, stop) -> set[int]:
+    parts = set()
+    for child in head.children:
+        if child.dep_ == "compound" and child.pos_ in _NOUNS and child.i not in stop \
+                and not is_attribute(child.text):
+            parts |= {child.i} | _compound_parts(child, stop)
+    return parts
+
+
+def _first_mention(head, subject: Subject, entities: list[Subject]) -> Subject | None:
+    """The earlier entity that a bare "the <noun>" refers to, if any."""
+    children = list(head.children)
+    if not any(c.dep_ == "det" and c.text.lower() == "the" for c in children):
+        return None
+    if any(c.dep_ in MOD_LABELS for c in children):
+        return None
+    name = subject.name.split("#")[0]
+    return next((e for e in entities if e.name.split("#")[0] == name), None)
+
+
+def _collect(start, skip, *, direct: bool = False) -> list[int]:
+    """SynGen's expansion: modifier-labelled ``start`` tokens (all of them when ``direct``), then
+    below them every modifier or ``conj`` token; tokens in ``skip`` and their subtrees are left out."""
+    found, stack = [], []
+    for child in start:
+        if child.i not in skip and (direct or child.dep_ in MOD_LABELS):
+            found.append(child.i)
+            stack.extend(child.children)
+    while stack:
+        node = stack.pop()
+        if node.i not in skip and node.pos_ not in ("AUX",) and (node.dep_ in MOD_LABELS or node.dep_ == "conj"):
+            found.append(node.i)
+            stack.extend(node.children)
+    return found
+
+
+def _copula_subjects(aux, entity_of) -> list[Subject]:
+    """Subjects of a copula: its nominal subjects and their conjuncts, or the noun a relative clause
+    describes ("a car that is red")."""
+    tokens = [c for c in aux.children if c.dep_ in ("nsubj", "nsubjpass")]
+    tokens += [c for t in tokens for c in t.conjuncts]
+    if not any(t.i in entity_of for t in tokens) and aux.dep_ == "relcl":
+        tokens = [aux.head]
+    return list({entity_of[t.i].positions: entity_of[t.i] for t in tokens if t.i in entity_of}.values())
+
+
+def _bind(modifiers: dict, subject: Subject, found: list[int]) -> None:
+    if found:
+        modifiers.setdefault(subject.positions, []).extend(found)
+
+
+def _finish(text, layout, entities, bindings, rels, method, notes) -> PromptAnalysis:
+    if not entities:
+        notes.append("no nouns found: nothing to guide (write the subjects or bindings by hand)")
+    elif not bindings:
+        notes.append("no modifiers found: no attribute bindings (SynGen has nothing to bind)")
+    try:
+        relations.validate_relations(rels)
+    except StormError as err:
+        notes.append(str(err))
+    return PromptAnalysis(text, layout, tuple(entities), tuple(bindings), tuple(rels), method,
+                          tuple(dict.fromkeys(notes)))
+
+
+# ------------------------------------------------------------------------------ rule fallback
+def analyze_rules(text: str, layout: TokenLayout, *, notes: tuple[str, ...] = ()) -> PromptAnalysis:
+    """Rule-based analysis for plain prompts, on the CLIP words themselves (no alignment needed).
+
+    The words are split at "and", "with", punctuation, prepositions and relation phrases; in each
+    part the determiners are dropped, the last word is the noun and the earlier ones its modifiers.
+    A part of colour/material words only ("a red" of "a red and blue table") gives its words to the
+    next part, or after "is"/"are" to the previous noun. Parts with a determiner after a content word
+    ("a dog chasing a cat") or more than four words are skipped with a note.
+    """
+    words = [w.text.lower() for w in layout.words]
+    notes_out = list(notes)
+    breaks = set()
+    for start, end, _ in relations.match_phrases(words):
+        breaks.update(range(start, end))
+    segments, current = [], []
+    for i, word in enumerate(words):
+        if i in breaks or word in _BREAKS:
+            segments.append((current, word))
+            current = []
+        else:
+            current.append(i)
+    segments.append((current, ""))
+
+    nouns: list[int] = []
+    mods_of: dict[int, list[int]] = {}
+    carry: list[int] = []
+    previous_break = ""
+    for part, next_break in segments:
+        k = 0
+        while k < len(part) and words[part[k]] in _DETERMINERS:
+            k += 1
+        content = part[k:]
+        if content and all(is_attribute(words[i]) for i in content) and previous_break in _COPULAS and nouns:
+            mods_of.setdefault(nouns[-1], []).extend(content)  # "the dog is red"
+        elif content and all(is_attribute(words[i]) for i in content) and next_break in ("and", ","):
+            carry += content  # "a red and blue table"
+        elif any(words[i] in _DETERMINERS for i in content) or len(content) > _MAX_RULE_WORDS:
+            notes_out.append(f"'{' '.join(words[i] for i in part)}' is too complex for the rule-based fallback; "
+                             "it is left out")
+            carry = []
+        elif content:
+            nouns.append(content[-1])
+            mods_of[content[-1]] = carry + content[:-1]
+            carry = []
+        previous_break = next_break
+
+    subject_of = {i: nlp.word_subject(layout, [i]) for i in nouns}
+    bindings = [BindingSet(subject_of[i], tuple(nlp.word_subject(layout, [m]) for m in mods_of[i]))
+                for i in nouns if mods_of.get(i)]
+    rels, rel_notes = relations.rule_relations(words, [(i, subject_of[i]) for i in nouns])
+    return _finish(text, layout, list(subject_of.values()), bindings, rels, "rules", notes_out + list(rel_notes))
+
+
+# ----------------------------------------------------------------------------- user override
+def parse_binding_override(text: str, layout: TokenLayout) -> tuple[BindingSet, ...]:
+    """Bindings written by a user: ``"red -> crown; golden, shiny -> strawberry"``.
+
+    Sets are separated by ``;`` or new lines; modifiers by commas; ``word#2`` is the second
+    occurrence of a word; phrases ("teddy bear") and multi-piece words resolve to all their columns.
+
+    Raises
+    ------
+    StormError
+        ``input_name="bindings"``: a set without ``->``, without modifiers or noun, a word that is not
+        in the prompt (the message lists the prompt's words), or a noun given twice.
+    """
+    out: list[BindingSet] = []
+    for item in (s.strip() for s in text.replace("\n", ";").split(";")):
+        if not item:
+            continue
+        if item.count("->") != 1:
+            raise StormError(f"{item!r}: write a binding as 'modifier, modifier -> noun' (e.g. 'red -> crown')",
+                             input_name="bindings")
+        left, right = (s.strip() for s in item.split("->"))
+        mods = [m.strip() for m in left.split(",") if m.strip()]
+        if not mods or not right:
+            raise StormError(f"{item!r} needs at least one modifier before '->' and a noun after it",
+                             input_name="bindings")
+        noun = nlp.resolve_word(layout, right, input_name="bindings")
+        subjects = tuple(nlp.resolve_word(layout, m, input_name="bindings") for m in mods)
+        for m in subjects:
+            if set(m.positions) & set(noun.positions):
+                raise StormError(f"{item!r}: {m.name!r} cannot modify itself", input_name="bindings")
+        if any(b.noun.positions == noun.positions for b in out):
+            raise StormError(f"{noun.name!r} is bound twice; list all its modifiers in one set "
+                             f"('a, b -> {noun.name}')", input_name="bindings")
+        out.append(BindingSet(noun, subjects))
+    return tuple(out)

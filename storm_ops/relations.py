@@ -1,0 +1,346 @@
+"""Spatial relations between the objects of a prompt ("a cat to the left of a dog" -> cat left of dog).
+
+STORM's own code decides the relation by substring tests on the raw prompt and always treats the
+first noun as the subject (methods.md 4.4): "laptop" reads as "top", "bright" as "right", and
+"a dog to the right of a cat" is guided like "left of". Here relations come from the dependency
+parse, whole words only: the relation word ("left", "above", "next"), the noun its phrase attaches
+to (the subject, found through verbs, relative clauses and coordinated prepositions) and the noun
+after "of"/"to" (the object). Chains ("a cat left of a dog left of a bird") give one relation per
+phrase. Without a parser, and for users' overrides, the same phrases are matched on the words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .analysis import OPPOSITE, PromptAnalysis, SpatialRelation
+from .errors import StormError
+from .nlp import resolve_word
+from .tokens import Subject, TokenLayout
+
+#: Prepositions that are a relation on their own ("a bird above a tree").
+PREPOSITIONS = {"above": "above", "over": "above", "atop": "above", "below": "below", "under": "below",
+                "beneath": "below", "underneath": "below", "beside": "near", "near": "near", "behind": None}
+#: Nouns of frame phrases "<prep> the <word> of X" (``None``: depth, which STORM cannot guide).
+FRAME_WORDS = {"left": "left", "right": "right", "top": "above", "bottom": "below", "side": "near", "front": None}
+#: Words followed by "to" ("next to", "close to").
+ADJACENCY = {"next": "near", "close": "near"}
+#: Nouns that name the picture rather than an object in it ("a photo of ...").
+FRAMING_NOUNS = frozenset("photo photograph picture image painting drawing illustration render rendering sketch "
+                          "shot view scene portrait poster artwork".split())
+_NOUNS = ("NOUN", "PROPN")
+_SUBJECT_DEPS = ("nsubj", "nsubjpass")
+
+
+def _phrase_table(*, bare_sides: bool) -> dict[tuple[str, ...], str | None]:
+    table: dict[tuple[str, ...], str | None] = {}
+    for side in ("left", "right"):
+        for pre in ((), ("to",), ("on",), ("to", "the"), ("on", "the"), ("at", "the")):
+            table[(*pre, side, "of")] = table[(*pre, side, "side", "of")] = side
+        if bare_sides:
+            table[(side,)] = side
+    for pre in (("on",), ("on", "the"), ("at", "the")):
+        table[(*pre, "top", "of")] = "above"
+        table[(*pre, "bottom", "of")] = "below"
+        table[(*pre, "side", "of")] = "near"
+    table.update({(word,): rel for word, rel in PREPOSITIONS.items()})
+    table.update({(word, "to"): rel for word, rel in ADJACENCY.items()})
+    table[("in", "front", "of")] = None
+    return table
+
+
+#: Word sequences that state a relation, for the rule-based analysis.
+PHRASES = _phrase_table(bare_sides=False)
+#: The same plus bare "left"/"right" ("cat left dog"), for users' overrides.
+OVERRIDE_PHRASES = _phrase_table(bare_sides=True)
+_LONGEST = max(len(p) for p in OVERRIDE_PHRASES)
+
+
+def match_phrases(words: Sequence[str], table: Mapping[tuple[str, ...], str | None] = PHRASES
+                  ) -> list[tuple[int, int, str | None]]:
+    """Relation phrases in a word sequence, longest match first: ``(start, end, relation)`` with
+    ``words[start:end]`` the phrase; whole words only ("laptop" never matches "top")."""
+    words = [w.lower() for w in words]
+    found, i = [], 0
+    while i < len(words):
+        for n in range(min(_LONGEST, len(words) - i), 0, -1):
+            key = tuple(words[i:i + n])
+            if key in table:
+                found.append((i, i + n, table[key]))
+                i += n
+                break
+        else:
+            i += 1
+    return found
+
+
+# --------------------------------------------------------------------------------- from a parse
+@dataclass(frozen=True)
+class RelationPhrase:
+    """A relation phrase found in a parse (token indices of the spaCy ``Doc``).
+
+    ``start`` is the token that attaches the phrase to the sentence ("to" of "to the left of", or the
+    relation word itself), ``anchor`` the relation word, ``object`` the object noun (``None`` when
+    the phrase has none) and ``consumed`` the tokens that belong to the phrase and therefore are
+    neither objects nor modifiers ("left", "side", "top", "next").
+    """
+
+    relation: str | None
+    text: str
+    start: int
+    anchor: int
+    object: int | None
+    consumed: frozenset[int]
+
+
+def _child(token, text: str):
+    return next((c for c in token.children if c.text.lower() == text), None)
+
+
+def _pobj(token):
+    return next((c for c in token.children if c.dep_ == "pobj"), None)
+
+
+def find_relation_phrases(doc) -> tuple[RelationPhrase, ...]:
+    """The relation phrases of a parsed prompt, in prompt order."""
+    phrases = []
+    for tok in doc:
+        word = tok.text.lower()
+        if word in FRAME_WORDS:
+            frame = tok.head if word in ("left", "right") and tok.dep_ in ("amod", "compound") \
+                and tok.head.text.lower() == "side" else tok
+            if word == "side" and any(c.text.lower() in ("left", "right") for c in tok.children):
+                continue  # "the left side of": found from "left"
+            of = _child(frame, "of")
+            obj = _pobj(of) if of is not None else None
+            attached = frame.dep_ == "pobj" and frame.head.pos_ == "ADP"
+            if of is None and not (attached and word in ("left", "right")):
+                continue  # "a red top", "a left shoe": not a relation
+            start, end = (frame.head if attached else frame), (of if of is not None else frame)
+            relation = FRAME_WORDS[word]
+        elif word in PREPOSITIONS and tok.pos_ in ("ADP", "ADV", "SCONJ") and tok.dep_ in ("prep", "conj", "advmod"):
+            start, end, obj, relation = tok, tok, _pobj(tok), PREPOSITIONS[word]
+            if obj is None and tok.dep_ != "prep":
+                continue
+        elif word in ADJACENCY:
+            to = _child(tok, "to")
+            if to is None and tok.head.text.lower() == "to" and tok.dep_ == "advmod":
+                to = tok.head
+            if to is None:
+                continue
+            start, end, obj, relation = (tok if to.head.i == tok.i else to), to, _pobj(to), ADJACENCY[word]
+        else:
+            continue
+        lo, hi = min(start.i, tok.i), max(end.i, tok.i)
+        consumed = frozenset(range(lo, hi + 1))
+        phrases.append(RelationPhrase(relation, doc[lo:hi + 1].text, start.i, tok.i,
+                                      obj.i if obj is not None else None, consumed))
+    return tuple(sorted(phrases, key=lambda p: p.start))
+
+
+def _subject_token(doc, phrase: RelationPhrase, entity_of: Mapping[int, Subject],
+                   owner: Mapping[int, RelationPhrase]) -> int | None:
+    """The noun a relation phrase describes: climb from the phrase's attachment token."""
+    x = doc[phrase.start]
+    if x.i == phrase.anchor or x.text.lower() in FRAME_WORDS:  # bare "X left of Y" / "X is left of Y"
+        for child in x.children:
+            before = child.i < x.i and child.dep_ in ("compound", "amod", "nmod")
+            if child.pos_ in _NOUNS and child.i in entity_of and (child.dep_ in _SUBJECT_DEPS or before):
+                return child.i
+    for _ in range(len(doc)):
+        while x.dep_ == "conj" and x.head.i != x.i:  # "above a dog and below a bird"
+            x = x.head
+        if x.head.i == x.i:
+            return None
+        g = x.head
+        if g.i in owner and owner[g.i] is not phrase:  # chain: "... left of a cat to the left of a horse"
+            return owner[g.i].object
+        if g.pos_ in _NOUNS:  # a noun that is no object (not found in the tokens): no guess beyond it
+            return g.i if g.i in entity_of else None
+        if g.pos_ in ("VERB", "AUX"):
+            subject = next((c for c in g.children if c.dep_ in _SUBJECT_DEPS and c.i in entity_of), None)
+            if subject is not None:
+                return subject.i
+        x = g
+    return None
+
+
+def _unframe(doc, i: int | None, entity_of: Mapping[int, Subject]) -> int | None:
+    """"a photo of a cat to the left of a dog": the parser hangs the phrase on "photo"; the subject is
+    what the picture shows, the noun after its "of"."""
+    if i is None or doc[i].text.lower() not in FRAMING_NOUNS:
+        return i
+    of = _child(doc[i], "of")
+    shown = _pobj(of) if of is not None else None
+    return shown.i if shown is not None and shown.i in entity_of else i
+
+
+def resolve_relations(doc, phrases: Sequence[RelationPhrase], entity_of: Mapping[int, Subject]
+                      ) -> tuple[tuple[SpatialRelation, ...], tuple[str, ...]]:
+    """Relations of the parsed phrases; ``entity_of`` maps token indices to the objects' Subjects.
+
+    Returns the relations and notes for phrases that could not be used (no object, no subject,
+    depth relations such as "in front of").
+    """
+    owner = {i: p for p in phrases for i in p.consumed}
+    relations, notes = [], []
+    for phrase in phrases:
+        if phrase.relation is None:
+            notes.append(f"'{phrase.text}' is a depth relation, which STORM cannot guide "
+                         f"(left, right, above, below, near only); it is ignored")
+            continue
+        obj = entity_of.get(phrase.object) if phrase.object is not None else None
+        subject_token = _unframe(doc, _subject_token(doc, phrase, entity_of, owner), entity_of)
+        subject = entity_of.get(subject_token) if subject_token is not None else None
+        if obj is None or subject is None:
+            missing = "object" if obj is None else "subject"
+            notes.append(f"'{phrase.text}' has no {missing} noun in the parse; the relation is ignored "
+                         f"(write it in the relations override, e.g. 'cat left of dog')")
+        elif set(subject.positions) & set(obj.positions):
+            notes.append(f"'{phrase.text}' relates '{subject.name}' to itself; ignored")
+        else:
+            relation = SpatialRelation(subject, phrase.relation, obj)
+            if any({r.subject, r.object} == {subject, obj} for r in relations):
+                relation = _reattach(relation, phrase, entity_of, notes)
+            relations.append(relation)
+    return tuple(relations), tuple(notes)
+
+
+def _reattach(relation: SpatialRelation, phrase: RelationPhrase, entity_of: Mapping[int, Subject],
+              notes: list[str]) -> SpatialRelation:
+    """A second phrase between the same two objects is usually a misattached one ("a ball left of a box
+    and a cube right of the box": the parser hangs "right of" on "ball"); use the nearest object before
+    the phrase instead, when there is another one."""
+    before = [entity_of[i] for i in sorted(entity_of) if i < phrase.start]
+    nearest = next((s for s in reversed(before) if s not in (relation.subject, relation.object)), None)
+    if nearest is None or relation.subject not in before or before.index(nearest) < before.index(relation.subject):
+        return relation
+    moved = SpatialRelation(nearest, relation.relation, relation.object)
+    notes.append(f"the parser attached '{phrase.text}' to '{relation.subject.name}', which already has a relation "
+                 f"to '{relation.object.name}'; read as '{moved.describe()}'")
+    return moved
+
+
+def rule_relations(words: Sequence[str], nouns: Sequence[tuple[int, Subject]]
+                   ) -> tuple[tuple[SpatialRelation, ...], tuple[str, ...]]:
+    """Relations by word patterns (no parser): the subject of a phrase is the nearest noun before it,
+    the object the first noun after it; ``nouns`` holds ``(word index, Subject)`` in prompt order."""
+    relations, notes = [], []
+    for start, end, relation in match_phrases(words):
+        text = " ".join(words[start:end])
+        before = [s for i, s in nouns if i < start]
+        after = [s for i, s in nouns if i >= end]
+        if relation is None:
+            notes.append(f"'{text}' is a depth relation, which STORM cannot guide; it is ignored")
+        elif not before or not after:
+            notes.append(f"'{text}' has no {'subject' if not before else 'object'} noun; the relation is ignored")
+        else:
+            relations.append(SpatialRelation(before[-1], relation, after[0]))
+    return tuple(relations), tuple(notes)
+
+
+# ---------------------------------------------------------------------------- user overrides
+_DETERMINERS = ("a", "an", "the")
+_FORMS = "left of, right of, above, below, near (also: to the left of, on top of, over, under, beneath, next to, beside)"
+
+
+def parse_relation_override(text: str, layout: TokenLayout) -> tuple[SpatialRelation, ...]:
+    """Relations written by a user: ``"cat left of dog; bird above cat"`` (also ``,`` or new lines
+    between relations, chains ``"cat left of dog left of bird"``, ``"dog#2"`` for occurrences).
+
+    Raises
+    ------
+    StormError
+        ``input_name="relations"``: no relation word, a missing subject or object, a word that is
+        not in the prompt, or a set that :func:`validate_relations` rejects.
+    """
+    relations = []
+    for clause in (c.strip() for c in text.replace("\n", ";").replace(",", ";").split(";")):
+        if not clause:
+            continue
+        words = clause.split()
+        found = match_phrases(words, OVERRIDE_PHRASES)
+        if not found:
+            raise StormError(f"{clause!r} has no relation word; write 'subject relation object' with one of: {_FORMS}",
+                             input_name="relations")
+        bounds = [0, *(b for s, e, _ in found for b in (s, e)), len(words)]
+        parts = [words[bounds[i]:bounds[i + 1]] for i in range(0, len(bounds), 2)]
+        for k, (start, end, relation) in enumerate(found):
+            phrase = " ".join(words[start:end])
+            if relation is None:
+                raise StormError(f"{phrase!r} (depth) is not supported; use one of: {_FORMS}", input_name="relations")
+            left, right = _strip(parts[k]), _strip(parts[k + 1])
+            if not left or not right:
+                raise StormError(f"{clause!r}: the relation {phrase!r} needs an object on each side "
+                                 f"({'before' if not left else 'after'} it), e.g. 'cat {phrase} dog'",
+                                 input_name="relations")
+            relations.append(SpatialRelation(resolve_word(layout, left, input_name="relations"), relation,
+                                             resolve_word(layout, right, input_name="relations")))
+    validate_relations(relations)
+    return tuple(relations)
+
+
+def _strip(words: list[str]) -> str:
+    while words and words[0].lower() in _DETERMINERS:
+        words = words[1:]
+    return " ".join(words)
+
+
+def validate_relations(relations: Sequence[SpatialRelation]) -> None:
+    """Reject relation sets STORM cannot satisfy.
+
+    Raises
+    ------
+    StormError
+        ``input_name="relations"``, naming the words: a relation without a subject or object, a
+        relation between an object and itself (one object only), or contradictory relations
+        ("cat left of dog" with "dog left of cat" or "cat right of dog"; any cycle).
+    """
+    for r in relations:
+        if not r.subject.positions or not r.object.positions:
+            missing = "object" if not r.object.positions else "subject"
+            raise StormError(f"the relation '{r.describe()}' has no {missing} tokens", input_name="relations")
+        if set(r.subject.positions) & set(r.object.positions):
+            raise StormError(f"'{r.describe()}' relates '{r.subject.name}' to itself: a spatial relation needs "
+                             f"two different objects of the prompt", input_name="relations")
+    for axis in ("left", "above"):
+        edges: dict[tuple[int, ...], list[tuple[tuple[int, ...], SpatialRelation]]] = {}
+        for r in relations:
+            if r.relation in (axis, OPPOSITE[axis]):
+                a, b = (r.subject, r.object) if r.relation == axis else (r.object, r.subject)
+                edges.setdefault(a.positions, []).append((b.positions, r))
+        cycle = _find_cycle(edges)
+        if cycle:
+            raise StormError("contradictory relations: " + " and ".join(f"'{r.describe()}'" for r in cycle)
+                             + "; remove one of them", input_name="relations")
+
+
+def _find_cycle(edges) -> list[SpatialRelation] | None:
+    """A cycle of the directed graph ``edges`` (node -> [(node, relation)]), as its relations."""
+    done: set = set()
+
+    def visit(node, path: list, rels: list):
+        for nxt, rel in edges.get(node, ()):
+            if nxt in path:
+                return rels[path.index(nxt):] + [rel]
+            if nxt not in done:
+                found = visit(nxt, [*path, nxt], [*rels, rel])
+                if found:
+                    return found
+        done.add(node)
+        return None
+
+    for node in list(edges):
+        found = None if node in done else visit(node, [node], [])
+        if found:
+            return found
+    return None
+
+
+def relation_modifiers(analysis: PromptAnalysis, relation: SpatialRelation
+                       ) -> tuple[tuple[Subject, ...], tuple[Subject, ...]]:
+    """The modifiers bound to a relation's subject and object (STORM's adjective per noun)."""
+    mods = {b.noun.positions: b.modifiers for b in analysis.bindings}
+    return mods.get(relation.subject.positions, ()), mods.get(relation.object.positions, ())
+
