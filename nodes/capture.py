@@ -139,11 +139,12 @@ class MapRecorder:
     """
 
     def __init__(self, layers: tuple[CrossAttentionLayer, ...], record: RunRecord | None,
-                 n_tokens: int | None = None):
+                 n_tokens: int | None = None, stop_early: bool = True):
         self.levels = {layer.key: layer.level for layer in layers}
         self.expected_calls = sum(layer.depth for layer in layers)
         self.record = record
         self.n_tokens = n_tokens
+        self.stop_early = stop_early
         self.mode = "cfg" if record is not None else "off"
         self._acc = AttentionAccumulator()
         self._calls = 0
@@ -199,7 +200,7 @@ class MapRecorder:
         self._reset_pass()
         if self.mode == "grad":
             self._grad_maps = maps
-            return True
+            return self.stop_early
         self.record.add_step(current_sigma(extra_options), maps)
         return False
 

@@ -53,6 +53,8 @@ class GuidedSamplerSettings:
     base_sampler: str = "euler"
     attention_layers: str = DEFAULT_LAYER_SELECTION
     node: str = NODE
+    #: stop gradient passes after the last recorded layer (off only to benchmark the full pass)
+    stop_early: bool = True
 
     def __post_init__(self) -> None:
         if self.base_sampler not in BASE_SAMPLERS:
@@ -160,7 +162,7 @@ def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None
     record = RunRecord({"node": node, "model": unet.model_name, "family": unet.family,
                         "layers": [layer.label for layer in layers], "base_sampler": settings.base_sampler,
                         "steps": num_steps, "guided_steps": sorted(guided)})
-    recorder = MapRecorder(layers, record, n_tokens)
+    recorder = MapRecorder(layers, record, n_tokens, stop_early=settings.stop_early)
     model_options = install_patches(copy_nested(extra_args.get("model_options", {})), recorder, layers)
     extra_args["model_options"] = model_options
     grad_options = {**model_options,

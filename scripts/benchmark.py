@@ -1,0 +1,176 @@
+"""Benchmark: guided vs unguided sampling on the tiny models, measured side by side in one run.
+
+    python scripts/benchmark.py                 # CPU, and CUDA too when a GPU is present
+    python scripts/benchmark.py --devices cpu --repeats 5 --steps 20
+
+Each device runs in its own process (ComfyUI picks its device once per process). For every
+architecture the variants are timed in interleaved rounds and the median is reported:
+
+* ``host``            the host's own sampler (comfy.sample.sample, euler) - the baseline;
+* ``guided-off``      STORM Guided KSampler with no active loss (must cost ~1x);
+* ``guided``          Attend-and-Excite with the paper's settings (update on the first half of the
+                      steps, refinement at 0/0.2/0.4 of the schedule, up to 20 iterations);
+* ``guided-noref``    the same without refinement (one update per guided step);
+* ``guided-fullpass`` as ``guided-noref`` but the gradient pass runs the whole UNet instead of
+                      stopping after the last layer the loss reads (what a straightforward
+                      implementation does).
+
+Ratios are relative to ``host``; peak CUDA memory is reported on GPUs. Tiny random models only
+show relative costs: a real SD1.5 at 512 px is ~1000x more work per pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+VARIANTS = ("host", "guided-off", "guided", "guided-noref", "guided-fullpass")
+
+
+def _measure(device: str, archs: list[str], steps: int, size: int, repeats: int) -> list[dict]:
+    os.environ["STORM_TEST_DEVICE"] = device
+    from harness.host import ensure_host, load_pack
+
+    ensure_host()
+    import torch
+
+    import comfy.model_management as mm
+    import comfy.sample
+    import comfy.samplers
+    from harness.nodeutil import node_output
+    from harness.tiny_models import build_tiny, tiny_conditioning
+
+    pack = load_pack()
+    nodes = pack.NODE_CLASS_MAPPINGS
+    sampler_mod = pack.nodes.sampler
+    rows = []
+    for arch in archs:
+        with torch.inference_mode():
+            tm = build_tiny(arch)
+            tokens, pos, _ = node_output(nodes["STORM_SubjectTokens"]().run(tm.clip, "a cat and a dog", "cat, dog"))
+            neg = tiny_conditioning(tm.clip, "")
+            ae = nodes["STORM_AttendAndExcite"]()
+            full = ae.build(tokens, 20.0, 0.0, 0.5, "0:0.05, 0.2:0.5, 0.4:0.8", 20, True, "auto")[0]
+            noref = ae.build(tokens, 20.0, 0.0, 0.5, "", 0, True, "auto")[0]
+            off = ae.build(tokens, 0.0, 0.0, 0.5, "", 0, True, "auto")[0]
+        latent = torch.zeros(1, 4, size // 8, size // 8)
+
+        def run_host():
+            noise = comfy.sample.prepare_noise(latent, 1)
+            return comfy.sample.sample(tm.model, noise, steps, 7.5, "euler", "normal", pos, neg, latent, seed=1,
+                                       disable_pbar=True)
+
+        def run_guided(guidance, stop_early=True):
+            settings = sampler_mod.GuidedSamplerSettings(guidance, "euler", stop_early=stop_early)
+            history = pack.nodes.capture.AttentionHistory("benchmark", capacity=1)
+            sampler = sampler_mod.make_ksampler(settings, history)
+            sigmas = comfy.samplers.KSampler(tm.model, steps=steps, device=tm.model.load_device, sampler="euler",
+                                             scheduler="normal", model_options=tm.model.model_options).sigmas
+            noise = comfy.sample.prepare_noise(latent, 1)
+            out = comfy.sample.sample_custom(tm.model, noise, 7.5, sampler, sigmas, pos, neg, latent,
+                                             disable_pbar=True, seed=1)
+            log = history.latest().log
+            return out, sum(1 + e["refine_iters"] for e in log)
+
+        runs = {
+            "host": run_host,
+            "guided-off": lambda: run_guided(off),
+            "guided": lambda: run_guided(full),
+            "guided-noref": lambda: run_guided(noref),
+            "guided-fullpass": lambda: run_guided(noref, stop_early=False),
+        }
+        times = {k: [] for k in runs}
+        peaks = {k: 0 for k in runs}
+        grad_passes = {}
+        with torch.inference_mode():
+            for fn in runs.values():  # warm-up: model loading, kernels
+                fn()
+            for _ in range(repeats):
+                for name, fn in runs.items():
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                        torch.cuda.reset_peak_memory_stats()
+                    start = time.perf_counter()
+                    result = fn()
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                        peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated())
+                    times[name].append(time.perf_counter() - start)
+                    if isinstance(result, tuple):
+                        grad_passes[name] = result[1]
+        base = statistics.median(times["host"])
+        for name in runs:
+            med = statistics.median(times[name])
+            rows.append({"device": device, "gpu": torch.cuda.get_device_name() if device == "cuda" else "",
+                         "arch": arch, "variant": name, "seconds": med, "ratio": med / base,
+                         "grad_passes": grad_passes.get(name, 0),
+                         "peak_mib": peaks[name] / 2 ** 20 if device == "cuda" else None})
+        del tm
+        mm.soft_empty_cache()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", default="auto", help="comma list of cpu,cuda (default: cpu + cuda if present)")
+    parser.add_argument("--archs", default="sd15,sdxl")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--size", type=int, default=256, help="image size in pixels (latent = size / 8)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    archs = args.archs.split(",")
+
+    if args.child:
+        print(json.dumps(_measure(args.devices, archs, args.steps, args.size, args.repeats)))
+        return 0
+
+    if args.devices == "auto":
+        probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+                               capture_output=True, text=True)
+        devices = ["cpu"] + (["cuda"] if probe.stdout.strip() == "True" else [])
+    else:
+        devices = args.devices.split(",")
+    rows = []
+    for device in devices:
+        cmd = [sys.executable, __file__, "--child", "--devices", device, "--archs", args.archs, "--steps",
+               str(args.steps), "--size", str(args.size), "--repeats", str(args.repeats)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        if proc.returncode != 0:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            return proc.returncode
+        rows += json.loads(proc.stdout.strip().splitlines()[-1])
+
+    print(f"guided vs unguided sampling, tiny models, {args.steps} euler steps at {args.size}px, "
+          f"median of {args.repeats} interleaved rounds")
+    header = f"{'device':7} {'arch':5} {'variant':16} {'seconds':>8} {'x host':>7} {'grad passes':>11} {'peak MiB':>9}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        peak = f"{r['peak_mib']:.0f}" if r["peak_mib"] is not None else "-"
+        print(f"{r['device']:7} {r['arch']:5} {r['variant']:16} {r['seconds']:8.3f} {r['ratio']:7.2f} "
+              f"{r['grad_passes']:11d} {peak:>9}")
+    for device in devices:
+        for arch in archs:
+            sel = {r["variant"]: r for r in rows if r["device"] == device and r["arch"] == arch}
+            if "guided-noref" in sel and "guided-fullpass" in sel:
+                saving = sel["guided-fullpass"]["seconds"] / sel["guided-noref"]["seconds"]
+                print(f"{device} {arch}: early stop of the gradient pass: full-pass run takes {saving:.2f}x "
+                      "the time of the early-stopped run")
+    gpus = {r["gpu"] for r in rows if r["gpu"]}
+    if gpus:
+        print("GPU:", ", ".join(sorted(gpus)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
