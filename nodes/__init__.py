@@ -3,6 +3,8 @@
 Node ids are permanent (``STORM_*``); display names may change.
 """
 
+from .nodes_analysis import PromptAnalysisNode
+from .nodes_binding import AStar, SynGen
 from .nodes_guidance import AttendAndExcite
 from .nodes_sampling import GuidedKSampler, GuidedSampler
 from .recorder import AttentionRecorder
@@ -11,7 +13,10 @@ from .visualize import AttentionHeatmap
 
 _NODES = {
     "STORM_SubjectTokens": SubjectTokens,
+    "STORM_PromptAnalysis": PromptAnalysisNode,
     "STORM_AttendAndExcite": AttendAndExcite,
+    "STORM_SynGen": SynGen,
+    "STORM_AStar": AStar,
     "STORM_GuidedSampler": GuidedSampler,
     "STORM_GuidedKSampler": GuidedKSampler,
     "STORM_AttentionRecorder": AttentionRecorder,

@@ -10,6 +10,13 @@ GUIDANCE_INPUT = ("STORM_GUIDANCE", {
     "tooltip": "Optional: guidance from another STORM loss node to combine with this one in one sampling run."})
 
 
+WEIGHT_INPUT = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.05,
+                         "tooltip": "Relative weight of this loss when combined with others (multiplies the step size)."})
+STEP_DECAY_INPUT = ("FLOAT", {"default": 0.5, "min": 0.01, "max": 1.0, "step": 0.01,
+                              "tooltip": "The step size decays as step_size * sqrt(linspace(1, step_decay)) over the "
+                                         "schedule (A&E: 0.5). 1 = constant."})
+
+
 def window_inputs(start: float, end: float, what: str) -> dict:
     """The start_at / end_at widgets shared by every loss node."""
     return {
@@ -65,11 +72,8 @@ class AttendAndExcite:
         }
         optional = {
             "guidance": GUIDANCE_INPUT,
-            "weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.05,
-                                 "tooltip": "Relative weight of this loss when combined with others (multiplies the step size)."}),
-            "step_decay": ("FLOAT", {"default": 0.5, "min": 0.01, "max": 1.0, "step": 0.01,
-                                     "tooltip": "The step size decays as step_size * sqrt(linspace(1, step_decay)) over the "
-                                                "schedule (paper: 0.5). 1 = constant."}),
+            "weight": WEIGHT_INPUT,
+            "step_decay": STEP_DECAY_INPUT,
             "kernel_size": ("INT", {"default": 3, "min": 1, "max": 15, "step": 2,
                                     "tooltip": "Smoothing kernel size (odd; paper: 3)."}),
             "sigma": ("FLOAT", {"default": 0.5, "min": 0.05, "max": 10.0, "step": 0.05,

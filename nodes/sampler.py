@@ -29,7 +29,7 @@ import torch
 
 from ..storm_ops.errors import StormError
 from ..storm_ops.guidance import Guidance
-from ..storm_ops.optimize import Evaluation, guidance_step
+from ..storm_ops.optimize import Evaluation, clip_grad_norm, guidance_step
 from .architecture import DEFAULT_LAYER_SELECTION, describe_unet
 from .capture import GRAD_PASS_FLAG, AttentionHistory, MapRecorder, RunRecord, StopForward, install_patches
 from .compat import accepts_kwarg, copy_nested, gradient_pass, inpaint_blend, throw_if_interrupted
@@ -197,6 +197,9 @@ def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None
                     grad = torch.autograd.grad(combined.objective.sum(), zg)[0]
                 else:
                     grad = torch.zeros_like(zg)
+            if combined.grad_norm_bound is not None:
+                # the bound is on the z-space gradient; grad_z = sqrt(1 + sigma^2) * grad_x
+                grad = clip_grad_norm(grad, combined.grad_norm_bound / math.sqrt(1.0 + float(sigma) ** 2))
             return Evaluation(combined.objective.detach(), grad.detach(), combined.satisfied,
                               combined.max_refine_iters, combined.term_losses, combined.metrics)
 

@@ -136,6 +136,8 @@ class GuidanceTerm(ABC):
 
     #: short name used in logs ("attend_excite", "syngen", ...)
     name: str = "term"
+    #: per-sample L2 bound of this term's gradient in the diffusers latent z (STORM: 1.0), or None
+    grad_clip_norm: float | None = None
 
     def __init__(self, *, window: StepWindow, step_size: StepSize, weight: float = 1.0,
                  thresholds: tuple[tuple[float, float], ...] = (), max_refine_iters: int = 20):
@@ -215,6 +217,10 @@ class Combined:
     satisfied: torch.Tensor                  # (B,) bool, True when no term asks for refinement
     metrics: dict[str, torch.Tensor]         # "name.metric" -> detached tensors
     max_refine_iters: int                    # cap for refinement at this step (0 = none)
+    #: per-sample bound of the objective's gradient norm in z (None: unbounded). A clipped term
+    #: takes ``z <- z - alpha * clip_c(grad L)``, i.e. the objective's gradient (which already
+    #: carries ``alpha``) is bounded by ``alpha * c``; with several clipped terms the smallest wins.
+    grad_norm_bound: float | None = None
 
 
 @dataclass(frozen=True)
@@ -263,6 +269,7 @@ class Guidance:
         term_losses: dict[str, torch.Tensor] = {}
         metrics: dict[str, torch.Tensor] = {}
         cap = 0
+        bound: float | None = None
         for name, term in zip(self.unique_names(), self.terms, strict=True):
             if not term.active(step, num_steps):
                 continue
@@ -276,4 +283,7 @@ class Guidance:
             if threshold is not None and term.max_refine_iters > 0:
                 satisfied = satisfied & term.satisfied(result, threshold)
                 cap = max(cap, term.max_refine_iters)
-        return Combined(objective, term_losses, satisfied, metrics, cap)
+            if term.grad_clip_norm is not None:
+                term_bound = abs(term.coefficient(step, num_steps)) * term.grad_clip_norm
+                bound = term_bound if bound is None else min(bound, term_bound)
+        return Combined(objective, term_losses, satisfied, metrics, cap, bound)

@@ -59,6 +59,19 @@ class StepReport:
     skipped: list[str] = field(default_factory=list)
 
 
+def clip_grad_norm(grad: torch.Tensor, max_norm: float | torch.Tensor) -> torch.Tensor:
+    """Scale each sample's gradient ``(B, ...)`` down to L2 norm ``max_norm`` (never up).
+
+    ``max_norm`` is a float or a ``(B,)`` tensor. Non-finite gradients are returned unchanged (the
+    update logic skips them). Not in place.
+    """
+    norms = grad.flatten(1).norm(dim=1)
+    limit = torch.as_tensor(max_norm, dtype=norms.dtype, device=norms.device)
+    scale = torch.where(norms > limit, limit / norms.clamp_min(1e-30), torch.ones_like(norms))
+    scale = torch.where(torch.isfinite(norms), scale, torch.ones_like(norms))
+    return grad * scale.reshape(-1, *([1] * (grad.dim() - 1))).to(grad.dtype)
+
+
 def finite_samples(ev: Evaluation) -> torch.Tensor:
     """``(B,)`` bool: samples whose objective and gradient are finite."""
     ok = torch.isfinite(ev.objective)

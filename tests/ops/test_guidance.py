@@ -93,3 +93,12 @@ def test_guidance_is_immutable_and_checks_prompt_lengths():
     assert len(g1.terms) == 1 and len(g2.terms) == 2
     with pytest.raises(StormError, match="same prompt"):
         g1.with_term(_ConstantTerm(), long)
+
+
+def test_gradient_bound_of_clipped_terms_scales_with_their_step_size():
+    clipped = _ConstantTerm(0.5, step_size=StepSize(20.0, 1.0))
+    clipped.grad_clip_norm = 1.0
+    g = Guidance().with_term(_ConstantTerm(0.5)).with_term(clipped)
+    out = g.combine(torch.rand(1, 4, 3, 3), 0, 10, {})
+    assert out.grad_norm_bound == pytest.approx(20.0)  # alpha * clip: z <- z - alpha * clip_1(grad L)
+    assert Guidance().with_term(_ConstantTerm(0.5)).combine(torch.rand(1, 4, 3, 3), 0, 10, {}).grad_norm_bound is None

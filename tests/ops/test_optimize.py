@@ -85,3 +85,33 @@ def test_apply_update_with_per_sample_multiplier():
     ev = Evaluation(torch.zeros(2), torch.ones(2, 3), torch.ones(2, dtype=torch.bool))
     out, applied = apply_update(z, ev, torch.tensor([1.0, 2.0]))
     assert torch.equal(out, torch.tensor([[-1.0] * 3, [-2.0] * 3])) and bool(applied.all())
+
+
+def test_clip_grad_norm_bounds_each_sample_and_never_scales_up():
+    from storm_ops.optimize import clip_grad_norm
+
+    grad = torch.stack([torch.full((2, 2), 3.0), torch.full((2, 2), 0.1), torch.full((2, 2), float("nan"))])
+    out = clip_grad_norm(grad, 1.0)
+    assert out[0].norm().item() == pytest.approx(1.0)
+    assert torch.equal(out[1], grad[1])
+    assert torch.isnan(out[2]).all()  # left for the update logic to skip
+    per_sample = clip_grad_norm(grad[:2], torch.tensor([0.5, 0.01]))
+    assert per_sample[0].norm().item() == pytest.approx(0.5) and per_sample[1].norm().item() == pytest.approx(0.01)
+
+
+def test_x_space_update_equals_the_z_space_update():
+    """z = x / sqrt(1 + s^2): z <- z - a grad_z L  is  x <- x - a (1 + s^2) grad_x L (design.md)."""
+    sigma, alpha = 3.0, 0.7
+    scale = (1 + sigma ** 2) ** 0.5
+    x = torch.randn(5, dtype=torch.float64)
+
+    def loss_of_z(z):
+        return (z.sin() * torch.arange(5.0, dtype=torch.float64)).sum()
+
+    xg = x.clone().requires_grad_(True)
+    grad_x = torch.autograd.grad(loss_of_z(xg / scale), xg)[0]
+    zg = (x / scale).requires_grad_(True)
+    grad_z = torch.autograd.grad(loss_of_z(zg), zg)[0]
+    x_new = x - alpha * (1 + sigma ** 2) * grad_x
+    z_new = x / scale - alpha * grad_z
+    assert torch.allclose(x_new / scale, z_new, atol=1e-12)

@@ -1,0 +1,87 @@
+"""STORM Prompt Analysis: spaCy parse of the prompt aligned to the model's CLIP tokens."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..storm_ops.analysis import PromptAnalysis
+from ..storm_ops.prompt_analysis import PARSERS, analyze_prompt, parse_binding_override
+from ..storm_ops.relations import parse_relation_override
+from ..storm_ops.tokens import PromptTokens, resolve_subjects
+from .compat import encode_prompt
+from .errors import node_errors
+from .tokens import prompt_layout
+
+
+def apply_overrides(analysis: PromptAnalysis, bindings: str, relations: str) -> PromptAnalysis:
+    """The analysis with the user's bindings / relations (non-empty texts) replacing the parsed ones."""
+    notes = list(analysis.notes)
+    if bindings.strip():
+        parsed = parse_binding_override(bindings, analysis.layout)
+        known = {e.positions for e in analysis.entities}
+        extra = tuple(b.noun for b in parsed if b.noun.positions not in known)
+        analysis = replace(analysis, bindings=parsed, entities=analysis.entities + extra)
+        notes.append("bindings set by the user")
+    if relations.strip():
+        analysis = replace(analysis, relations=parse_relation_override(relations, analysis.layout))
+        notes.append("relations set by the user")
+    return replace(analysis, notes=tuple(notes))
+
+
+class PromptAnalysisNode:
+    """STORM Prompt Analysis: entities, modifier->noun bindings and spatial relations of a prompt."""
+
+    NODE_NAME = "STORM Prompt Analysis"
+    DESCRIPTION = (
+        "Parses the prompt with spaCy (dependency parse) and aligns every word to the model's CLIP token "
+        "positions: the objects (nouns), the modifiers bound to each noun ('a red crown' -> red binds to "
+        "crown) for SynGen, and spatial relations ('a cat to the left of a dog') for STORM. Without an "
+        "installed spaCy English pipeline a small rule-based analysis handles plain 'adjective noun and "
+        "adjective noun' prompts (the text output says so and how to install one). Encodes the prompt "
+        "like CLIP Text Encode.")
+    CATEGORY = "STORM/prompt"
+    FUNCTION = "analyze"
+    RETURN_TYPES = ("STORM_ANALYSIS", "STORM_TOKENS", "CONDITIONING", "STRING")
+    RETURN_NAMES = ("analysis", "tokens", "conditioning", "text")
+    OUTPUT_TOOLTIPS = (
+        "The analysis, for the SynGen and STORM spatial nodes.",
+        "The prompt's tokens with the objects (or the 'subjects' override) as subjects, for "
+        "Attend-and-Excite, A-STAR and the heatmap.",
+        "The encoded prompt (same as CLIP Text Encode); connect it to the sampler's positive input.",
+        "What was found, with token indices and any notes (also shown in the node after a run).",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "clip": ("CLIP", {"tooltip": "The checkpoint's CLIP (its tokenizer defines the positions)."}),
+            "text": ("STRING", {"multiline": True, "default": "a red crown and a golden strawberry",
+                                "tooltip": "The positive prompt."}),
+            "parser": (list(PARSERS), {"default": "auto",
+                                       "tooltip": "auto: spaCy when an English pipeline is installed, otherwise the "
+                                                  "rule-based fallback; spacy: require spaCy; rules: the fallback only."}),
+        }, "optional": {
+            "pipeline": ("STRING", {"default": "",
+                                    "tooltip": "spaCy pipeline to use (e.g. en_core_web_trf); empty = the most accurate "
+                                               "installed English pipeline."}),
+            "bindings": ("STRING", {"multiline": True, "default": "",
+                                    "tooltip": "Override the modifier->noun bindings, e.g. 'red -> crown; golden -> "
+                                               "strawberry' ('word#2' for a repeated word). Empty = automatic."}),
+            "relations": ("STRING", {"multiline": True, "default": "",
+                                     "tooltip": "Override the spatial relations, e.g. 'cat left of dog; bird above cat' "
+                                                "(left of, right of, above, below, near). Empty = automatic."}),
+            "subjects": ("STRING", {"default": "",
+                                    "tooltip": "Subjects of the tokens output ('cat, dog'); empty = the objects found."}),
+        }}
+
+    @node_errors(NODE_NAME)
+    def analyze(self, clip, text, parser, pipeline="", bindings="", relations="", subjects=""):
+        layout, pads_with_end = prompt_layout(clip, text)
+        analysis = analyze_prompt(text, layout, parser=parser, pipeline=pipeline.strip() or None)
+        analysis = apply_overrides(analysis, bindings, relations)
+        chosen = resolve_subjects(layout, subjects) if subjects.strip() else analysis.entities
+        tokens = PromptTokens(text, layout, tuple(chosen), pads_with_end)
+        _, conditioning = encode_prompt(clip, text)
+        description = analysis.describe() + "\n\nTokens:\n" + layout.describe()
+        return {"ui": {"storm_text": [description]},
+                "result": (analysis, tokens, conditioning, description)}

@@ -1,0 +1,154 @@
+"""Binding losses: SynGen (+ the entropy variant) and A-STAR."""
+
+from __future__ import annotations
+
+import torch
+
+from ..storm_ops.errors import StormError
+from ..storm_ops.guidance import StepSize, StepWindow, parse_thresholds
+from ..storm_ops.losses.astar import AStarConfig, AStarTerm
+from ..storm_ops.losses.attend_excite import AttendExciteConfig
+from ..storm_ops.losses.syngen import UNRELATED_ENTROPY_MODES, SynGenConfig, SynGenTerm
+from ..storm_ops.tokens import parse_subject_spec
+from .errors import node_errors
+from .nodes_guidance import GUIDANCE_INPUT, STEP_DECAY_INPUT, WEIGHT_INPUT, chain, window_inputs
+
+
+class SynGen:
+    """STORM SynGen: linguistic binding of modifiers to their nouns (Rassin et al., NeurIPS 2023)."""
+
+    NODE_NAME = "STORM SynGen"
+    DESCRIPTION = (
+        "SynGen (Rassin et al. 2023): pulls each modifier's attention map onto its noun's map and pushes "
+        "both away from the other words (symmetric KL), so 'a red crown and a golden strawberry' keeps red "
+        "on the crown. The modifier->noun sets come from STORM Prompt Analysis. Optional entropy terms "
+        "(Jiang et al. 2024 blog). Defaults are the paper's: constant step 20 on the first half of the steps.")
+    CATEGORY = "STORM/guidance"
+    FUNCTION = "build"
+    RETURN_TYPES = ("STORM_GUIDANCE",)
+    RETURN_NAMES = ("guidance",)
+    OUTPUT_TOOLTIPS = ("Guidance for a STORM Guided Sampler / Guided KSampler (can be chained into other loss nodes).",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "analysis": ("STORM_ANALYSIS", {"tooltip": "From STORM Prompt Analysis (its bindings are the sets)."}),
+            "step_size": ("FLOAT", {"default": 20.0, "min": 0.0, "max": 500.0, "step": 0.5,
+                                    "tooltip": "Constant step size of the latent update (paper: 20, diffusers latent "
+                                               "scale). 0 disables the loss."}),
+            **window_inputs(0.0, 0.5, "Paper: the first 25 of 50 steps (0 to 0.5)."),
+            "include_entities": ("BOOLEAN", {"default": False,
+                                             "tooltip": "Also push every noun's map away from unrelated words (the "
+                                                        "official include_entities option; off in the paper's runs)."}),
+        }, "optional": {
+            "guidance": GUIDANCE_INPUT,
+            "weight": WEIGHT_INPUT,
+            "lambda_entropy": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001,
+                                         "tooltip": "Entropy variant: weight of H(modifier) + H(noun) per pair (keeps "
+                                                    "bound maps concentrated). No published value; entropies (~4-5.5) "
+                                                    "dwarf the KL terms (~0.05-0.5), so try 0.001-0.01. 0 = plain SynGen."}),
+            "gamma_entropy": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001,
+                                        "tooltip": "Entropy variant: weight of the unrelated words' entropy (0.001-0.01)."}),
+            "unrelated_entropy": (list(UNRELATED_ENTROPY_MODES), {
+                "default": "diffuse",
+                "tooltip": "Sign of the unrelated-entropy term. The blog's formula as written ('literal') lowers the "
+                           "unrelated maps' entropy, i.e. makes them more concentrated, while its text says they "
+                           "should become more diffuse; 'diffuse' (default) follows the text."}),
+        }}
+
+    @node_errors(NODE_NAME)
+    def build(self, analysis, step_size, start_at, end_at, include_entities, guidance=None, weight=1.0,
+              lambda_entropy=0.0, gamma_entropy=0.0, unrelated_entropy="diffuse"):
+        if not analysis.bindings and not include_entities:
+            notes = "; ".join(analysis.notes) or "none"
+            raise StormError(
+                "the prompt analysis found no modifier bound to a noun, so SynGen has nothing to bind. Write "
+                "modifiers next to their nouns ('a red crown and a golden strawberry'), set the bindings in "
+                f"STORM Prompt Analysis ('red -> crown'), or enable include_entities. Analysis notes: {notes}",
+                input_name="analysis")
+        config = SynGenConfig(float(lambda_entropy), float(gamma_entropy), unrelated_entropy)
+        term = SynGenTerm(analysis.layout, analysis.bindings, analysis.entities if include_entities else (),
+                          config, window=StepWindow(float(start_at), float(end_at)),
+                          step_size=StepSize(float(step_size), 1.0), weight=float(weight))
+        return (chain(guidance, term, analysis.layout),)
+
+
+class AStar:
+    """STORM A-STAR: attention segregation and retention (Agarwal et al., ICCV 2023)."""
+
+    NODE_NAME = "STORM A-STAR"
+    DESCRIPTION = (
+        "A-STAR (Agarwal et al. 2023): a segregation loss keeps the subjects' attention maps apart (so two "
+        "objects do not merge) and a retention loss keeps each subject's high-attention region from one "
+        "step to the next. Optional layout masks (MASK input) tell where each subject should stay. The paper "
+        "leaves map normalisation, mask threshold and step sizes open: the defaults here are ours "
+        "(A&E-style maps, threshold 0.5 of the max, A&E step sizes on the first half of the steps).")
+    CATEGORY = "STORM/guidance"
+    FUNCTION = "build"
+    RETURN_TYPES = ("STORM_GUIDANCE",)
+    RETURN_NAMES = ("guidance",)
+    OUTPUT_TOOLTIPS = ("Guidance for a STORM Guided Sampler / Guided KSampler (can be chained into other loss nodes).",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "tokens": ("STORM_TOKENS", {"tooltip": "The concepts (subjects), from STORM Subject Tokens or Prompt Analysis."}),
+            "step_size": ("FLOAT", {"default": 20.0, "min": 0.0, "max": 500.0, "step": 0.5,
+                                    "tooltip": "Step size (our default: A&E's 20 with its decay; the paper gives none)."}),
+            **window_inputs(0.0, 0.5, "Our default: the first half (the paper applies it throughout: set end_at to 1)."),
+            "mask_threshold": ("FLOAT", {"default": 0.5, "min": 0.05, "max": 1.0, "step": 0.05,
+                                         "tooltip": "Retention mask B = pixels at or above this fraction of the map's "
+                                                    "maximum at the previous step (our default; unspecified in the paper)."}),
+            "end_tokens": (["auto", "sd1", "words"], {"default": "auto",
+                                                      "tooltip": "Token softmax convention (as in Attend-and-Excite)."}),
+        }, "optional": {
+            "guidance": GUIDANCE_INPUT,
+            "weight": WEIGHT_INPUT,
+            "step_decay": STEP_DECAY_INPUT,
+            "segregation_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05,
+                                             "tooltip": "Weight of the segregation loss (0 = retention only)."}),
+            "retention_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05,
+                                           "tooltip": "Weight of the retention loss (0 = segregation only)."}),
+            "masks": ("MASK", {"tooltip": "Optional layout masks, one per subject (a batch in subject order, or as "
+                                          "named in mask_subjects): where each subject should be (paper Fig. 12)."}),
+            "mask_subjects": ("STRING", {"default": "",
+                                         "tooltip": "Which subject each mask of the batch belongs to ('cat, dog'); "
+                                                    "empty = the subjects in order."}),
+            "thresholds": ("STRING", {"default": "",
+                                      "tooltip": "Optional refinement: 'position:threshold' pairs as in Attend-and-Excite "
+                                                 "(every subject's max attention must reach the threshold). Empty = off."}),
+        }}
+
+    @node_errors(NODE_NAME)
+    def build(self, tokens, step_size, start_at, end_at, mask_threshold, end_tokens, guidance=None, weight=1.0,
+              step_decay=0.5, segregation_weight=1.0, retention_weight=1.0, masks=None, mask_subjects="",
+              thresholds=""):
+        config = AStarConfig(AttendExciteConfig(end_token_convention=end_tokens), float(mask_threshold),
+                             float(segregation_weight), float(retention_weight))
+        term = AStarTerm(tokens.layout, tokens.subjects, config,
+                         masks=subject_masks(tokens.subjects, masks, mask_subjects),
+                         window=StepWindow(float(start_at), float(end_at)),
+                         step_size=StepSize(float(step_size), float(step_decay)), weight=float(weight),
+                         thresholds=parse_thresholds(thresholds))
+        return (chain(guidance, term, tokens.layout),)
+
+
+def subject_masks(subjects, masks: torch.Tensor | None, names: str, input_name: str = "masks"):
+    """Map a MASK batch ``(N, H, W)`` to one mask (or None) per subject.
+
+    ``names`` lists the subject each mask belongs to; empty means the subjects in order.
+    """
+    if masks is None:
+        return None
+    batch = masks if masks.dim() == 3 else masks[None]
+    wanted = parse_subject_spec(names) or [s.name for s in subjects][: batch.shape[0]]
+    if len(wanted) != batch.shape[0]:
+        raise StormError(f"{batch.shape[0]} masks but {len(wanted)} subject names in mask_subjects; give one name "
+                         "per mask", input_name="mask_subjects")
+    by_name = {s.name: i for i, s in enumerate(subjects)}
+    out: list = [None] * len(subjects)
+    for mask, name in zip(batch, wanted, strict=True):
+        if name not in by_name:
+            raise StormError(f"mask for {name!r}: not one of the subjects {list(by_name)}", input_name="mask_subjects")
+        out[by_name[name]] = mask.float()
+    return out

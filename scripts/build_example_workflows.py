@@ -1,0 +1,193 @@
+"""Write the UI-format example workflows in example_workflows/ (run after changing a node's inputs).
+
+    python scripts/build_example_workflows.py
+
+The files are what the ComfyUI frontend saves and loads (nodes, links, widgets_values in the order
+of each node's widget inputs). tests/workflows executes every one of them through the host.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parents[1] / "example_workflows"
+LAYERS = "1/32 res: down+up (A&E)"
+
+
+class Graph:
+    """A tiny builder for UI-format workflows."""
+
+    def __init__(self) -> None:
+        self.nodes: list[dict] = []
+        self.links: list[list] = []
+
+    def node(self, type_: str, pos, size, widgets, inputs=(), outputs=(), title=None) -> dict:
+        node = {"id": len(self.nodes) + 1, "type": type_, "pos": list(pos), "size": list(size), "flags": {},
+                "order": len(self.nodes), "mode": 0,
+                "inputs": [{"name": name, "type": t, "link": None} for name, t in inputs],
+                "outputs": [{"name": name, "type": t, "links": [], "slot_index": i}
+                            for i, (name, t) in enumerate(outputs)],
+                "properties": {"Node name for S&R": type_}, "widgets_values": list(widgets)}
+        if title:
+            node["title"] = title
+        self.nodes.append(node)
+        return node
+
+    def link(self, src: dict, src_slot: int, dst: dict, dst_slot: int) -> None:
+        link_id = len(self.links) + 1
+        self.links.append([link_id, src["id"], src_slot, dst["id"], dst_slot, src["outputs"][src_slot]["type"]])
+        src["outputs"][src_slot]["links"].append(link_id)
+        dst["inputs"][dst_slot]["link"] = link_id
+
+    def note(self, pos, size, text: str) -> None:
+        self.nodes.append({"id": len(self.nodes) + 1, "type": "Note", "pos": list(pos), "size": list(size),
+                           "flags": {}, "order": len(self.nodes), "mode": 0, "inputs": [], "outputs": [],
+                           "properties": {}, "widgets_values": [text], "color": "#432", "bgcolor": "#653"})
+
+    def save(self, name: str) -> None:
+        workflow = {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
+                    "links": self.links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
+                    "version": 0.4}
+        (OUT / name).write_text(json.dumps(workflow, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------- shared parts
+def checkpoint(g: Graph, ckpt="v1-5-pruned-emaonly.safetensors") -> dict:
+    return g.node("CheckpointLoaderSimple", (20, 160), (320, 100), [ckpt],
+                  outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")])
+
+
+def negative(g: Graph, ckpt: dict, pos=(380, 380)) -> dict:
+    node = g.node("CLIPTextEncode", pos, (400, 130), ["blurry, low quality, deformed"], inputs=[("clip", "CLIP")],
+                  outputs=[("CONDITIONING", "CONDITIONING")], title="CLIP Text Encode (negative prompt)")
+    g.link(ckpt, 1, node, 0)
+    return node
+
+
+def empty_latent(g: Graph, pos=(380, 560), size=512) -> dict:
+    return g.node("EmptyLatentImage", pos, (320, 110), [size, size, 1], outputs=[("LATENT", "LATENT")])
+
+
+def guided_ksampler(g: Graph, pos, seed=42) -> dict:
+    return g.node("STORM_GuidedKSampler", pos, (340, 330), [seed, "fixed", 50, 7.5, "euler", "normal", 1.0, LAYERS],
+                  inputs=[("model", "MODEL"), ("guidance", "STORM_GUIDANCE"), ("positive", "CONDITIONING"),
+                          ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
+                  outputs=[("latent", "LATENT"), ("attention", "STORM_ATTENTION")])
+
+
+def decode_save_heatmaps(g: Graph, ckpt: dict, latent_src: tuple[dict, int], attention_src: tuple[dict, int],
+                         tokens_src: tuple[dict, int], x: int, prefix: str, show="subjects") -> None:
+    dec = g.node("VAEDecode", (x, 120), (210, 50), [], inputs=[("samples", "LATENT"), ("vae", "VAE")],
+                 outputs=[("IMAGE", "IMAGE")])
+    g.link(*latent_src, dec, 0)
+    g.link(ckpt, 2, dec, 1)
+    save = g.node("SaveImage", (x + 250, 60), (420, 460), [f"storm/{prefix}"], inputs=[("images", "IMAGE")])
+    g.link(dec, 0, save, 0)
+    heat = g.node("STORM_AttentionHeatmap", (x, 560), (400, 300), [show, "attention", "matching latent", 0, 0.6],
+                  inputs=[("attention", "STORM_ATTENTION"), ("latent", "LATENT"), ("tokens", "STORM_TOKENS"),
+                          ("image", "IMAGE")],
+                  outputs=[("grid", "IMAGE"), ("overlay", "IMAGE"), ("mask", "MASK"), ("log", "STRING")])
+    g.link(*attention_src, heat, 0)
+    g.link(*latent_src, heat, 1)
+    g.link(*tokens_src, heat, 2)
+    g.link(dec, 0, heat, 3)
+    save_h = g.node("SaveImage", (x + 450, 560), (420, 300), [f"storm/{prefix}_heatmaps"], inputs=[("images", "IMAGE")])
+    g.link(heat, 0, save_h, 0)
+    preview = g.node("PreviewImage", (x + 450, 900), (420, 300), [], inputs=[("images", "IMAGE")],
+                     title="Heatmap overlays")
+    g.link(heat, 1, preview, 0)
+
+
+# --------------------------------------------------------------------------------- workflows
+def attend_and_excite() -> None:
+    g = Graph()
+    ckpt = checkpoint(g)
+    tok = g.node("STORM_SubjectTokens", (380, 60), (400, 220), ["a cat and a dog", "cat, dog"], inputs=[("clip", "CLIP")],
+                 outputs=[("tokens", "STORM_TOKENS"), ("conditioning", "CONDITIONING"), ("tokenization", "STRING")],
+                 title="STORM Subject Tokens (positive prompt)")
+    g.link(ckpt, 1, tok, 0)
+    neg = negative(g, ckpt)
+    lat = empty_latent(g)
+    ae = g.node("STORM_AttendAndExcite", (830, 40), (360, 330),
+                [20.0, 0.0, 0.5, "0:0.05, 0.2:0.5, 0.4:0.8", 20, True, "auto", 1.0, 0.5, 3, 0.5],
+                inputs=[("tokens", "STORM_TOKENS"), ("guidance", "STORM_GUIDANCE")], outputs=[("guidance", "STORM_GUIDANCE")])
+    g.link(tok, 0, ae, 0)
+    ks = guided_ksampler(g, (1240, 120))
+    for slot, src in enumerate([(ckpt, 0), (ae, 0), (tok, 1), (neg, 0), (lat, 0)]):
+        g.link(*src, ks, slot)
+    decode_save_heatmaps(g, ckpt, (ks, 0), (ks, 1), (tok, 0), 1630, "attend_and_excite")
+    g.note((20, 330), (330, 260),
+           "Attend-and-Excite (Chefer et al. 2023) with ComfyUI-STORM.\n\n"
+           "1. Write the prompt in 'STORM Subject Tokens' and list its subject words (e.g. 'cat, dog').\n"
+           "2. The guided sampler excites the most neglected subject on the first half of the steps.\n"
+           "3. 'STORM Attention Heatmap' shows each subject's attention for this very run and the loss log.\n\n"
+           "Defaults are the paper's: 50 steps, cfg 7.5, step size 20, thresholds 0.05/0.5/0.8 at steps 0/10/20.")
+    g.save("attend_and_excite.json")
+
+
+def syngen() -> None:
+    g = Graph()
+    ckpt = checkpoint(g)
+    ana = g.node("STORM_PromptAnalysis", (380, 40), (420, 300),
+                 ["a red crown and a golden strawberry", "auto", "", "", "", ""], inputs=[("clip", "CLIP")],
+                 outputs=[("analysis", "STORM_ANALYSIS"), ("tokens", "STORM_TOKENS"), ("conditioning", "CONDITIONING"),
+                          ("text", "STRING")], title="STORM Prompt Analysis (positive prompt)")
+    g.link(ckpt, 1, ana, 0)
+    neg = negative(g, ckpt)
+    lat = empty_latent(g)
+    sg = g.node("STORM_SynGen", (850, 40), (360, 260), [20.0, 0.0, 0.5, False, 1.0, 0.0, 0.0, "diffuse"],
+                inputs=[("analysis", "STORM_ANALYSIS"), ("guidance", "STORM_GUIDANCE")],
+                outputs=[("guidance", "STORM_GUIDANCE")])
+    g.link(ana, 0, sg, 0)
+    ks = guided_ksampler(g, (1260, 120), seed=1924)
+    for slot, src in enumerate([(ckpt, 0), (sg, 0), (ana, 2), (neg, 0), (lat, 0)]):
+        g.link(*src, ks, slot)
+    decode_save_heatmaps(g, ckpt, (ks, 0), (ks, 1), (ana, 1), 1650, "syngen", show="all words")
+    g.note((20, 330), (330, 280),
+           "SynGen (Rassin et al. 2023): binds each modifier to its noun.\n\n"
+           "'STORM Prompt Analysis' parses the prompt with spaCy (red -> crown, golden -> strawberry) and shows "
+           "what it found; override it in its 'bindings' field if needed.\n"
+           "Paper defaults: constant step 20 on the first 25 of 50 steps. The entropy variant is in the SynGen "
+           "node's optional inputs.")
+    g.save("syngen.json")
+
+
+def astar() -> None:
+    g = Graph()
+    ckpt = checkpoint(g)
+    tok = g.node("STORM_SubjectTokens", (380, 60), (400, 220), ["a cat and a bird", "cat, bird"], inputs=[("clip", "CLIP")],
+                 outputs=[("tokens", "STORM_TOKENS"), ("conditioning", "CONDITIONING"), ("tokenization", "STRING")],
+                 title="STORM Subject Tokens (positive prompt)")
+    g.link(ckpt, 1, tok, 0)
+    neg = negative(g, ckpt)
+    lat = empty_latent(g)
+    ast = g.node("STORM_AStar", (830, 40), (360, 330), [20.0, 0.0, 0.5, 0.5, "auto", 1.0, 0.5, 1.0, 1.0, "", ""],
+                 inputs=[("tokens", "STORM_TOKENS"), ("guidance", "STORM_GUIDANCE"), ("masks", "MASK")],
+                 outputs=[("guidance", "STORM_GUIDANCE")])
+    g.link(tok, 0, ast, 0)
+    smp = g.node("STORM_GuidedSampler", (830, 420), (360, 110), ["euler", LAYERS],
+                 inputs=[("guidance", "STORM_GUIDANCE")], outputs=[("sampler", "SAMPLER"), ("attention", "STORM_ATTENTION")])
+    g.link(ast, 0, smp, 0)
+    sch = g.node("BasicScheduler", (830, 580), (320, 110), ["normal", 50, 1.0], inputs=[("model", "MODEL")],
+                 outputs=[("SIGMAS", "SIGMAS")])
+    g.link(ckpt, 0, sch, 0)
+    sc = g.node("SamplerCustom", (1240, 120), (340, 440), [True, 42, "fixed", 7.5],
+                inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                        ("sampler", "SAMPLER"), ("sigmas", "SIGMAS"), ("latent_image", "LATENT")],
+                outputs=[("output", "LATENT"), ("denoised_output", "LATENT")])
+    for slot, src in enumerate([(ckpt, 0), (tok, 1), (neg, 0), (smp, 0), (sch, 0), (lat, 0)]):
+        g.link(*src, sc, slot)
+    decode_save_heatmaps(g, ckpt, (sc, 0), (smp, 1), (tok, 0), 1630, "astar")
+    g.note((20, 330), (330, 300),
+           "A-STAR (Agarwal et al. 2023): keeps the subjects' attention apart (segregation) and stable "
+           "across steps (retention), with the core SamplerCustom and the STORM Guided Sampler.\n\n"
+           "Optional: connect a MASK batch (one per subject, see mask_subjects) to place the subjects.\n"
+           "The paper leaves step sizes and thresholds open: the defaults are ours (A&E-style).")
+    g.save("astar.json")
+
+
+if __name__ == "__main__":
+    attend_and_excite()
+    syngen()
+    astar()
