@@ -38,85 +38,87 @@ VARIANTS = ("host", "guided-off", "guided", "guided-noref", "guided-fullpass")
 
 def _measure(device: str, archs: list[str], steps: int, size: int, repeats: int) -> list[dict]:
     os.environ["STORM_TEST_DEVICE"] = device
-    from harness.host import ensure_host, load_pack
+    from harness.host import ensure_host
 
     ensure_host()
-    import torch
-
     import comfy.model_management as mm
+
+    rows = []
+    for arch in archs:
+        rows += _measure_arch(device, arch, steps, size, repeats)
+        mm.soft_empty_cache()
+    return rows
+
+
+def _measure_arch(device: str, arch: str, steps: int, size: int, repeats: int) -> list[dict]:
     import comfy.sample
     import comfy.samplers
+    import torch
+
+    from harness.host import load_pack
     from harness.nodeutil import node_output
     from harness.tiny_models import build_tiny, tiny_conditioning
 
     pack = load_pack()
     nodes = pack.NODE_CLASS_MAPPINGS
     sampler_mod = pack.nodes.sampler
-    rows = []
-    for arch in archs:
-        with torch.inference_mode():
-            tm = build_tiny(arch)
-            tokens, pos, _ = node_output(nodes["STORM_SubjectTokens"]().run(tm.clip, "a cat and a dog", "cat, dog"))
-            neg = tiny_conditioning(tm.clip, "")
-            ae = nodes["STORM_AttendAndExcite"]()
-            full = ae.build(tokens, 20.0, 0.0, 0.5, "0:0.05, 0.2:0.5, 0.4:0.8", 20, True, "auto")[0]
-            noref = ae.build(tokens, 20.0, 0.0, 0.5, "", 0, True, "auto")[0]
-            off = ae.build(tokens, 0.0, 0.0, 0.5, "", 0, True, "auto")[0]
-        latent = torch.zeros(1, 4, size // 8, size // 8)
+    with torch.inference_mode():
+        tm = build_tiny(arch)
+        tokens, pos, _ = node_output(nodes["STORM_SubjectTokens"]().run(tm.clip, "a cat and a dog", "cat, dog"))
+        neg = tiny_conditioning(tm.clip, "")
+        ae = nodes["STORM_AttendAndExcite"]()
+        full = ae.build(tokens, 20.0, 0.0, 0.5, "0:0.05, 0.2:0.5, 0.4:0.8", 20, True, "auto")[0]
+        noref = ae.build(tokens, 20.0, 0.0, 0.5, "", 0, True, "auto")[0]
+        off = ae.build(tokens, 0.0, 0.0, 0.5, "", 0, True, "auto")[0]
+    latent = torch.zeros(1, 4, size // 8, size // 8)
+    sigmas = comfy.samplers.KSampler(tm.model, steps=steps, device=tm.model.load_device, sampler="euler",
+                                     scheduler="normal", model_options=tm.model.model_options).sigmas
 
-        def run_host():
-            noise = comfy.sample.prepare_noise(latent, 1)
-            return comfy.sample.sample(tm.model, noise, steps, 7.5, "euler", "normal", pos, neg, latent, seed=1,
-                                       disable_pbar=True)
+    def run_host():
+        noise = comfy.sample.prepare_noise(latent, 1)
+        return comfy.sample.sample(tm.model, noise, steps, 7.5, "euler", "normal", pos, neg, latent, seed=1,
+                                   disable_pbar=True)
 
-        def run_guided(guidance, stop_early=True):
-            settings = sampler_mod.GuidedSamplerSettings(guidance, "euler", stop_early=stop_early)
-            history = pack.nodes.capture.AttentionHistory("benchmark", capacity=1)
-            sampler = sampler_mod.make_ksampler(settings, history)
-            sigmas = comfy.samplers.KSampler(tm.model, steps=steps, device=tm.model.load_device, sampler="euler",
-                                             scheduler="normal", model_options=tm.model.model_options).sigmas
-            noise = comfy.sample.prepare_noise(latent, 1)
-            out = comfy.sample.sample_custom(tm.model, noise, 7.5, sampler, sigmas, pos, neg, latent,
-                                             disable_pbar=True, seed=1)
-            log = history.latest().log
-            return out, sum(1 + e["refine_iters"] for e in log)
+    def run_guided(guidance, stop_early=True):
+        settings = sampler_mod.GuidedSamplerSettings(guidance, "euler", stop_early=stop_early)
+        history = pack.nodes.capture.AttentionHistory("benchmark", capacity=1)
+        sampler = sampler_mod.make_ksampler(settings, history)
+        noise = comfy.sample.prepare_noise(latent, 1)
+        out = comfy.sample.sample_custom(tm.model, noise, 7.5, sampler, sigmas, pos, neg, latent,
+                                         disable_pbar=True, seed=1)
+        return out, sum(1 + e["refine_iters"] for e in history.latest().log)
 
-        runs = {
-            "host": run_host,
-            "guided-off": lambda: run_guided(off),
-            "guided": lambda: run_guided(full),
-            "guided-noref": lambda: run_guided(noref),
-            "guided-fullpass": lambda: run_guided(noref, stop_early=False),
-        }
-        times = {k: [] for k in runs}
-        peaks = {k: 0 for k in runs}
-        grad_passes = {}
-        with torch.inference_mode():
-            for fn in runs.values():  # warm-up: model loading, kernels
-                fn()
-            for _ in range(repeats):
-                for name, fn in runs.items():
-                    if device == "cuda":
-                        torch.cuda.synchronize()
-                        torch.cuda.reset_peak_memory_stats()
-                    start = time.perf_counter()
-                    result = fn()
-                    if device == "cuda":
-                        torch.cuda.synchronize()
-                        peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated())
-                    times[name].append(time.perf_counter() - start)
-                    if isinstance(result, tuple):
-                        grad_passes[name] = result[1]
-        base = statistics.median(times["host"])
-        for name in runs:
-            med = statistics.median(times[name])
-            rows.append({"device": device, "gpu": torch.cuda.get_device_name() if device == "cuda" else "",
-                         "arch": arch, "variant": name, "seconds": med, "ratio": med / base,
-                         "grad_passes": grad_passes.get(name, 0),
-                         "peak_mib": peaks[name] / 2 ** 20 if device == "cuda" else None})
-        del tm
-        mm.soft_empty_cache()
-    return rows
+    runs = {
+        "host": run_host,
+        "guided-off": lambda: run_guided(off),
+        "guided": lambda: run_guided(full),
+        "guided-noref": lambda: run_guided(noref),
+        "guided-fullpass": lambda: run_guided(noref, stop_early=False),
+    }
+    times = {k: [] for k in runs}
+    peaks = dict.fromkeys(runs, 0)
+    grad_passes = {}
+    with torch.inference_mode():
+        for fn in runs.values():  # warm-up: model loading, kernels
+            fn()
+        for _ in range(repeats):
+            for name, fn in runs.items():
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                start = time.perf_counter()
+                result = fn()
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                    peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated())
+                times[name].append(time.perf_counter() - start)
+                if isinstance(result, tuple):
+                    grad_passes[name] = result[1]
+    base = statistics.median(times["host"])
+    gpu = torch.cuda.get_device_name() if device == "cuda" else ""
+    return [{"device": device, "gpu": gpu, "arch": arch, "variant": name, "seconds": statistics.median(times[name]),
+             "ratio": statistics.median(times[name]) / base, "grad_passes": grad_passes.get(name, 0),
+             "peak_mib": peaks[name] / 2 ** 20 if device == "cuda" else None} for name in runs]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,10 @@
 """Binding guidance on the real hosts: prompt analysis node, SynGen, A-STAR, composition, bad input."""
 
+import comfy.sample
+import comfy.samplers
 import pytest
 import torch
 
-import comfy.sample
-import comfy.samplers
 from harness.nodeutil import node_output, node_ui
 
 LAYERS = "1/32 res: down+up (A&E)"
