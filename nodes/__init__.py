@@ -7,6 +7,7 @@ from .nodes_analysis import PromptAnalysisNode
 from .nodes_binding import AStar, SynGen
 from .nodes_guidance import AttendAndExcite
 from .nodes_sampling import GuidedKSampler, GuidedSampler
+from .nodes_spatial import SpatialTransport
 from .recorder import AttentionRecorder
 from .tokens import SubjectTokens
 from .visualize import AttentionHeatmap
@@ -17,6 +18,7 @@ _NODES = {
     "STORM_AttendAndExcite": AttendAndExcite,
     "STORM_SynGen": SynGen,
     "STORM_AStar": AStar,
+    "STORM_SpatialTransport": SpatialTransport,
     "STORM_GuidedSampler": GuidedSampler,
     "STORM_GuidedKSampler": GuidedKSampler,
     "STORM_AttentionRecorder": AttentionRecorder,

@@ -17,6 +17,9 @@ architecture the variants are timed in interleaved rounds and the median is repo
 
 Ratios are relative to ``host``; peak CUDA memory is reported on GPUs. Tiny random models only
 show relative costs: a real SD1.5 at 512 px is ~1000x more work per pass.
+
+``--spatial N`` also prints the STORM relation sweep: over N seeds, how often the subject's
+attention centroid ends on the requested side of the object with and without guidance.
 """
 
 from __future__ import annotations
@@ -128,12 +131,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--size", type=int, default=256, help="image size in pixels (latent = size / 8)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--spatial", type=int, default=0, metavar="N",
+                        help="also run the STORM relation sweep over N seeds on the CPU (the issue asks for >= 16)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--spatial-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     archs = args.archs.split(",")
 
     if args.child:
         print(json.dumps(_measure(args.devices, archs, args.steps, args.size, args.repeats)))
+        return 0
+    if args.spatial_child:
+        print(json.dumps(_spatial(archs, args.spatial)))
         return 0
 
     if args.devices == "auto":
@@ -171,7 +180,44 @@ def main(argv: list[str] | None = None) -> int:
     gpus = {r["gpu"] for r in rows if r["gpu"]}
     if gpus:
         print("GPU:", ", ".join(sorted(gpus)))
+    if args.spatial:
+        cmd = [sys.executable, __file__, "--spatial-child", "--archs", args.archs, "--spatial", str(args.spatial),
+               "--devices", "cpu"]
+        env = dict(os.environ, STORM_TEST_DEVICE="cpu")
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+        if proc.returncode != 0:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            return proc.returncode
+        from harness.spatial_sweep import HEADER
+
+        print(f"\nSTORM relation sweep: subject attention centroid on the requested side after sampling "
+              f"(8 euler steps, 192 px, paper mode, 2 refinement iterations), {args.spatial} seeds")
+        print(HEADER)
+        for line in json.loads(proc.stdout.strip().splitlines()[-1]):
+            print(line)
     return 0
+
+
+def _spatial(archs: list[str], seeds: int) -> list[str]:
+    os.environ["STORM_TEST_DEVICE"] = "cpu"
+    from harness.host import ensure_host, load_pack
+
+    ensure_host()
+    import torch
+
+    from harness.spatial_sweep import sweep
+    from harness.tiny_models import build_tiny, tiny_conditioning
+
+    pack = load_pack()
+    rows = []
+    for arch in archs:
+        with torch.inference_mode():
+            tm = build_tiny(arch)
+            negative = tiny_conditioning(tm.clip, "")
+        for text in ("a cat to the left of a dog", "a dog to the right of a cat", "a bird above a car",
+                     "a car below a bird"):
+            rows.append(sweep(pack, tm.model, tm.clip, negative, text, range(seeds), arch).row())
+    return rows
 
 
 if __name__ == "__main__":
