@@ -6,6 +6,7 @@ Node ids are permanent (``STORM_*``); display names may change.
 from .nodes_analysis import PromptAnalysisNode
 from .nodes_binding import AStar, SynGen
 from .nodes_guidance import AttendAndExcite
+from .nodes_interpolation import AttentionInterpolation, SelectFrame
 from .nodes_sampling import GuidedKSampler, GuidedSampler
 from .nodes_spatial import SpatialTransport
 from .recorder import AttentionRecorder
@@ -23,6 +24,8 @@ _NODES = {
     "STORM_GuidedKSampler": GuidedKSampler,
     "STORM_AttentionRecorder": AttentionRecorder,
     "STORM_AttentionHeatmap": AttentionHeatmap,
+    "STORM_AttentionInterpolation": AttentionInterpolation,
+    "STORM_SelectFrame": SelectFrame,
 }
 
 NODE_CLASS_MAPPINGS = dict(_NODES)

@@ -215,8 +215,107 @@ def storm_spatial() -> None:
     g.save("storm_spatial.json")
 
 
+def clip_encode(g: Graph, ckpt: dict, text: str, pos, title: str) -> dict:
+    node = g.node("CLIPTextEncode", pos, (400, 130), [text], inputs=[("clip", "CLIP")],
+                  outputs=[("CONDITIONING", "CONDITIONING")], title=title)
+    g.link(ckpt, 1, node, 0)
+    return node
+
+
+def interpolation_node(g: Graph, pos, frames: int, with_guide: bool) -> dict:
+    inputs = [("model", "MODEL"), ("positive_a", "CONDITIONING"), ("positive_b", "CONDITIONING"),
+              ("negative", "CONDITIONING"), ("latent_image", "LATENT"), ("guide", "CONDITIONING")]
+    return g.node("STORM_AttentionInterpolation", pos, (380, 480),
+                  [frames, 1002, "fixed", 28, 7.5, "euler", "normal", "fused outer", 3.0, 3.0, 0.5, 4, "same"],
+                  inputs=inputs, outputs=[("frames", "LATENT"), ("attention", "STORM_ATTENTION"),
+                                          ("coefficients", "STRING")],
+                  title="STORM Attention Interpolation (PAID)" if with_guide else "STORM Attention Interpolation (AID)")
+
+
+def aid_morph() -> None:
+    g = Graph()
+    ckpt = checkpoint(g)
+    a = clip_encode(g, ckpt, "a photo of a cat", (380, 20), "Prompt A (first frame)")
+    b = clip_encode(g, ckpt, "a photo of a dog", (380, 190), "Prompt B (last frame)")
+    neg = negative(g, ckpt, pos=(380, 360))
+    lat = empty_latent(g, pos=(380, 540))
+    aid = interpolation_node(g, (840, 60), 9, with_guide=False)
+    for slot, src in enumerate([(ckpt, 0), (a, 0), (b, 0), (neg, 0), (lat, 0)]):
+        g.link(*src, aid, slot)
+    dec = g.node("VAEDecode", (1270, 60), (210, 50), [], inputs=[("samples", "LATENT"), ("vae", "VAE")],
+                 outputs=[("IMAGE", "IMAGE")])
+    g.link(aid, 0, dec, 0)
+    g.link(ckpt, 2, dec, 1)
+    anim = g.node("SaveAnimatedWEBP", (1520, 60), (420, 460), ["storm/aid_morph", 6.0, False, 90, "default"],
+                  inputs=[("images", "IMAGE")])
+    g.link(dec, 0, anim, 0)
+    frames = g.node("SaveImage", (1520, 560), (420, 300), ["storm/aid_morph_frames"], inputs=[("images", "IMAGE")])
+    g.link(dec, 0, frames, 0)
+    g.note((20, 330), (330, 300),
+           "AID (He et al., NeurIPS 2024): a morph from prompt A to prompt B made by interpolating inside the "
+           "attention layers, not the text embeddings.\n\n"
+           "Frames follow a Beta(3, 3) schedule; attention is interpolated on the first half of the steps "
+           "(warmup_ratio), then each frame finishes on its own. The first and last frames are exactly the plain "
+           "generations of A and B. Long sequences run in chunks (chunk_size) to bound memory.")
+    g.save("aid_morph.json")
+
+
+def paid_composition() -> None:
+    g = Graph()
+    ckpt = checkpoint(g)
+    a = clip_encode(g, ckpt, "a dog", (380, 20), "Prompt A")
+    b = clip_encode(g, ckpt, "a car", (380, 190), "Prompt B")
+    guide = g.node("STORM_SubjectTokens", (380, 360), (400, 220), ["a dog driving a car", "dog, car"],
+                   inputs=[("clip", "CLIP")],
+                   outputs=[("tokens", "STORM_TOKENS"), ("conditioning", "CONDITIONING"), ("tokenization", "STRING")],
+                   title="Guide prompt (STORM Subject Tokens)")
+    g.link(ckpt, 1, guide, 0)
+    neg = negative(g, ckpt, pos=(380, 620))
+    lat = empty_latent(g, pos=(380, 800))
+    paid = interpolation_node(g, (840, 60), 7, with_guide=True)
+    for slot, src in enumerate([(ckpt, 0), (a, 0), (b, 0), (neg, 0), (lat, 0), (guide, 1)]):
+        g.link(*src, paid, slot)
+    pick = g.node("STORM_SelectFrame", (1270, 60), (340, 160), [False],
+                  inputs=[("frames", "LATENT"), ("attention", "STORM_ATTENTION"), ("tokens", "STORM_TOKENS")],
+                  outputs=[("latent", "LATENT"), ("index", "INT"), ("scores", "STRING")])
+    g.link(paid, 0, pick, 0)
+    g.link(paid, 1, pick, 1)
+    g.link(guide, 0, pick, 2)
+    dec = g.node("VAEDecode", (1660, 60), (210, 50), [], inputs=[("samples", "LATENT"), ("vae", "VAE")],
+                 outputs=[("IMAGE", "IMAGE")])
+    g.link(pick, 0, dec, 0)
+    g.link(ckpt, 2, dec, 1)
+    best = g.node("SaveImage", (1900, 60), (420, 460), ["storm/paid_composition"], inputs=[("images", "IMAGE")])
+    g.link(dec, 0, best, 0)
+    dec_all = g.node("VAEDecode", (1660, 560), (210, 50), [], inputs=[("samples", "LATENT"), ("vae", "VAE")],
+                     outputs=[("IMAGE", "IMAGE")])
+    g.link(paid, 0, dec_all, 0)
+    g.link(ckpt, 2, dec_all, 1)
+    every = g.node("PreviewImage", (1900, 560), (420, 300), [], inputs=[("images", "IMAGE")], title="All frames")
+    g.link(dec_all, 0, every, 0)
+    heat = g.node("STORM_AttentionHeatmap", (1270, 300), (340, 260), ["subjects", "attention", "matching latent", 3, 0.6],
+                  inputs=[("attention", "STORM_ATTENTION"), ("latent", "LATENT"), ("tokens", "STORM_TOKENS"),
+                          ("image", "IMAGE")],
+                  outputs=[("grid", "IMAGE"), ("overlay", "IMAGE"), ("mask", "MASK"), ("log", "STRING")])
+    g.link(paid, 1, heat, 0)
+    g.link(paid, 0, heat, 1)
+    g.link(guide, 0, heat, 2)
+    save_h = g.node("SaveImage", (1270, 620), (340, 300), ["storm/paid_composition_heatmaps"],
+                    inputs=[("images", "IMAGE")])
+    g.link(heat, 0, save_h, 0)
+    g.note((20, 330), (330, 320),
+           "PAID compositional generation (He et al., NeurIPS 2024): interpolate between 'a dog' and 'a car' "
+           "while the frames follow the guide prompt 'a dog driving a car'.\n\n"
+           "STORM Select Frame picks the frame where both 'dog' and 'car' are most attended (Attend-and-Excite's "
+           "measure on each frame's own attention maps), so no CLIP download is needed. The heatmap shows "
+           "frame 3 (batch_index).")
+    g.save("paid_composition.json")
+
+
 if __name__ == "__main__":
     attend_and_excite()
     syngen()
     astar()
     storm_spatial()
+    aid_morph()
+    paid_composition()

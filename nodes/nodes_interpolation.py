@@ -1,0 +1,151 @@
+"""AID / PAID nodes: attention interpolation between two prompts, and frame selection."""
+
+from __future__ import annotations
+
+import comfy.samplers
+import torch
+
+from ..storm_ops.errors import StormError
+from ..storm_ops.interpolation_schedule import beta_schedule
+from ..storm_ops.losses.attend_excite import AttendExciteConfig, max_attention, subject_maps
+from .architecture import DEFAULT_LAYER_SELECTION
+from .errors import node_errors
+from .interpolation import MODES, InterpolationSettings, attention_history, sample_sequence
+
+
+class AttentionInterpolation:
+    """STORM Attention Interpolation: AID (He et al., NeurIPS 2024), and PAID with a guide prompt."""
+
+    NODE_NAME = "STORM Attention Interpolation"
+    DESCRIPTION = (
+        "AID / PAID (He et al., NeurIPS 2024): a sequence of images between prompt A and prompt B made by "
+        "interpolating inside the attention layers (not the text embeddings), for smooth, consistent "
+        "morphs. Frames are spaced by a Beta(alpha, beta) schedule, start from the slerp of the endpoint "
+        "noises and denoise on their own after the warm-up. With a guide prompt (PAID) the frames follow it: "
+        "e.g. 'a dog' -> 'a car' guided by 'a dog driving a car' for compositional generation. Returns all "
+        "frames as one latent batch (decode it and save it with the core animated-image savers). The first "
+        "and last frames equal plain generations of A and B with the same noise.")
+    CATEGORY = "STORM/interpolation"
+    FUNCTION = "interpolate"
+    RETURN_TYPES = ("LATENT", "STORM_ATTENTION", "STRING")
+    RETURN_NAMES = ("frames", "attention", "coefficients")
+    OUTPUT_TOOLTIPS = (
+        "All frames [A, ..., B] as one latent batch.",
+        "Cross-attention maps of every frame (batch rows), for STORM Select Frame or STORM Attention Heatmap.",
+        "The interpolation coefficient of each frame.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The diffusion model (SD1.x, SD2.x or SDXL)."}),
+            "positive_a": ("CONDITIONING", {"tooltip": "Prompt of the first frame."}),
+            "positive_b": ("CONDITIONING", {"tooltip": "Prompt of the last frame."}),
+            "negative": ("CONDITIONING", {"tooltip": "Negative prompt of every frame."}),
+            "latent_image": ("LATENT", {"tooltip": "Empty latent of the frame size (batch 1)."}),
+            "frames": ("INT", {"default": 7, "min": 2, "max": 512,
+                               "tooltip": "Number of frames including both endpoints."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                             "tooltip": "Noise seed of endpoint A (and of B with endpoint_noise 'same')."}),
+            "steps": ("INT", {"default": 28, "min": 1, "max": 10000,
+                              "tooltip": "Denoising steps (the official pipeline: 28)."}),
+            "cfg": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                              "tooltip": "Classifier-free guidance (official: 7.5 for SD, 5 for SDXL)."}),
+            "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"default": "euler",
+                                                                "tooltip": "Sampler (deterministic samplers keep the "
+                                                                           "endpoints exactly equal to plain generation)."}),
+            "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"default": "normal", "tooltip": "Noise schedule."}),
+            "mode": (list(MODES), {"default": "fused outer",
+                                   "tooltip": "outer: mix the attention outputs of A and B; inner: attend to the "
+                                              "mixed keys/values; fused: also attend to the frame's own keys/values "
+                                              "(self-attention fusion, the official default 'fused outer')."}),
+            "alpha": ("FLOAT", {"default": 3.0, "min": 0.01, "max": 100.0, "step": 0.1,
+                                "tooltip": "Beta(alpha, beta) frame spacing: coefficients are its quantiles at i/(n-1) "
+                                           "(1, 1 = uniform; official init 3, 3 puts more frames near the middle)."}),
+            "beta": ("FLOAT", {"default": 3.0, "min": 0.01, "max": 100.0, "step": 0.1,
+                               "tooltip": "Second Beta parameter (see alpha)."}),
+            "warmup_ratio": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01,
+                                       "tooltip": "Interpolate attention during this fraction of the steps, then let "
+                                                  "each frame denoise on its own (official: 0.5 for SD, 1.0 for SDXL)."}),
+            "chunk_size": ("INT", {"default": 4, "min": 0, "max": 512,
+                                   "tooltip": "Frames denoised together (each chunk also runs both endpoints); bounds "
+                                              "memory for long sequences. 0 = all at once."}),
+            "endpoint_noise": (["same", "different"], {"default": "same",
+                                                       "tooltip": "same: one noise for A and B (seed); different: B "
+                                                                  "uses seed + 1 and frames slerp between the two."}),
+        }, "optional": {
+            "guide": ("CONDITIONING", {"tooltip": "PAID: a guide prompt the frames follow (e.g. 'a dog driving a car')."}),
+        }}
+
+    @node_errors(NODE_NAME)
+    def interpolate(self, model, positive_a, positive_b, negative, latent_image, frames, seed, steps, cfg,
+                    sampler_name, scheduler, mode, alpha, beta, warmup_ratio, chunk_size, endpoint_noise,
+                    guide=None):
+        if mode not in MODES:
+            raise StormError(f"unknown mode {mode!r}; use one of {list(MODES)}", input_name="mode")
+        if not 0.0 <= warmup_ratio <= 1.0:
+            raise StormError(f"warmup_ratio must lie in [0, 1], got {warmup_ratio}", input_name="warmup_ratio")
+        if chunk_size < 0:
+            raise StormError(f"chunk_size must be >= 0, got {chunk_size}", input_name="chunk_size")
+        coefficients = beta_schedule(int(frames), float(alpha), float(beta))
+        settings = InterpolationSettings(coefficients, mode, float(warmup_ratio),
+                                         int(chunk_size) or max(int(frames) - 2, 1), self.NODE_NAME)
+        samples, record, _ = sample_sequence(
+            model, positive_a, positive_b, negative, guide, latent_image, seed, steps, cfg, sampler_name, scheduler,
+            settings, None if endpoint_noise == "same" else seed + 1, record_layers=DEFAULT_LAYER_SELECTION)
+        text = ", ".join(f"{i}: {float(t):.4f}" for i, t in enumerate(coefficients))
+        return ({"samples": samples}, attention_history(record), text)
+
+
+class SelectFrame:
+    """STORM Select Frame: pick the frame whose subjects are all strongly attended (no CLIP model needed)."""
+
+    NODE_NAME = "STORM Select Frame"
+    DESCRIPTION = (
+        "Picks the best frame of an interpolation for compositional generation without any internet model: "
+        "each frame is scored by Attend-and-Excite's measure on its own cross-attention maps (the smallest, "
+        "over the subjects, of the smoothed maximum attention), and the frame where every subject is most "
+        "present wins. Connect the guide prompt's subjects ('dog, car').")
+    CATEGORY = "STORM/interpolation"
+    FUNCTION = "select"
+    RETURN_TYPES = ("LATENT", "INT", "STRING")
+    RETURN_NAMES = ("latent", "index", "scores")
+    OUTPUT_TOOLTIPS = ("The selected frame.", "Its index in the batch.", "The score of every frame.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "frames": ("LATENT", {"tooltip": "Frames from STORM Attention Interpolation."}),
+            "attention": ("STORM_ATTENTION", {"tooltip": "The attention output of the same interpolation node."}),
+            "tokens": ("STORM_TOKENS", {"tooltip": "Subjects to look for, tokenised from the frames' prompt (the guide "
+                                                   "prompt for PAID), e.g. STORM Subject Tokens 'dog, car'."}),
+            "include_endpoints": ("BOOLEAN", {"default": False,
+                                              "tooltip": "Also consider the first and last frame (plain A and B)."}),
+        }}
+
+    @node_errors(NODE_NAME)
+    def select(self, frames, attention, tokens, include_endpoints):
+        record = attention.find(frames["samples"])
+        if record is None:
+            raise StormError("these frames were not produced by the interpolation run that recorded this attention; "
+                             "connect both outputs of the same STORM Attention Interpolation node", input_name="frames")
+        if not tokens.subjects:
+            raise StormError("no subjects to score: list them in STORM Subject Tokens", input_name="tokens")
+        scores = frame_scores(record, tokens)
+        candidates = range(scores.shape[0]) if include_endpoints else range(1, scores.shape[0] - 1)
+        if not candidates:
+            candidates = range(scores.shape[0])
+        best = max(candidates, key=lambda i: float(scores[i]))
+        text = "\n".join(f"frame {i}: {float(s):.4f}{'  <- best' if i == best else ''}" for i, s in enumerate(scores))
+        out = dict(frames)
+        out["samples"] = frames["samples"][best:best + 1].clone()
+        out.pop("batch_index", None)
+        return (out, best, text)
+
+
+def frame_scores(record, tokens) -> torch.Tensor:
+    """Per frame: min over subjects of the smoothed max attention, averaged over the recorded steps."""
+    maps = record.mean_maps(tokens.layout.length)  # (frames, T, h, w)
+    end_tokens = "sd1" if record.info.get("family") == "sd1" else "words"
+    sub = subject_maps(maps, tokens.layout, tokens.subjects, AttendExciteConfig(end_token_convention=end_tokens))
+    return max_attention(sub).amin(1)
