@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 import comfy.sample
 import comfy.samplers
 import comfy.utils
+import torch
 
 from ..storm_ops.errors import StormError
 from ..storm_ops.interpolation import frame_chunks, interpolated_attention, match_token_lengths

@@ -1,9 +1,9 @@
 """AID / PAID on the real hosts: exact endpoints, chunking, PAID frame selection, bad input."""
 
+import comfy.sample
 import pytest
 import torch
 
-import comfy.sample
 from harness.nodeutil import node_output
 
 HW = (16, 16)
