@@ -55,7 +55,7 @@ def make_interpolation_patch(plan: ChunkPlan, previous=None):
         out = previous(q, k, v, extra_options) if previous is not None else host_attention(q, k, v, heads, extra_options)
         plan.max_rows = max(plan.max_rows, q.shape[0])
         cond_or_uncond = list(extra_options.get("cond_or_uncond", [0]))
-        if 0 not in cond_or_uncond or not plan.active(extra_options):
+        if 0 not in cond_or_uncond or plan.t.shape[0] == 0 or not plan.active(extra_options):
             return out
         rows = q.shape[0] // len(cond_or_uncond)
         frames = plan.t.shape[0]

@@ -1,5 +1,13 @@
-"""Guidance losses, one module per method."""
+"""Guidance losses, one module per method (each a :class:`~storm_ops.guidance.GuidanceTerm`)."""
 
+from .astar import AStarConfig, AStarTerm, retention, segregation
 from .attend_excite import AttendExciteConfig, AttendExciteTerm, attend_excite_loss, max_attention, subject_maps
+from .storm import StormConfig, StormTerm, storm_paper_loss, storm_reference_loss
+from .syngen import SynGenConfig, SynGenTerm, entropy, symmetric_kl, syngen_loss, syngen_sets
 
-__all__ = ["AttendExciteConfig", "AttendExciteTerm", "attend_excite_loss", "max_attention", "subject_maps"]
+__all__ = [
+    "AStarConfig", "AStarTerm", "retention", "segregation",
+    "AttendExciteConfig", "AttendExciteTerm", "attend_excite_loss", "max_attention", "subject_maps",
+    "StormConfig", "StormTerm", "storm_paper_loss", "storm_reference_loss",
+    "SynGenConfig", "SynGenTerm", "entropy", "symmetric_kl", "syngen_loss", "syngen_sets",
+]

@@ -53,6 +53,12 @@ def test_endpoint_frames_equal_plain_generation(nodes, prompts, arch, mode):
     assert close(frames[-1], plain(tm.model, b, neg)[0])
 
 
+def test_two_frames_are_just_the_endpoints(nodes, prompts):
+    tm, a, b, neg, _ = prompts("sd15")
+    frames = node_output(interpolate(nodes, tm.model, a, b, neg, frames=2))[0]["samples"]
+    assert frames.shape[0] == 2 and close(frames[1], plain(tm.model, b, neg)[0])
+
+
 def test_different_endpoint_noises(nodes, prompts):
     tm, a, b, neg, _ = prompts("sd15")
     frames = node_output(interpolate(nodes, tm.model, a, b, neg, frames=3, noise="different"))[0]["samples"]

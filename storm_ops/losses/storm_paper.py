@@ -1,0 +1,364 @@
+"""STORM paper-mode loss pieces and configuration (see :mod:`storm_ops.losses.storm`).
+
+Han et al., CVPR 2025, arXiv 2503.22168; methods.md section 4. The guidance term that assembles
+these pieces (and the released code's reference mode) lives in :mod:`.storm`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..analysis import OPPOSITE, RELATIONS
+from ..attention import select_token_maps, token_softmax
+from ..errors import StormError
+from ..guidance import StepSize, StepWindow
+from ..ot import centroids, entropic_ot, pixel_coordinates, squared_distance_cost
+from ..smoothing import KERNEL_CONVENTIONS, gaussian_smooth
+from ..tokens import END_TOKEN_CONVENTIONS, TokenLayout
+
+MODES = ("paper", "reference")
+#: Released defaults (methods.md 4.9): update at steps 1..24 of 50, refinement at steps
+#: 0, 5, 10, 15, 20 (step 0 lies outside the window, so it never fires on 50 steps), <= 30 iterations.
+DEFAULT_WINDOW = StepWindow(0.02, 0.5)
+DEFAULT_THRESHOLDS = ((0.0, 0.9), (0.1, 0.95), (0.2, 0.99), (0.3, 0.995), (0.4, 0.999))
+DEFAULT_STEP_SIZE = StepSize(20.0, 0.5)
+DEFAULT_MAX_REFINE_ITERS = 30
+
+
+@dataclass(frozen=True)
+class StormConfig:
+    """Settings of the STORM loss. Fields marked (paper) are ignored in reference mode.
+
+    Attributes
+    ----------
+    mode : str
+        ``"paper"`` or ``"reference"``.
+    temperature, kernel_size, sigma, kernel_convention, end_token_convention
+        Map processing (methods.md 4.3 / 1.1): x100 softmax, 3x3 A&E Gaussian with sigma 0.5;
+        ``end_token_convention`` as in A&E (``"sd1"`` = released default, ``"words"`` = its
+        ``sd_2_1`` flag, ``"auto"`` = per model, see :meth:`StormTerm.resolve`).
+    time_weight_k, time_weight_max : float
+        ``k = 0.4``, ``W_max = 100`` (methods.md 4.5).
+    schedule_steps : int
+        (paper) Step indices are rescaled to a schedule of this length before the time weight and
+        the attribute start are applied (50, the released schedule). Reference mode uses raw indices.
+    sinkhorn_reg, sinkhorn_max_iter, sinkhorn_tol
+        (paper) Entropic regularisation in units of the normalised squared distance (0.01: a blur
+        of about 0.1 of the image side), iteration cap and marginal tolerance. Reference mode
+        always uses the released reg 0.1 and 100 plain iterations.
+    overlap_weight : float
+        (paper) ``lambda`` of the non-overlap penalty. 0.1 keeps the loss decreasing when a subject
+        is pushed across its partner towards the requested side (tested).
+    target_sigma, target_radius : float
+        (paper) Target blob width and truncation radius as fractions of the longer map side.
+    near_distance : float
+        (paper) Distance of a "near" target from the partner's centroid (longer side = 1).
+    attribute_weight : float
+        Weight of the attribute (adjective) term; 0 disables it.
+    attribute_start : float
+        (paper) First step (of a ``schedule_steps`` schedule) of the attribute term (7 as released;
+        reference mode uses raw step 7).
+    attribute_position_weight, attribute_value_weight : float
+        (paper) The released 0.5 / 0.5 split of the attribute cost.
+    smooth_modifiers : bool
+        (paper) Smooth the modifier maps too (the released code does not).
+    """
+
+    mode: str = "paper"
+    temperature: float = 100.0
+    kernel_size: int = 3
+    sigma: float = 0.5
+    kernel_convention: str = "attend_excite"
+    end_token_convention: str = "sd1"
+    time_weight_k: float = 0.4
+    time_weight_max: float = 100.0
+    schedule_steps: int = 50
+    sinkhorn_reg: float = 0.01
+    sinkhorn_max_iter: int = 1000
+    sinkhorn_tol: float = 1e-4
+    overlap_weight: float = 0.1
+    target_sigma: float = 3.0 / 16.0
+    target_radius: float = 4.0 / 16.0
+    near_distance: float = 0.35
+    attribute_weight: float = 1.0
+    attribute_start: float = 7.0
+    attribute_position_weight: float = 0.5
+    attribute_value_weight: float = 0.5
+    smooth_modifiers: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise StormError(f"unknown STORM mode {self.mode!r}; use one of {MODES}", input_name="mode")
+        if self.temperature <= 0:
+            raise StormError(f"softmax temperature must be positive, got {self.temperature}")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise StormError(f"smoothing kernel size must be a positive odd number, got {self.kernel_size}",
+                             input_name="kernel_size")
+        if self.sigma <= 0:
+            raise StormError(f"smoothing sigma must be positive, got {self.sigma}", input_name="sigma")
+        if self.kernel_convention not in KERNEL_CONVENTIONS:
+            raise StormError(f"unknown kernel convention {self.kernel_convention!r}")
+        if self.end_token_convention not in END_TOKEN_CONVENTIONS + ("auto",):
+            raise StormError(f"unknown end-token convention {self.end_token_convention!r}; "
+                             f"use 'auto' or one of {END_TOKEN_CONVENTIONS}", input_name="end_tokens")
+        positive = {"time_weight_max": self.time_weight_max, "schedule_steps": self.schedule_steps,
+                    "sinkhorn_reg": self.sinkhorn_reg, "sinkhorn_max_iter": self.sinkhorn_max_iter,
+                    "sinkhorn_tol": self.sinkhorn_tol, "target_sigma": self.target_sigma,
+                    "target_radius": self.target_radius, "near_distance": self.near_distance}
+        for name, value in positive.items():
+            if not (math.isfinite(value) and value > 0):
+                raise StormError(f"{name} must be a positive number, got {value!r}", input_name=name)
+        non_negative = {"time_weight_k": self.time_weight_k, "overlap_weight": self.overlap_weight,
+                        "attribute_weight": self.attribute_weight, "attribute_start": self.attribute_start,
+                        "attribute_position_weight": self.attribute_position_weight,
+                        "attribute_value_weight": self.attribute_value_weight}
+        for name, value in non_negative.items():
+            if not (math.isfinite(value) and value >= 0):
+                raise StormError(f"{name} must be a number >= 0, got {value!r}", input_name=name)
+
+
+def time_weight(step: float, k: float = 0.4, w_max: float = 100.0) -> float:
+    """``w(i) = 1 + (W_max - 1)(1 - exp(-k i))`` (methods.md 4.5): 1 at i=0, 33.6 at 1, 98.2 at 10."""
+    return 1.0 + (w_max - 1.0) * (1.0 - math.exp(-k * step))
+
+
+# ------------------------------------------------------------------------------- maps
+def token_maps(maps: torch.Tensor, layout: TokenLayout, groups, config: StormConfig, *,
+               smooth: bool) -> torch.Tensor:
+    """Softmaxed (and optionally smoothed) maps of groups of token columns, in float32.
+
+    Parameters
+    ----------
+    maps : Tensor, shape (B, T, h, w)
+        Aggregated cross-attention probabilities. Not modified.
+    groups : sequence of K tuples of columns
+        A multi-piece word is the sum of its pieces' maps.
+
+    Returns
+    -------
+    Tensor, shape (B, K, h, w)
+        Not normalised (see :func:`as_distribution`). Smoothing pads like the released code
+        (reflect by 1) in reference mode and keeps the size in paper mode.
+    """
+    if config.end_token_convention == "auto":
+        raise StormError("the end-token convention 'auto' must be resolved for the model first (StormTerm.resolve)")
+    if maps.shape[1] != layout.length:
+        raise StormError(f"the attention maps have {maps.shape[1]} token columns but the prompt has {layout.length}")
+    probs = token_softmax(maps.float(), layout.softmax_mask(config.end_token_convention), config.temperature)
+    out = select_token_maps(probs, list(groups))
+    if smooth:
+        pad = 1 if config.mode == "reference" else None
+        out = gaussian_smooth(out, config.kernel_size, config.sigma, config.kernel_convention, pad)
+    return out
+
+
+def as_distribution(maps: torch.Tensor) -> torch.Tensor:
+    """Each map ``(..., h, w)`` divided by its sum (a distribution over pixels)."""
+    total = maps.sum((-2, -1), keepdim=True)
+    return maps / total.clamp_min(torch.finfo(maps.dtype).tiny)
+
+
+def resize_mask(mask: torch.Tensor, h: int, w: int, batch: int) -> torch.Tensor:
+    """A painted target mask as a distribution over an ``h x w`` map.
+
+    Parameters
+    ----------
+    mask : Tensor, shape (h', w') or (1 | B, h', w')
+        Non-negative weights at any resolution (resized bilinearly, antialiased when shrinking).
+
+    Returns
+    -------
+    Tensor, shape (B, h, w), float32, each map summing to 1.
+    """
+    m = mask.detach().float()
+    m = m[None] if m.dim() == 2 else m
+    if m.shape[0] not in (1, batch):
+        raise StormError(f"a target mask has {m.shape[0]} images but the batch has {batch}; "
+                         "give one mask or one per image", input_name="target_masks")
+    if m.shape[-2:] != (h, w):
+        shrink = m.shape[-2] > h or m.shape[-1] > w
+        m = F.interpolate(m[:, None], size=(h, w), mode="bilinear", align_corners=False, antialias=shrink)[:, 0]
+    m = m.clamp_min(0.0)
+    if bool((m.flatten(1).sum(-1) <= 0).any()):
+        raise StormError("a target mask has no painted pixel at the attention-map resolution; paint a larger "
+                         "region", input_name="target_masks")
+    return as_distribution(m).expand(batch, h, w)
+
+
+# ----------------------------------------------------------------------------- targets
+def target_centers(own: torch.Tensor, partner: torch.Tensor, relation: str, h: int, w: int,
+                   near_distance: float, fallback: float) -> torch.Tensor:
+    """Where an entity should go to lie ``relation`` of its partner (paper mode).
+
+    Parameters
+    ----------
+    own, partner : Tensor, shape (B, 2)
+        Centroids ``(x, y)`` in normalised units (:func:`storm_ops.ot.pixel_coordinates`).
+    relation : str
+        One of ``RELATIONS``, read as "this entity lies <relation> of the partner".
+    fallback : float
+        ``-1`` or ``+1``: the x direction for "near" when both centroids coincide.
+
+    Returns
+    -------
+    Tensor, shape (B, 2), inside the image ``[0, w/s] x [0, h/s]``.
+    """
+    s = max(h, w)
+    width, height = w / s, h / s
+    x, y = own[:, 0], own[:, 1]
+    if relation == "left":
+        x = partner[:, 0] / 2
+    elif relation == "right":
+        x = (width + partner[:, 0]) / 2
+    elif relation == "above":
+        y = partner[:, 1] / 2
+    elif relation == "below":
+        y = (height + partner[:, 1]) / 2
+    elif relation == "near":
+        away = own - partner
+        norm = away.norm(dim=-1, keepdim=True)
+        default = torch.tensor([fallback, 0.0], dtype=own.dtype, device=own.device).expand_as(away)
+        direction = torch.where(norm > 1e-6, away / norm.clamp_min(1e-6), default)
+        x, y = (partner + near_distance * direction).unbind(-1)
+    else:
+        raise StormError(f"unknown spatial relation {relation!r}; use one of {RELATIONS}", input_name="relations")
+    return torch.stack([x.clamp(0, width), y.clamp(0, height)], -1)
+
+
+def blob_targets(centers: torch.Tensor, h: int, w: int, sigma: float, radius: float) -> torch.Tensor:
+    """Truncated Gaussian blobs ``exp(-d^2 / (2 sigma^2)) [d <= radius]`` as distributions.
+
+    Parameters
+    ----------
+    centers : Tensor, shape (B, 2)
+        ``(x, y)`` in normalised units; ``sigma`` and ``radius`` in the same units.
+
+    Returns
+    -------
+    Tensor, shape (B, h * w)
+        Each row sums to 1 (the pixel nearest to the centre is always kept).
+    """
+    pts = pixel_coordinates(h, w, device=centers.device, dtype=centers.dtype)
+    d2 = (pts[None] - centers[:, None]).square().sum(-1)  # shape: (B, N)
+    inside = (d2 <= radius ** 2) | (d2 == d2.amin(-1, keepdim=True))
+    blob = torch.exp(-d2 / (2 * sigma ** 2)) * inside
+    return blob / blob.sum(-1, keepdim=True)
+
+
+def side_score(p: torch.Tensor, partner: torch.Tensor, relation: str) -> torch.Tensor:
+    """Fraction of ``p``'s mass on the ``relation`` side of the partner's centroid.
+
+    Parameters
+    ----------
+    p : Tensor, shape (B, h, w)
+        A distribution.
+    partner : Tensor, shape (B, 2)
+        Partner centroid (normalised units). A pixel counts half when its centre lies on the
+        centroid line and fully from half a pixel past it (a ramp, so the score is continuous).
+
+    Returns
+    -------
+    Tensor, shape (B,)
+    """
+    h, w = p.shape[-2:]
+    pts = pixel_coordinates(h, w, device=p.device, dtype=p.dtype)  # shape: (N, 2)
+    step = 1.0 / max(h, w)
+    axis, sign = {"left": (0, -1.0), "right": (0, 1.0), "above": (1, -1.0), "below": (1, 1.0)}[relation]
+    ramp = (sign * (pts[None, :, axis] - partner[:, None, axis]) / step + 0.5).clamp(0, 1)
+    return (p.flatten(1) * ramp).sum(-1)
+
+
+# --------------------------------------------------------------------------- paper loss
+def storm_paper_loss(sub: torch.Tensor, obj: torch.Tensor, relation: str, config: StormConfig = StormConfig(),
+                     *, weight: float = 1.0, sub_target: torch.Tensor | None = None,
+                     obj_target: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """The paper-mode spatial loss of one relation "sub <relation> obj".
+
+    ``L = weight * (OT_eps(p_S, q_S) + OT_eps(p_O, q_O) + lambda * overlap)`` with the targets
+    ``q`` described in the module docstring.
+
+    Parameters
+    ----------
+    sub, obj : Tensor, shape (B, h, w)
+        Subject and object maps (normalised here). Not modified.
+    relation : str
+        One of ``RELATIONS``.
+    config : StormConfig
+    weight : float
+        Time weight ``w(i)``.
+    sub_target, obj_target : Tensor, shape (B, h, w), optional
+        Distributions replacing the computed targets (painted masks, see :func:`resize_mask`).
+
+    Returns
+    -------
+    loss : Tensor, shape (B,)
+    info : dict
+        ``positional`` (OT_S + OT_O), ``overlap``, ``score`` (relation score, see ``satisfied``),
+        all (B,) and detached; ``targets`` (B, 2, h, w); ``sinkhorn`` (the solver's info).
+    """
+    if relation not in RELATIONS:
+        raise StormError(f"unknown spatial relation {relation!r}; use one of {RELATIONS}", input_name="relations")
+    p_s, p_o = as_distribution(sub.float()), as_distribution(obj.float())
+    b, h, w = p_s.shape
+    c_s, c_o = centroids(p_s).detach(), centroids(p_o).detach()
+    targets = []
+    for own, partner, rel, given, fallback in ((c_s, c_o, relation, sub_target, -1.0),
+                                               (c_o, c_s, OPPOSITE[relation], obj_target, 1.0)):
+        if given is not None:
+            targets.append(as_distribution(given.detach().float()).expand(b, h, w).reshape(b, h * w))
+        else:
+            centre = target_centers(own, partner, rel, h, w, config.near_distance, fallback)
+            targets.append(blob_targets(centre, h, w, config.target_sigma, config.target_radius))
+    cost = squared_distance_cost(h, w, device=p_s.device)
+    values, ot_info = entropic_ot(torch.cat([p_s, p_o]).flatten(1), torch.cat(targets), cost, config.sinkhorn_reg,
+                                  max_iter=config.sinkhorn_max_iter, tol=config.sinkhorn_tol)
+    positional = values[:b] + values[b:]
+    overlap = ((p_s * p_o).flatten(1).sum(-1) / p_o.flatten(1).amax(-1)
+               + (p_s * p_o).flatten(1).sum(-1) / p_s.flatten(1).amax(-1))
+    loss = weight * (positional + config.overlap_weight * overlap)
+    # Relation score (detached): the smallest share of mass where each entity should be.
+    with torch.no_grad():
+        scores = []
+        for p, given, partner, rel in ((p_s, sub_target, c_o, relation), (p_o, obj_target, c_s, OPPOSITE[relation])):
+            if given is not None:
+                support = given.float().expand(b, h, w)
+                scores.append((p * support / support.flatten(1).amax(-1)[:, None, None]).flatten(1).sum(-1))
+            elif rel == "near":
+                scores.append(1.0 - torch.minimum(p_s, p_o).flatten(1).sum(-1))
+            else:
+                scores.append(side_score(p, partner, rel))
+        score = torch.minimum(*scores)
+    info = {"positional": positional.detach(), "overlap": overlap.detach(), "score": score,
+            "targets": torch.stack(targets, 1).reshape(b, 2, h, w), "sinkhorn": ot_info}
+    return loss, info
+
+
+def paper_attribute_loss(noun: torch.Tensor, modifier: torch.Tensor, config: StormConfig = StormConfig()) -> torch.Tensor:
+    """Attribute term ``OT_eps(p_noun, p_modifier)`` with a 2-D cost (paper mode).
+
+    ``C[n, m] = alpha |p_n - p_m|^2 + beta |a_n / max a - b_m / max b|``: the released two-part
+    cost (methods.md 4.8) with the squared grid distance in place of the flattened-index distance
+    ``|n - m|`` and the values scaled to [0, 1]. Differentiable through the value part of the cost.
+
+    Parameters
+    ----------
+    noun, modifier : Tensor, shape (B, h, w)
+
+    Returns
+    -------
+    Tensor, shape (B,)
+    """
+    a = as_distribution(noun.float()).flatten(1)
+    b = as_distribution(modifier.float()).flatten(1)
+    h, w = noun.shape[-2:]
+    a_rel = a / a.amax(-1, keepdim=True)
+    b_rel = b / b.amax(-1, keepdim=True)
+    cost = (config.attribute_position_weight * squared_distance_cost(h, w, device=a.device)[None]
+            + config.attribute_value_weight * (a_rel[:, :, None] - b_rel[:, None, :]).abs())
+    value, _ = entropic_ot(a, b, cost, config.sinkhorn_reg, max_iter=config.sinkhorn_max_iter,
+                           tol=config.sinkhorn_tol)
+    return value
