@@ -35,7 +35,7 @@ class CrossAttentionLayer:
         return f"{self.key[0]} {self.key[1]}"
 
 
-#: User-facing layer selections -> (level offset from A&E's level, include middle, include down/up)
+#: User-facing layer selections -> (UNet level = number of downsamplings, include the middle block)
 LAYER_SELECTIONS = {
     "1/32 res: down+up (A&E)": (2, False),
     "1/32 res: down+mid+up": (2, True),

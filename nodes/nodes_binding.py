@@ -11,10 +11,10 @@ from ..storm_ops.losses.attend_excite import AttendExciteConfig
 from ..storm_ops.losses.syngen import UNRELATED_ENTROPY_MODES, SynGenConfig, SynGenTerm
 from ..storm_ops.tokens import parse_subject_spec
 from .errors import node_errors
-from .nodes_guidance import GUIDANCE_INPUT, STEP_DECAY_INPUT, WEIGHT_INPUT, chain, window_inputs
+from .nodes_guidance import GUIDANCE_INPUT, STEP_DECAY_INPUT, WEIGHT_INPUT, LossNode, chain, window_inputs
 
 
-class SynGen:
+class SynGen(LossNode):
     """STORM SynGen: linguistic binding of modifiers to their nouns (Rassin et al., NeurIPS 2023)."""
 
     NODE_NAME = "STORM SynGen"
@@ -23,12 +23,6 @@ class SynGen:
         "both away from the other words (symmetric KL), so 'a red crown and a golden strawberry' keeps red "
         "on the crown. The modifier->noun sets come from STORM Prompt Analysis. Optional entropy terms "
         "(Jiang et al. 2024 blog). Defaults are the paper's: constant step 20 on the first half of the steps.")
-    CATEGORY = "STORM/guidance"
-    FUNCTION = "build"
-    RETURN_TYPES = ("STORM_GUIDANCE",)
-    RETURN_NAMES = ("guidance",)
-    OUTPUT_TOOLTIPS = ("Guidance for a STORM Guided Sampler / Guided KSampler (can be chained into other loss nodes).",)
-
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -73,7 +67,7 @@ class SynGen:
         return (chain(guidance, term, analysis.layout),)
 
 
-class AStar:
+class AStar(LossNode):
     """STORM A-STAR: attention segregation and retention (Agarwal et al., ICCV 2023)."""
 
     NODE_NAME = "STORM A-STAR"
@@ -83,12 +77,6 @@ class AStar:
         "step to the next. Optional layout masks (MASK input) tell where each subject should stay. The paper "
         "leaves map normalisation, mask threshold and step sizes open: the defaults here are ours "
         "(A&E-style maps, threshold 0.5 of the max, A&E step sizes on the first half of the steps).")
-    CATEGORY = "STORM/guidance"
-    FUNCTION = "build"
-    RETURN_TYPES = ("STORM_GUIDANCE",)
-    RETURN_NAMES = ("guidance",)
-    OUTPUT_TOOLTIPS = ("Guidance for a STORM Guided Sampler / Guided KSampler (can be chained into other loss nodes).",)
-
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {

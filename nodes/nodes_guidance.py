@@ -31,7 +31,17 @@ def chain(guidance: Guidance | None, term, layout) -> Guidance:
     return (guidance or Guidance()).with_term(term, layout)
 
 
-class AttendAndExcite:
+class LossNode:
+    """What every loss node shares: it returns a STORM_GUIDANCE chain with its term appended."""
+
+    CATEGORY = "STORM/guidance"
+    FUNCTION = "build"
+    RETURN_TYPES = ("STORM_GUIDANCE",)
+    RETURN_NAMES = ("guidance",)
+    OUTPUT_TOOLTIPS = ("Guidance for a STORM Guided Sampler / Guided KSampler (can be chained into other loss nodes).",)
+
+
+class AttendAndExcite(LossNode):
     """STORM Attend-and-Excite: the max-attention loss of Chefer et al. (SIGGRAPH 2023)."""
 
     NODE_NAME = "STORM Attend-and-Excite"
@@ -40,11 +50,6 @@ class AttendAndExcite:
         "token is strongly attended somewhere in the image (loss = 1 - smoothed maximum attention of the "
         "most neglected subject), with iterative refinement until thresholds are met. Fixes missing "
         "objects ('a cat and a dog' giving only a cat). Defaults are the paper's.")
-    CATEGORY = "STORM/guidance"
-    FUNCTION = "build"
-    RETURN_TYPES = ("STORM_GUIDANCE",)
-    RETURN_NAMES = ("guidance",)
-    OUTPUT_TOOLTIPS = ("Guidance for a STORM Guided Sampler / Guided KSampler (can be chained into other loss nodes).",)
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -8,7 +8,7 @@ from ..storm_ops.losses.storm import MODES, StormConfig, StormTerm
 from ..storm_ops.relations import validate_relations
 from .errors import node_errors
 from .nodes_binding import subject_masks
-from .nodes_guidance import GUIDANCE_INPUT, STEP_DECAY_INPUT, WEIGHT_INPUT, chain, window_inputs
+from .nodes_guidance import GUIDANCE_INPUT, STEP_DECAY_INPUT, WEIGHT_INPUT, LossNode, chain, window_inputs
 
 DEFAULT_THRESHOLDS = "0:0.9, 0.1:0.95, 0.2:0.99, 0.3:0.995, 0.4:0.999"
 
@@ -30,7 +30,7 @@ def relations_of(analysis):
     return relations
 
 
-class SpatialTransport:
+class SpatialTransport(LossNode):
     """STORM (Han et al., CVPR 2025): spatial transport optimisation of the attention maps."""
 
     NODE_NAME = "STORM Spatial Transport"
@@ -42,12 +42,6 @@ class SpatialTransport:
         "Analysis (left of, right of, above, below, on top of, under, next to, near). Optional MASK targets "
         "let you paint where each object goes. 'reference' mode reproduces the released code's loss, "
         "quirks included, for comparison.")
-    CATEGORY = "STORM/guidance"
-    FUNCTION = "build"
-    RETURN_TYPES = ("STORM_GUIDANCE",)
-    RETURN_NAMES = ("guidance",)
-    OUTPUT_TOOLTIPS = ("Guidance for a STORM Guided Sampler / Guided KSampler (can be chained into other loss nodes).",)
-
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {

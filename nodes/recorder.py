@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .architecture import describe_unet
-from .capture import AttentionHistory, MapRecorder, RunRecord, current_sigma, install_patches
+from .capture import GRAD_PASS_FLAG, AttentionHistory, MapRecorder, RunRecord, current_sigma, install_patches
 from .errors import node_errors
 from .nodes_sampling import ATTENTION_OUTPUT_TOOLTIP, LAYERS_INPUT
 
@@ -31,7 +31,7 @@ class ContinuousRecorder(MapRecorder):
         self._last_sigma = sigma
 
     def observe(self, key, q, k, extra_options):
-        if 0 in extra_options.get("cond_or_uncond", [0]) and not extra_options.get("storm_grad_pass"):
+        if 0 in extra_options.get("cond_or_uncond", [0]) and not extra_options.get(GRAD_PASS_FLAG):
             self._maybe_start_run(current_sigma(extra_options))
         return super().observe(key, q, k, extra_options)
 

@@ -20,6 +20,13 @@ show relative costs: a real SD1.5 at 512 px is ~1000x more work per pass.
 
 ``--spatial N`` also prints the STORM relation sweep: over N seeds, how often the subject's
 attention centroid ends on the requested side of the object with and without guidance.
+
+``--interpolation`` also prints (a) the smoothness of AID sequences against plain text-embedding
+interpolation (TEI: the same frames, noises and conditions with the attention interpolation
+switched off): adjacent-frame distances of the decoded frames, their mean (consistency, lower is
+more consistent) and 1 - Gini (smoothness, 1 = evenly spaced); and (b) the peak memory of a
+2-frame and a 16-frame sequence, chunked and unchunked, each measured in a fresh process (peak
+RSS growth on CPU, peak allocated memory on CUDA).
 """
 
 from __future__ import annotations
@@ -133,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--spatial", type=int, default=0, metavar="N",
                         help="also run the STORM relation sweep over N seeds on the CPU (the issue asks for >= 16)")
+    parser.add_argument("--interpolation", action="store_true", help="also run the AID smoothness and memory report")
+    parser.add_argument("--interp-child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--spatial-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -143,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.spatial_child:
         print(json.dumps(_spatial(archs, args.spatial)))
+        return 0
+    if args.interp_child:
+        print(json.dumps(_interpolation(args.interp_child, args.devices)))
         return 0
 
     if args.devices == "auto":
@@ -195,7 +207,98 @@ def main(argv: list[str] | None = None) -> int:
         print(HEADER)
         for line in json.loads(proc.stdout.strip().splitlines()[-1]):
             print(line)
+    if args.interpolation:
+        _interpolation_report(devices)
     return 0
+
+
+def _child(kind: str, device: str) -> dict:
+    env = dict(os.environ, STORM_TEST_DEVICE=device)
+    proc = subprocess.run([sys.executable, __file__, "--interp-child", kind, "--devices", device],
+                          capture_output=True, text=True, cwd=ROOT, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _interpolation_report(devices: list[str]) -> None:
+    smooth = _child("smoothness", "cpu")
+    print(f"\nAID vs text-embedding interpolation (tiny SD1.5, {smooth['frames']} frames, {smooth['steps']} steps, "
+          f"{smooth['size']}px, '{smooth['a']}' -> '{smooth['b']}', seed {smooth['seed']})")
+    print(f"{'method':22} {'mean adjacent distance':>22} {'smoothness (1-Gini)':>20}   adjacent distances")
+    for name, row in smooth["rows"].items():
+        dists = " ".join(f"{d:.3f}" for d in row["distances"])
+        print(f"{name:22} {row['consistency']:22.4f} {row['smoothness']:20.4f}   {dists}")
+    for device in devices:
+        mem = {kind: _child(kind, device) for kind in ("mem-2", "mem-16-chunk4", "mem-16-all")}
+        unit = "peak allocated" if device == "cuda" else "peak RSS growth"
+        base = mem["mem-2"]["peak_mib"]
+        print(f"\nAID memory on {device} ({unit}, tiny SD1.5, {mem['mem-2']['size']}px, {mem['mem-2']['steps']} steps)")
+        for kind, label in (("mem-2", "2 frames"), ("mem-16-chunk4", "16 frames, chunk_size 4"),
+                            ("mem-16-all", "16 frames, all at once")):
+            row = mem[kind]
+            print(f"  {label:26} {row['peak_mib']:9.1f} MiB  ({row['peak_mib'] / base:5.2f}x 2 frames)  "
+                  f"max UNet batch {row['max_rows']}")
+
+
+def _interpolation(kind: str, device: str) -> dict:
+    import resource
+
+    os.environ["STORM_TEST_DEVICE"] = device
+    from harness.host import ensure_host, load_pack
+
+    ensure_host()
+    import torch
+
+    from harness.tiny_models import build_tiny, tiny_conditioning
+
+    pack = load_pack()
+    interp = pack.nodes.interpolation
+    beta_schedule = pack.storm_ops.interpolation_schedule.beta_schedule
+    with torch.inference_mode():
+        tm = build_tiny("sd15")
+        a, b = tiny_conditioning(tm.clip, "a photo of a cat"), tiny_conditioning(tm.clip, "a photo of a dog")
+        neg = tiny_conditioning(tm.clip, "")
+
+    def run(frames, chunk, mode, warmup, size, steps, seed=1):
+        latent = {"samples": torch.zeros(1, 4, size // 8, size // 8)}
+        settings = interp.InterpolationSettings(beta_schedule(frames, 3.0, 3.0), mode, warmup,
+                                                chunk or max(frames - 2, 1))  # 0: all frames in one batch
+        with torch.inference_mode():
+            out, _, plans = interp.sample_sequence(tm.model, a, b, neg, None, latent, seed, steps, 7.5, "euler",
+                                                   "normal", settings, None)
+        return out, max(p.max_rows for p in plans)
+
+    if kind == "smoothness":
+        frames, size, steps, seed = 9, 256, 12, 1
+        rows = {}
+        for name, mode, warmup in (("AID fused outer", "fused outer", 0.5), ("AID fused inner", "fused inner", 0.5),
+                                   ("AID outer (no fusion)", "outer", 0.5), ("TEI (embedding interp.)", "fused outer", 0.0)):
+            out, _ = run(frames, 0, mode, warmup, size, steps, seed)
+            with torch.inference_mode():
+                images = tm.vae.decode(out).float()  # (n, H, W, 3) in [0, 1]
+            d = [float((images[i + 1] - images[i]).pow(2).mean().sqrt()) for i in range(frames - 1)]
+            x = torch.tensor(sorted(d))
+            n = len(d)
+            gini = float(((2 * torch.arange(1, n + 1) - n - 1) * x).sum() / (n * x.sum())) if x.sum() > 0 else 0.0
+            rows[name] = {"distances": d, "consistency": sum(d) / n, "smoothness": 1 - gini}
+        return {"rows": rows, "frames": frames, "size": size, "steps": steps, "seed": seed,
+                "a": "a photo of a cat", "b": "a photo of a dog"}
+    frames, chunk = {"mem-2": (2, 0), "mem-16-chunk4": (16, 4), "mem-16-all": (16, 0)}[kind]
+    size, steps = (512, 3) if device == "cuda" else (256, 2)
+    run(2, 0, "fused outer", 0.5, 64, 1)  # warm-up: weights loaded, kernels initialised
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+    else:
+        start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    _, max_rows = run(frames, chunk, "fused outer", 0.5, size, steps)
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated() - start
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start
+    return {"peak_mib": peak / 2 ** 20, "max_rows": max_rows, "size": size, "steps": steps}
 
 
 def _spatial(archs: list[str], seeds: int) -> list[str]:

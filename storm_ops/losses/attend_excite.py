@@ -37,6 +37,23 @@ DEFAULT_STEP_SIZE = StepSize(20.0, 0.5)
 DEFAULT_MAX_REFINE_ITERS = 20
 
 
+def check_map_settings(config) -> None:
+    """Validate the A&E-style map settings shared by several configs (``temperature``,
+    ``kernel_size``, ``sigma``, ``kernel_convention``, ``end_token_convention``)."""
+    if config.temperature <= 0:
+        raise StormError(f"softmax temperature must be positive, got {config.temperature}")
+    if config.kernel_size < 1 or config.kernel_size % 2 == 0:
+        raise StormError(f"smoothing kernel size must be a positive odd number, got {config.kernel_size}",
+                         input_name="kernel_size")
+    if config.sigma <= 0:
+        raise StormError(f"smoothing sigma must be positive, got {config.sigma}", input_name="sigma")
+    if config.kernel_convention not in KERNEL_CONVENTIONS:
+        raise StormError(f"unknown kernel convention {config.kernel_convention!r}")
+    if config.end_token_convention not in END_TOKEN_CONVENTIONS + ("auto",):
+        raise StormError(f"unknown end-token convention {config.end_token_convention!r}; "
+                         f"use 'auto' or one of {END_TOKEN_CONVENTIONS}", input_name="end_tokens")
+
+
 @dataclass(frozen=True)
 class AttendExciteConfig:
     """Map processing of A&E (paper defaults)."""
@@ -50,18 +67,7 @@ class AttendExciteConfig:
     pad: int | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise StormError(f"softmax temperature must be positive, got {self.temperature}")
-        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
-            raise StormError(f"smoothing kernel size must be a positive odd number, got {self.kernel_size}",
-                             input_name="kernel_size")
-        if self.sigma <= 0:
-            raise StormError(f"smoothing sigma must be positive, got {self.sigma}", input_name="sigma")
-        if self.kernel_convention not in KERNEL_CONVENTIONS:
-            raise StormError(f"unknown kernel convention {self.kernel_convention!r}")
-        if self.end_token_convention not in END_TOKEN_CONVENTIONS + ("auto",):
-            raise StormError(f"unknown end-token convention {self.end_token_convention!r}; "
-                             f"use 'auto' or one of {END_TOKEN_CONVENTIONS}", input_name="end_tokens")
+        check_map_settings(self)
 
 
 def subject_maps(maps: torch.Tensor, layout: TokenLayout, subjects: tuple[Subject, ...],

@@ -17,8 +17,9 @@ from ..attention import select_token_maps, token_softmax
 from ..errors import StormError
 from ..guidance import StepSize, StepWindow
 from ..ot import centroids, entropic_ot, pixel_coordinates, squared_distance_cost
-from ..smoothing import KERNEL_CONVENTIONS, gaussian_smooth
-from ..tokens import END_TOKEN_CONVENTIONS, TokenLayout
+from ..smoothing import gaussian_smooth
+from ..tokens import TokenLayout
+from .attend_excite import check_map_settings
 
 MODES = ("paper", "reference")
 #: Released defaults (methods.md 4.9): update at steps 1..24 of 50, refinement at steps
@@ -93,18 +94,7 @@ class StormConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise StormError(f"unknown STORM mode {self.mode!r}; use one of {MODES}", input_name="mode")
-        if self.temperature <= 0:
-            raise StormError(f"softmax temperature must be positive, got {self.temperature}")
-        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
-            raise StormError(f"smoothing kernel size must be a positive odd number, got {self.kernel_size}",
-                             input_name="kernel_size")
-        if self.sigma <= 0:
-            raise StormError(f"smoothing sigma must be positive, got {self.sigma}", input_name="sigma")
-        if self.kernel_convention not in KERNEL_CONVENTIONS:
-            raise StormError(f"unknown kernel convention {self.kernel_convention!r}")
-        if self.end_token_convention not in END_TOKEN_CONVENTIONS + ("auto",):
-            raise StormError(f"unknown end-token convention {self.end_token_convention!r}; "
-                             f"use 'auto' or one of {END_TOKEN_CONVENTIONS}", input_name="end_tokens")
+        check_map_settings(self)
         positive = {"time_weight_max": self.time_weight_max, "schedule_steps": self.schedule_steps,
                     "sinkhorn_reg": self.sinkhorn_reg, "sinkhorn_max_iter": self.sinkhorn_max_iter,
                     "sinkhorn_tol": self.sinkhorn_tol, "target_sigma": self.target_sigma,
