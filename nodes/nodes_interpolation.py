@@ -94,7 +94,8 @@ class AttentionInterpolation:
             model, positive_a, positive_b, negative, guide, latent_image, seed, steps, cfg, sampler_name, scheduler,
             settings, None if endpoint_noise == "same" else seed + 1, record_layers=DEFAULT_LAYER_SELECTION)
         text = ", ".join(f"{i}: {float(t):.4f}" for i, t in enumerate(coefficients))
-        return ({"samples": samples}, attention_history(record), text)
+        return {"ui": {"storm_text": [f"coefficients: {text}"]},
+                "result": ({"samples": samples}, attention_history(record), text)}
 
 
 class SelectFrame:
@@ -140,7 +141,7 @@ class SelectFrame:
         out = dict(frames)
         out["samples"] = frames["samples"][best:best + 1].clone()
         out.pop("batch_index", None)
-        return (out, best, text)
+        return {"ui": {"storm_text": [text]}, "result": (out, best, text)}
 
 
 def frame_scores(record, tokens) -> torch.Tensor:

@@ -84,7 +84,7 @@ def decode_save_heatmaps(g: Graph, ckpt: dict, latent_src: tuple[dict, int], att
     g.link(ckpt, 2, dec, 1)
     save = g.node("SaveImage", (x + 250, 60), (420, 460), [f"storm/{prefix}"], inputs=[("images", "IMAGE")])
     g.link(dec, 0, save, 0)
-    heat = g.node("STORM_AttentionHeatmap", (x, 560), (400, 300), [show, "attention", "matching latent", 0, 0.6],
+    heat = g.node("STORM_AttentionHeatmap", (x, 560), (400, 560), [show, "attention", "matching latent", 0, 0.6],
                   inputs=[("attention", "STORM_ATTENTION"), ("latent", "LATENT"), ("tokens", "STORM_TOKENS"),
                           ("image", "IMAGE")],
                   outputs=[("grid", "IMAGE"), ("overlay", "IMAGE"), ("mask", "MASK"), ("log", "STRING")])
@@ -275,7 +275,7 @@ def paid_composition() -> None:
     paid = interpolation_node(g, (840, 60), 7, with_guide=True)
     for slot, src in enumerate([(ckpt, 0), (a, 0), (b, 0), (neg, 0), (lat, 0), (guide, 1)]):
         g.link(*src, paid, slot)
-    pick = g.node("STORM_SelectFrame", (1270, 60), (340, 160), [False],
+    pick = g.node("STORM_SelectFrame", (1270, 40), (340, 220), [False],
                   inputs=[("frames", "LATENT"), ("attention", "STORM_ATTENTION"), ("tokens", "STORM_TOKENS")],
                   outputs=[("latent", "LATENT"), ("index", "INT"), ("scores", "STRING")])
     g.link(paid, 0, pick, 0)
@@ -293,14 +293,14 @@ def paid_composition() -> None:
     g.link(ckpt, 2, dec_all, 1)
     every = g.node("PreviewImage", (1900, 560), (420, 300), [], inputs=[("images", "IMAGE")], title="All frames")
     g.link(dec_all, 0, every, 0)
-    heat = g.node("STORM_AttentionHeatmap", (1270, 300), (340, 260), ["subjects", "attention", "matching latent", 3, 0.6],
+    heat = g.node("STORM_AttentionHeatmap", (1270, 300), (340, 520), ["subjects", "attention", "matching latent", 3, 0.6],
                   inputs=[("attention", "STORM_ATTENTION"), ("latent", "LATENT"), ("tokens", "STORM_TOKENS"),
                           ("image", "IMAGE")],
                   outputs=[("grid", "IMAGE"), ("overlay", "IMAGE"), ("mask", "MASK"), ("log", "STRING")])
     g.link(paid, 1, heat, 0)
     g.link(paid, 0, heat, 1)
     g.link(guide, 0, heat, 2)
-    save_h = g.node("SaveImage", (1270, 620), (340, 300), ["storm/paid_composition_heatmaps"],
+    save_h = g.node("SaveImage", (1270, 860), (340, 300), ["storm/paid_composition_heatmaps"],
                     inputs=[("images", "IMAGE")])
     g.link(heat, 0, save_h, 0)
     g.note((20, 330), (330, 320),

@@ -5,6 +5,9 @@ import { app } from "../../scripts/app.js";
 
 const TEXT_OUTPUTS = {
   STORM_SubjectTokens: "storm_text",
+  STORM_PromptAnalysis: "storm_text",
+  STORM_AttentionInterpolation: "storm_text",
+  STORM_SelectFrame: "storm_text",
   STORM_AttentionHeatmap: "storm_log",
 };
 const DISPLAY = "storm_display";

@@ -119,7 +119,7 @@ def test_paid_guide_and_frame_selection(nodes, prompts):
     assert coefficients.startswith("0: 0.0000") and coefficients.endswith("4: 1.0000")
     with torch.inference_mode():
         tokens = node_output(nodes["STORM_SubjectTokens"]().run(tm.clip, "a dog driving a car", "dog, car"))[0]
-        best, index, scores = nodes["STORM_SelectFrame"]().select(frames, attention, tokens, False)
+        best, index, scores = node_output(nodes["STORM_SelectFrame"]().select(frames, attention, tokens, False))
     assert 1 <= index <= 3 and torch.equal(best["samples"][0], frames["samples"][index])
     assert scores.count("frame") == 5 and "<- best" in scores
     with pytest.raises(Exception, match=r"STORM Select Frame: input 'frames'"):
