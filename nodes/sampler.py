@@ -156,8 +156,6 @@ def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None
                 "STORM Subject Tokens (or encode the same prompt) to 'positive'", input_name="positive")
         for term in guidance.terms:
             term.check_layout(n_tokens)
-    elif layout is not None:
-        n_tokens = layout.length
 
     record = RunRecord({"node": node, "model": unet.model_name, "family": unet.family,
                         "layers": [layer.label for layer in layers], "base_sampler": settings.base_sampler,

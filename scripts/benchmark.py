@@ -230,12 +230,12 @@ def _interpolation_report(devices: list[str]) -> None:
         dists = " ".join(f"{d:.3f}" for d in row["distances"])
         print(f"{name:22} {row['consistency']:22.4f} {row['smoothness']:20.4f}   {dists}")
     for device in devices:
-        mem = {kind: _child(kind, device) for kind in ("mem-2", "mem-16-chunk4", "mem-16-all")}
+        mem = {kind: _child(kind, device) for kind in ("mem-2", "mem-16-chunk4", "mem-64-chunk4", "mem-16-all")}
         unit = "peak allocated" if device == "cuda" else "peak RSS growth"
         base = mem["mem-2"]["peak_mib"]
         print(f"\nAID memory on {device} ({unit}, tiny SD1.5, {mem['mem-2']['size']}px, {mem['mem-2']['steps']} steps)")
         for kind, label in (("mem-2", "2 frames"), ("mem-16-chunk4", "16 frames, chunk_size 4"),
-                            ("mem-16-all", "16 frames, all at once")):
+                            ("mem-64-chunk4", "64 frames, chunk_size 4"), ("mem-16-all", "16 frames, all at once")):
             row = mem[kind]
             print(f"  {label:26} {row['peak_mib']:9.1f} MiB  ({row['peak_mib'] / base:5.2f}x 2 frames)  "
                   f"max UNet batch {row['max_rows']}")
@@ -284,7 +284,7 @@ def _interpolation(kind: str, device: str) -> dict:
             rows[name] = {"distances": d, "consistency": sum(d) / n, "smoothness": 1 - gini}
         return {"rows": rows, "frames": frames, "size": size, "steps": steps, "seed": seed,
                 "a": "a photo of a cat", "b": "a photo of a dog"}
-    frames, chunk = {"mem-2": (2, 0), "mem-16-chunk4": (16, 4), "mem-16-all": (16, 0)}[kind]
+    frames, chunk = {"mem-2": (2, 0), "mem-16-chunk4": (16, 4), "mem-64-chunk4": (64, 4), "mem-16-all": (16, 0)}[kind]
     size, steps = (512, 3) if device == "cuda" else (256, 2)
     run(2, 0, "fused outer", 0.5, 64, 1)  # warm-up: weights loaded, kernels initialised
     if device == "cuda":
