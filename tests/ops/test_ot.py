@@ -30,13 +30,7 @@ def _problem(batch=3, n=12, m=9, seed=0, dtype=torch.float64):
     return _weights(batch, n, seed, dtype), _weights(batch, m, seed + 1, dtype), cost
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These problems are tiny: intra-op threads only add contention on shared CI cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------ grids

@@ -65,13 +65,7 @@ def term(relations, mode="paper", **kwargs):
 LEFT = SpatialRelation(CAR, "left", ELEPHANT)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These problems are tiny: intra-op threads only add contention on shared CI cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------- time weights
