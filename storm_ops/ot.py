@@ -148,6 +148,18 @@ def _check_reg(reg: float) -> None:
 
 
 # ------------------------------------------------------------------------ log-domain Sinkhorn
+
+def _prepare_sinkhorn(a, b, cost, reg, max_iter):
+    """Validate the arguments of the log-domain solvers; returns batched ``(a, b, cost, unbatched)``
+    in the compute dtype (float64 if any input is float64, else float32)."""
+    _check_reg(reg)
+    if max_iter < 1:
+        raise StormError(f"max_iter must be at least 1, got {max_iter}")
+    a2, b2, c2, unbatched = _as_batched(a, b, cost)
+    dtype = _compute_dtype(a2, b2, c2)
+    return a2.to(dtype), b2.to(dtype), c2.to(dtype), unbatched
+
+
 def _sinkhorn_potentials(a, b, cost, reg, max_iter, tol, check_every):
     """Alternate the dual updates until the row-marginal error is below ``tol``.
 
@@ -236,12 +248,7 @@ def sinkhorn_log(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: floa
     The math runs in float64 when any input is float64, else in float32 (half-precision inputs
     are promoted; the plan is cast back).
     """
-    _check_reg(reg)
-    if max_iter < 1:
-        raise StormError(f"max_iter must be at least 1, got {max_iter}")
-    a2, b2, c2, unbatched = _as_batched(a, b, cost)
-    dtype = _compute_dtype(a2, b2, c2)
-    a2, b2, c2 = a2.to(dtype), b2.to(dtype), c2.to(dtype)
+    a2, b2, c2, unbatched = _prepare_sinkhorn(a, b, cost, reg, max_iter)
     f, g, iters, err, converged = _sinkhorn_potentials(a2, b2, c2, reg, max_iter, tol, max(1, check_every))
     if not converged and warn:
         _warn_not_converged("sinkhorn_log", max_iter, err, tol, reg)
@@ -279,12 +286,7 @@ def entropic_ot(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float
     info : dict
         As in :func:`sinkhorn_log`, plus ``plan`` (detached, shape (B, n, m)).
     """
-    _check_reg(reg)
-    if max_iter < 1:
-        raise StormError(f"max_iter must be at least 1, got {max_iter}")
-    a2, b2, c2, unbatched = _as_batched(a, b, cost)
-    dtype = _compute_dtype(a2, b2, c2)
-    a2, b2, c2 = a2.to(dtype), b2.to(dtype), c2.to(dtype)
+    a2, b2, c2, unbatched = _prepare_sinkhorn(a, b, cost, reg, max_iter)
     with torch.no_grad():
         f, g, iters, err, converged = _sinkhorn_potentials(a2.detach(), b2.detach(), c2.detach(), reg,
                                                            max_iter, tol, max(1, check_every))
