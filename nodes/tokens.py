@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..storm_ops.errors import StormError
-from ..storm_ops.tokens import PromptTokens, TokenLayout, resolve_subjects
+from ..storm_ops.tokens import PromptTokens, TokenLayout, clip_piece_text, resolve_subjects
 from .compat import encode_prompt
 from .errors import node_errors
 
@@ -34,10 +34,8 @@ def prompt_layout(clip, text: str) -> tuple[TokenLayout, bool]:
     inv_vocab = getattr(sd_tok, "inv_vocab", None) or {v: k for k, v in hf_tok.get_vocab().items()}
 
     def decode(token_id: int):
-        piece = inv_vocab.get(token_id, "")
-        ends_word = piece.endswith("</w>")
-        text = hf_tok.convert_tokens_to_string([piece]).strip() if piece else f"<{token_id}>"
-        return text, ends_word
+        piece = inv_vocab.get(token_id)
+        return clip_piece_text(piece) if piece else (f"<{token_id}>", True)
 
     ids: list[int | None] = []
     for chunk in tokens[key]:
