@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..storm_ops.errors import StormError
-from ..storm_ops.tokens import PromptTokens, TokenLayout, clip_piece_text, resolve_subjects
+from ..storm_ops.tokens import PromptTokens, TokenLayout, clip_vocab_decoder, resolve_subjects
 from .compat import encode_prompt
 from .errors import node_errors
 
@@ -33,16 +33,12 @@ def prompt_layout(clip, text: str) -> tuple[TokenLayout, bool]:
     hf_tok = sd_tok.tokenizer
     inv_vocab = getattr(sd_tok, "inv_vocab", None) or {v: k for k, v in hf_tok.get_vocab().items()}
 
-    def decode(token_id: int):
-        piece = inv_vocab.get(token_id)
-        return clip_piece_text(piece) if piece else (f"<{token_id}>", True)
-
     ids: list[int | None] = []
     for chunk in tokens[key]:
         for item in chunk:
             tid = item[0]
             ids.append(tid if isinstance(tid, int) else None)  # tensors are embedding vectors
-    layout = TokenLayout.from_ids(ids, decode, start_id=getattr(sd_tok, "start_token", None),
+    layout = TokenLayout.from_ids(ids, clip_vocab_decoder(inv_vocab), start_id=getattr(sd_tok, "start_token", None),
                                   end_id=getattr(sd_tok, "end_token", None),
                                   chunk_length=len(tokens[key][0]))
     return layout, bool(getattr(sd_tok, "pad_with_end", True))

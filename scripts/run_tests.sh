@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${STORM_VENV:-.venv}"
 bash scripts/setup_env.sh
+# the tokenizer version test also runs the newest transformers from its own environment
+export STORM_TRANSFORMERS_PYTHONS="${STORM_TRANSFORMERS_PYTHONS:-${STORM_TF_VENV:-$VENV-transformers-latest}/bin/python}"
 echo "[tests] ruff"
 "$VENV/bin/python" -m ruff check .
 echo "[tests] pytest"

@@ -5,7 +5,8 @@
 #   bash scripts/setup_env.sh            # host = pip fork comfyui==0.0.1
 #   COMFYUI_PATH=/path/to/ComfyUI bash scripts/setup_env.sh   # host = that upstream checkout
 #
-# Environment: PYTHON (default python3), STORM_VENV (default .venv), TORCH_SPEC (default
+# Environment: PYTHON (default python3), STORM_VENV (default .venv), STORM_TF_VENV (default
+# "$STORM_VENV-transformers-latest": newest transformers for the tokenizer version test), TORCH_SPEC (default
 # "torch==2.14.1 torchvision==0.29.1"; both ComfyUI executors import torchvision).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,4 +40,14 @@ else
   "${PIP[@]}" -r tests/requirements-host-fork.txt
 fi
 "${PIP[@]}" -r requirements.txt -r tests/requirements-test.txt
-echo "[setup] done: $("$VENV/bin/python" -c 'import torch, sys; print("python", sys.version.split()[0], "torch", torch.__version__)')"
+
+# A second, tokenizer-only environment with the newest transformers (what a fresh ComfyUI install
+# takes), for tests/host/test_tokenizer_versions.py: the pip fork cannot import transformers 5.
+TF_VENV="${STORM_TF_VENV:-$VENV-transformers-latest}"
+if [ ! -x "$TF_VENV/bin/python" ]; then
+  echo "[setup] creating $TF_VENV (newest transformers, tokenizers only)"
+  "$PYTHON" -m venv "$TF_VENV"
+fi
+"$TF_VENV/bin/python" -m pip install --disable-pip-version-check -q --upgrade "transformers>=5"
+echo "[setup] done: $("$VENV/bin/python" -c 'import torch, sys, transformers; print("python", sys.version.split()[0], "torch", torch.__version__, "transformers", transformers.__version__)')"
+echo "[setup] tokenizer check environment: transformers $("$TF_VENV/bin/python" -c 'import transformers; print(transformers.__version__)' 2>/dev/null)"

@@ -66,6 +66,17 @@ def clip_piece_text(piece: str) -> tuple[str, bool]:
     return text.strip(), ends_word
 
 
+def clip_vocab_decoder(inv_vocab: dict[int, str]):
+    """``decode(id) -> (text, ends_word)`` for :meth:`TokenLayout.from_ids` over a CLIP vocabulary
+    ``{id: piece}`` (the tokenizer's ``get_vocab()`` inverted)."""
+
+    def decode(token_id: int) -> tuple[str, bool]:
+        piece = inv_vocab.get(token_id)
+        return clip_piece_text(piece) if piece else (f"<{token_id}>", True)
+
+    return decode
+
+
 @dataclass(frozen=True)
 class Piece:
     """One column of the tokenised prompt.

@@ -109,7 +109,7 @@ def ensure_host() -> HostInfo:
             _import_checkout_utils_first(checkout)
             info = HostInfo(UPSTREAM, _upstream_version(checkout), checkout, cpu)
         else:
-            info = HostInfo(FORK, _fork_version(), _comfy_package_dir(), cpu)
+            info = HostInfo(FORK, _fork_version(), comfy_package_dir(), cpu)
     logger.info("ComfyUI host: %s %s at %s (cpu=%s)", info.name, info.version, info.path, info.cpu)
     _host = info
     return info
@@ -222,7 +222,7 @@ def _adopt_running_host(checkout: Path | None) -> HostInfo:
         if checkout is not None:
             raise HostSetupError(
                 f"{ENV_COMFYUI_PATH}={checkout} but 'comfy' was already imported from {comfy.__file__}")
-        return HostInfo(FORK, _fork_version(), _comfy_package_dir(), cpu)
+        return HostInfo(FORK, _fork_version(), comfy_package_dir(), cpu)
     root = Path(list(comfy.__path__)[0]).resolve().parent
     if checkout is not None and root != checkout:
         raise HostSetupError(f"{ENV_COMFYUI_PATH}={checkout} but 'comfy' was already imported from {root}")
@@ -233,7 +233,7 @@ def _adopt_running_host(checkout: Path | None) -> HostInfo:
     return HostInfo(UPSTREAM, _upstream_version(root), root, cpu)
 
 
-def _comfy_package_dir() -> Path:
+def comfy_package_dir() -> Path:
     import comfy
 
     return Path(comfy.__file__).resolve().parent

@@ -3,7 +3,18 @@
 import pytest
 
 from storm_ops.errors import StormError
-from storm_ops.tokens import END, PAD, START, WORD, TokenLayout, count_word, find_word, resolve_subjects
+from storm_ops.tokens import (
+    END,
+    PAD,
+    START,
+    WORD,
+    TokenLayout,
+    clip_piece_text,
+    clip_vocab_decoder,
+    count_word,
+    find_word,
+    resolve_subjects,
+)
 
 START_ID, END_ID = 49406, 49407
 
@@ -18,12 +29,8 @@ def layout_of(pieces, chunks=None, pad_id=END_ID, chunk=77):
         row += [pad_id] * (chunk - len(row))
         ids += row
     inverse = {v: k for k, v in vocab.items()}
-
-    def decode(i):
-        p = inverse[i]
-        return p.replace("</w>", ""), p.endswith("</w>")
-
-    return TokenLayout.from_ids(ids, decode, start_id=START_ID, end_id=END_ID, chunk_length=chunk)
+    return TokenLayout.from_ids(ids, clip_vocab_decoder(inverse), start_id=START_ID, end_id=END_ID,
+                                chunk_length=chunk)
 
 
 CAT_DOG = ["a</w>", "cat</w>", "and</w>", "a</w>", "dog</w>"]
@@ -121,3 +128,22 @@ def test_layout_validation():
     with pytest.raises(StormError):
         TokenLayout(lay.pieces[:50])
     assert lay.pieces[1].kind == WORD
+
+
+def test_clip_piece_text_strips_the_end_of_word_marker_and_decodes_bytes():
+    assert clip_piece_text("cat</w>") == ("cat", True)
+    assert clip_piece_text("tira") == ("tira", False)
+    assert clip_piece_text(",</w>") == (",", True)
+    assert clip_piece_text("<|startoftext|>") == ("<|startoftext|>", False)
+    # byte-level pieces: "café" is written c a f \u00c3 \u00a9 (the UTF-8 bytes C3 A9 as alphabet characters)
+    assert clip_piece_text("caf\u00c3\u00a9</w>") == ("caf\u00e9", True)
+    # a character whose bytes are split over two pieces cannot be shown whole
+    assert clip_piece_text("\u00c3") == ("\ufffd", False)
+    # bytes outside the printable range live at U+0100 + n: a space (0x20) is U+0120
+    assert clip_piece_text("\u0120a</w>") == ("a", True)
+
+
+def test_vocab_decoder_marks_unknown_ids():
+    decode = clip_vocab_decoder({7: "dog</w>"})
+    assert decode(7) == ("dog", True)
+    assert decode(8) == ("<8>", True)
