@@ -43,6 +43,11 @@ LAYER_SELECTIONS = {
 }
 DEFAULT_LAYER_SELECTION = "1/32 res: down+up (A&E)"
 
+#: text encoders by the width of their conditioning (= the UNet's cross-attention context width)
+TEXT_ENCODERS = {768: "SD1.x's CLIP-L", 1024: "SD2.x's OpenCLIP-H", 1280: "the SDXL refiner's CLIP-G",
+                 2048: "SDXL's CLIP-L + CLIP-G"}
+
+
 _FAMILIES = (  # order matters: subclasses first
     ("sdxl_refiner", "SDXLRefiner"),
     ("sdxl", "SDXL"),
@@ -148,3 +153,19 @@ def describe_unet(base_model, node: str = "STORM") -> UNetInfo:
             "attention maps to guide; use a text-conditioned SD1.x, SD2.x or SDXL checkpoint",
             input_name="model")
     return UNetInfo(model_family(config), model_name, tuple(layers))
+
+
+def check_conditioning_family(node: str, unet: UNetInfo, conditionings: dict[str, list]) -> None:
+    """Every conditioning must come from the model family's own text encoder (its width is the
+    UNet's cross-attention context width); ``conditionings`` maps an input name to its tensors."""
+    width = unet.layers[0].context_dim
+    for name, tensors in conditionings.items():
+        for cross_attn in tensors:
+            got = None if cross_attn is None else int(cross_attn.shape[-1])
+            if got is not None and got != width:
+                source = f", like {TEXT_ENCODERS[got]}" if got in TEXT_ENCODERS else ""
+                takes = f" ({TEXT_ENCODERS[width]})" if width in TEXT_ENCODERS else ""
+                raise StormError(
+                    f"{node}: the {name} conditioning has {got} features per token{source}, but the model "
+                    f"{unet.model_name} takes {width}{takes}: it was encoded by another model family's text encoder. "
+                    f"Encode the {name} prompt with the CLIP of the same checkpoint as the model", input_name=name)

@@ -66,6 +66,8 @@ class RunRecord:
         self.info = dict(info)
         self.step_maps: list[tuple[float, torch.Tensor]] = []
         self.final_latent: torch.Tensor | None = None
+        #: the positive prompt's encoding ``(T, D)`` (possibly tiled), to check the visualiser's tokens
+        self.prompt_encoding: torch.Tensor | None = None
         self.log: list[dict] = []
 
     def add_step(self, sigma: float, maps: torch.Tensor) -> None:
@@ -150,6 +152,7 @@ class MapRecorder:
         self._calls = 0
         self._seen: set = set()
         self._grad_maps: torch.Tensor | None = None
+        self._recorded_sigma: float | None = None
 
     def _reset_pass(self) -> None:
         self._acc, self._calls, self._seen = AttentionAccumulator(), 0, set()
@@ -201,7 +204,13 @@ class MapRecorder:
         if self.mode == "grad":
             self._grad_maps = maps
             return self.stop_early
-        self.record.add_step(current_sigma(extra_options), maps)
+        sigma = current_sigma(extra_options)
+        if sigma == self._recorded_sigma:
+            # a second conditional pass at the same noise level is not the prompt's own pass but an
+            # extra one of another guidance (SAG's blurred negative, PAG's perturbed pass)
+            return False
+        self._recorded_sigma = sigma
+        self.record.add_step(sigma, maps)
         return False
 
     def _map_size(self, key, n_query: int, extra_options: dict) -> tuple[int, int]:

@@ -22,7 +22,7 @@ import torch
 from ..storm_ops.errors import StormError
 from ..storm_ops.interpolation import frame_chunks, interpolated_attention, match_token_lengths
 from ..storm_ops.interpolation_schedule import lerp, slerp, warmup_steps
-from .architecture import describe_unet
+from .architecture import check_conditioning_family, describe_unet
 from .capture import AttentionHistory, MapRecorder, RunRecord, install_patches
 from .compat import host_attention, latent_preview_callback, throw_if_interrupted
 
@@ -153,6 +153,9 @@ def sample_sequence(model, positive_a, positive_b, negative, guide, latent: dict
                          "the batch)", input_name="latent_image")
     samples = comfy.sample.fix_empty_latent_channels(model, samples) if hasattr(comfy.sample, "fix_empty_latent_channels") else samples
     unet = describe_unet(model.model, settings.node)
+    check_conditioning_family(settings.node, unet, {
+        name: [c[0] for c in cond] for name, cond in
+        (("positive_a", positive_a), ("positive_b", positive_b), ("negative", negative), ("guide", guide or []))})
     layers = unet.layers
     mode, fused = MODES[settings.mode]
     noise_a = comfy.sample.prepare_noise(samples, seed)

@@ -8,9 +8,8 @@ from ..storm_ops.analysis import PromptAnalysis
 from ..storm_ops.prompt_analysis import PARSERS, analyze_prompt, parse_binding_override
 from ..storm_ops.relations import parse_relation_override
 from ..storm_ops.tokens import PromptTokens, resolve_subjects
-from .compat import encode_prompt
 from .errors import node_errors
-from .tokens import prompt_layout
+from .tokens import encode_with_layout
 
 
 def apply_overrides(analysis: PromptAnalysis, bindings: str, relations: str) -> PromptAnalysis:
@@ -76,12 +75,11 @@ class PromptAnalysisNode:
 
     @node_errors(NODE_NAME)
     def analyze(self, clip, text, parser, pipeline="", bindings="", relations="", subjects=""):
-        layout, pads_with_end = prompt_layout(clip, text)
+        layout, pads_with_end, conditioning = encode_with_layout(clip, text)
         analysis = analyze_prompt(text, layout, parser=parser, pipeline=pipeline.strip() or None)
         analysis = apply_overrides(analysis, bindings, relations)
         chosen = resolve_subjects(layout, subjects) if subjects.strip() else analysis.entities
         tokens = PromptTokens(text, layout, tuple(chosen), pads_with_end)
-        _, conditioning = encode_prompt(clip, text)
         description = analysis.describe() + "\n\nTokens:\n" + layout.describe()
         return {"ui": {"storm_text": [description]},
                 "result": (analysis, tokens, conditioning, description)}

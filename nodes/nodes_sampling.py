@@ -7,11 +7,11 @@ import comfy.samplers
 import comfy.utils
 
 from ..storm_ops.errors import StormError
-from .architecture import DEFAULT_LAYER_SELECTION, LAYER_SELECTIONS
+from .architecture import DEFAULT_LAYER_SELECTION, LAYER_SELECTIONS, check_conditioning_family, describe_unet
 from .capture import AttentionHistory
 from .compat import latent_preview_callback
 from .errors import node_errors
-from .sampler import BASE_SAMPLERS, GuidedSamplerSettings, make_ksampler
+from .sampler import BASE_SAMPLERS, GuidedSamplerSettings, check_positive, make_ksampler
 
 SAMPLER_TOOLTIP = (
     "Base sampler that takes the denoising steps (the host's own implementation). Single-step samplers "
@@ -98,6 +98,12 @@ class GuidedKSampler:
     def sample(self, model, guidance, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                latent_image, denoise, attention_layers):
         settings = GuidedSamplerSettings(guidance, sampler_name, attention_layers, self.NODE_NAME)
+        # the checks sample_guided repeats for SamplerCustom, made here before any model is loaded
+        unet = describe_unet(model.model, self.NODE_NAME)
+        check_conditioning_family(self.NODE_NAME, unet, {"positive": [c[0] for c in positive],
+                                                         "negative": [c[0] for c in negative]})
+        if guidance.terms and guidance.layout is not None and len(positive) == 1:
+            check_positive(self.NODE_NAME, guidance.layout, positive[0][0])
         history = AttentionHistory(self.NODE_NAME, capacity=1)
         sampler = make_ksampler(settings, history)
         samples = _sample_like_ksampler(model, sampler, sampler_name, seed, steps, cfg, scheduler,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..storm_ops.tokens import prompt_encoding
 from .architecture import describe_unet
 from .capture import GRAD_PASS_FLAG, AttentionHistory, MapRecorder, RunRecord, current_sigma, install_patches
 from .errors import node_errors
@@ -34,6 +35,15 @@ class ContinuousRecorder(MapRecorder):
         if 0 in extra_options.get("cond_or_uncond", [0]) and not extra_options.get(GRAD_PASS_FLAG):
             self._maybe_start_run(current_sigma(extra_options))
         return super().observe(key, q, k, extra_options)
+
+    def on_context(self, args: dict) -> None:
+        """From the UNet function wrapper: keep the conditional prompt encoding of the run."""
+        cond_or_uncond = list(args.get("cond_or_uncond") or [])
+        context = args.get("c", {}).get("c_crossattn")
+        if self.record is None or self.record.prompt_encoding is not None or context is None or 0 not in cond_or_uncond:
+            return
+        chunk = context.shape[0] // len(cond_or_uncond)
+        self.record.prompt_encoding = prompt_encoding(context[cond_or_uncond.index(0) * chunk])
 
     def on_denoised(self, denoised, sigma) -> None:
         if self.record is not None:
@@ -78,4 +88,13 @@ class AttentionRecorder:
             return args["denoised"]
 
         patched.set_model_sampler_post_cfg_function(storm_record_final)
+        previous = patched.model_options.get("model_function_wrapper")
+
+        def storm_record_context(apply_model, args):
+            out = previous(apply_model, args) if previous is not None else \
+                apply_model(args["input"], args["timestep"], **args["c"])
+            recorder.on_context(args)  # after the pass: a new run's record exists by then
+            return out
+
+        patched.set_model_unet_function_wrapper(storm_record_context)
         return (patched, history)

@@ -30,7 +30,8 @@ import torch
 from ..storm_ops.errors import StormError
 from ..storm_ops.guidance import Guidance
 from ..storm_ops.optimize import Evaluation, clip_grad_norm, guidance_step
-from .architecture import DEFAULT_LAYER_SELECTION, describe_unet
+from ..storm_ops.tokens import check_prompt_encoding, prompt_encoding
+from .architecture import DEFAULT_LAYER_SELECTION, check_conditioning_family, describe_unet
 from .capture import GRAD_PASS_FLAG, AttentionHistory, MapRecorder, RunRecord, StopForward, install_patches
 from .compat import accepts_kwarg, copy_nested, gradient_pass, inpaint_blend, throw_if_interrupted
 from .errors import StormNodeError, format_error
@@ -132,6 +133,19 @@ def _positive_conds(model, node: str) -> list[dict]:
     return positive
 
 
+POSITIVE_REMEDY = ("Connect the conditioning output of STORM Subject Tokens (or STORM Prompt Analysis) to "
+                   "'positive', or encode the same prompt with the same CLIP.")
+
+
+def check_positive(node: str, layout, cross_attn: torch.Tensor) -> None:
+    """The positive conditioning must be the encoding of the prompt the guidance's tokens come from."""
+    try:
+        check_prompt_encoding(layout, prompt_encoding(cross_attn), what="the positive conditioning",
+                              input_name="positive", remedy=POSITIVE_REMEDY)
+    except StormError as error:
+        raise StormError(f"{node}: {error}", input_name=error.input_name) from None
+
+
 def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
                   settings: GuidedSamplerSettings, history: AttentionHistory):
     """k-diffusion-style sampler function (see module docstring)."""
@@ -145,21 +159,23 @@ def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None
     layout = guidance.layout
 
     guided = {i for i in range(num_steps) if guidance.active_terms(i, num_steps)} if guidance.terms else set()
+    conds = getattr(model.inner_model, "conds", None) or {}
+    check_conditioning_family(node, unet, {name: [c.get("cross_attn") for c in entries]
+                                           for name, entries in conds.items()})
     positive = _positive_conds(model, node) if guided else None
     n_tokens = None
     if positive is not None:
         n_tokens = int(positive[0]["cross_attn"].shape[1])
-        if layout is not None and layout.length != n_tokens:
-            raise StormError(
-                f"{node}: the positive conditioning has {n_tokens} token columns but the subject tokens "
-                f"were computed for a prompt with {layout.length}; connect the conditioning output of "
-                "STORM Subject Tokens (or encode the same prompt) to 'positive'", input_name="positive")
+        if layout is not None:
+            check_positive(node, layout, positive[0]["cross_attn"])
         for term in guidance.terms:
             term.check_layout(n_tokens)
 
     record = RunRecord({"node": node, "model": unet.model_name, "family": unet.family,
                         "layers": [layer.label for layer in layers], "base_sampler": settings.base_sampler,
                         "steps": num_steps, "guided_steps": sorted(guided)})
+    if len(conds.get("positive") or []) == 1:
+        record.prompt_encoding = prompt_encoding(conds["positive"][0]["cross_attn"])
     recorder = MapRecorder(layers, record, n_tokens, stop_early=settings.stop_early)
     model_options = install_patches(copy_nested(extra_args.get("model_options", {})), recorder, layers)
     extra_args["model_options"] = model_options

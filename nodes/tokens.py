@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..storm_ops.errors import StormError
-from ..storm_ops.tokens import PromptTokens, TokenLayout, clip_vocab_decoder, resolve_subjects
+from ..storm_ops.tokens import PromptTokens, TokenLayout, clip_vocab_decoder, prompt_encoding, resolve_subjects
 from .compat import encode_prompt
 from .errors import node_errors
 
@@ -44,6 +46,15 @@ def prompt_layout(clip, text: str) -> tuple[TokenLayout, bool]:
     return layout, bool(getattr(sd_tok, "pad_with_end", True))
 
 
+def encode_with_layout(clip, text: str) -> tuple[TokenLayout, bool, list]:
+    """Encode ``text`` like CLIP Text Encode; returns its layout (carrying the encoding, so samplers
+    and the visualiser can check that a conditioning is this prompt's), whether the tokenizer pads
+    with the end token, and the CONDITIONING."""
+    layout, pads_with_end = prompt_layout(clip, text)
+    _, conditioning = encode_prompt(clip, text)
+    return replace(layout, encoding=prompt_encoding(conditioning[0][0])), pads_with_end, conditioning
+
+
 class SubjectTokens:
     """STORM Subject Tokens: prompt encoding + the CLIP token positions of its subjects."""
 
@@ -76,9 +87,8 @@ class SubjectTokens:
 
     @node_errors(NODE_NAME)
     def run(self, clip, text, subjects):
-        layout, pads_with_end = prompt_layout(clip, text)
+        layout, pads_with_end, conditioning = encode_with_layout(clip, text)
         subject_list = resolve_subjects(layout, subjects)
-        _, conditioning = encode_prompt(clip, text)
         tokens = PromptTokens(text, layout, subject_list, pads_with_end)
         description = tokens.describe()
         return {"ui": {"storm_text": [description]}, "result": (tokens, conditioning, description)}

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from ..storm_ops.attention import normalize_maps, select_token_maps
 from ..storm_ops.errors import StormError
 from ..storm_ops.losses.attend_excite import AttendExciteConfig, subject_maps
-from ..storm_ops.tokens import Subject
+from ..storm_ops.tokens import Subject, check_prompt_encoding, untile_encoding
 from .compat import folder_paths
 from .errors import node_errors
 
@@ -119,6 +119,12 @@ class AttentionHeatmap:
                opacity=0.6):
         record = self._find_run(attention, latent, run)
         layout = tokens.layout
+        if record.prompt_encoding is not None:
+            given = untile_encoding(record.prompt_encoding, layout.length)
+            check_prompt_encoding(layout, record.prompt_encoding if given is None else given,
+                                  what="the prompt of the shown run", input_name="tokens",
+                                  remedy="Connect the tokens of the prompt that run sampled (the STORM Subject Tokens "
+                                         "or Prompt Analysis whose conditioning went into the sampler's positive input).")
         maps = record.mean_maps(layout.length)  # (B, T, h, w)
         if batch_index >= maps.shape[0]:
             raise StormError(f"batch_index {batch_index} is out of range for a batch of {maps.shape[0]}",

@@ -129,7 +129,7 @@ def test_paid_guide_and_frame_selection(nodes, prompts):
 def test_bad_input_names_the_input(nodes, prompts):
     tm, a, b, neg, _ = prompts("sd15")
     xl_b = prompts("sdxl")[2]
-    with pytest.raises(Exception, match=r"STORM Attention Interpolation: input 'positive_b':.*different text encoders"):
+    with pytest.raises(Exception, match=r"STORM Attention Interpolation: input 'positive_b':.*another model family's text encoder"):
         interpolate(nodes, tm.model, a, xl_b, neg)
     with pytest.raises(Exception, match=r"input 'frames'"):
         interpolate(nodes, tm.model, a, b, neg, frames=1)

@@ -1,6 +1,9 @@
 """Token layouts and subject resolution on hand-made tokenisations (real CLIP in tests/host)."""
 
+from dataclasses import replace
+
 import pytest
+import torch
 
 from storm_ops.errors import StormError
 from storm_ops.tokens import (
@@ -9,11 +12,13 @@ from storm_ops.tokens import (
     START,
     WORD,
     TokenLayout,
+    check_prompt_encoding,
     clip_piece_text,
     clip_vocab_decoder,
     count_word,
     find_word,
     resolve_subjects,
+    untile_encoding,
 )
 
 START_ID, END_ID = 49406, 49407
@@ -147,3 +152,36 @@ def test_vocab_decoder_marks_unknown_ids():
     decode = clip_vocab_decoder({7: "dog</w>"})
     assert decode(7) == ("dog", True)
     assert decode(8) == ("<8>", True)
+
+
+def _encoded(pieces, seed=0, width=8):
+    lay = layout_of(pieces)
+    enc = torch.randn(lay.length, width, generator=torch.Generator().manual_seed(seed))
+    return replace(lay, encoding=enc)
+
+
+def test_prompt_identity_checks_columns_width_and_words():
+    lay = _encoded(CAT_DOG)
+    check_prompt_encoding(lay, lay.encoding.clone(), what="x", input_name="positive", remedy="r")
+    # padding columns are not compared (a host may pad differently), every other column is
+    noisy = lay.encoding.clone()
+    noisy[10:] += 5.0
+    check_prompt_encoding(lay, noisy, what="x", input_name="positive", remedy="r")
+    other = lay.encoding.clone()
+    other[2] = torch.randn(8)
+    with pytest.raises(StormError, match=r"x is not the encoding of the prompt .*\('a cat and a dog'\): it differs "
+                                         r"at columns 2:cat\. r") as info:
+        check_prompt_encoding(lay, other, what="x", input_name="positive", remedy="r")
+    assert info.value.input_name == "positive"
+    with pytest.raises(StormError, match=r"x has 154 token columns .* with 77; r"):
+        check_prompt_encoding(lay, torch.cat([lay.encoding] * 2), what="x", input_name="tokens", remedy="r")
+    with pytest.raises(StormError, match=r"x has 4 features per token but the tokens' CLIP encodes 8"):
+        check_prompt_encoding(lay, lay.encoding[:, :4], what="x", input_name="tokens", remedy="r")
+
+
+def test_untile_encoding_recovers_only_a_repeated_prompt():
+    enc = torch.randn(77, 4)
+    assert torch.equal(untile_encoding(torch.cat([enc, enc]), 77), enc)
+    assert untile_encoding(torch.cat([enc, enc + 1]), 77) is None
+    assert untile_encoding(enc, 77) is enc
+    assert untile_encoding(torch.randn(100, 4), 77) is None

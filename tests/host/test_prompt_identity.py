@@ -1,0 +1,121 @@
+"""The conditioning and the tokens must belong to one prompt, and to the model's family.
+
+Same-length mistakes used to run silently: the negative prompt's encoding wired into ``positive``
+(guidance then pulls on the negative prompt's words), tokens of another prompt in the heatmap
+(labels name the wrong words), a 77-column token set on a 154-column run (the heatmap summed
+columns j and j + 77). Another family's conditioning ended in the host's matrix-shape error.
+"""
+
+import comfy.sample
+import comfy.samplers
+import pytest
+import torch
+
+from harness.nodeutil import node_output
+
+LAYERS = "1/32 res: down+up (A&E)"
+LONG = "a cat and a dog, " + ", ".join(["a very detailed painting of a garden"] * 9)
+
+
+@pytest.fixture(scope="module")
+def prompt(nodes, tiny, encode):
+    tm = tiny("sd15")
+    with torch.inference_mode():
+        tokens, cond, _ = node_output(nodes["STORM_SubjectTokens"]().run(tm.clip, "a cat and a dog", "cat, dog"))
+        (guidance,) = nodes["STORM_AttendAndExcite"]().build(tokens, 20.0, 0.0, 0.5, "", 0, True, "auto")
+    return tm, tokens, cond, encode(tm.clip, "ugly blurry low quality"), guidance
+
+
+def ksample(nodes, model, guidance, pos, neg, steps=2, hw=(16, 16)):
+    with torch.inference_mode():
+        return nodes["STORM_GuidedKSampler"]().sample(model, guidance, 0, steps, 7.5, "euler", "normal", pos, neg,
+                                                      {"samples": torch.zeros(1, 4, *hw)}, 1.0, LAYERS)
+
+
+def custom(model, sampler, pos, neg, steps=2, hw=(16, 16)):
+    latent = torch.zeros(1, 4, *hw)
+    sigmas = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler="euler",
+                                     scheduler="normal", model_options=model.model_options).sigmas
+    with torch.inference_mode():
+        return {"samples": comfy.sample.sample_custom(model, comfy.sample.prepare_noise(latent, 0), 7.5, sampler,
+                                                      sigmas, pos, neg, latent, disable_pbar=True, seed=0)}
+
+
+def render(nodes, attention, latent, tokens):
+    with torch.inference_mode():
+        return nodes["STORM_AttentionHeatmap"]().render(attention, latent, tokens, "subjects", "attention")
+
+
+def test_negative_encoding_wired_into_positive_is_refused(nodes, prompt):
+    tm, _, _, neg, guidance = prompt
+    assert neg[0][0].shape == prompt[2][0][0].shape  # same length: the old column-count check passed
+    pattern = (r"input 'positive':.*positive conditioning is not the encoding of the prompt the tokens were "
+               r"computed for \('a cat and a dog'\): it differs at columns 1:a, 2:cat.*STORM Subject Tokens")
+    with pytest.raises(Exception, match="STORM Guided KSampler: " + pattern):
+        ksample(nodes, tm.model, guidance, neg, neg)
+    with torch.inference_mode():
+        sampler, _ = nodes["STORM_GuidedSampler"]().build(guidance, "euler", LAYERS)
+    with pytest.raises(Exception, match="^STORM Guided Sampler: " + pattern):
+        custom(tm.model, sampler, neg, neg)
+
+
+def test_the_same_prompt_encoded_by_clip_text_encode_is_accepted(nodes, prompt, encode):
+    tm, _, _, neg, guidance = prompt
+    latent, _ = ksample(nodes, tm.model, guidance, encode(tm.clip, "a cat and a dog"), neg)
+    assert torch.isfinite(latent["samples"]).all()
+
+
+def test_conditioning_of_another_model_family_names_the_input(nodes, prompt, tiny, encode):
+    tm, _, pos, neg, guidance = prompt
+    xl = tiny("sdxl")
+    with pytest.raises(Exception, match=r"STORM Guided KSampler: input 'positive': the positive conditioning has 32 "
+                                        r"features per token, but the model SDXL takes 96: it was encoded by another "
+                                        r"model family's text encoder"):
+        ksample(nodes, xl.model, guidance, pos, encode(xl.clip, ""))
+    with pytest.raises(Exception, match=r"STORM Guided KSampler: input 'negative':.*has 96 features.*takes 32"):
+        ksample(nodes, tm.model, guidance, pos, encode(xl.clip, ""))
+    with torch.inference_mode():
+        sampler, _ = nodes["STORM_GuidedSampler"]().build(guidance, "euler", LAYERS)
+    with pytest.raises(Exception, match=r"^STORM Guided Sampler: input 'positive':.*model SDXL takes 96"):
+        custom(xl.model, sampler, pos, encode(xl.clip, ""))
+    with torch.inference_mode(), pytest.raises(Exception, match=r"STORM Attention Interpolation: input 'negative':"):
+        nodes["STORM_AttentionInterpolation"]().interpolate(
+            xl.model, encode(xl.clip, "a cat"), encode(xl.clip, "a dog"), neg, {"samples": torch.zeros(1, 4, 16, 16)},
+            3, 0, 2, 7.5, "euler", "normal", "fused outer", 3.0, 3.0, 0.5, 4, "same")
+
+
+def test_heatmap_refuses_tokens_of_another_prompt_of_the_same_length(nodes, prompt):
+    tm, tokens, pos, neg, guidance = prompt
+    with torch.inference_mode():
+        other, _, _ = node_output(nodes["STORM_SubjectTokens"]().run(tm.clip, "a bird and a fish", "bird, fish"))
+    latent, attention = ksample(nodes, tm.model, guidance, pos, neg)
+    render(nodes, attention, latent, tokens)  # its own tokens are fine
+    with pytest.raises(Exception, match=r"STORM Attention Heatmap: input 'tokens':.*not the encoding of the prompt "
+                                        r"the tokens were computed for \('a bird and a fish'\).*2:bird"):
+        render(nodes, attention, latent, other)
+
+
+def test_heatmap_refuses_a_77_column_token_set_on_a_154_column_run(nodes, prompt, encode):
+    tm, tokens, _, neg, _ = prompt
+    long_pos = encode(tm.clip, LONG)
+    assert long_pos[0][0].shape[1] == 154
+    with torch.inference_mode():
+        model, attention = nodes["STORM_AttentionRecorder"]().patch(tm.model, LAYERS)
+        latent = {"samples": comfy.sample.sample(model, torch.randn(1, 4, 16, 16), 2, 7.5, "euler", "normal",
+                                                 long_pos, neg, torch.zeros(1, 4, 16, 16), disable_pbar=True, seed=0)}
+        long_tokens, _, _ = node_output(nodes["STORM_SubjectTokens"]().run(tm.clip, LONG, "cat, dog"))
+    render(nodes, attention, latent, long_tokens)  # the right tokens: accepted
+    with pytest.raises(Exception, match=r"STORM Attention Heatmap: input 'tokens':.*has 154 token columns but the "
+                                        r"tokens \('a cat and a dog'\) were computed for a prompt with 77"):
+        render(nodes, attention, latent, tokens)
+
+
+def test_recorder_accepts_a_short_prompt_tiled_to_a_longer_negative(nodes, prompt, encode):
+    tm, tokens, pos, _, _ = prompt
+    long_neg = encode(tm.clip, LONG)
+    with torch.inference_mode():
+        model, attention = nodes["STORM_AttentionRecorder"]().patch(tm.model, LAYERS)
+        latent = {"samples": comfy.sample.sample(model, torch.randn(1, 4, 16, 16), 2, 7.5, "euler", "normal",
+                                                 pos, long_neg, torch.zeros(1, 4, 16, 16), disable_pbar=True, seed=0)}
+    grid = node_output(render(nodes, attention, latent, tokens))[0]
+    assert grid.shape[0] == 1
