@@ -116,6 +116,9 @@ def inpaint_blend(model_k, x: torch.Tensor, sigma: torch.Tensor, denoise_mask, m
     if "denoise_mask_function" in model_options:
         denoise_mask = model_options["denoise_mask_function"](
             sigma, denoise_mask, extra_options={"model": model_k.inner_model, "sigmas": model_k.sigmas})
+    # the host made the mask in inference mode; ``x * mask`` saves it for backward, which autograd
+    # refuses for inference tensors, so the gradient pass uses an ordinary copy
+    denoise_mask = denoise_mask.clone() if denoise_mask.is_inference() else denoise_mask
     base = model_k.inner_model.inner_model
     if hasattr(base, "scale_latent_inpaint"):
         known = base.scale_latent_inpaint(x=x, sigma=sigma, noise=model_k.noise, latent_image=model_k.latent_image)
