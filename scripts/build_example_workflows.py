@@ -25,7 +25,8 @@ class Graph:
     def node(self, type_: str, pos, size, widgets, inputs=(), outputs=(), title=None) -> dict:
         node = {"id": len(self.nodes) + 1, "type": type_, "pos": list(pos), "size": list(size), "flags": {},
                 "order": len(self.nodes), "mode": 0,
-                "inputs": [{"name": name, "type": t, "link": None} for name, t in inputs],
+                "inputs": [{"name": name, "type": t, "link": None, **({"widget": {"name": name}} if widget else {})}
+                           for name, t, *widget in inputs],
                 "outputs": [{"name": name, "type": t, "links": [], "slot_index": i}
                             for i, (name, t) in enumerate(outputs)],
                 "properties": {"Node name for S&R": type_}, "widgets_values": list(widgets)}
@@ -293,13 +294,14 @@ def paid_composition() -> None:
     g.link(ckpt, 2, dec_all, 1)
     every = g.node("PreviewImage", (1900, 560), (420, 300), [], inputs=[("images", "IMAGE")], title="All frames")
     g.link(dec_all, 0, every, 0)
-    heat = g.node("STORM_AttentionHeatmap", (1270, 300), (340, 520), ["subjects", "attention", "matching latent", 3, 0.6],
+    heat = g.node("STORM_AttentionHeatmap", (1270, 300), (340, 520), ["subjects", "attention", "matching latent", 0, 0.6],
                   inputs=[("attention", "STORM_ATTENTION"), ("latent", "LATENT"), ("tokens", "STORM_TOKENS"),
-                          ("image", "IMAGE")],
+                          ("image", "IMAGE"), ("batch_index", "INT", "widget")],
                   outputs=[("grid", "IMAGE"), ("overlay", "IMAGE"), ("mask", "MASK"), ("log", "STRING")])
     g.link(paid, 1, heat, 0)
     g.link(paid, 0, heat, 1)
     g.link(guide, 0, heat, 2)
+    g.link(pick, 1, heat, 4)  # the heatmap shows the frame Select Frame picked
     save_h = g.node("SaveImage", (1270, 860), (340, 300), ["storm/paid_composition_heatmaps"],
                     inputs=[("images", "IMAGE")])
     g.link(heat, 0, save_h, 0)
@@ -308,7 +310,7 @@ def paid_composition() -> None:
            "while the frames follow the guide prompt 'a dog driving a car'.\n\n"
            "STORM Select Frame picks the frame where both 'dog' and 'car' are most attended (Attend-and-Excite's "
            "measure on each frame's own attention maps), so no CLIP download is needed. The heatmap shows "
-           "frame 3 (batch_index).")
+           "that frame: its batch_index input is Select Frame's index output.")
     g.save("paid_composition.json")
 
 

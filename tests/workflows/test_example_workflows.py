@@ -100,3 +100,9 @@ def test_requeue_with_a_new_seed_never_shows_stale_maps(runner):
     assert log(second) == log(fresh) and log(second) != log(first)
     assert all(np.array_equal(a, b) for a, b in zip(heatmaps(second), heatmaps(fresh), strict=True))
     assert not all(np.array_equal(a, b) for a, b in zip(heatmaps(second), heatmaps(first), strict=True))
+
+
+def test_paid_heatmap_shows_the_frame_select_frame_picked(runner):
+    prompt = ci_prompt(REPO_ROOT / "example_workflows" / "paid_composition.json", runner)
+    pick = next(i for i, n in prompt.items() if n["class_type"] == "STORM_SelectFrame")
+    assert prompt[_heatmap_node(prompt)]["inputs"]["batch_index"] == [pick, 1]
