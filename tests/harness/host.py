@@ -234,9 +234,10 @@ def _adopt_running_host(checkout: Path | None) -> HostInfo:
 
 
 def comfy_package_dir() -> Path:
+    """The ``comfy`` package folder (upstream's is a namespace package without ``__file__``)."""
     import comfy
 
-    return Path(comfy.__file__).resolve().parent
+    return Path(list(comfy.__path__)[0]).resolve()
 
 
 def _configure_device() -> bool:

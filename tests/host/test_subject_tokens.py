@@ -1,5 +1,6 @@
 """STORM Subject Tokens with the host's real CLIP tokenizers (SD1 CLIP-L, SDXL CLIP-L + CLIP-G)."""
 
+import comfy.sample
 import pytest
 import torch
 
@@ -82,3 +83,19 @@ def test_errors_name_the_node_the_input_and_list_tokens(nodes, tiny, arch, pack)
 def test_tokenization_is_reported_to_the_ui(nodes, tiny):
     ui = node_ui(run_tokens(nodes, tiny("sd15").clip, "a cat", "cat"))
     assert "2:cat" in ui["storm_text"][0]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_analysis_text_and_heatmap_labels_show_plain_words(nodes, tiny, encode, arch):
+    """Whatever the installed transformers release: no ``</w>`` end-of-word markers in what users read."""
+    tm = tiny(arch)
+    with torch.inference_mode():
+        analysis, tokens, cond, text = node_output(nodes["STORM_PromptAnalysis"]().analyze(
+            tm.clip, "a red crown and a golden strawberry", "rules"))
+        assert "crown [3]" in text and "strawberry [7]" in text and "</w>" not in text
+        model, attention = nodes["STORM_AttentionRecorder"]().patch(tm.model, "1/32 res: down+up (A&E)")
+        latent = {"samples": comfy.sample.sample(model, torch.randn(1, 4, 16, 16), 1, 7.5, "euler", "normal", cond,
+                                                 encode(tm.clip, ""), torch.zeros(1, 4, 16, 16), disable_pbar=True,
+                                                 seed=0)}
+        out = nodes["STORM_AttentionHeatmap"]().render(attention, latent, tokens, "all words", "attention")
+    assert node_ui(out)["storm_labels"] == ["a", "red", "crown", "and", "a", "golden", "strawberry"]
