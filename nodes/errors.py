@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 from ..storm_ops.errors import StormError
@@ -19,18 +20,25 @@ def format_error(node: str, error: StormError) -> str:
     return f"{node}: {where}{message}"
 
 
+@contextlib.contextmanager
+def node_error_context(node: str):
+    """Re-raise ``StormError`` with the node and input named (for code a node hands to the host)."""
+    try:
+        yield
+    except StormNodeError:
+        raise
+    except StormError as error:
+        raise StormNodeError(format_error(node, error), input_name=error.input_name) from error
+
+
 def node_errors(node: str):
     """Decorator for a node's FUNCTION: re-raise ``StormError`` with the node and input named."""
 
     def wrap(fn):
         @functools.wraps(fn)
         def run(*args, **kwargs):
-            try:
+            with node_error_context(node):
                 return fn(*args, **kwargs)
-            except StormNodeError:
-                raise
-            except StormError as error:
-                raise StormNodeError(format_error(node, error), input_name=error.input_name) from error
 
         return run
 

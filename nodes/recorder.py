@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ..storm_ops.tokens import prompt_encoding
-from .architecture import describe_unet
+from .architecture import check_conditioning_family, describe_unet
 from .capture import GRAD_PASS_FLAG, AttentionHistory, MapRecorder, RunRecord, current_sigma, install_patches
-from .errors import node_errors
+from .errors import node_error_context, node_errors
 from .nodes_sampling import ATTENTION_OUTPUT_TOOLTIP, LAYERS_INPUT
 
 
@@ -91,6 +91,10 @@ class AttentionRecorder:
         previous = patched.model_options.get("model_function_wrapper")
 
         def storm_record_context(apply_model, args):
+            context = args["c"].get("c_crossattn")
+            if context is not None:  # fail with a clear message, not the host's shape error
+                with node_error_context(self.NODE_NAME):
+                    check_conditioning_family(self.NODE_NAME, unet, {"positive or negative": [context]})
             out = previous(apply_model, args) if previous is not None else \
                 apply_model(args["input"], args["timestep"], **args["c"])
             recorder.on_context(args)  # after the pass: a new run's record exists by then

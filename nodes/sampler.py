@@ -34,7 +34,7 @@ from ..storm_ops.tokens import check_prompt_encoding, prompt_encoding
 from .architecture import DEFAULT_LAYER_SELECTION, check_conditioning_family, describe_unet
 from .capture import GRAD_PASS_FLAG, AttentionHistory, MapRecorder, RunRecord, StopForward, install_patches
 from .compat import accepts_kwarg, copy_nested, gradient_pass, inpaint_blend, throw_if_interrupted
-from .errors import StormNodeError, format_error
+from .errors import node_error_context
 
 log = logging.getLogger("comfyui-storm")
 
@@ -72,13 +72,9 @@ def make_ksampler(settings: GuidedSamplerSettings, history: AttentionHistory):
     """A ``comfy.samplers.KSAMPLER`` running :func:`sample_guided` (the SAMPLER socket value)."""
 
     def storm_guided_sampler(model, x, sigmas, extra_args=None, callback=None, disable=None):
-        try:
+        with node_error_context(settings.node):
             return sample_guided(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
                                  settings=settings, history=history)
-        except StormNodeError:
-            raise
-        except StormError as error:
-            raise StormNodeError(format_error(settings.node, error), input_name=error.input_name) from error
 
     inpaint = {"random": True} if settings.base_sampler == "ddim" else {}
     return comfy.samplers.KSAMPLER(storm_guided_sampler, inpaint_options=inpaint)

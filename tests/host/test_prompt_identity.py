@@ -119,3 +119,15 @@ def test_recorder_accepts_a_short_prompt_tiled_to_a_longer_negative(nodes, promp
                                                  pos, long_neg, torch.zeros(1, 4, 16, 16), disable_pbar=True, seed=0)}
     grid = node_output(render(nodes, attention, latent, tokens))[0]
     assert grid.shape[0] == 1
+
+
+def test_recorder_names_conditioning_of_another_family(nodes, prompt, tiny, encode):
+    _, _, pos, neg, _ = prompt
+    xl = tiny("sdxl")
+    with torch.inference_mode():
+        model, _ = nodes["STORM_AttentionRecorder"]().patch(xl.model, LAYERS)
+        with pytest.raises(Exception, match=r"STORM Attention Recorder: input 'positive or negative': the positive "
+                                            r"or negative conditioning has 32 features per token, but the model SDXL "
+                                            r"takes 96"):
+            comfy.sample.sample(model, torch.randn(1, 4, 16, 16), 2, 7.5, "euler", "normal", pos, neg,
+                                torch.zeros(1, 4, 16, 16), disable_pbar=True, seed=0)
