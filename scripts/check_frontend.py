@@ -50,20 +50,27 @@ def start_server(comfyui: Path, port: int, base: Path) -> subprocess.Popen:
     raise RuntimeError(f"the server did not start; see {base / 'server.log'}")
 
 
-def tiny_version(workflow: dict) -> dict:
-    """The workflow with the tiny loader and a small, fast configuration."""
+#: per node type: widget values replaced so a run takes seconds on CPU (as tests/workflows' CI_PROFILE)
+TINY_PROFILE = {
+    "EmptyLatentImage": {"width": 128, "height": 128},
+    "STORM_GuidedKSampler": {"steps": 8},
+    "STORM_AttentionInterpolation": {"steps": 6},
+    "KSampler": {"steps": 8},
+    "BasicScheduler": {"steps": 8},
+}
+
+
+def tiny_version(workflow: dict, node_defs: dict) -> dict:
+    """The workflow with the tiny loader and ``TINY_PROFILE``, widgets found by name, not position."""
+    from harness.workflows import TINY_LOADER, widget_slots
+
     wf = json.loads(json.dumps(workflow))
     for node in wf["nodes"]:
         if node["type"] == "CheckpointLoaderSimple":
-            node["type"] = "STORMTest_TinyCheckpointLoader"
-        elif node["type"] == "EmptyLatentImage":
-            node["widgets_values"][:2] = [192, 192]
-        elif node["type"] == "STORM_GuidedKSampler":
-            node["widgets_values"][2] = 8
-        elif node["type"] == "STORM_AttentionInterpolation":
-            node["widgets_values"][3] = 6
-        elif node["type"] == "BasicScheduler":
-            node["widgets_values"][1] = 8
+            node["type"] = TINY_LOADER
+        slots = widget_slots(node_defs.get(node["type"], {}))
+        for name, value in TINY_PROFILE.get(node["type"], {}).items():
+            node["widgets_values"][slots.index(name)] = value
     return wf
 
 
@@ -112,7 +119,7 @@ def main() -> int:
                     print(f"{path.name}: frontend graphToPrompt {'equals' if same else 'DIFFERS FROM'} ui_to_api")
                     page.screenshot(path=str(out / f"{path.stem}.png"))
                 for name in args.run:
-                    workflow = tiny_version(json.loads((ROOT / "example_workflows" / f"{name}.json").read_text()))
+                    workflow = tiny_version(json.loads((ROOT / "example_workflows" / f"{name}.json").read_text()), node_defs)
                     page.evaluate("async (wf) => { await app.loadGraphData(wf); }", workflow)
                     page.wait_for_timeout(1000)
                     page.evaluate("async () => { await app.queuePrompt(0, 1); }")
