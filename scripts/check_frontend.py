@@ -1,21 +1,30 @@
-"""Check the pack in the real ComfyUI frontend (optional developer check, not part of CI).
+"""Check the pack in the real ComfyUI frontend (developer check, not part of CI).
 
-Starts an upstream ComfyUI server on loopback with ComfyUI-STORM and the test-only tiny
-checkpoint loader, opens it in headless Chromium, and for every example workflow:
+Starts an upstream ComfyUI server on 127.0.0.1 with ComfyUI-STORM and the test-only tiny checkpoint
+loader (``tests/harness/tiny_nodes``), opens it in headless Chromium and, for every example workflow:
 
-* loads it with ``app.loadGraphData`` and compares the frontend's ``app.graphToPrompt()`` with
-  the test harness' ``ui_to_api`` (which the workflow tier relies on);
-* for ``--run NAME``: queues that workflow (tiny model, small size) and screenshots the result.
+1. loads it with ``app.loadGraphData`` and compares the frontend's ``app.graphToPrompt()`` with the
+   test harness' ``ui_to_api`` (which the workflow tests rely on);
+2. loads its tiny version (``STORMTest_TinyCheckpointLoader``, 128x128, few steps), compares again,
+   queues it from the page (``app.queuePrompt``), waits for ``/history/<prompt_id>`` and requires
+   ``status_str == "success"``, saved images, and the STORM text boxes (``web/storm.js``) filled with
+   the text the nodes reported;
+3. screenshots the page (``<out>/<name>.png`` loaded, ``<out>/run_<name>.png`` after the run).
 
-Needs: COMFYUI_PATH (an upstream checkout), ``pip install comfyui-frontend-package playwright``
-in that environment, and a Chromium binary (Debian: ``apt-get install chromium``).
+Page errors and ``console.error`` messages from the extension fail the example; others are listed.
+Exit status: 0 all passed, 1 an example failed (load, difference, error, timeout), 2 setup problem.
 
-    COMFYUI_PATH=/path/to/ComfyUI python scripts/check_frontend.py --out frontend-check --run attend_and_excite
+Needs: COMFYUI_PATH (an upstream checkout) and, in its Python environment, ``pip install
+comfyui-frontend-package playwright`` (no ``playwright install``: a system Chromium is used, Debian:
+``apt-get install chromium``). Run with that environment's Python:
+
+    COMFYUI_PATH=/path/to/ComfyUI python scripts/check_frontend.py --out frontend-check [--only astar]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -29,25 +38,34 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run", "--disable-sync"]
+OUR_SCRIPT = "/extensions/ComfyUI-STORM/"  # where the server serves web/storm.js
 
 
-def start_server(comfyui: Path, port: int, base: Path) -> subprocess.Popen:
+def start_server(comfyui: Path, port: int, base: Path, log_path: Path) -> subprocess.Popen:
     (base / "custom_nodes").mkdir(parents=True)
     (base / "custom_nodes" / "ComfyUI-STORM").symlink_to(ROOT)
     (base / "custom_nodes" / "storm_test_tiny_nodes").symlink_to(ROOT / "tests" / "harness" / "tiny_nodes")
-    log = open(base / "server.log", "w")  # noqa: SIM115 - lives as long as the server
+    log = open(log_path, "w")  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
                              "--disable-auto-launch", "--base-directory", str(base),
                              "--database-url", "sqlite:///:memory:", "--disable-api-nodes"],
                             cwd=comfyui, stdout=log, stderr=subprocess.STDOUT)
-    for _ in range(120):
+    for _ in range(180):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/object_info/STORM_SubjectTokens", timeout=2)
             return proc
         except OSError:
+            if proc.poll() is not None:
+                break
             time.sleep(1)
     proc.kill()
-    raise RuntimeError(f"the server did not start; see {base / 'server.log'}")
+    raise RuntimeError(f"the server did not start; see {log_path}")
+
+
+def get_json(url: str, data: dict | None = None) -> dict:
+    body = None if data is None else json.dumps(data).encode()
+    with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=30) as reply:
+        return json.loads(reply.read() or b"{}")
 
 
 #: per node type: widget values replaced so a run takes seconds on CPU (as tests/workflows' CI_PROFILE)
@@ -74,69 +92,155 @@ def tiny_version(workflow: dict, node_defs: dict) -> dict:
     return wf
 
 
+def load_and_compare(page, workflow: dict, node_defs: dict) -> str | None:
+    """Load ``workflow`` in the page; None if graphToPrompt equals ui_to_api, else what differs."""
+    from harness.workflows import ui_to_api
+
+    page.evaluate("async (wf) => { await app.loadGraphData(wf); }", workflow)
+    page.evaluate("async () => { await app.extensionManager.command.execute('Comfy.Canvas.FitView'); }")
+    page.wait_for_timeout(1000)
+    frontend = page.evaluate("async () => (await app.graphToPrompt()).output")
+    frontend = {k: (v["class_type"], v["inputs"]) for k, v in frontend.items()}
+    expected = {k: (v["class_type"], v["inputs"]) for k, v in ui_to_api(workflow, node_defs).items()}
+    diff = sorted(k for k in frontend.keys() | expected.keys() if frontend.get(k) != expected.get(k))
+    return None if not diff else "graphToPrompt differs from ui_to_api at node(s) " + ", ".join(
+        f"{k}: {frontend.get(k)} != {expected.get(k)}" for k in diff)
+
+
+def queue_and_wait(page, url: str, timeout: float) -> tuple[str | None, dict]:
+    """Queue the loaded graph from the page; (error or None, the /history entry)."""
+    with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/prompt")) as posted:
+        page.evaluate("async () => { try { await app.queuePrompt(0, 1); } catch (e) { return String(e); } }")
+    reply = posted.value.json()
+    if not posted.value.ok or "prompt_id" not in reply:
+        return f"the server rejected the prompt: {json.dumps(reply)[:2000]}", {}
+    prompt_id, deadline = reply["prompt_id"], time.monotonic() + timeout
+    while (entry := get_json(f"{url}/history/{prompt_id}").get(prompt_id)) is None:
+        if time.monotonic() > deadline:
+            get_json(f"{url}/queue", {"delete": [prompt_id]})
+            get_json(f"{url}/interrupt", {})
+            return f"prompt {prompt_id} timed out after {timeout:.0f} s", {}
+        time.sleep(1)
+    status = entry.get("status") or {}
+    if status.get("status_str") == "success" and status.get("completed"):
+        return None, entry
+    for event, data in status.get("messages") or []:
+        if event == "execution_error":
+            return (f"prompt {prompt_id}: node {data.get('node_id')} ({data.get('node_type')}) raised "
+                    f"{data.get('exception_type')}: {data.get('exception_message')}".rstrip()), entry
+    return f"prompt {prompt_id} ended with status {json.dumps(status)[:2000]}", entry
+
+
+def check_outputs(page, entry: dict) -> str | None:
+    """Saved images exist and every STORM text output is shown by web/storm.js in its node."""
+    outputs = entry.get("outputs") or {}
+    if not any(out.get("images") for out in outputs.values()):
+        return "the run saved no images"
+    texts = {node_id: "\n".join(out.get("storm_text") or out.get("storm_log")) for node_id, out in outputs.items()
+             if out.get("storm_text") or out.get("storm_log")}
+    shown = page.evaluate("""(ids) => Object.fromEntries(ids.map((id) => [id, app.graph.getNodeById(Number(id))
+        ?.widgets?.find((w) => w.name === "storm_display")?.element?.value ?? null]))""", list(texts))
+    wrong = [node_id for node_id, text in texts.items() if shown.get(node_id) != text]
+    return f"web/storm.js did not show the reported text in node(s) {', '.join(wrong)}" if wrong else None
+
+
+def check_example(page, url: str, path: Path, node_defs: dict, out: Path, timeout: float) -> tuple[str | None, str]:
+    """(error or None, a one-line summary) for one example workflow."""
+    workflow = json.loads(path.read_text())
+    error = load_and_compare(page, workflow, node_defs)
+    page.screenshot(path=str(out / f"{path.stem}.png"))
+    if error:
+        return error, "load"
+    error = load_and_compare(page, tiny_version(workflow, node_defs), node_defs)
+    if error:
+        return f"tiny version: {error}", "load"
+    start = time.monotonic()
+    error, entry = queue_and_wait(page, url, timeout)
+    seconds = time.monotonic() - start
+    page.wait_for_timeout(1500)  # let the frontend draw the last results
+    page.screenshot(path=str(out / f"run_{path.stem}.png"))
+    (out / f"run_{path.stem}.history.json").write_text(json.dumps(entry, indent=1))
+    images = sum(len(o.get("images") or []) for o in (entry.get("outputs") or {}).values())
+    return error or check_outputs(page, entry), f"ran in {seconds:.1f} s, {images} image(s)"
+
+
+def split_errors(errors: list[str], noted: set[str]) -> tuple[list[str], list[str]]:
+    """(errors from our extension, other errors not noted before: first line, once per run)."""
+    ours = [e for e in errors if OUR_SCRIPT in e or "STORM.ui" in e]
+    others = [line for e in errors if e not in ours and (line := e.splitlines()[0][:300]) not in noted]
+    noted.update(others)
+    return ours, list(dict.fromkeys(others))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="frontend-check", help="folder for screenshots")
+    parser.add_argument("--out", default="frontend-check", help="folder for screenshots and server.log")
     parser.add_argument("--port", type=int, default=8231)
     parser.add_argument("--chromium", default="/usr/bin/chromium")
-    parser.add_argument("--run", action="append", default=[], help="example workflow to execute (stem)")
+    parser.add_argument("--only", action="append", default=[], help="check only this example (stem); repeatable")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds one example may run")
     args = parser.parse_args()
     comfyui = Path(os.environ.get("COMFYUI_PATH", ""))
     if not (comfyui / "main.py").exists():
         print("set COMFYUI_PATH to an upstream ComfyUI checkout", file=sys.stderr)
         return 2
+    examples = sorted((ROOT / "example_workflows").glob("*.json"))
+    unknown = set(args.only) - {p.stem for p in examples}
+    if unknown:
+        print(f"no example workflow named {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    examples = [p for p in examples if not args.only or p.stem in args.only]
     from playwright.sync_api import sync_playwright
-
-    from harness.workflows import ui_to_api
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{args.port}"
-    failures = 0
+    failed: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        server = start_server(comfyui, args.port, Path(tmp) / "base")
+        server = start_server(comfyui, args.port, Path(tmp) / "base", out / "server.log")
         try:
-            info = json.loads(urllib.request.urlopen(url + "/object_info").read())
-            node_defs = {name: spec["input"] for name, spec in info.items()}
+            node_defs = {name: spec["input"] for name, spec in get_json(url + "/object_info").items()}
+            stats = get_json(url + "/system_stats")["system"]
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
                 page = browser.new_page(viewport={"width": 2600, "height": 1250})
+                errors: list[str] = []
+                page.on("pageerror", lambda e: errors.append(f"page error: {e.message} {e.stack or ''}"))
+                page.on("console", lambda m: m.type == "error" and errors.append(
+                    f"console.error: {m.text} ({m.location.get('url')})"))
                 page.goto(url)
                 page.wait_for_function("window.app && window.app.graph", timeout=60000)
                 page.wait_for_timeout(2500)
                 page.keyboard.press("Escape")
-                loaded = page.evaluate("app.extensions.map(e => e.name)")
-                print("STORM.ui extension loaded:", "STORM.ui" in loaded)
-                failures += "STORM.ui" not in loaded
-                for path in sorted((ROOT / "example_workflows").glob("*.json")):
-                    workflow = json.loads(path.read_text())
-                    page.evaluate("async (wf) => { await app.loadGraphData(wf); }", workflow)
-                    page.wait_for_timeout(1000)
-                    frontend = page.evaluate("async () => (await app.graphToPrompt()).output")
-                    same = ({k: (v["class_type"], v["inputs"]) for k, v in frontend.items()}
-                            == {k: (v["class_type"], v["inputs"]) for k, v in ui_to_api(workflow, node_defs).items()})
-                    failures += not same
-                    print(f"{path.name}: frontend graphToPrompt {'equals' if same else 'DIFFERS FROM'} ui_to_api")
-                    page.screenshot(path=str(out / f"{path.stem}.png"))
-                for name in args.run:
-                    workflow = tiny_version(json.loads((ROOT / "example_workflows" / f"{name}.json").read_text()), node_defs)
-                    page.evaluate("async (wf) => { await app.loadGraphData(wf); }", workflow)
-                    page.wait_for_timeout(1000)
-                    page.evaluate("async () => { await app.queuePrompt(0, 1); }")
-                    deadline = time.monotonic() + 900
-                    while time.monotonic() < deadline:
-                        queue = json.loads(urllib.request.urlopen(url + "/queue").read())
-                        if not queue["queue_running"] and not queue["queue_pending"]:
-                            break
-                        time.sleep(2)
-                    page.wait_for_timeout(3000)
-                    page.screenshot(path=str(out / f"run_{name}.png"))
-                    print(f"ran {name}: screenshot {out / f'run_{name}.png'}")
+                served = page.evaluate("window.__COMFYUI_FRONTEND_VERSION__")
+                print(f"frontend served: {served} (installed comfyui-frontend-package "
+                      f"{importlib.metadata.version('comfyui-frontend-package')}), ComfyUI {stats['comfyui_version']}, "
+                      f"Chromium {browser.version}")
+                loaded = "STORM.ui" in page.evaluate("app.extensions.map(e => e.name)")
+                noted: set[str] = set()
+                ours, others = split_errors(errors, noted)
+                print(f"STORM.ui extension loaded: {loaded}", *ours, *(f"note: {e}" for e in others), sep="\n  ")
+                if ours or not loaded:
+                    failed.append("STORM.ui extension")
+                for path in examples:
+                    seen = len(errors)
+                    try:
+                        error, summary = check_example(page, url, path, node_defs, out, args.timeout)
+                    except Exception as exc:  # one broken example must not hide the others
+                        error, summary = f"{type(exc).__name__}: {exc}", "check crashed"
+                    ours, others = split_errors(errors[seen:], noted)
+                    error = "\n  ".join(filter(None, [error, *ours]))
+                    print(f"{path.stem}: {'FAIL' if error else 'ok'} ({summary})", *([error] if error else []),
+                          *(f"note: {e}" for e in others), sep="\n  ")
+                    if error:
+                        failed.append(path.stem)
                 browser.close()
         finally:
             server.terminate()
             server.wait(timeout=30)
-    return 1 if failures else 0
+    print(f"FAILED: {', '.join(failed)} (server log: {out / 'server.log'})" if failed
+          else f"all {len(examples)} example(s) passed; screenshots in {out}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
