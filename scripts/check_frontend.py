@@ -27,6 +27,7 @@ import argparse
 import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run", "--disable-sync"]
+HTTP_ERROR = re.compile(r"console.error: Failed to load resource: the server responded with a status of (\d+) .*\((.*)\)$")
 OUR_SCRIPT = "/extensions/ComfyUI-STORM/"  # where the server serves web/storm.js
 
 
@@ -64,7 +66,8 @@ def start_server(comfyui: Path, port: int, base: Path, log_path: Path) -> subpro
 
 def get_json(url: str, data: dict | None = None) -> dict:
     body = None if data is None else json.dumps(data).encode()
-    with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=30) as reply:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as reply:
         return json.loads(reply.read() or b"{}")
 
 
@@ -118,7 +121,7 @@ def queue_and_wait(page, url: str, timeout: float) -> tuple[str | None, dict]:
     while (entry := get_json(f"{url}/history/{prompt_id}").get(prompt_id)) is None:
         if time.monotonic() > deadline:
             get_json(f"{url}/queue", {"delete": [prompt_id]})
-            get_json(f"{url}/interrupt", {})
+            get_json(f"{url}/interrupt", {"prompt_id": prompt_id})
             return f"prompt {prompt_id} timed out after {timeout:.0f} s", {}
         time.sleep(1)
     status = entry.get("status") or {}
@@ -167,9 +170,12 @@ def check_example(page, url: str, path: Path, node_defs: dict, out: Path, timeou
 def split_errors(errors: list[str], noted: set[str]) -> tuple[list[str], list[str]]:
     """(errors from our extension, other errors not noted before: first line, once per run)."""
     ours = [e for e in errors if OUR_SCRIPT in e or "STORM.ui" in e]
-    others = [line for e in errors if e not in ours and (line := e.splitlines()[0][:300]) not in noted]
-    noted.update(others)
-    return ours, list(dict.fromkeys(others))
+    others = []
+    for line in (HTTP_ERROR.sub(r"HTTP \1: \2", e.splitlines()[0])[:300] for e in errors if e not in ours):
+        if line not in noted:
+            noted.add(line)
+            others.append(line)
+    return ours, others
 
 
 def main() -> int:
@@ -197,7 +203,11 @@ def main() -> int:
     url = f"http://127.0.0.1:{args.port}"
     failed: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        server = start_server(comfyui, args.port, Path(tmp) / "base", out / "server.log")
+        try:
+            server = start_server(comfyui, args.port, Path(tmp) / "base", out / "server.log")
+        except RuntimeError as exc:
+            print(exc, file=sys.stderr)
+            return 2
         try:
             node_defs = {name: spec["input"] for name, spec in get_json(url + "/object_info").items()}
             stats = get_json(url + "/system_stats")["system"]
