@@ -11,7 +11,9 @@ loader (``tests/harness/tiny_nodes``), opens it in headless Chromium and, for ev
    the text the nodes reported;
 3. screenshots the page (``<out>/<name>.png`` loaded, ``<out>/run_<name>.png`` after the run).
 
-Page errors and ``console.error`` messages from the extension fail the example; others are listed.
+Page errors and console errors or warnings that name the extension (``/extensions/ComfyUI-STORM/``, e.g.
+the frontend's "Uncaught error in event listener" warning with a storm.js stack) fail the example; other
+page and console errors are listed once as notes.
 Exit status: 0 all passed, 1 an example failed (load, difference, error, timeout), 2 setup problem.
 
 Needs: COMFYUI_PATH (an upstream checkout) and, in its Python environment, ``pip install
@@ -168,10 +170,11 @@ def check_example(page, url: str, path: Path, node_defs: dict, out: Path, timeou
 
 
 def split_errors(errors: list[str], noted: set[str]) -> tuple[list[str], list[str]]:
-    """(errors from our extension, other errors not noted before: first line, once per run)."""
+    """(messages from our extension, other errors not noted before: first line, once per run)."""
     ours = [e for e in errors if OUR_SCRIPT in e or "STORM.ui" in e]
     others = []
-    for line in (HTTP_ERROR.sub(r"HTTP \1: \2", e.splitlines()[0])[:300] for e in errors if e not in ours):
+    for line in (HTTP_ERROR.sub(r"HTTP \1: \2", e.splitlines()[0])[:300] for e in errors
+                 if e not in ours and not e.startswith("console.warning")):
         if line not in noted:
             noted.add(line)
             others.append(line)
@@ -216,8 +219,8 @@ def main() -> int:
                 page = browser.new_page(viewport={"width": 2600, "height": 1250})
                 errors: list[str] = []
                 page.on("pageerror", lambda e: errors.append(f"page error: {e.message} {e.stack or ''}"))
-                page.on("console", lambda m: m.type == "error" and errors.append(
-                    f"console.error: {m.text} ({m.location.get('url')})"))
+                page.on("console", lambda m: m.type in ("error", "warning") and errors.append(
+                    f"console.{m.type}: {m.text} ({m.location.get('url')})"))
                 page.goto(url)
                 page.wait_for_function("window.app && window.app.graph", timeout=60000)
                 page.wait_for_timeout(2500)
