@@ -9,16 +9,18 @@ loader (``tests/harness/tiny_nodes``), opens it in headless Chromium and, for ev
    queues it from the page (``app.queuePrompt``), waits for ``/history/<prompt_id>`` and requires
    ``status_str == "success"``, saved images, and the STORM text boxes (``web/storm.js``) filled with
    the text the nodes reported;
-3. screenshots the page (``<out>/<name>.png`` loaded, ``<out>/run_<name>.png`` after the run).
+3. screenshots the page (``<out>/<name>.png`` loaded, ``<out>/run_<name>.png`` after the run) and keeps
+   the history entry (``<out>/run_<name>.history.json``) and the server log (``<out>/server.log``).
 
 Page errors and console errors or warnings that name the extension (``/extensions/ComfyUI-STORM/``, e.g.
 the frontend's "Uncaught error in event listener" warning with a storm.js stack) fail the example; other
 page and console errors are listed once as notes.
 Exit status: 0 all passed, 1 an example failed (load, difference, error, timeout), 2 setup problem.
 
-Needs: COMFYUI_PATH (an upstream checkout) and, in its Python environment, ``pip install
-comfyui-frontend-package playwright`` (no ``playwright install``: a system Chromium is used, Debian:
-``apt-get install chromium``). Run with that environment's Python:
+Needs: COMFYUI_PATH (an upstream checkout) whose Python environment has ComfyUI's requirements.txt plus
+``pip install -U comfyui-frontend-package playwright`` (keep the workflow-templates version ComfyUI pins:
+newer ones stop ComfyUI 0.3.64 from starting). No ``playwright install``: a system Chromium is used
+(Debian: ``apt-get install chromium``; ``--chromium PATH`` for another). Run with that environment's Python:
 
     COMFYUI_PATH=/path/to/ComfyUI python scripts/check_frontend.py --out frontend-check [--only astar]
 """
