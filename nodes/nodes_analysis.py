@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..storm_ops.analysis import PromptAnalysis
+from ..storm_ops.nlp import check_pipeline_name
 from ..storm_ops.prompt_analysis import PARSERS, analyze_prompt, parse_binding_override
 from ..storm_ops.relations import parse_relation_override
 from ..storm_ops.tokens import PromptTokens, resolve_subjects
@@ -61,8 +62,9 @@ class PromptAnalysisNode:
                                                   "rule-based fallback; spacy: require spaCy; rules: the fallback only."}),
         }, "optional": {
             "pipeline": ("STRING", {"default": "",
-                                    "tooltip": "spaCy pipeline to use (e.g. en_core_web_trf); empty = the most accurate "
-                                               "installed English pipeline."}),
+                                    "tooltip": "Name of an installed English spaCy pipeline to use (e.g. "
+                                               "en_core_web_trf); empty = the most accurate installed one. Paths "
+                                               "and other packages are refused."}),
             "bindings": ("STRING", {"multiline": True, "default": "",
                                     "tooltip": "Override the modifier->noun bindings, e.g. 'red -> crown; golden -> "
                                                "strawberry' ('word#2' for a repeated word). Empty = automatic."}),
@@ -75,8 +77,11 @@ class PromptAnalysisNode:
 
     @node_errors(NODE_NAME)
     def analyze(self, clip, text, parser, pipeline="", bindings="", relations="", subjects=""):
+        pipeline = pipeline.strip()
+        if pipeline:  # before anything is loaded, whatever the parser
+            check_pipeline_name(pipeline)
         layout, pads_with_end, conditioning = encode_with_layout(clip, text)
-        analysis = analyze_prompt(text, layout, parser=parser, pipeline=pipeline.strip() or None)
+        analysis = analyze_prompt(text, layout, parser=parser, pipeline=pipeline or None)
         analysis = apply_overrides(analysis, bindings, relations)
         chosen = resolve_subjects(layout, subjects) if subjects.strip() else analysis.entities
         tokens = PromptTokens(text, layout, tuple(chosen), pads_with_end)

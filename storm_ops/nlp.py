@@ -20,7 +20,6 @@ import re
 import threading
 import unicodedata
 from collections.abc import Sequence
-from pathlib import Path
 
 from .errors import StormError
 from .tokens import Subject, TokenLayout, count_word, find_word
@@ -115,23 +114,46 @@ def _importable(module: str) -> bool:
         return False
 
 
+def check_pipeline_name(name: str) -> str:
+    """``name`` when it is an installed English pipeline (see :func:`available_pipelines`).
+
+    Only those names are accepted: ``spacy.load`` would also load any directory path or import any
+    installed package, which a shared workflow must not be able to make the server do. Nothing is
+    imported or loaded here.
+
+    Raises
+    ------
+    NoParserError
+        ``input_name="pipeline"``, listing the installed pipelines (and, for a name of one of
+        spaCy's English pipelines, the command that installs it).
+    """
+    installed = available_pipelines()
+    if name in installed:
+        return name
+    listing = f"installed: {', '.join(installed) or 'none'}"
+    if _CORE_WEB.match(name):
+        raise NoParserError(f"the spaCy pipeline {name!r} is not installed ({listing}). {install_hint(name)}; "
+                            "or leave the pipeline empty to use an installed one.", input_name="pipeline")
+    raise NoParserError(
+        f"{name!r} is not the name of an installed English spaCy pipeline ({listing}). Only these names are "
+        "accepted (no paths, no other packages); leave the pipeline empty to use the most accurate one.",
+        input_name="pipeline")
+
+
 def choose_pipeline(preferred: str | None = None) -> str:
     """The pipeline to load: ``preferred`` when given (and installed), else the best installed one.
 
     Raises
     ------
     NoParserError
-        spaCy or the requested pipeline is not installed; the message holds the install command.
+        spaCy or the requested pipeline is not installed (see :func:`check_pipeline_name`); the
+        message holds the install command.
     """
+    if preferred:
+        return check_pipeline_name(preferred)
     if not spacy_installed():
         raise NoParserError(f"spaCy is not installed, so the prompt cannot be parsed. {install_hint()}")
     installed = available_pipelines()
-    if preferred:
-        if preferred in installed or Path(preferred).is_dir() or _importable(preferred):
-            return preferred
-        raise NoParserError(
-            f"the spaCy pipeline {preferred!r} is not installed (installed: {', '.join(installed) or 'none'}). "
-            f"{install_hint(preferred)}; or leave the pipeline empty to use an installed one.")
     if not installed:
         raise NoParserError(f"no English spaCy pipeline is installed, so the prompt cannot be parsed. {install_hint()}")
     return installed[0]

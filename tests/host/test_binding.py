@@ -1,5 +1,7 @@
 """Binding guidance on the real hosts: prompt analysis node, SynGen, A-STAR, composition, bad input."""
 
+import re
+
 import comfy.sample
 import comfy.samplers
 import pytest
@@ -144,6 +146,23 @@ def test_missing_spacy_pipeline(pack, nodes, tiny, monkeypatch):
     assert analysis.method == "rules" and "rule-based fallback" in text
     assert {b.noun.name for b in analysis.bindings} == {"crown", "strawberry"}
     assert "storm_text" in node_ui(out)
+
+
+@pytest.mark.parametrize("pipeline", ["os", "json", "/tmp", "en_core_web_xx"])
+def test_pipeline_input_takes_only_installed_pipeline_names(pack, nodes, tiny, monkeypatch, pipeline):
+    """A shared workflow cannot make the server load a directory or import a package through spaCy."""
+    spacy = pytest.importorskip("spacy")
+
+    def refuse(name, *args, **kwargs):
+        raise AssertionError(f"spacy.load({name!r}) was called")
+
+    monkeypatch.setattr(spacy, "load", refuse)
+    installed = ", ".join(pack.storm_ops.nlp.available_pipelines()) or "none"
+    clip = tiny("sd15").clip
+    for parser in ("auto", "spacy", "rules"):
+        with pytest.raises(Exception, match=rf"^STORM Prompt Analysis: input 'pipeline': '{re.escape(pipeline)}' "
+                                            rf"is not .*\(installed: {re.escape(installed)}\)"):
+            nodes["STORM_PromptAnalysis"]().analyze(clip, PROMPT, parser, pipeline=pipeline)
 
 
 def test_unattachable_words_become_notes_not_errors(analysed):

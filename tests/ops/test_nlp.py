@@ -132,6 +132,37 @@ def test_auto_falls_back_to_the_next_pipeline_with_a_warning(fake_spacy, caplog)
         nlp.load_pipeline("en_core_web_trf")  # a named pipeline never falls back
 
 
+class RefusingSpacy:
+    """Stand-in for the spacy module whose ``load`` must never be reached."""
+
+    def load(self, name, exclude=()):
+        raise AssertionError(f"spacy.load({name!r}) was called")
+
+
+@pytest.mark.parametrize("kind", ["directory", "missing path", "module os", "module json", "unknown pipeline"])
+def test_pipeline_input_accepts_only_installed_pipeline_names(installed, monkeypatch, tmp_path, kind):
+    """A workflow's pipeline text must not make the server load a directory or import a package."""
+    fake_pipeline = tmp_path / "pipeline"
+    fake_pipeline.mkdir()
+    (fake_pipeline / "config.cfg").write_text("[nlp]\nlang = \"en\"\n")
+    (fake_pipeline / "meta.json").write_text('{"lang": "en", "name": "core_web_sm"}')
+    name = {"directory": str(fake_pipeline), "missing path": "/tmp/x", "module os": "os",
+            "module json": "json", "unknown pipeline": "en_core_web_xx"}[kind]
+    installed({"en_core_web_sm": {"lang": "en", "name": "core_web_sm"}})
+    monkeypatch.setattr(nlp, "_importable", lambda module: module in ("os", "json", "en_core_web_sm"))
+    monkeypatch.setitem(sys.modules, "spacy", RefusingSpacy())
+    nlp.clear_cache()
+    try:
+        for call in (nlp.choose_pipeline, nlp.load_pipeline):
+            with pytest.raises(NoParserError) as err:
+                call(name)
+            message = str(err.value)
+            assert err.value.input_name == "pipeline"
+            assert repr(name) in message and "installed: en_core_web_sm" in message
+    finally:
+        nlp.clear_cache()
+
+
 def test_importing_the_modules_loads_no_spacy():
     code = ("import sys\nimport storm_ops.nlp, storm_ops.prompt_analysis, storm_ops.relations\n"
             "print('spacy' in sys.modules, len(storm_ops.nlp._CACHE))\n")
