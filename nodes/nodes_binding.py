@@ -64,7 +64,7 @@ class SynGen(LossNode):
         term = SynGenTerm(analysis.layout, analysis.bindings, analysis.entities if include_entities else (),
                           config, window=StepWindow(float(start_at), float(end_at)),
                           step_size=StepSize(float(step_size), 1.0), weight=float(weight))
-        return (chain(guidance, term, analysis.layout),)
+        return (chain(guidance, term, analysis.layout, self.NODE_NAME),)
 
 
 class AStar(LossNode):
@@ -118,7 +118,7 @@ class AStar(LossNode):
                          window=StepWindow(float(start_at), float(end_at)),
                          step_size=StepSize(float(step_size), float(step_decay)), weight=float(weight),
                          thresholds=parse_thresholds(thresholds))
-        return (chain(guidance, term, tokens.layout),)
+        return (chain(guidance, term, tokens.layout, self.NODE_NAME),)
 
 
 def subject_masks(subjects, masks: torch.Tensor | None, names: str, input_name: str = "masks"):

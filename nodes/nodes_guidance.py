@@ -27,8 +27,9 @@ def window_inputs(start: float, end: float, what: str) -> dict:
     }
 
 
-def chain(guidance: Guidance | None, term, layout) -> Guidance:
-    return (guidance or Guidance()).with_term(term, layout)
+def chain(guidance: Guidance | None, term, layout, node: str) -> Guidance:
+    """``guidance`` (or a new chain) with ``term`` appended; ``node`` names it in messages."""
+    return (guidance or Guidance()).with_term(term, layout, source=node)
 
 
 class LossNode:
@@ -97,4 +98,4 @@ class AttendAndExcite(LossNode):
             step_size=StepSize(float(step_size), float(step_decay)),
             weight=float(weight), thresholds=parse_thresholds(thresholds),
             max_refine_iters=int(max_refine_iters))
-        return (chain(guidance, term, tokens.layout),)
+        return (chain(guidance, term, tokens.layout, self.NODE_NAME),)

@@ -86,4 +86,4 @@ class SpatialTransport(LossNode):
                          window=StepWindow(float(start_at), float(end_at)),
                          step_size=StepSize(float(step_size), float(step_decay)), weight=float(weight),
                          thresholds=parse_thresholds(thresholds), max_refine_iters=int(max_refine_iters))
-        return (chain(guidance, term, analysis.layout),)
+        return (chain(guidance, term, analysis.layout, self.NODE_NAME),)

@@ -11,12 +11,16 @@ so one backward pass serves every term and each term keeps its paper's step size
 previous step, say) lives in a dict the sampler creates per run, never in the terms.
 
 Step positions are fractions of the schedule so paper defaults carry over to any step count:
-A&E's "update at steps 0..24 of 50" is the window ``[0, 0.5)``; its refinement thresholds at steps
-0, 10 and 20 are at fractions 0, 0.2 and 0.4.
+step ``i`` of ``n`` sits at fraction ``i / n``. A window ``[start, end)`` guides the steps with
+``start <= i / n < end``, and a threshold at position ``p`` applies at the first step with
+``i / n >= p`` (where a window starting at ``p`` would start). A&E's "update at steps 0..24 of 50"
+(Chefer et al. 2023) is the window ``[0, 0.5)``; its refinement thresholds at steps 0, 10 and 20
+are at fractions 0, 0.2 and 0.4.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from abc import ABC, abstractmethod
@@ -27,10 +31,20 @@ import torch
 from .errors import StormError
 from .tokens import TokenLayout
 
+#: Tolerance of ``fraction * n`` against the step index: ``0.07 * 100`` is ``7.000000000000001`` in
+#: binary floating point but means step 7. Far below ``1 / n`` for any schedule a sampler takes.
+_STEP_TOLERANCE = 1e-9
+
+
+def first_step_at(fraction: float, num_steps: int) -> int:
+    """The first step ``i`` of an ``num_steps``-step schedule with ``i / num_steps >= fraction``
+    (``num_steps`` when there is none)."""
+    return max(0, math.ceil(fraction * num_steps - _STEP_TOLERANCE))
+
 
 @dataclass(frozen=True)
 class StepWindow:
-    """Steps ``round(start * n) <= i < round(end * n)`` of an ``n``-step schedule."""
+    """The steps ``i`` of an ``n``-step schedule with ``start <= i / n < end``."""
 
     start: float = 0.0
     end: float = 0.5
@@ -44,7 +58,7 @@ class StepWindow:
                              input_name="end_at")
 
     def steps(self, num_steps: int) -> range:
-        return range(round(self.start * num_steps), round(self.end * num_steps))
+        return range(first_step_at(self.start, num_steps), first_step_at(self.end, num_steps))
 
 
 @dataclass(frozen=True)
@@ -138,6 +152,8 @@ class GuidanceTerm(ABC):
     name: str = "term"
     #: per-sample L2 bound of this term's gradient in the diffusers latent z (STORM: 1.0), or None
     grad_clip_norm: float | None = None
+    #: the node that built this term, for messages (set by :meth:`Guidance.with_term`)
+    source: str | None = None
 
     def __init__(self, *, window: StepWindow, step_size: StepSize, weight: float = 1.0,
                  thresholds: tuple[tuple[float, float], ...] = (), max_refine_iters: int = 20):
@@ -153,8 +169,13 @@ class GuidanceTerm(ABC):
         self.max_refine_iters = int(max_refine_iters)
 
     # -- schedule ------------------------------------------------------------------------
+    @property
+    def enabled(self) -> bool:
+        """Whether the term ever moves the latent (a zero step size or weight switches it off)."""
+        return self.weight != 0 and self.step_size.scale > 0
+
     def active(self, step: int, num_steps: int) -> bool:
-        return step in self.window.steps(num_steps) and self.weight != 0 and self.step_size.scale > 0
+        return step in self.window.steps(num_steps) and self.enabled
 
     def coefficient(self, step: int, num_steps: int) -> float:
         """``weight * alpha(step)`` — the factor of this term in the objective."""
@@ -164,9 +185,43 @@ class GuidanceTerm(ABC):
         """The refinement threshold at this step, if any (the last pair mapping to it wins)."""
         found = None
         for pos, value in self.thresholds:
-            if round(pos * num_steps) == step:
+            if first_step_at(pos, num_steps) == step:
                 found = value
         return found
+
+    def check_window(self, num_steps: int) -> None:
+        """Raise when the step window contains no step of an ``num_steps``-step schedule.
+
+        Raises
+        ------
+        StormError
+            ``input_name`` ``"end_at"`` (empty window) or ``"start_at"``, naming the node (or the
+            term), the window, the step fractions of the schedule and what to change.
+        """
+        if not self.enabled or len(self.window.steps(num_steps)):
+            return
+        start, end = self.window.start, self.window.end
+        who = self.source or self.name
+        if end <= start:
+            raise StormError(f"{who}: the guidance window start_at {start:g} to end_at {end:g} is empty, so the "
+                             "loss would never be applied; set end_at above start_at.", input_name="end_at")
+        fractions = [i / num_steps for i in range(min(num_steps, 12))]
+        listing = ", ".join(f"{f:.3g}" for f in fractions) + (", ..." if num_steps > len(fractions) else "")
+        nearest = first_step_at(start, num_steps)
+        above = lambda step: f"{math.ceil(step / num_steps * 1e4 - _STEP_TOLERANCE) / 1e4:g}"  # noqa: E731
+        at_most = lambda step: f"{math.floor(step / num_steps * 1e4 + _STEP_TOLERANCE) / 1e4:g}"  # noqa: E731
+        if nearest < num_steps:
+            fix = f"set end_at above {above(nearest)} or start_at to at most {at_most(nearest - 1)}"
+        else:
+            fix = f"set start_at to at most {at_most(num_steps - 1)}"
+        more = next((m for m in range(num_steps + 1, 10001) if len(self.window.steps(m))), None)
+        raise StormError(
+            f"{who}: the guidance window start_at {start:g} to end_at {end:g} contains no step of a schedule of "
+            f"{num_steps} steps (step i runs at fraction i/{num_steps}: {listing}), so the loss would never be "
+            f"applied. {fix[0].upper() + fix[1:]}"
+            + (f", or sample with more steps (with {more} it guides step "
+               f"{self.window.steps(more)[0]})." if more else "."),
+            input_name="start_at")
 
     def resolve(self, defaults: dict) -> GuidanceTerm:
         """This term with model-dependent settings (``"auto"``) filled in from ``defaults``.
@@ -230,8 +285,12 @@ class Guidance:
     terms: tuple[GuidanceTerm, ...] = ()
     layout: TokenLayout | None = None
 
-    def with_term(self, term: GuidanceTerm, layout: TokenLayout | None = None) -> Guidance:
-        """A new Guidance with ``term`` appended (inputs are never mutated)."""
+    def with_term(self, term: GuidanceTerm, layout: TokenLayout | None = None, source: str | None = None
+                  ) -> Guidance:
+        """A new Guidance with ``term`` appended (inputs are never mutated).
+
+        ``source`` names the node that built the term in messages (a copy of the term carries it).
+        """
         if layout is not None and self.layout is not None and layout.length != self.layout.length:
             raise StormError(
                 f"{term.name}: its tokens come from a prompt with {layout.length} columns but the "
@@ -239,6 +298,9 @@ class Guidance:
                 "loss from the same prompt",
                 input_name="guidance",
             )
+        if source is not None and term.source != source:
+            term = copy.copy(term)
+            term.source = source
         return Guidance(self.terms + (term,), layout if layout is not None else self.layout)
 
     def resolve(self, defaults: dict) -> Guidance:
@@ -247,6 +309,12 @@ class Guidance:
 
     def active_terms(self, step: int, num_steps: int) -> tuple[GuidanceTerm, ...]:
         return tuple(t for t in self.terms if t.active(step, num_steps))
+
+    def check_windows(self, num_steps: int) -> None:
+        """Raise :class:`StormError` when an enabled term's window contains no step of an
+        ``num_steps``-step schedule (see :meth:`GuidanceTerm.check_window`); call it before sampling."""
+        for term in self.terms:
+            term.check_window(num_steps)
 
     def any_active(self, num_steps: int) -> bool:
         return any(self.active_terms(i, num_steps) for i in range(num_steps))

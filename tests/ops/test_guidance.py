@@ -37,6 +37,69 @@ def test_default_window_and_thresholds_are_the_papers_steps():
     assert list(DEFAULT_WINDOW.steps(20)) == list(range(10))
 
 
+def test_a_step_is_guided_when_its_fraction_lies_in_the_window():
+    """Step i of n sits at fraction i/n and is guided when start <= i/n < end (no rounding away)."""
+    assert list(StepWindow(0.0, 0.5).steps(50)) == list(range(25))  # A&E: steps 0..24 of 50
+    assert list(StepWindow(0.02, 0.5).steps(50)) == list(range(1, 25))  # STORM release: 1..24 of 50
+    assert list(StepWindow(0.0, 0.5).steps(5)) == [0, 1, 2]  # 0, 0.2, 0.4 < 0.5 (round() gave 0, 1)
+    assert list(StepWindow(0.0, 0.5).steps(1)) == [0]  # round() gave no step at all
+    assert list(StepWindow(0.0, 0.5).steps(3)) == [0, 1]
+    assert list(StepWindow(0.5, 1.0).steps(5)) == [3, 4]
+    assert list(StepWindow(0.0, 1.0).steps(7)) == list(range(7))
+    # decimal fractions that are not exact in binary still hit their step: 0.07 * 100 = 7.000000000000001
+    assert list(StepWindow(0.07, 0.29).steps(100)) == list(range(7, 29))
+    assert list(StepWindow(0.3, 0.6).steps(10)) == [3, 4, 5]  # 0.3 * 10 = 3.0000000000000004
+    for n in (1, 2, 3, 7, 10, 49, 50, 51, 1000):
+        for start, end in ((0.0, 0.5), (0.02, 0.5), (0.1, 0.9), (0.25, 0.75)):
+            expected = [i for i in range(n) if start - 1e-12 <= i / n < end - 1e-12]
+            assert list(StepWindow(start, end).steps(n)) == expected, (n, start, end)
+
+
+def test_thresholds_apply_at_the_first_step_at_or_after_their_position():
+    term = _ConstantTerm(thresholds=((0.0, 0.05), (0.2, 0.5), (0.4, 0.8)))
+    at = lambda n: {i: term.threshold_at(i, n) for i in range(n) if term.threshold_at(i, n) is not None}  # noqa: E731
+    assert at(50) == {0: 0.05, 10: 0.5, 20: 0.8}
+    assert at(5) == {0: 0.05, 1: 0.5, 2: 0.8}
+    assert at(7) == {0: 0.05, 2: 0.5, 3: 0.8}  # fractions 2/7 = 0.29 and 3/7 = 0.43: as a window [0.2, ...) starts
+    # the same convention as the window: a threshold at the window's start fires on its first guided step
+    for n in (3, 7, 9, 11, 50):
+        for start in (0.02, 0.1, 0.2, 0.3):
+            window = StepWindow(start, 1.0).steps(n)
+            t = _ConstantTerm(window=StepWindow(start, 1.0), thresholds=((start, 0.5),))
+            assert [i for i in range(n) if t.threshold_at(i, n) is not None] == [window[0]], (n, start)
+    storm = _ConstantTerm(thresholds=((0.0, 0.9), (0.1, 0.95), (0.2, 0.99), (0.3, 0.995), (0.4, 0.999)))
+    assert [i for i in range(50) if storm.threshold_at(i, 50) is not None] == [0, 5, 10, 15, 20]
+
+
+def test_a_window_with_no_step_of_the_schedule_is_an_error():
+    g = Guidance().with_term(_ConstantTerm(window=StepWindow(0.5, 0.6)), source="STORM Attend-and-Excite")
+    g.check_windows(50)  # steps 25..29
+    with pytest.raises(StormError) as err:
+        g.check_windows(5)  # steps at 0, 0.2, 0.4, 0.6, 0.8: none in [0.5, 0.6)
+    message = str(err.value)
+    assert err.value.input_name in ("start_at", "end_at")
+    assert message.startswith("STORM Attend-and-Excite:")
+    assert "0.5" in message and "0.6" in message and "5 steps" in message
+    assert "steps" in message and ("end_at" in message or "start_at" in message)
+    with pytest.raises(StormError) as err:
+        Guidance().with_term(_ConstantTerm(window=StepWindow(0.3, 0.3))).check_windows(50)
+    assert err.value.input_name == "end_at" and err.value.args[0].startswith("const:")
+    with pytest.raises(StormError, match="start_at"):
+        Guidance().with_term(_ConstantTerm(window=StepWindow(0.9, 1.0))).check_windows(5)  # last step: 0.8
+    # steps=1 guides step 0 of [0, 0.5): no error; a disabled term (step size or weight 0) is never an error
+    Guidance().with_term(_ConstantTerm()).check_windows(1)
+    Guidance().with_term(_ConstantTerm(window=StepWindow(0.5, 0.6), step_size=StepSize(0.0))).check_windows(5)
+    Guidance().with_term(_ConstantTerm(window=StepWindow(0.5, 0.6), weight=0.0)).check_windows(5)
+    Guidance().check_windows(5)
+
+
+def test_the_source_node_is_kept_through_resolve_and_inputs_are_not_mutated():
+    term = _ConstantTerm()
+    g = Guidance().with_term(term, source="STORM SynGen")
+    assert term.source is None and g.terms[0].source == "STORM SynGen"
+    assert g.resolve({}).terms[0].source == "STORM SynGen"
+
+
 def test_parse_thresholds():
     assert parse_thresholds("0:0.05, 0.2:0.5; 0.4:0.8") == ((0.0, 0.05), (0.2, 0.5), (0.4, 0.8))
     assert parse_thresholds("") == ()
