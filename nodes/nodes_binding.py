@@ -12,6 +12,7 @@ from ..storm_ops.losses.syngen import UNRELATED_ENTROPY_MODES, SynGenConfig, Syn
 from ..storm_ops.tokens import parse_subject_spec
 from .errors import node_errors
 from .nodes_guidance import GUIDANCE_INPUT, STEP_DECAY_INPUT, WEIGHT_INPUT, LossNode, chain, window_inputs
+from .validation import in_declared_range
 
 
 class SynGen(LossNode):
@@ -51,6 +52,7 @@ class SynGen(LossNode):
         }}
 
     @node_errors(NODE_NAME)
+    @in_declared_range
     def build(self, analysis, step_size, start_at, end_at, include_entities, guidance=None, weight=1.0,
               lambda_entropy=0.0, gamma_entropy=0.0, unrelated_entropy="diffuse"):
         if not analysis.bindings and not include_entities:
@@ -108,6 +110,7 @@ class AStar(LossNode):
         }}
 
     @node_errors(NODE_NAME)
+    @in_declared_range
     def build(self, tokens, step_size, start_at, end_at, mask_threshold, end_tokens, guidance=None, weight=1.0,
               step_decay=0.5, segregation_weight=1.0, retention_weight=1.0, masks=None, mask_subjects="",
               thresholds=""):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..storm_ops.guidance import Guidance, StepSize, StepWindow, parse_thresholds
 from ..storm_ops.losses.attend_excite import AttendExciteConfig, AttendExciteTerm
 from .errors import node_errors
+from .validation import in_declared_range
 
 GUIDANCE_INPUT = ("STORM_GUIDANCE", {
     "tooltip": "Optional: guidance from another STORM loss node to combine with this one in one sampling run."})
@@ -88,6 +89,7 @@ class AttendAndExcite(LossNode):
         return {"required": required, "optional": optional}
 
     @node_errors(NODE_NAME)
+    @in_declared_range
     def build(self, tokens, step_size, start_at, end_at, thresholds, max_refine_iters, smoothing, end_tokens,
               guidance=None, weight=1.0, step_decay=0.5, kernel_size=3, sigma=0.5):
         config = AttendExciteConfig(smooth=bool(smoothing), kernel_size=int(kernel_size), sigma=float(sigma),

@@ -9,6 +9,7 @@ from ..storm_ops.relations import validate_relations
 from .errors import node_errors
 from .nodes_binding import subject_masks
 from .nodes_guidance import GUIDANCE_INPUT, STEP_DECAY_INPUT, WEIGHT_INPUT, LossNode, chain, window_inputs
+from .validation import in_declared_range
 
 DEFAULT_THRESHOLDS = "0:0.9, 0.1:0.95, 0.2:0.99, 0.3:0.995, 0.4:0.999"
 
@@ -75,6 +76,7 @@ class SpatialTransport(LossNode):
         }}
 
     @node_errors(NODE_NAME)
+    @in_declared_range
     def build(self, analysis, mode, step_size, start_at, end_at, thresholds, max_refine_iters, guidance=None,
               weight=1.0, step_decay=0.5, masks=None, mask_subjects="", end_tokens="auto"):
         relations = relations_of(analysis)

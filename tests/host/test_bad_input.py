@@ -1,5 +1,7 @@
 """Bad input gives an error naming the node and the input, never a traceback from inside torch."""
 
+import re
+
 import comfy.sample
 import comfy.samplers
 import pytest
@@ -83,3 +85,47 @@ def test_losses_from_different_prompts_cannot_be_chained(nodes, prompt, tiny):
         other = node_output(nodes["STORM_SubjectTokens"]().run(tm.clip, long_prompt, "cat"))[0]
     with pytest.raises(Exception, match=r"STORM Attend-and-Excite: input 'guidance':.*same prompt"):
         nodes["STORM_AttendAndExcite"]().build(other, 20.0, 0.0, 0.5, "", 5, True, "auto", guidance=guidance)
+
+
+LOSS_NODES = ("STORM_AttendAndExcite", "STORM_SynGen", "STORM_AStar", "STORM_SpatialTransport")
+
+
+def _numeric_inputs(cls):
+    types = cls.INPUT_TYPES()
+    for section in ("required", "optional"):
+        for name, spec in types.get(section, {}).items():
+            if spec[0] in ("INT", "FLOAT"):
+                yield name, spec[1]
+
+
+def _default_arguments(cls):
+    """Widget defaults; None for sockets (the range check runs before any socket is read)."""
+    types = cls.INPUT_TYPES()
+    return {name: spec[1].get("default") if len(spec) > 1 else None
+            for section in ("required", "optional") for name, spec in types.get(section, {}).items()}
+
+
+def test_linked_step_size_far_outside_the_widget_range(nodes, prompt):
+    """ComfyUI checks min/max only for typed widget values; 1e6 through a link must not explode the latent."""
+    _, tokens, _, _, _ = prompt
+    build = nodes["STORM_AttendAndExcite"]().build
+    with pytest.raises(Exception, match=r"^STORM Attend-and-Excite: input 'step_size' = 1000000 is outside its "
+                                        r"range \[0, 500\]"):
+        build(tokens, 1e6, 0.0, 0.5, "", 5, True, "auto")
+    with pytest.raises(Exception, match=r"^STORM Attend-and-Excite: input 'sigma' = nan is outside its range"):
+        build(tokens, 20.0, 0.0, 0.5, "", 5, True, "auto", sigma=float("nan"))
+    build(tokens, 500.0, 0.0, 0.5, "", 5, True, "auto", weight=100.0)  # the bounds themselves are fine
+
+
+@pytest.mark.parametrize("node_id", LOSS_NODES)
+def test_every_numeric_input_of_a_loss_node_is_checked_against_its_declared_range(nodes, node_id):
+    cls = nodes[node_id]
+    checked = 0
+    for name, options in _numeric_inputs(cls):
+        for bad in (options["max"] * 2 + 1, options["min"] - 1):
+            kwargs = {**_default_arguments(cls), name: bad}
+            with pytest.raises(Exception, match=rf"^{re.escape(cls.NODE_NAME)}: input '{name}' = \S+ is outside "
+                                                rf"its range \[{options['min']:g}, {options['max']:g}\]"):
+                getattr(cls(), cls.FUNCTION)(**kwargs)
+            checked += 1
+    assert checked >= 6
