@@ -299,6 +299,34 @@ def analyze_rules(text: str, layout: TokenLayout, *, notes: tuple[str, ...] = ()
 
 
 # ----------------------------------------------------------------------------- user override
+def split_binding_override(text: str) -> list[tuple[str, list[str], str]]:
+    """The sets of a bindings text as ``(item, modifiers, noun)`` words, before they are looked up
+    in the prompt (see :func:`parse_binding_override`; needs no prompt).
+
+    Raises
+    ------
+    StormError
+        ``input_name="bindings"``: a set without one ``->``, without modifiers or noun, or a word
+        with an occurrence below 1 (``"crown#0"``).
+    """
+    out = []
+    for item in (s.strip() for s in text.replace("\n", ";").split(";")):
+        if not item:
+            continue
+        if item.count("->") != 1:
+            raise StormError(f"{item!r}: write a binding as 'modifier, modifier -> noun' (e.g. 'red -> crown')",
+                             input_name="bindings")
+        left, right = (s.strip() for s in item.split("->"))
+        mods = [m.strip() for m in left.split(",") if m.strip()]
+        if not mods or not right:
+            raise StormError(f"{item!r} needs at least one modifier before '->' and a noun after it",
+                             input_name="bindings")
+        for word in (*mods, right):
+            nlp.parse_word_reference(word, input_name="bindings")
+        out.append((item, mods, right))
+    return out
+
+
 def parse_binding_override(text: str, layout: TokenLayout) -> tuple[BindingSet, ...]:
     """Bindings written by a user: ``"red -> crown; golden, shiny -> strawberry"``.
 
@@ -312,17 +340,7 @@ def parse_binding_override(text: str, layout: TokenLayout) -> tuple[BindingSet, 
         in the prompt (the message lists the prompt's words), or a noun given twice.
     """
     out: list[BindingSet] = []
-    for item in (s.strip() for s in text.replace("\n", ";").split(";")):
-        if not item:
-            continue
-        if item.count("->") != 1:
-            raise StormError(f"{item!r}: write a binding as 'modifier, modifier -> noun' (e.g. 'red -> crown')",
-                             input_name="bindings")
-        left, right = (s.strip() for s in item.split("->"))
-        mods = [m.strip() for m in left.split(",") if m.strip()]
-        if not mods or not right:
-            raise StormError(f"{item!r} needs at least one modifier before '->' and a noun after it",
-                             input_name="bindings")
+    for item, mods, right in split_binding_override(text):
         noun = nlp.resolve_word(layout, right, input_name="bindings")
         subjects = tuple(nlp.resolve_word(layout, m, input_name="bindings") for m in mods)
         for m in subjects:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from .analysis import OPPOSITE, PromptAnalysis, SpatialRelation
 from .errors import StormError
-from .nlp import resolve_word
+from .nlp import parse_word_reference, resolve_word
 from .tokens import Subject, TokenLayout
 
 #: Prepositions that are a relation on their own ("a bird above a tree").
@@ -255,7 +255,24 @@ def parse_relation_override(text: str, layout: TokenLayout) -> tuple[SpatialRela
         ``input_name="relations"``: no relation word, a missing subject or object, a word that is
         not in the prompt, or a set that :func:`validate_relations` rejects.
     """
-    relations = []
+    relations = [SpatialRelation(resolve_word(layout, left, input_name="relations"), relation,
+                                 resolve_word(layout, right, input_name="relations"))
+                 for left, relation, right in split_relation_override(text)]
+    validate_relations(relations)
+    return tuple(relations)
+
+
+def split_relation_override(text: str) -> list[tuple[str, str, str]]:
+    """The relations of a relations text as ``(subject, relation, object)`` words, before they are
+    looked up in the prompt (see :func:`parse_relation_override`; needs no prompt).
+
+    Raises
+    ------
+    StormError
+        ``input_name="relations"``: no relation word, a depth relation, a missing subject or
+        object, or a word with an occurrence below 1 (``"dog#0"``).
+    """
+    out = []
     for clause in (c.strip() for c in text.replace("\n", ";").replace(",", ";").split(";")):
         if not clause:
             continue
@@ -275,10 +292,10 @@ def parse_relation_override(text: str, layout: TokenLayout) -> tuple[SpatialRela
                 raise StormError(f"{clause!r}: the relation {phrase!r} needs an object on each side "
                                  f"({'before' if not left else 'after'} it), e.g. 'cat {phrase} dog'",
                                  input_name="relations")
-            relations.append(SpatialRelation(resolve_word(layout, left, input_name="relations"), relation,
-                                             resolve_word(layout, right, input_name="relations")))
-    validate_relations(relations)
-    return tuple(relations)
+            for word in (left, right):
+                parse_word_reference(word, input_name="relations")
+            out.append((left, relation, right))
+    return out
 
 
 def _strip(words: list[str]) -> str:

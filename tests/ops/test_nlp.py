@@ -212,3 +212,18 @@ def test_word_subjects_name_occurrences_and_user_words_resolve():
     assert err.value.input_name == "bindings"
     with pytest.raises(StormError, match="'cat' is not a word of the prompt. Prompt words: a, teddy, bear, and"):
         nlp.resolve_word(lay, "cat", input_name="bindings")
+
+
+# ------------------------------------------------------------------------------ syntax without the prompt
+def test_word_references_and_subject_texts_are_checked_without_a_prompt():
+    assert nlp.parse_word_reference(" teddy  bear ", input_name="x") == ("teddy bear", 1)
+    assert nlp.parse_word_reference("dog #2", input_name="x") == ("dog", 2)
+    with pytest.raises(StormError, match="count from 1") as err:
+        nlp.parse_word_reference("dog#0", input_name="bindings")
+    assert err.value.input_name == "bindings"
+    nlp.check_subject_spec("cat, dog#2, teddy bear; 5")
+    for bad, message in ((",", "no subjects"), ("cat, dog#0", "count from 1"), ("dog, DOG#1", "same tokens"),
+                         ("5, 5", "same tokens")):
+        with pytest.raises(StormError, match=message) as err:
+            nlp.check_subject_spec(bad)
+        assert err.value.input_name == "subjects"

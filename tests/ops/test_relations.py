@@ -149,3 +149,23 @@ def test_validation_accepts_consistent_sets():
                         SpatialRelation(cat, "above", bird), SpatialRelation(dog, "left", bird)])
     with pytest.raises(StormError, match="has no object tokens"):
         validate_relations([SpatialRelation(cat, "left", Subject("dog", ()))])
+
+
+def test_relation_and_binding_syntax_is_checked_without_a_prompt():
+    from storm_ops.prompt_analysis import split_binding_override
+    from storm_ops.relations import split_relation_override
+
+    assert split_relation_override("the cat to the left of a dog; bird above cat#2") == [
+        ("cat", "left", "dog"), ("bird", "above", "cat#2")]
+    assert split_binding_override("red, shiny -> crown\ngolden -> strawberry") == [
+        ("red, shiny -> crown", ["red", "shiny"], "crown"), ("golden -> strawberry", ["golden"], "strawberry")]
+    for bad, message in (("cat dog", "no relation word"), ("cat left of", "an object on each side"),
+                         ("cat in front of dog", "depth"), ("cat#0 above dog", "count from 1")):
+        with pytest.raises(StormError, match=message) as err:
+            split_relation_override(bad)
+        assert err.value.input_name == "relations"
+    for bad, message in (("red crown", "modifier, modifier -> noun"), ("-> crown", "at least one modifier"),
+                         ("red -> crown#0", "count from 1")):
+        with pytest.raises(StormError, match=message) as err:
+            split_binding_override(bad)
+        assert err.value.input_name == "bindings"
