@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..storm_ops.analysis import PromptAnalysis
-from ..storm_ops.nlp import check_pipeline_name
-from ..storm_ops.prompt_analysis import PARSERS, analyze_prompt, parse_binding_override
-from ..storm_ops.relations import parse_relation_override
+from ..storm_ops.nlp import check_pipeline_name, check_subject_spec
+from ..storm_ops.prompt_analysis import PARSERS, analyze_prompt, parse_binding_override, split_binding_override
+from ..storm_ops.relations import parse_relation_override, split_relation_override
 from ..storm_ops.tokens import PromptTokens, resolve_subjects
 from .errors import node_errors
 from .tokens import encode_with_layout
+from .validation import validate_text_inputs
 
 
 def apply_overrides(analysis: PromptAnalysis, bindings: str, relations: str) -> PromptAnalysis:
@@ -74,6 +75,17 @@ class PromptAnalysisNode:
             "subjects": ("STRING", {"default": "",
                                     "tooltip": "Subjects of the tokens output ('cat, dog'); empty = the objects found."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, pipeline=None, bindings=None, relations=None, subjects=None):
+        """Syntax of the text widgets when the prompt is queued (see nodes.validation); the words
+        themselves are looked up in the prompt's tokens when the node runs."""
+        return validate_text_inputs(
+            cls.NODE_NAME,
+            pipeline=(pipeline, lambda text: text.strip() and check_pipeline_name(text.strip())),
+            bindings=(bindings, split_binding_override),
+            relations=(relations, split_relation_override),
+            subjects=(subjects, lambda text: text.strip() and check_subject_spec(text)))
 
     @node_errors(NODE_NAME)
     def analyze(self, clip, text, parser, pipeline="", bindings="", relations="", subjects=""):

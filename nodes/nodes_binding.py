@@ -12,7 +12,7 @@ from ..storm_ops.losses.syngen import UNRELATED_ENTROPY_MODES, SynGenConfig, Syn
 from ..storm_ops.tokens import parse_subject_spec
 from .errors import node_errors
 from .nodes_guidance import GUIDANCE_INPUT, STEP_DECAY_INPUT, WEIGHT_INPUT, LossNode, chain, window_inputs
-from .validation import in_declared_range
+from .validation import in_declared_range, validate_text_inputs
 
 
 class SynGen(LossNode):
@@ -108,6 +108,11 @@ class AStar(LossNode):
                                       "tooltip": "Optional refinement: 'position:threshold' pairs as in Attend-and-Excite "
                                                  "(every subject's max attention must reach the threshold). Empty = off."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, thresholds=None):
+        """Syntax of the thresholds text when the prompt is queued (see nodes.validation)."""
+        return validate_text_inputs(cls.NODE_NAME, thresholds=(thresholds, parse_thresholds))
 
     @node_errors(NODE_NAME)
     @in_declared_range

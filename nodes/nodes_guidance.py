@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..storm_ops.guidance import Guidance, StepSize, StepWindow, parse_thresholds
 from ..storm_ops.losses.attend_excite import AttendExciteConfig, AttendExciteTerm
 from .errors import node_errors
-from .validation import in_declared_range
+from .validation import in_declared_range, validate_text_inputs
 
 GUIDANCE_INPUT = ("STORM_GUIDANCE", {
     "tooltip": "Optional: guidance from another STORM loss node to combine with this one in one sampling run."})
@@ -87,6 +87,11 @@ class AttendAndExcite(LossNode):
                                 "tooltip": "Smoothing sigma in A&E's convention exp(-(x/(2 sigma))^2) (paper: 0.5)."}),
         }
         return {"required": required, "optional": optional}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, thresholds=None):
+        """Syntax of the thresholds text when the prompt is queued (see nodes.validation)."""
+        return validate_text_inputs(cls.NODE_NAME, thresholds=(thresholds, parse_thresholds))
 
     @node_errors(NODE_NAME)
     @in_declared_range

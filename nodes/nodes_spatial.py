@@ -9,7 +9,7 @@ from ..storm_ops.relations import validate_relations
 from .errors import node_errors
 from .nodes_binding import subject_masks
 from .nodes_guidance import GUIDANCE_INPUT, STEP_DECAY_INPUT, WEIGHT_INPUT, LossNode, chain, window_inputs
-from .validation import in_declared_range
+from .validation import in_declared_range, validate_text_inputs
 
 DEFAULT_THRESHOLDS = "0:0.9, 0.1:0.95, 0.2:0.99, 0.3:0.995, 0.4:0.999"
 
@@ -74,6 +74,11 @@ class SpatialTransport(LossNode):
             "end_tokens": (["auto", "sd1", "words"], {"default": "auto",
                                                       "tooltip": "Token softmax convention (as in Attend-and-Excite)."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, thresholds=None):
+        """Syntax of the thresholds text when the prompt is queued (see nodes.validation)."""
+        return validate_text_inputs(cls.NODE_NAME, thresholds=(thresholds, parse_thresholds))
 
     @node_errors(NODE_NAME)
     @in_declared_range

@@ -3,6 +3,12 @@
 ComfyUI checks a widget's ``min``/``max`` only for a value typed into the widget; a value that
 arrives through a link (from a primitive or a math node) reaches the node unchecked, and the fork
 checks no optional input at all. :func:`in_declared_range` repeats the check when the node runs.
+
+:func:`validate_text_inputs` is what a node's ``VALIDATE_INPUTS`` returns: the syntax of its text
+widgets, checked when the prompt is queued so the frontend marks the node before anything runs.
+The hosts pass only the inputs named in the signature, a linked one as ``None``; a node names only
+its STRING inputs there, never ``**kwargs`` or ``input_types``, because the hosts skip their own
+range, list and type checks for the inputs ``VALIDATE_INPUTS`` takes.
 """
 
 from __future__ import annotations
@@ -10,10 +16,11 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from numbers import Real
 
-from .errors import StormNodeError
+from ..storm_ops.errors import StormError
+from .errors import StormNodeError, format_error
 
 NUMERIC_TYPES = ("INT", "FLOAT")
 
@@ -71,3 +78,22 @@ def in_declared_range(fn):
         return fn(self, *args, **kwargs)
 
     return run
+
+
+def validate_text_inputs(node: str, **checks: tuple[object, Callable[[str], object]]) -> bool | str:
+    """``True``, or the first problem as ``"<node>: input '<name>': ..."`` (a ``VALIDATE_INPUTS`` result).
+
+    ``checks`` maps an input name to ``(value, check)``; ``check(value)`` raises :class:`StormError`.
+    A value that is not a string (``None``: linked, or not in the prompt) is not checked here; the
+    node checks it when it runs.
+    """
+    for name, (value, check) in checks.items():
+        if not isinstance(value, str):
+            continue
+        try:
+            check(value)
+        except StormError as error:
+            if error.input_name is None:
+                error.input_name = name
+            return format_error(node, error)
+    return True

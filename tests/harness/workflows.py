@@ -472,6 +472,15 @@ class WorkflowRunner:
             self._node_defs = defs
         return self._node_defs
 
+    def validate(self, api_prompt: Mapping[str, Any]) -> tuple[bool, str | None, dict[str, Any]]:
+        """Validate ``api_prompt`` like a queued ``POST /prompt`` without executing it.
+
+        Returns:
+            ``(ok, readable error or None, the host's per-node errors)``.
+        """
+        ok, error, _, node_errors = self._host.validate(str(uuid.uuid4()), json.loads(json.dumps(api_prompt)))
+        return ok, None if ok else format_validation_error(error, node_errors), dict(node_errors or {})
+
     def run(self, api_prompt: Mapping[str, Any], *, extra_data: Mapping[str, Any] | None = None) -> RunResult:
         """Validate and execute ``api_prompt`` like a queued ``POST /prompt``.
 

@@ -129,3 +129,58 @@ def test_every_numeric_input_of_a_loss_node_is_checked_against_its_declared_rang
                 getattr(cls(), cls.FUNCTION)(**kwargs)
             checked += 1
     assert checked >= 6
+
+
+# Text-widget errors found by VALIDATE_INPUTS, i.e. when the prompt is queued, before anything runs.
+VALIDATION_CASES = [
+    ("STORM_AttendAndExcite", "thresholds", "0.2", r"input 'thresholds':.*'0\.2'"),
+    ("STORM_AttendAndExcite", "thresholds", "0:0.05, 0.2:1.5", r"input 'thresholds': threshold 1\.5"),
+    ("STORM_AStar", "thresholds", "a:b", r"input 'thresholds':.*'a:b'"),
+    ("STORM_SpatialTransport", "thresholds", "0.1-0.9", r"input 'thresholds':.*'0\.1-0\.9'"),
+    ("STORM_PromptAnalysis", "subjects", ", ;", r"input 'subjects':.*no subjects"),
+    ("STORM_PromptAnalysis", "subjects", "cat, dog#0", r"input 'subjects':.*'dog#0'.*count from 1"),
+    ("STORM_PromptAnalysis", "subjects", "dog, Dog#1", r"input 'subjects':.*same tokens"),
+    ("STORM_PromptAnalysis", "bindings", "red crown", r"input 'bindings':.*'modifier, modifier -> noun'"),
+    ("STORM_PromptAnalysis", "bindings", "-> crown", r"input 'bindings':.*at least one modifier"),
+    ("STORM_PromptAnalysis", "bindings", "red -> crown#0", r"input 'bindings':.*'crown#0'.*count from 1"),
+    ("STORM_PromptAnalysis", "relations", "cat dog", r"input 'relations':.*no relation word"),
+    ("STORM_PromptAnalysis", "relations", "cat left of", r"input 'relations':.*an object on each side"),
+    ("STORM_PromptAnalysis", "relations", "cat in front of dog", r"input 'relations':.*depth"),
+    ("STORM_PromptAnalysis", "relations", "cat#0 above dog", r"input 'relations':.*'cat#0'.*count from 1"),
+    ("STORM_PromptAnalysis", "pipeline", "os", r"input 'pipeline': 'os' is not .*installed"),
+    ("STORM_PromptAnalysis", "pipeline", "/tmp", r"input 'pipeline': '/tmp' is not .*installed"),
+]
+VALID_TEXT = {
+    "STORM_AttendAndExcite": {"thresholds": "0:0.05, 0.2:0.5, 0.4:0.8"},
+    "STORM_AStar": {"thresholds": ""},
+    "STORM_SpatialTransport": {"thresholds": "0:0.9, 0.1:0.95"},
+    "STORM_PromptAnalysis": {"subjects": "cat, dog#2, 5", "bindings": "red, shiny -> crown; golden -> strawberry#2",
+                             "relations": "the cat left of a dog; bird above cat", "pipeline": ""},
+}
+
+
+@pytest.mark.parametrize(("node_id", "name", "value", "pattern"), VALIDATION_CASES)
+def test_text_widget_errors_are_found_by_validate_inputs(nodes, node_id, name, value, pattern):
+    cls = nodes[node_id]
+    result = cls.VALIDATE_INPUTS(**{name: value})
+    assert isinstance(result, str), result
+    assert re.search(rf"^{re.escape(cls.NODE_NAME)}: {pattern}", result), result
+
+
+@pytest.mark.parametrize("node_id", sorted(VALID_TEXT))
+def test_validate_inputs_passes_good_linked_and_absent_values(nodes, node_id):
+    import inspect
+
+    cls = nodes[node_id]
+    good = VALID_TEXT[node_id]
+    assert cls.VALIDATE_INPUTS(**good) is True
+    assert cls.VALIDATE_INPUTS(**{name: None for name in good}) is True  # linked: the host passes None
+    assert cls.VALIDATE_INPUTS() is True  # not in the prompt at all
+    types = {**cls.INPUT_TYPES()["required"], **cls.INPUT_TYPES().get("optional", {})}
+    defaults = {name: types[name][1]["default"] for name in good}
+    assert cls.VALIDATE_INPUTS(**defaults) is True
+    # Only text widgets are named: the hosts skip their own range / list / type checks for the inputs
+    # VALIDATE_INPUTS names (upstream: and for all of them with **kwargs or an 'input_types' argument).
+    spec = inspect.getfullargspec(cls.VALIDATE_INPUTS)
+    assert spec.varkw is None and "input_types" not in spec.args
+    assert all(types[name][0] == "STRING" for name in spec.args[1:])
