@@ -112,6 +112,16 @@ def test_single_step_samplers_stay_exact_when_segmented(pack, nodes, setup, name
     assert torch.equal(got, custom_sample(model, comfy.samplers.sampler_object(name), sigmas, pos, neg, latent))
 
 
+@pytest.mark.parametrize(("steps", "guided"), [(1, [0]), (5, [0, 1, 2]), (4, [0, 1])])
+def test_short_schedules_guide_every_step_inside_the_window(pack, nodes, setup, steps, guided):
+    """Step i of n is guided when i/n lies in [start_at, end_at): [0, 0.5) of 5 steps is 0, 1, 2 and a
+    one-step schedule is guided at step 0 (round-half-to-even gave 0, 1 and no step at all)."""
+    model, _, pos, neg = setup("sd15")
+    sampler, history = guided_sampler(nodes, ConstantTerm.make(pack))
+    custom_sample(model, sampler, sigmas_for(model, steps), pos, neg, torch.zeros(1, 4, 16, 16))
+    assert history.latest().info["guided_steps"] == guided
+
+
 def _min_subject_attention(pack, record, tokens, family):
     ae_mod = pack.storm_ops.losses.attend_excite
     cfg = ae_mod.AttendExciteConfig(end_token_convention="sd1" if family == "sd1" else "words")
