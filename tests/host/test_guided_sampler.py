@@ -190,7 +190,7 @@ def test_non_finite_loss_skips_the_update_and_is_reported(pack, nodes, setup):
     model, _, pos, neg = setup("sd15")
     latent = torch.zeros(1, 4, 16, 16)
     sigmas = sigmas_for(model, 6)
-    sampler, history = guided_sampler(nodes, ConstantTerm.make(pack, value=float("nan"), window=(0.0, 0.34)))
+    sampler, history = guided_sampler(nodes, ConstantTerm.make(pack, value=float("nan"), window=(0.0, 0.3)))
     out = custom_sample(model, sampler, sigmas, pos, neg, latent)
     log = history.latest().log
     assert [e["step"] for e in log] == [0, 1]
