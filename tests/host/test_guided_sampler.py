@@ -92,7 +92,7 @@ def test_guided_ksampler_off_equals_core_ksampler(nodes, setup, arch, name):
     model, tokens, pos, neg = setup(arch)
     latent = {"samples": torch.zeros(1, 4, 16, 16)}
     with torch.inference_mode():
-        out, _ = nodes["STORM_GuidedKSampler"]().sample(model, ae(nodes, tokens, end_at=0.0), 5, 4, 7.5, name,
+        out, _ = nodes["STORM_GuidedKSampler"]().sample(model, ae(nodes, tokens, step_size=0.0), 5, 4, 7.5, name,
                                                         "karras", pos, neg, latent, 1.0, LAYERS)
         noise = comfy.sample.prepare_noise(latent["samples"], 5)
         ref = comfy.sample.sample(model, noise, 4, 7.5, name, "karras", pos, neg, latent["samples"], seed=5,
