@@ -99,6 +99,7 @@ class GuidedKSampler:
                latent_image, denoise, attention_layers):
         settings = GuidedSamplerSettings(guidance, sampler_name, attention_layers, self.NODE_NAME)
         # the checks sample_guided repeats for SamplerCustom, made here before any model is loaded
+        guidance.check_windows(steps)
         unet = describe_unet(model.model, self.NODE_NAME)
         check_conditioning_family(self.NODE_NAME, unet, {"positive": [c[0] for c in positive],
                                                          "negative": [c[0] for c in negative]})

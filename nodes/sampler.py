@@ -152,6 +152,7 @@ def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None
     unet = describe_unet(base_model, node)
     layers = unet.select(settings.attention_layers, node)
     guidance = settings.guidance.resolve({"end_tokens": unet.default_end_tokens})
+    guidance.check_windows(num_steps)
     layout = guidance.layout
 
     guided = {i for i in range(num_steps) if guidance.active_terms(i, num_steps)} if guidance.terms else set()

@@ -131,3 +131,19 @@ def test_recorder_names_conditioning_of_another_family(nodes, prompt, tiny, enco
                                             r"takes 96"):
             comfy.sample.sample(model, torch.randn(1, 4, 16, 16), 2, 7.5, "euler", "normal", pos, neg,
                                 torch.zeros(1, 4, 16, 16), disable_pbar=True, seed=0)
+
+
+def test_a_window_without_steps_is_an_error_before_sampling(nodes, prompt):
+    tm, tokens, pos, neg, _ = prompt
+    with torch.inference_mode():
+        (narrow,) = nodes["STORM_AttendAndExcite"]().build(tokens, 20.0, 0.5, 0.6, "", 0, True, "auto")
+    pattern = (r"input 'start_at': STORM Attend-and-Excite: the guidance window start_at 0.5 to end_at 0.6 contains "
+               r"no step of a schedule of 5 steps")
+    with pytest.raises(Exception, match="STORM Guided KSampler: " + pattern):
+        ksample(nodes, tm.model, narrow, pos, neg, steps=5)
+    with torch.inference_mode():
+        sampler, _ = nodes["STORM_GuidedSampler"]().build(narrow, "euler", LAYERS)
+    with pytest.raises(Exception, match="^STORM Guided Sampler: " + pattern):
+        custom(tm.model, sampler, pos, neg, steps=5)
+    latent, _ = ksample(nodes, tm.model, narrow, pos, neg, steps=10)  # 10 steps: step 5 lies in the window
+    assert torch.isfinite(latent["samples"]).all()
