@@ -64,12 +64,6 @@ class UNetInfo:
     model_name: str
     layers: tuple[CrossAttentionLayer, ...]
 
-    @property
-    def default_end_tokens(self) -> str:
-        """A&E's end-token convention for this family: SD1.x keeps EOT/padding in the softmax;
-        SD2.x (and, our choice, SDXL, whose CLIP-G half pads with "!") use words only."""
-        return "sd1" if self.family == "sd1" else "words"
-
     def select(self, selection: str = DEFAULT_LAYER_SELECTION, node: str = "STORM") -> tuple[CrossAttentionLayer, ...]:
         if selection not in LAYER_SELECTIONS:
             raise StormError(f"{node}: unknown attention layer selection {selection!r}; "

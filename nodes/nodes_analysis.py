@@ -92,11 +92,11 @@ class PromptAnalysisNode:
         pipeline = pipeline.strip()
         if pipeline:  # before anything is loaded, whatever the parser
             check_pipeline_name(pipeline)
-        layout, pads_with_end, conditioning = encode_with_layout(clip, text)
+        layout, conditioning = encode_with_layout(clip, text)
         analysis = analyze_prompt(text, layout, parser=parser, pipeline=pipeline or None)
         analysis = apply_overrides(analysis, bindings, relations)
         chosen = resolve_subjects(layout, subjects) if subjects.strip() else analysis.entities
-        tokens = PromptTokens(text, layout, tuple(chosen), pads_with_end)
+        tokens = PromptTokens(text, layout, tuple(chosen))
         description = analysis.describe() + "\n\nTokens:\n" + layout.describe()
         return {"ui": {"storm_text": [description]},
                 "result": (analysis, tokens, conditioning, description)}

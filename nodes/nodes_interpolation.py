@@ -8,6 +8,7 @@ import torch
 from ..storm_ops.errors import StormError
 from ..storm_ops.interpolation_schedule import beta_schedule
 from ..storm_ops.losses.attend_excite import AttendExciteConfig, max_attention, subject_maps
+from ..storm_ops.tokens import AUTO
 from .architecture import DEFAULT_LAYER_SELECTION
 from .errors import node_errors
 from .interpolation import MODES, InterpolationSettings, attention_history, sample_sequence
@@ -147,6 +148,5 @@ class SelectFrame:
 def frame_scores(record, tokens) -> torch.Tensor:
     """Per frame: min over subjects of the smoothed max attention, averaged over the recorded steps."""
     maps = record.mean_maps(tokens.layout.length)  # (frames, T, h, w)
-    end_tokens = "sd1" if record.info.get("family") == "sd1" else "words"
-    sub = subject_maps(maps, tokens.layout, tokens.subjects, AttendExciteConfig(end_token_convention=end_tokens))
+    sub = subject_maps(maps, tokens.layout, tokens.subjects, AttendExciteConfig(end_token_convention=AUTO))
     return max_attention(sub).amin(1)

@@ -23,11 +23,14 @@ def _sd_tokenizer(clip, key: str):
                      input_name="clip")
 
 
-def prompt_layout(clip, text: str) -> tuple[TokenLayout, bool]:
-    """Tokenise ``text`` with the host's tokenizer; returns the layout and whether it pads with EOT.
+def prompt_layout(clip, text: str) -> TokenLayout:
+    """Tokenise ``text`` with the host's tokenizer.
 
     The columns are exactly those of the conditioning the same CLIP encodes from ``text``
-    (chunks of 77, words never split across chunks unless longer than the host's limit).
+    (chunks of 77, words never split across chunks unless longer than the host's limit). The
+    layout's end-token convention is decided here, from the tokenizers themselves: ``"sd1"`` when
+    every one pads with its end token (SD-1.x's CLIP-L), else ``"words"`` (SD-2.x's OpenCLIP pads
+    with 0, and so does SDXL's CLIP-G half).
     """
     tokens = clip.tokenize(text)
     key = next((k for k in _PREFERRED_KEYS if k in tokens), next(iter(tokens)))
@@ -42,17 +45,17 @@ def prompt_layout(clip, text: str) -> tuple[TokenLayout, bool]:
             ids.append(tid if isinstance(tid, int) else None)  # tensors are embedding vectors
     layout = TokenLayout.from_ids(ids, clip_vocab_decoder(inv_vocab), start_id=getattr(sd_tok, "start_token", None),
                                   end_id=getattr(sd_tok, "end_token", None),
-                                  chunk_length=len(tokens[key][0]))
-    return layout, bool(getattr(sd_tok, "pad_with_end", True))
+                                  chunk_length=len(tokens[key][0]),
+                                  end_tokens="sd1" if all(_sd_tokenizer(clip, k).pad_with_end for k in tokens) else "words")
+    return layout
 
 
-def encode_with_layout(clip, text: str) -> tuple[TokenLayout, bool, list]:
+def encode_with_layout(clip, text: str) -> tuple[TokenLayout, list]:
     """Encode ``text`` like CLIP Text Encode; returns its layout (carrying the encoding, so samplers
-    and the visualiser can check that a conditioning is this prompt's), whether the tokenizer pads
-    with the end token, and the CONDITIONING."""
-    layout, pads_with_end = prompt_layout(clip, text)
+    and the visualiser can check that a conditioning is this prompt's) and the CONDITIONING."""
+    layout = prompt_layout(clip, text)
     _, conditioning = encode_prompt(clip, text)
-    return replace(layout, encoding=prompt_encoding(conditioning[0][0])), pads_with_end, conditioning
+    return replace(layout, encoding=prompt_encoding(conditioning[0][0])), conditioning
 
 
 class SubjectTokens:
@@ -87,8 +90,8 @@ class SubjectTokens:
 
     @node_errors(NODE_NAME)
     def run(self, clip, text, subjects):
-        layout, pads_with_end, conditioning = encode_with_layout(clip, text)
+        layout, conditioning = encode_with_layout(clip, text)
         subject_list = resolve_subjects(layout, subjects)
-        tokens = PromptTokens(text, layout, subject_list, pads_with_end)
+        tokens = PromptTokens(text, layout, subject_list)
         description = tokens.describe()
         return {"ui": {"storm_text": [description]}, "result": (tokens, conditioning, description)}

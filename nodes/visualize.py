@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from ..storm_ops.attention import normalize_maps, select_token_maps
 from ..storm_ops.errors import StormError
 from ..storm_ops.losses.attend_excite import AttendExciteConfig, subject_maps
-from ..storm_ops.tokens import Subject, check_prompt_encoding, untile_encoding
+from ..storm_ops.tokens import AUTO, Subject, check_prompt_encoding, untile_encoding
 from .compat import folder_paths
 from .errors import node_errors
 
@@ -138,8 +138,7 @@ class AttentionHeatmap:
             raise StormError("no tokens to show: select subjects in STORM Subject Tokens or show all words",
                              input_name="tokens")
         if view == "attend-and-excite":
-            end_tokens = "sd1" if record.info.get("family") == "sd1" else "words"
-            sel = subject_maps(maps, layout, subjects, AttendExciteConfig(end_token_convention=end_tokens))[0]
+            sel = subject_maps(maps, layout, subjects, AttendExciteConfig(end_token_convention=AUTO))[0]
         else:
             sel = select_token_maps(maps, [s.positions for s in subjects])[0]
         if image is not None:

@@ -21,12 +21,15 @@ START, WORD, END, PAD = "start", "word", "end", "pad"
 TOKEN_KINDS = (START, WORD, END, PAD)
 CLIP_CHUNK = 77
 
-# A&E's end-token conventions for the softmax over tokens (methods.md 1.1):
-#   "sd1":   drop each chunk's start token and its last column (EOT and padding stay in),
-#            the official default for SD-1.x (positions 1..75 of 77);
-#   "words": keep only the prompt's word pieces (the official ``sd_2_1`` / diffusers
-#            ``normalize_eot`` behaviour, needed when padding is not the EOT token).
+# Attend-and-Excite's end-token conventions for the softmax over tokens (Chefer et al. 2023,
+# section 3.1, which drops the start token; the columns after the prompt follow the released code):
+#   "sd1":   drop each chunk's start token and its last column (EOT and padding stay in), for a
+#            tokenizer that pads with its end token (SD-1.x's CLIP-L; positions 1..75 of 77);
+#   "words": keep only the prompt's word pieces, for tokenizers that pad with another token
+#            (OpenCLIP in SD-2.x and SDXL, where the padding is not the EOT token).
+# "auto" (a loss setting) means the layout's own ``end_tokens``, decided from its tokenizers.
 END_TOKEN_CONVENTIONS = ("sd1", "words")
+AUTO = "auto"
 
 
 # ---------------------------------------------------------------------- CLIP BPE pieces
@@ -131,6 +134,8 @@ class TokenLayout:
 
     pieces: tuple[Piece, ...]
     chunk_length: int = CLIP_CHUNK
+    #: the end-token convention of the tokenizer(s) that made the layout (what ``"auto"`` means)
+    end_tokens: str = "sd1"
     #: the prompt's CLIP encoding ``(T, D)`` (float32, CPU) when the layout was made by encoding a
     #: prompt: lets a sampler or visualiser check that a conditioning is really this prompt's
     encoding: torch.Tensor | None = field(default=None, compare=False, repr=False)
@@ -143,6 +148,8 @@ class TokenLayout:
                 f"a token layout needs a whole number of {self.chunk_length}-column chunks, "
                 f"got {len(self.pieces)} columns"
             )
+        if self.end_tokens not in END_TOKEN_CONVENTIONS:
+            raise StormError(f"unknown end-token convention {self.end_tokens!r}; use one of {END_TOKEN_CONVENTIONS}")
         if self.encoding is not None and self.encoding.shape[0] != len(self.pieces):
             raise StormError(f"the encoding has {self.encoding.shape[0]} columns, the layout {len(self.pieces)}")
 
@@ -155,6 +162,7 @@ class TokenLayout:
         start_id: int | None,
         end_id: int | None,
         chunk_length: int = CLIP_CHUNK,
+        end_tokens: str = "sd1",
     ) -> TokenLayout:
         """Build a layout from token ids as the host's tokenizer returned them.
 
@@ -169,6 +177,9 @@ class TokenLayout:
             The tokenizer's start and end ids. In each chunk the first column is the start token
             when it equals ``start_id``; the first ``end_id`` after it is the end token and every
             later column is padding (whatever its id: SD-1 pads with ``end_id``, OpenCLIP with 0).
+        end_tokens : str
+            The end-token convention of the tokenizers (``"sd1"`` when every one pads with its end
+            token, else ``"words"``).
         """
         pieces: list[Piece] = []
         for c in range(0, len(ids), chunk_length):
@@ -186,7 +197,7 @@ class TokenLayout:
                 else:
                     text, ends_word = decode(tid)
                     pieces.append(Piece(text, WORD, bool(ends_word)))
-        return cls(tuple(pieces), chunk_length)
+        return cls(tuple(pieces), chunk_length, end_tokens)
 
     # ------------------------------------------------------------------ views
     @property
@@ -225,11 +236,17 @@ class TokenLayout:
     def _span(self, positions: list[int]) -> WordSpan:
         return WordSpan("".join(self.pieces[i].text for i in positions), tuple(positions))
 
-    def softmax_mask(self, convention: str = "sd1") -> torch.Tensor:
+    def convention(self, setting: str = AUTO) -> str:
+        """The end-token convention a loss setting means here (``"auto"``: this layout's own)."""
+        return self.end_tokens if setting == AUTO else setting
+
+    def softmax_mask(self, convention: str = AUTO) -> torch.Tensor:
         """Boolean mask ``(T,)`` of the columns that take part in A&E's softmax over tokens.
 
-        ``"sd1"`` drops each chunk's first and last column; ``"words"`` keeps word pieces only.
+        ``"sd1"`` drops each chunk's first and last column; ``"words"`` keeps word pieces only;
+        ``"auto"`` is the layout's own convention.
         """
+        convention = self.convention(convention)
         if convention == "sd1":
             mask = torch.ones(self.length, dtype=torch.bool)
             mask[0::self.chunk_length] = False
@@ -409,14 +426,11 @@ class PromptTokens:
         Its columns (``T = layout.length``).
     subjects : tuple of Subject
         The selected subject words.
-    pads_with_end : bool
-        Whether the tokenizer pads with the end token (SD-1 CLIP-L) or with id 0 (OpenCLIP).
     """
 
     text: str
     layout: TokenLayout
     subjects: tuple[Subject, ...]
-    pads_with_end: bool = True
 
     def describe(self) -> str:
         """Readable summary: the tokenisation with indices and the chosen subjects."""

@@ -31,10 +31,9 @@ Choices where the paper is silent (methods.md 3, [assumption]), all overridable:
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -238,14 +237,6 @@ class AStarTerm(GuidanceTerm):
 
     def token_columns(self) -> tuple[int, ...]:
         return tuple(p for s in self.subjects for p in s.positions)
-
-    def resolve(self, defaults: dict) -> AStarTerm:
-        if self.config.preprocess.end_token_convention != "auto":
-            return self
-        resolved = copy.copy(self)
-        pre = replace(self.config.preprocess, end_token_convention=defaults.get("end_tokens", "sd1"))
-        resolved.config = replace(self.config, preprocess=pre)
-        return resolved
 
     def _previous_masks(self, sub: torch.Tensor, state: dict, step: int) -> torch.Tensor | None:
         """Masks from the previous guided step; records this step's for the next (first call per step)."""

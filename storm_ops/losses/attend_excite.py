@@ -17,8 +17,7 @@ Deliberate differences from the official code, all documented in the README:
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -26,7 +25,7 @@ from ..attention import select_token_maps, token_softmax
 from ..errors import StormError
 from ..guidance import GuidanceContext, GuidanceTerm, StepSize, StepWindow, TermResult
 from ..smoothing import KERNEL_CONVENTIONS, gaussian_smooth
-from ..tokens import END_TOKEN_CONVENTIONS, Subject, TokenLayout
+from ..tokens import AUTO, END_TOKEN_CONVENTIONS, Subject, TokenLayout
 
 #: A&E's softmax temperature (the official code multiplies the maps by 100, Sec. 3.2).
 SOFTMAX_TEMPERATURE = 100.0
@@ -49,7 +48,7 @@ def check_map_settings(config) -> None:
         raise StormError(f"smoothing sigma must be positive, got {config.sigma}", input_name="sigma")
     if config.kernel_convention not in KERNEL_CONVENTIONS:
         raise StormError(f"unknown kernel convention {config.kernel_convention!r}")
-    if config.end_token_convention not in END_TOKEN_CONVENTIONS + ("auto",):
+    if config.end_token_convention not in END_TOKEN_CONVENTIONS + (AUTO,):
         raise StormError(f"unknown end-token convention {config.end_token_convention!r}; "
                          f"use 'auto' or one of {END_TOKEN_CONVENTIONS}", input_name="end_tokens")
 
@@ -63,7 +62,7 @@ class AttendExciteConfig:
     kernel_size: int = 3
     sigma: float = 0.5
     kernel_convention: str = "attend_excite"
-    end_token_convention: str = "sd1"
+    end_token_convention: str = AUTO
     pad: int | None = None
 
     def __post_init__(self) -> None:
@@ -87,9 +86,6 @@ def subject_maps(maps: torch.Tensor, layout: TokenLayout, subjects: tuple[Subjec
     Tensor, shape (B, K, h', w')
         Softmaxed (and smoothed) subject maps; ``h' = h`` unless a larger kernel shrinks them.
     """
-    if config.end_token_convention == "auto":
-        raise StormError("the end-token convention 'auto' must be resolved for the model first "
-                         "(AttendExciteTerm.resolve)")
     if maps.shape[1] != layout.length:
         raise StormError(
             f"the attention maps have {maps.shape[1]} token columns but the prompt has {layout.length}"
@@ -134,17 +130,10 @@ class AttendExciteTerm(GuidanceTerm):
     def token_columns(self) -> tuple[int, ...]:
         return tuple(p for s in self.subjects for p in s.positions)
 
-    def resolve(self, defaults: dict) -> AttendExciteTerm:
-        if self.config.end_token_convention != "auto":
-            return self
-        resolved = copy.copy(self)
-        resolved.config = replace(self.config, end_token_convention=defaults.get("end_tokens", "sd1"))
-        return resolved
-
     def compute(self, ctx: GuidanceContext) -> TermResult:
         maxima = max_attention(subject_maps(ctx.maps, self.layout, self.subjects, self.config))
         return TermResult(attend_excite_loss(maxima), {"max_attention": maxima.detach()})
 
     def describe(self) -> str:
         names = ", ".join(s.name for s in self.subjects)
-        return f"{super().describe()}; subjects {names}; end tokens {self.config.end_token_convention}"
+        return f"{super().describe()}; subjects {names}; end tokens {self.layout.convention(self.config.end_token_convention)}"

@@ -81,7 +81,7 @@ def test_astar_lowers_the_segregation_term(pack, nodes, analysed, arch):
             with torch.inference_mode():
                 (guidance,) = nodes["STORM_AStar"]().build(tokens, size, 0.0, 0.5, 0.5, "auto")
             record = run(tm.model, guidance, pos, neg, nodes, seed)
-            cfg = ae.AttendExciteConfig(end_token_convention="sd1" if record.info["family"] == "sd1" else "words")
+            cfg = ae.AttendExciteConfig()  # the layout's own end-token convention
             values = [float(astar.segregation(ae.subject_maps(m.float(), tokens.layout, tokens.subjects, cfg)).sum())
                       for _, m in record.step_maps[:5]]
             seg[label] = _mean(values)

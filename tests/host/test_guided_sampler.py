@@ -122,9 +122,9 @@ def test_short_schedules_guide_every_step_inside_the_window(pack, nodes, setup, 
     assert history.latest().info["guided_steps"] == guided
 
 
-def _min_subject_attention(pack, record, tokens, family):
+def _min_subject_attention(pack, record, tokens):
     ae_mod = pack.storm_ops.losses.attend_excite
-    cfg = ae_mod.AttendExciteConfig(end_token_convention="sd1" if family == "sd1" else "words")
+    cfg = ae_mod.AttendExciteConfig()  # "auto": the tokens' own end-token convention
     values = []
     for _, maps in record.step_maps:
         sub = ae_mod.subject_maps(maps.float(), tokens.layout, tokens.subjects, cfg)
@@ -144,10 +144,9 @@ def test_guidance_raises_the_neglected_subjects_attention(pack, nodes, setup, ar
             sampler, history = guided_sampler(nodes, ae(nodes, tokens, step_size=size))
             custom_sample(model, sampler, sigmas, pos, neg, latent, seed=seed)
             runs[label] = history.latest()
-        family = runs["on"].info["family"]
         window = range(5)  # end_at 0.5 of 10 steps
-        off = _min_subject_attention(pack, runs["off"], tokens, family)
-        on = _min_subject_attention(pack, runs["on"], tokens, family)
+        off = _min_subject_attention(pack, runs["off"], tokens)
+        on = _min_subject_attention(pack, runs["on"], tokens)
         assert sum(on[i] for i in window) / 5 > sum(off[i] for i in window) / 5 + 0.02, (seed, off, on)
         assert runs["on"].info["guided_steps"] == [0, 1, 2, 3, 4]
         refined = [e for e in runs["on"].log if e["refine_iters"]]

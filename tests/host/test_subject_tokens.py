@@ -50,7 +50,8 @@ def test_sd1_and_sdxl_tokenise_to_the_same_columns(nodes, tiny):
     a = node_output(run_tokens(nodes, tiny("sd15").clip, prompt, "astronaut, horse"))[0]
     b = node_output(run_tokens(nodes, tiny("sdxl").clip, prompt, "astronaut, horse"))[0]
     assert [s.positions for s in a.subjects] == [s.positions for s in b.subjects]
-    assert a.pads_with_end and b.pads_with_end  # both read CLIP-L, which pads with the end token
+    # both read CLIP-L's columns; SDXL's CLIP-G half pads with 0, so its layout keeps words only
+    assert (a.layout.end_tokens, b.layout.end_tokens) == ("sd1", "words")
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -1,5 +1,7 @@
 """A-STAR segregation and retention (methods.md section 3) on hand-checkable inputs."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from test_tokens import CAT_DOG, layout_of
@@ -219,17 +221,17 @@ def test_weights_reproduce_the_ablations_and_config_is_validated():
         AStarTerm(lay, ())
 
 
-def test_resolve_and_refinement_semantics():
-    lay = layout_of(CAT_DOG)
-    term = AStarTerm(lay, (CAT, DOG), AStarConfig(AttendExciteConfig(end_token_convention="auto")),
+def test_auto_end_tokens_and_refinement_semantics():
+    lay = replace(layout_of(CAT_DOG), end_tokens="words")
+    maps = _maps(lay.length, batch=2)
+    auto = AStarTerm(lay, (CAT, DOG), AStarConfig(AttendExciteConfig(end_token_convention="auto")),
                      thresholds=((0.0, 0.5),))
-    resolved = term.resolve({"end_tokens": "words"})
-    assert resolved.config.preprocess.end_token_convention == "words"
-    assert term.config.preprocess.end_token_convention == "auto"  # not mutated
-    assert _term().resolve({}) is not None
-    result = resolved.compute(GuidanceContext(_maps(lay.length, batch=2), 0, 50, {}))
+    words = AStarTerm(lay, (CAT, DOG), AStarConfig(AttendExciteConfig(end_token_convention="words")),
+                      thresholds=((0.0, 0.5),))
+    result = auto.compute(GuidanceContext(maps, 0, 50, {}))
+    assert torch.equal(result.loss, words.compute(GuidanceContext(maps, 0, 50, {})).loss)
     maxima = result.metrics["max_attention"]
-    assert torch.equal(resolved.satisfied(result, 0.5), maxima.amin(1) >= 0.5)
+    assert torch.equal(auto.satisfied(result, 0.5), maxima.amin(1) >= 0.5)
 
 
 def test_guidance_lowers_segregation():

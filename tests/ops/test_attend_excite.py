@@ -1,5 +1,7 @@
 """Attend-and-Excite maps and loss (methods.md section 1)."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from test_tokens import CAT_DOG, layout_of
@@ -79,13 +81,20 @@ def test_term_is_differentiable_and_reports_maxima():
     assert term.token_columns() == (2, 5)
 
 
-def test_auto_end_tokens_resolve_per_model_without_mutating_the_term():
-    lay = layout_of(CAT_DOG)
-    term = AttendExciteTerm(lay, (Subject("cat", (2,)),), AttendExciteConfig(end_token_convention="auto"))
-    sd2 = term.resolve({"end_tokens": "words"})
-    assert sd2.config.end_token_convention == "words" and term.config.end_token_convention == "auto"
-    with pytest.raises(StormError, match="resolved"):
-        term.compute(GuidanceContext(_maps(lay), 0, 50))
+def test_auto_end_tokens_follow_the_layouts_tokenizer():
+    """"auto" is the convention of the tokenizer that made the layout (SD-1 pads with its end token:
+    sd1; OpenCLIP in SD-2/SDXL pads with 0: words), decided once where the layout is built."""
+    maps = _maps(layout_of(CAT_DOG))
+    for convention in ("sd1", "words"):
+        lay = replace(layout_of(CAT_DOG), end_tokens=convention)
+        auto = AttendExciteTerm(lay, (Subject("cat", (2,)),), AttendExciteConfig(end_token_convention="auto"))
+        fixed = AttendExciteTerm(lay, (Subject("cat", (2,)),), AttendExciteConfig(end_token_convention=convention))
+        a, f = (t.compute(GuidanceContext(maps, 0, 50)) for t in (auto, fixed))
+        assert torch.equal(a.loss, f.loss), convention
+        assert f"end tokens {convention}" in auto.describe()
+    sd1 = AttendExciteTerm(layout_of(CAT_DOG), (Subject("cat", (2,)),)).compute(GuidanceContext(maps, 0, 50))
+    words = AttendExciteTerm(replace(layout_of(CAT_DOG), end_tokens="words"), (Subject("cat", (2,)),))
+    assert not torch.equal(sd1.loss, words.compute(GuidanceContext(maps, 0, 50)).loss)
 
 
 def test_bad_configuration():
