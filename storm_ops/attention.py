@@ -1,4 +1,4 @@
-"""Cross-attention map aggregation (methods.md 0.2) and A&E's softmax over tokens (1.1).
+"""Cross-attention map aggregation and A&E's softmax over tokens (Chefer et al., SIGGRAPH 2023).
 
 Recorded probabilities arrive per layer as ``(B, Hd, N, T)``. They are averaged over heads
 and layers into ``(B, T, h, w)`` maps: for every pixel the ``T`` values still sum to 1.

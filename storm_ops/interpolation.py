@@ -1,11 +1,12 @@
-"""Interpolated attention of AID / PAID (methods.md 5.1) on projected ``q, k, v``.
+"""Interpolated attention of AID / PAID on projected ``q, k, v``.
 
 Implements the inner and outer interpolated attention and their fusion with self-attention
 from He et al., "AID: Attention Interpolation of Text-to-Image Diffusion" (PAID), NeurIPS 2024,
 arXiv 2403.17924. Schedules, warm-up and noise/condition interpolation are in
 :mod:`storm_ops.interpolation_schedule`.
 
-Layout is ComfyUI's attention replace-patch contract (host-api.md 1.3): ``q`` is
+Layout is ComfyUI's attention replace-patch contract (a replace patch gets the projected
+``q, k, v`` of a layer and returns the output before ``to_out``): ``q`` is
 ``(B, Nq, Hd * d)``, ``k, v`` are ``(B, Nk, Hd * d)``, the head count is an argument and the
 result is the pre-``to_out`` output ``(B, Nq, Hd * d)``. ``B`` counts the frames of the call;
 endpoint keys/values may have batch 1 and are then shared by every frame. With ``A`` and ``B``
@@ -25,9 +26,10 @@ so endpoint frames equal plain generation.
 
 Conditions of different token lengths (``77 * k``: long prompts, mixed encoders) are tiled to
 their least common multiple before they are combined, exactly as ComfyUI tiles the conditions
-it batches together (host-api.md 2, item 4). Repeating a whole key/value set does not change
-softmax attention, so this is invisible at the endpoints and makes the result independent of
-whether the host batched the conditions.
+it batches together (when a cond and an uncond differ in length, ``comfy/conds.py`` repeats both
+to the least common multiple). Repeating a whole key/value set does not change softmax attention,
+so this is invisible at the endpoints and makes the result independent of whether the host
+batched the conditions.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def interpolated_attention(
     chunk_size: int | None = None,
     max_token_repeat: int = MAX_TOKEN_REPEAT,
 ) -> torch.Tensor:
-    """Interpolated attention of AID / PAID (He et al., NeurIPS 2024, arXiv 2403.17924; methods.md 5.1).
+    """Interpolated attention of AID / PAID (He et al., NeurIPS 2024, arXiv 2403.17924).
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""Coefficients, warm-up and noise/condition interpolation of AID / PAID (methods.md 5.2, 5.3).
+"""Coefficients, warm-up and noise/condition interpolation of AID / PAID.
 
 From He et al., "AID: Attention Interpolation of Text-to-Image Diffusion" (PAID), NeurIPS 2024,
 arXiv 2403.17924. The attention math itself is in :mod:`storm_ops.interpolation`.
@@ -31,7 +31,8 @@ def beta_schedule(n_frames: int, alpha: float, beta: float, dtype: torch.dtype =
     """Interpolation coefficients ``t_i = F^-1_Beta(alpha, beta)(i / (n - 1))`` (AID's Beta prior).
 
     The first and last values are exactly 0 and 1. Beta(1, 1) gives evenly spaced frames;
-    Beta(3, 3) with 7 frames gives 0, 0.3027, 0.4091, 0.5, 0.5909, 0.6973, 1 (methods.md 5.3).
+    Beta(3, 3) with 7 frames gives 0, 0.3027, 0.4091, 0.5, 0.5909, 0.6973, 1, as in the official
+    implementation.
 
     Parameters
     ----------
@@ -73,7 +74,7 @@ def warmup_steps(num_steps: int, warmup_ratio: float) -> int:
 
 
 def interpolation_active(step: int, num_steps: int, warmup_ratio: float) -> bool:
-    """Whether step index ``step`` (0-based) uses interpolated attention (methods.md 5.2).
+    """Whether step index ``step`` (0-based) uses interpolated attention (the official warm-up).
 
     True for ``step < int(num_steps * warmup_ratio)``; afterwards every frame denoises on its own
     ("late = self"). Only the conditional pass interpolates; that choice belongs to the caller.
@@ -94,7 +95,7 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float | Sequence[float] | torch.T
     Parallel vectors give the (normalised) lerp; antiparallel ones, whose great circle is not
     unique, turn through a deterministic perpendicular direction; a zero vector gives the lerp.
 
-    ``per="row"`` reproduces the official code (methods.md 5.2, 8): each row of the last
+    ``per="row"`` reproduces the official implementation's ``slerp``: each row of the last
     dimension is its own vector, ``sin((1-t) theta)/sin(theta) a + sin(t theta)/sin(theta) b`` on
     the raw rows, and a plain lerp where ``|cos theta| > 0.9995`` (antiparallel rows pass near 0).
 

@@ -4,7 +4,8 @@ The host supplies ``evaluate(z) -> Evaluation`` (a conditional UNet pass with gr
 combined loss and its gradient w.r.t. ``z``); everything here is plain tensor logic, so it is
 tested with synthetic objectives.
 
-One guided step (methods.md 1.3, without the official code's wasted passes):
+One guided step (Attend-and-Excite's iterative refinement as in the official code, without its
+unused extra UNet passes):
 
 1. evaluate at ``z``;
 2. refinement: while some sample has not reached its threshold and fewer than the cap of

@@ -1,4 +1,4 @@
-"""Entropic optimal transport on attention-map grids (STORM, methods.md 4.6-4.8).
+"""Entropic optimal transport on attention-map grids (STORM, Han et al., CVPR 2025).
 
 Solvers
 -------
@@ -77,7 +77,7 @@ def pixel_coordinates(h: int, w: int, *, normalized: bool = True, device=None,
 
 
 def centroids(maps: torch.Tensor, *, normalized: bool = True) -> torch.Tensor:
-    """Centres of mass of maps (methods.md 4.6: ``x = sum_ij j M_ij / sum M``, ``y`` likewise).
+    """Centres of mass of maps (``x = sum_ij j M_ij / sum M``, ``y`` likewise, as in STORM's released code).
 
     Parameters
     ----------
@@ -210,7 +210,7 @@ def sinkhorn_log(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: floa
     alternating the dual updates ``f = -reg * LSE_j(log b_j + (g_j - C_ij) / reg)`` and
     ``g = -reg * LSE_i(log a_i + (f_i - C_ij) / reg)`` (Peyre & Cuturi 2019, Sec. 4.4; the
     scheme of POT's ``sinkhorn_log``). Working with potentials instead of ``exp(-C/reg)`` never
-    underflows, unlike the released STORM solver (methods.md 4.8).
+    underflows, unlike the released STORM solver (:func:`sinkhorn_reference`).
 
     Parameters
     ----------
@@ -304,12 +304,12 @@ def entropic_ot(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float
 # ------------------------------------------------------------------- released STORM solver
 def sinkhorn_reference(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float = 0.1,
                        num_iter: int = 100) -> tuple[torch.Tensor, dict]:
-    """The released STORM code's Sinkhorn, kept numerically (methods.md 4.8; reference mode only).
+    """The released STORM code's Sinkhorn, kept numerically (reference mode only).
 
     ``K = exp(-C / (reg + 1e-8))``, ``u = v = 1``, then ``num_iter`` times
     ``u = a / (K v + 1e-8)``, ``v = b / (K^T u + 1e-8)``; plan ``P = diag(u) K diag(v)`` (formed
     by broadcasting). No stabilisation and no convergence test: the kernel underflows in float32
-    for ``C > ~10.4`` and the ``1e-8`` terms then act as a soft gate (methods.md 4.8).
+    for ``C > ~10.4`` and the ``1e-8`` terms then act as a soft gate.
 
     Parameters
     ----------

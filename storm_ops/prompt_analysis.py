@@ -1,10 +1,11 @@
 """Prompt analysis: objects, SynGen modifier sets and spatial relations, aligned to CLIP columns.
 
-With spaCy (the default when an English pipeline is installed) the modifier sets follow SynGen's
-extractors (methods.md 2.1): (a) every noun collects its children labelled ``amod, nmod, compound,
-npadvmod, advmod, acomp`` and, below them, further such labels and ``conj`` ("a red and blue table"
-binds red and blue to table); (b) a copula binds its predicate to its subject ("the dog is red").
-SynGen's extractor (c) is not used (it stops after the first noun). Choices beyond SynGen:
+With spaCy (the default when an English pipeline is installed) the modifier sets follow the
+extractors of SynGen's official code (Rassin et al., NeurIPS 2023): (a) every noun collects its
+children labelled ``amod, nmod, compound, npadvmod, advmod, acomp`` and, below them, further such
+labels and ``conj`` ("a red and blue table" binds red and blue to table); (b) a copula binds its
+predicate to its subject ("the dog is red"). SynGen's extractor (c) is not used (it stops after
+the first noun). Choices beyond SynGen:
 
 * an object is a noun with its noun-noun compounds: "teddy bear" is one entity whose columns are
   both words, and the compound is not listed as a modifier of itself (SynGen would bind "teddy" to

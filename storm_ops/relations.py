@@ -1,7 +1,7 @@
 """Spatial relations between the objects of a prompt ("a cat to the left of a dog" -> cat left of dog).
 
 STORM's own code decides the relation by substring tests on the raw prompt and always treats the
-first noun as the subject (methods.md 4.4): "laptop" reads as "top", "bright" as "right", and
+first noun as the subject: "laptop" reads as "top", "bright" as "right", and
 "a dog to the right of a cat" is guided like "left of". Here relations come from the dependency
 parse, whole words only: the relation word ("left", "above", "next"), the noun its phrase attaches
 to (the subject, found through verbs, relative clauses and coordinated prepositions) and the noun

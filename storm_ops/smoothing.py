@@ -1,12 +1,12 @@
 """Gaussian smoothing of attention maps.
 
-Two kernel conventions exist and are easy to confuse (style-anchors (c) 7):
+Two kernel conventions exist and are easy to confuse, since both call their width ``sigma``:
 
 * ``"standard"``: ``g(x) = exp(-x^2 / (2 sigma^2))``.
 * ``"attend_excite"``: ``g(x) = exp(-(x / (2 sigma))^2)`` as in the official Attend-and-Excite
   and STORM code, i.e. a standard Gaussian of width ``sqrt(2) * sigma``. For ``k = 3``,
   ``sigma = 0.5`` the 1-D weights are (0.21194, 0.57612, 0.21194) and the 2-D centre weight is
-  0.331911 (methods.md 0.3).
+  0.331911 (the official Attend-and-Excite kernel's values).
 
 The convention is always an explicit argument.
 """

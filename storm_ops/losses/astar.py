@@ -1,4 +1,4 @@
-"""A-STAR: attention segregation and retention (methods.md section 3).
+"""A-STAR: attention segregation and retention.
 
 Agarwal et al., "A-STAR: Test-time Attention Segregation and Retention for Text-to-image
 Synthesis", ICCV 2023, arXiv 2306.14544. No official implementation is public; this follows the
@@ -16,7 +16,7 @@ high-activation region at the *previous* denoising step, so a concept found earl
 (each retention term is >= 0.5 with this normalisation). ``B^m`` may instead be a user layout
 mask (paper Fig. 12).
 
-Choices where the paper is silent (methods.md 3, [assumption]), all overridable:
+Choices where the paper is silent (ours, chosen to stay comparable with A&E), all overridable:
 
 * maps: Attend-and-Excite's preprocessing (softmax over word tokens at temperature 100, 3x3
   Gaussian smoothing; :func:`~storm_ops.losses.attend_excite.subject_maps`), so maps lie in [0, 1];
@@ -43,7 +43,7 @@ from ..guidance import GuidanceContext, GuidanceTerm, StepSize, StepWindow, Term
 from ..tokens import Subject, TokenLayout
 from .attend_excite import AttendExciteConfig, max_attention, subject_maps
 
-#: Defaults proposed in methods.md 3 (A&E's schedule; the paper gives none).
+#: Our defaults (A&E's schedule; the paper gives none).
 DEFAULT_WINDOW = StepWindow(0.0, 0.5)
 DEFAULT_STEP_SIZE = StepSize(20.0, 0.5)
 DEFAULT_MASK_THRESHOLD = 0.5
@@ -148,7 +148,7 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class AStarConfig:
-    """A-STAR options (defaults: methods.md 3 proposal).
+    """A-STAR options (defaults: our choices where the paper is silent, see the module docstring).
 
     Attributes
     ----------

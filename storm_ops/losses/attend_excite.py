@@ -1,4 +1,4 @@
-"""Attend-and-Excite (Chefer et al., SIGGRAPH 2023, arXiv 2301.13826; methods.md section 1).
+"""Attend-and-Excite (Chefer et al., SIGGRAPH 2023, arXiv 2301.13826).
 
 For every subject token ``s`` the aggregated cross-attention maps are turned into a
 distribution over the prompt's tokens at every pixel (temperature softmax without the start

@@ -1,4 +1,4 @@
-"""SynGen: linguistic binding by attention-map alignment (methods.md section 2).
+"""SynGen: linguistic binding by attention-map alignment.
 
 Rassin et al., "Linguistic Binding in Diffusion Models: Enhancing Attribute Correspondence
 through Attention Map Alignment", NeurIPS 2023, arXiv 2306.08877.
@@ -7,7 +7,7 @@ Every modifier set ``S`` (a noun ``n`` and its modifiers ``m``, from the prompt'
 parse) pulls the attention map of each modifier towards its noun's map (positive term) and pushes
 both away from the maps of the prompt's other word pieces ``U(S)`` (negative term). Maps are the
 aggregated cross-attention probabilities used as they are (no start-token removal, no softmax over
-tokens, no smoothing, methods.md 2.2); each is turned into a distribution over pixels. With
+tokens, no smoothing, as in the official code); each is turned into a distribution over pixels. With
 ``dist`` the symmetric KL divergence (paper and official ``compute_loss.py``)::
 
     pos(m, n) = dist(A_m, A_n)
@@ -15,20 +15,21 @@ tokens, no smoothing, methods.md 2.2); each is turned into a distribution over p
     L         = sum_S sum_m [pos(m, n) + neg(m, n)]  +  sum_{singletons n} -mean_u dist(A_n, A_u)
 
 which equals the paper's form ``sum_i sum_(m,n) dist(A_m, A_n) - sum_i 1/|U(S_i)| sum_(m,n)
-sum_u 1/2 (dist(A_m, A_u) + dist(A_u, A_n))`` (methods.md 2.3). A member made of several BPE
-pieces uses the largest distance over its pieces (official code).
+sum_u 1/2 (dist(A_m, A_u) + dist(A_u, A_n))``. A member made of several BPE pieces uses the
+largest distance over its pieces (official code).
 
-The entropy-regularised variant of the seed blog (methods.md 2.5) adds, per pair,
-``lambda_entropy * (H(A_m) + H(A_n))`` and ``s * gamma_entropy / 2 * mean_u H(A_u)``. Written
-literally (``s = +1``) minimising it makes the unrelated maps *more concentrated*, the opposite of
-the blog's prose; ``unrelated_entropy="diffuse"`` (default, ``s = -1``) follows the prose,
-``"literal"`` the formula. ``lambda_entropy = gamma_entropy = 0`` is plain SynGen.
+The entropy-regularised variant (a blog post building on SynGen by Jiang, Li and Zhu, December
+2024) adds, per pair, ``lambda_entropy * (H(A_m) + H(A_n))`` and
+``s * gamma_entropy / 2 * mean_u H(A_u)``. Written literally (``s = +1``) minimising it makes the
+unrelated maps *more concentrated*, the opposite of the blog's prose;
+``unrelated_entropy="diffuse"`` (default, ``s = -1``) follows the prose, ``"literal"`` the formula.
+``lambda_entropy = gamma_entropy = 0`` is plain SynGen.
 
 Deliberate differences from the official code: the loss is computed per image of the batch (the
-official loop keeps only the last image's update, methods.md 8); maps that contain exact zeros
-give a large finite divergence instead of ``inf`` (see :func:`symmetric_kl`); the index sets are
-used as given (parsing, alignment and merging of overlapping sets belong to the prompt analysis),
-except that an entity singleton sharing a column with a modifier set is dropped, as the official
+official loop keeps only the last image's update); maps that contain exact zeros give a large
+finite divergence instead of ``inf`` (see :func:`symmetric_kl`); the index sets are used as given
+(parsing, alignment and merging of overlapping sets belong to the prompt analysis), except that
+an entity singleton sharing a column with a modifier set is dropped, as the official
 ``unify_lists`` merges it into that set.
 """
 
@@ -48,7 +49,7 @@ from ..tokens import WORD, Subject, TokenLayout
 #: SynGen defaults (official pipeline): one update at steps 0..24 of 50, constant step size 20.
 DEFAULT_WINDOW = StepWindow(0.0, 0.5)
 DEFAULT_STEP_SIZE = StepSize(20.0, 1.0)
-#: Signs of the unrelated-entropy term: "diffuse" follows the seed blog's prose, "literal" its formula.
+#: Signs of the unrelated-entropy term: "diffuse" follows the entropy blog post's prose, "literal" its formula.
 UNRELATED_ENTROPY_MODES = ("diffuse", "literal")
 
 
@@ -111,7 +112,7 @@ def symmetric_kl(map_p: torch.Tensor, map_q: torch.Tensor) -> torch.Tensor:
 
 
 def entropy(maps: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy ``H(A) = -sum_i p_i log p_i`` of maps as pixel distributions (methods.md 2.5).
+    """Shannon entropy ``H(A) = -sum_i p_i log p_i`` of maps as pixel distributions (entropy variant).
 
     Parameters
     ----------
@@ -158,7 +159,8 @@ class SynGenSet:
 
 
 def unrelated_columns(layout: TokenLayout, columns: tuple[int, ...]) -> tuple[int, ...]:
-    """``U(S)``: the word-piece columns of ``layout`` that are not in ``columns`` (methods.md 2.1 step 9)."""
+    """``U(S)``: the word-piece columns of ``layout`` that are not in ``columns`` (the official code's
+    candidates: every word piece between the start and end tokens, stop words included)."""
     inside = set(columns)
     return tuple(c for c in layout.word_positions if c not in inside)
 
@@ -214,7 +216,7 @@ class SynGenConfig:
     Attributes
     ----------
     lambda_entropy : float
-        Weight of ``H(A_m) + H(A_n)`` per pair (seed blog, methods.md 2.5); 0 disables it. No
+        Weight of ``H(A_m) + H(A_n)`` per pair (the entropy blog post); 0 disables it. No
         published value; H is ~4-5.5 on 16x16 maps against KLs of ~0.05-0.5, so start at 1e-3-1e-2.
     gamma_entropy : float
         Weight of the unrelated maps' entropy (same scale); 0 disables it.
@@ -278,7 +280,7 @@ def _mean_unrelated(member: torch.Tensor, unrelated: torch.Tensor) -> torch.Tens
 
 def syngen_loss(maps: torch.Tensor, sets: tuple[SynGenSet, ...],
                 config: SynGenConfig = SynGenConfig()) -> SynGenLoss:
-    """SynGen's loss (Rassin et al. 2023; methods.md 2.3) with the optional entropy terms (2.5).
+    """SynGen's loss (Rassin et al., NeurIPS 2023) with the optional entropy terms of the variant.
 
     Parameters
     ----------
