@@ -7,8 +7,10 @@ replace patch that was registered before it (IP-Adapter-style packs keep working
 host's own kernel, called exactly as the unpatched layer calls it — so recording never changes
 the image.
 
-Patches are closures over a recorder created per sampling run (closures survive
-``ModelPatcher.clone()``'s deep copy as the same object; see host-api.md 1.2).
+Patches are closures over a recorder created per sampling run. ``ModelPatcher.clone()`` copies
+``model_options``: the pip fork and 0.3.x use ``copy.deepcopy``, which copies callable objects and
+the owners of bound methods, newer upstream copies only the dicts and lists; a closure survives as
+the same object in all of them, and so does the recorder it closes over.
 """
 
 from __future__ import annotations

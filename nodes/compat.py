@@ -1,8 +1,7 @@
 """Everything that differs between the ComfyUI versions we support, in one place.
 
-Supported hosts: the 2024 pip fork (``comfyui==0.0.1``) through current upstream. See
-``docs/host-api.md`` section 8 for the table of differences. Each helper here has one job and
-says which host needs it.
+Supported hosts: the 2024 pip fork (``comfyui==0.0.1``) through current upstream. Each helper
+here has one job and says which host needs it.
 """
 
 from __future__ import annotations
