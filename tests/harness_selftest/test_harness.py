@@ -110,7 +110,8 @@ def test_tiny_weights_are_deterministic(host):
     assert all(torch.isfinite(v).all() for v in sd_a.values())
 
 
-# real topology tables (host-api.md 1.5): (block, id) -> number of transformer blocks (depth)
+# real topology tables (the SD1.5 / SDXL configs in comfy/model_detection.py):
+# (block, id) -> number of transformer blocks (depth)
 SD1_LAYERS = {("input", 1): 1, ("input", 2): 1, ("input", 4): 1, ("input", 5): 1, ("input", 7): 1, ("input", 8): 1,
               ("middle", 0): 1, **{("output", i): 1 for i in range(3, 12)}}
 SDXL_LAYERS = {("input", 4): 2, ("input", 5): 2, ("input", 7): 10, ("input", 8): 10, ("middle", 0): 10,

@@ -1,4 +1,4 @@
-"""A-STAR segregation and retention (methods.md section 3) on hand-checkable inputs."""
+"""A-STAR segregation and retention (Agarwal et al., ICCV 2023) on hand-checkable inputs."""
 
 from dataclasses import replace
 

@@ -1,4 +1,4 @@
-"""Attend-and-Excite maps and loss (methods.md section 1)."""
+"""Attend-and-Excite maps and loss (Chefer et al., SIGGRAPH 2023)."""
 
 from dataclasses import replace
 
@@ -20,7 +20,7 @@ from storm_ops.tokens import Subject, TokenLayout
 
 
 def test_loss_is_max_over_subjects_of_one_minus_max():
-    # methods.md 1.2 fixture ae_max_attention_sd14: maxima (0.273655, 0.018227) -> L = 0.981773
+    # maxima (0.273655, 0.018227) -> L = 0.981773: values computed with the official code (its SD-1.x path)
     loss = attend_excite_loss(torch.tensor([[0.273655, 0.018227]]))
     assert loss.item() == pytest.approx(0.981773, abs=1e-6)
     batch = attend_excite_loss(torch.tensor([[0.9, 0.2], [0.6, 0.7], [1.2, 1.0]]))
@@ -48,7 +48,7 @@ def test_subject_maps_follow_softmax_then_smoothing():
 def test_words_convention_drops_eot_and_padding():
     lay = layout_of(CAT_DOG, pad_id=0)
     maps = _maps(lay)
-    maps[:, 6:] += 0.5  # strong end/padding attention, as on SD2 (methods.md 8: maxima 0.27 vs 0.87)
+    maps[:, 6:] += 0.5  # strong end/padding attention, as on SD2, where keeping it caps the maxima (0.27 vs 0.87)
     maps = maps / maps.sum(1, keepdim=True)
     subjects = (Subject("cat", (2,)),)
     sd1 = max_attention(subject_maps(maps, lay, subjects, AttendExciteConfig(end_token_convention="sd1")))

@@ -1,4 +1,4 @@
-"""AID / PAID attention interpolation, Beta schedule, warm-up, slerp/lerp (methods.md 5)."""
+"""AID / PAID attention interpolation (He et al., NeurIPS 2024), Beta schedule, warm-up, slerp/lerp."""
 
 import math
 
@@ -51,7 +51,7 @@ def ref_attention(q, k, v, heads):
 
 
 def ref_interpolation(q, ka, va, kb, vb, t, mode, ks=None, vs=None):
-    """Closed forms of methods.md 5.1, one frame at a time."""
+    """Closed forms of AID's inner / outer / fused attention, one frame at a time."""
     frames = []
     for i in range(q.shape[0]):
         ti = float(t[i])

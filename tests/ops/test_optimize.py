@@ -100,7 +100,10 @@ def test_clip_grad_norm_bounds_each_sample_and_never_scales_up():
 
 
 def test_x_space_update_equals_the_z_space_update():
-    """z = x / sqrt(1 + s^2): z <- z - a grad_z L  is  x <- x - a (1 + s^2) grad_x L (design.md)."""
+    """z = x / sqrt(1 + s^2): z <- z - a grad_z L  is  x <- x - a (1 + s^2) grad_x L.
+
+    ComfyUI samples ``x = x0 + sigma * eps`` while the papers' step sizes are for the diffusers latent ``z``.
+    """
     sigma, alpha = 3.0, 0.7
     scale = (1 + sigma ** 2) ** 0.5
     x = torch.randn(5, dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""Optimal transport solvers and grid helpers (storm_ops/ot.py; methods.md 4.6-4.8)."""
+"""Optimal transport solvers and grid helpers (storm_ops/ot.py)."""
 
 import warnings
 from itertools import pairwise
@@ -225,7 +225,7 @@ def test_reference_sinkhorn_follows_the_released_iterations():
 
 
 def test_reference_sinkhorn_value_ignores_the_target_for_rank_one_costs():
-    # methods.md 4.8: with C[n, m] = c_n the loss <P, C> does not depend on the target
+    # released STORM code: with C[n, m] = c_n (rank 1) the loss <P, C> does not depend on the target
     a = _weights(1, 16, 1, torch.float32)[0]
     c = torch.rand(16, generator=torch.Generator().manual_seed(3)) * 2
     cost = c[:, None].expand(16, 16)

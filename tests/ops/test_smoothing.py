@@ -1,4 +1,4 @@
-"""Gaussian smoothing: the A&E kernel convention and padding (methods.md 0.3)."""
+"""Gaussian smoothing: the convention and padding of the official Attend-and-Excite kernel."""
 
 import math
 

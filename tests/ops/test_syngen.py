@@ -1,4 +1,4 @@
-"""SynGen loss and its entropy variant (methods.md section 2) on hand-checkable inputs."""
+"""SynGen loss (Rassin et al., NeurIPS 2023) and its entropy variant on hand-checkable inputs."""
 
 import math
 
