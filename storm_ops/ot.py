@@ -2,13 +2,12 @@
 
 Solvers
 -------
-sinkhorn_log        batched log-domain Sinkhorn (after POT's ``sinkhorn_log``), stopped on the
-                    marginal error, differentiable by unrolling its iterations.
-entropic_ot         the entropic OT value with envelope-theorem gradients (iterations run without
-                    autograd, so memory does not grow with the iteration count).
+entropic_ot         the entropic OT value by batched log-domain Sinkhorn (after POT's
+                    ``sinkhorn_log``), stopped on the marginal error, with envelope-theorem
+                    gradients (iterations run without autograd, so memory does not grow with the
+                    iteration count).
 sinkhorn_reference  the released STORM code's plain Sinkhorn (u = v = 1, a fixed number of
-                    iterations, ``+ 1e-8`` in the denominators), kept for parity tests.
-exact_ot            the unregularised problem as a linear program (scipy), for small problems.
+                    iterations, ``+ 1e-8`` in the denominators), for the STORM loss's reference mode.
 
 Grid helpers
 ------------
@@ -39,9 +38,7 @@ from .errors import ConvergenceWarning, ShapeError, StormError
 __all__ = [
     "centroids",
     "entropic_ot",
-    "exact_ot",
     "pixel_coordinates",
-    "sinkhorn_log",
     "sinkhorn_reference",
     "squared_distance_cost",
 ]
@@ -201,16 +198,23 @@ def _warn_not_converged(name: str, max_iter: int, err: torch.Tensor, tol: float,
     )
 
 
-def sinkhorn_log(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float, *,
-                 max_iter: int = 1000, tol: float = 1e-5, check_every: int = 10,
-                 warn: bool = True) -> tuple[torch.Tensor, dict]:
-    """Entropic OT plan by Sinkhorn iterations in the log domain (batched).
+def entropic_ot(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float, *,
+                max_iter: int = 1000, tol: float = 1e-5, check_every: int = 10,
+                warn: bool = True) -> tuple[torch.Tensor, dict]:
+    """The entropic OT value ``OT_reg(a, b)`` with envelope-theorem gradients (batched).
 
-    Solves ``min_P <P, C> + reg * KL(P | a b^T)`` subject to ``P 1 = a``, ``P^T 1 = b`` by
-    alternating the dual updates ``f = -reg * LSE_j(log b_j + (g_j - C_ij) / reg)`` and
+    The potentials are found without autograd by Sinkhorn iterations in the log domain, which
+    alternate the dual updates ``f = -reg * LSE_j(log b_j + (g_j - C_ij) / reg)`` and
     ``g = -reg * LSE_i(log a_i + (f_i - C_ij) / reg)`` (Peyre & Cuturi 2019, Sec. 4.4; the
     scheme of POT's ``sinkhorn_log``). Working with potentials instead of ``exp(-C/reg)`` never
-    underflows, unlike the released STORM solver (:func:`sinkhorn_reference`).
+    underflows, unlike the released STORM solver (:func:`sinkhorn_reference`). The value is then
+    the dual objective at those (fixed) potentials,
+
+        OT = <f, a> + <g, b> - reg * (sum_ij a_i b_j exp((f_i + g_j - C_ij) / reg) - 1),
+
+    whose gradients are exactly those of the optimum at convergence (envelope theorem):
+    ``dOT/da = f``, ``dOT/db = g``, ``dOT/dC = P``. Memory is one ``(B, n, m)`` tensor, whatever
+    the number of iterations.
 
     Parameters
     ----------
@@ -234,57 +238,18 @@ def sinkhorn_log(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: floa
 
     Returns
     -------
-    plan : Tensor, shape (B, n, m) or (n, m)
-        Transport plan, in the dtype of ``a`` on its device. The iterations are recorded by
-        autograd, so the plan is differentiable w.r.t. ``a``, ``b`` and ``cost`` (memory grows
-        with the iteration count; use :func:`entropic_ot` for losses).
-    info : dict
-        ``iterations`` (int), ``marginal_error`` (Tensor (B,)), ``converged`` (bool),
-        ``f``, ``g`` (dual potentials, shapes (B, n) and (B, m)) and ``transport_cost``
-        (``<P, C>``, Tensor (B,)).
-
-    Notes
-    -----
-    The math runs in float64 when any input is float64, else in float32 (half-precision inputs
-    are promoted; the plan is cast back).
-    """
-    a2, b2, c2, unbatched = _prepare_sinkhorn(a, b, cost, reg, max_iter)
-    f, g, iters, err, converged = _sinkhorn_potentials(a2, b2, c2, reg, max_iter, tol, max(1, check_every))
-    if not converged and warn:
-        _warn_not_converged("sinkhorn_log", max_iter, err, tol, reg)
-    plan = _plan(a2, b2, c2, f, g, reg)
-    info = {"iterations": iters, "marginal_error": err.detach(), "converged": converged,
-            "f": f, "g": g, "transport_cost": (plan * c2).sum((-2, -1))}
-    plan = plan.to(a.dtype)
-    return (plan[0] if unbatched else plan), info
-
-
-def entropic_ot(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg: float, *,
-                max_iter: int = 1000, tol: float = 1e-5, check_every: int = 10,
-                warn: bool = True) -> tuple[torch.Tensor, dict]:
-    """The entropic OT value ``OT_reg(a, b)`` with envelope-theorem gradients (batched).
-
-    The potentials are found by :func:`sinkhorn_log` without autograd; the value is then the
-    dual objective at those (fixed) potentials,
-
-        OT = <f, a> + <g, b> - reg * (sum_ij a_i b_j exp((f_i + g_j - C_ij) / reg) - 1),
-
-    whose gradients are exactly those of the optimum at convergence (envelope theorem):
-    ``dOT/da = f``, ``dOT/db = g``, ``dOT/dC = P``. Memory is one ``(B, n, m)`` tensor, whatever
-    the number of iterations.
-
-    Parameters
-    ----------
-    a, b, cost, reg, max_iter, tol, check_every, warn
-        As in :func:`sinkhorn_log`.
-
-    Returns
-    -------
     value : Tensor, shape (B,) or ()
         ``OT_reg(a, b) = <P, C> + reg * KL(P | a b^T)`` (float32 or float64 math, in the dtype
         of ``a``), differentiable w.r.t. ``a``, ``b`` and ``cost``.
     info : dict
-        As in :func:`sinkhorn_log`, plus ``plan`` (detached, shape (B, n, m)).
+        ``iterations`` (int), ``marginal_error`` (Tensor (B,)), ``converged`` (bool),
+        ``f``, ``g`` (dual potentials, shapes (B, n) and (B, m)), ``plan`` (detached, shape
+        (B, n, m)) and ``transport_cost`` (``<P, C>``, Tensor (B,)).
+
+    Notes
+    -----
+    The math runs in float64 when any input is float64, else in float32 (half-precision inputs
+    are promoted; the value is cast back).
     """
     a2, b2, c2, unbatched = _prepare_sinkhorn(a, b, cost, reg, max_iter)
     with torch.no_grad():
@@ -338,52 +303,3 @@ def sinkhorn_reference(a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, reg
     err = (plan.sum(-1) - a2).abs().sum(-1).detach()
     info = {"iterations": num_iter, "marginal_error": err}
     return (plan[0] if unbatched else plan), info
-
-
-# ------------------------------------------------------------------------------ exact OT
-def exact_ot(a, b, cost, *, max_size: int = 40_000) -> tuple[torch.Tensor, dict]:
-    """Unregularised OT ``min_P <P, C>`` with ``P 1 = a``, ``P^T 1 = b``, ``P >= 0`` (scipy HiGHS).
-
-    For small problems (tests, checks of the entropic solvers as ``reg -> 0``).
-
-    Parameters
-    ----------
-    a : array-like, shape (n,)
-    b : array-like, shape (m,)
-        Non-negative weights with equal sums.
-    cost : array-like, shape (n, m)
-    max_size : int
-        Refuse problems with more than this many plan entries (``n * m``).
-
-    Returns
-    -------
-    plan : Tensor, shape (n, m), float64 on the CPU
-    info : dict
-        ``cost`` (float, ``<P, C>``) and ``status`` (the solver's message).
-    """
-    import numpy as np
-    from scipy.optimize import linprog
-    from scipy.sparse import coo_matrix, vstack
-
-    a_np = torch.as_tensor(a).detach().cpu().double().numpy().reshape(-1)
-    b_np = torch.as_tensor(b).detach().cpu().double().numpy().reshape(-1)
-    c_np = torch.as_tensor(cost).detach().cpu().double().numpy()
-    n, m = a_np.size, b_np.size
-    if c_np.shape != (n, m):
-        raise ShapeError(f"cost must have shape ({n}, {m}), got {c_np.shape}")
-    if n * m > max_size:
-        raise StormError(f"exact_ot is meant for small problems: {n}x{m} exceeds {max_size} entries; "
-                         "use sinkhorn_log with a small reg instead")
-    if (a_np < 0).any() or (b_np < 0).any():
-        raise StormError("exact_ot needs non-negative weights")
-    if not np.isclose(a_np.sum(), b_np.sum(), rtol=1e-9, atol=1e-12):
-        raise StormError(f"the marginals have different masses: {a_np.sum()!r} and {b_np.sum()!r}")
-    idx = np.arange(n * m)
-    rows = coo_matrix((np.ones(n * m), (idx // m, idx)), shape=(n, n * m))  # sum_j P_ij = a_i
-    cols = coo_matrix((np.ones(n * m), (idx % m, idx)), shape=(m, n * m))   # sum_i P_ij = b_j
-    res = linprog(c_np.reshape(-1), A_eq=vstack([rows, cols]).tocsr(), b_eq=np.concatenate([a_np, b_np]),
-                  bounds=(0, None), method="highs")
-    if res.status != 0:
-        raise StormError(f"exact_ot failed: {res.message}")
-    plan = torch.from_numpy(res.x.reshape(n, m))
-    return plan, {"cost": float(res.fun), "status": res.message}

@@ -3,16 +3,21 @@
 import warnings
 from itertools import pairwise
 
+import numpy as np
 import pytest
 import torch
+from scipy.optimize import linprog
+from scipy.sparse import coo_matrix, vstack
 
 from storm_ops.errors import ConvergenceWarning, ShapeError, StormError
 from storm_ops.ot import (
+    _plan,
+    _prepare_sinkhorn,
+    _sinkhorn_potentials,
+    _warn_not_converged,
     centroids,
     entropic_ot,
-    exact_ot,
     pixel_coordinates,
-    sinkhorn_log,
     sinkhorn_reference,
     squared_distance_cost,
 )
@@ -28,6 +33,56 @@ def _problem(batch=3, n=12, m=9, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed + 100)
     cost = torch.rand(batch, n, m, generator=g, dtype=torch.float64).to(dtype)
     return _weights(batch, n, seed, dtype), _weights(batch, m, seed + 1, dtype), cost
+
+
+# ------------------------------------------------------------------ test-only solvers
+def sinkhorn_log(a, b, cost, reg, *, max_iter=1000, tol=1e-5, check_every=10, warn=True):
+    """The plan of the log-domain Sinkhorn that :func:`entropic_ot` runs, differentiable by unrolling.
+
+    Same arguments, validation, iterations and dtype rules as :func:`entropic_ot`, but the
+    iterations are recorded by autograd (memory grows with their count) and the result is the
+    plan ``P`` (B, n, m) or (n, m), in the dtype of ``a``, with ``info`` holding ``iterations``,
+    ``marginal_error``, ``converged``, ``f``, ``g`` and ``transport_cost``.
+    """
+    a2, b2, c2, unbatched = _prepare_sinkhorn(a, b, cost, reg, max_iter)
+    f, g, iters, err, converged = _sinkhorn_potentials(a2, b2, c2, reg, max_iter, tol, max(1, check_every))
+    if not converged and warn:
+        _warn_not_converged("sinkhorn_log", max_iter, err, tol, reg)
+    plan = _plan(a2, b2, c2, f, g, reg)
+    info = {"iterations": iters, "marginal_error": err.detach(), "converged": converged,
+            "f": f, "g": g, "transport_cost": (plan * c2).sum((-2, -1))}
+    plan = plan.to(a.dtype)
+    return (plan[0] if unbatched else plan), info
+
+
+def exact_ot(a, b, cost, *, max_size: int = 40_000):
+    """Unregularised OT ``min_P <P, C>`` with ``P 1 = a``, ``P^T 1 = b``, ``P >= 0`` (scipy HiGHS).
+
+    The reference the entropic solver must approach as ``reg -> 0``, for small problems only
+    (``n * m <= max_size``). Returns the plan (float64, CPU) and ``{"cost", "status"}``.
+    """
+    a_np = torch.as_tensor(a).detach().cpu().double().numpy().reshape(-1)
+    b_np = torch.as_tensor(b).detach().cpu().double().numpy().reshape(-1)
+    c_np = torch.as_tensor(cost).detach().cpu().double().numpy()
+    n, m = a_np.size, b_np.size
+    if c_np.shape != (n, m):
+        raise ShapeError(f"cost must have shape ({n}, {m}), got {c_np.shape}")
+    if n * m > max_size:
+        raise StormError(f"exact_ot is meant for small problems: {n}x{m} exceeds {max_size} entries; "
+                         "use sinkhorn_log with a small reg instead")
+    if (a_np < 0).any() or (b_np < 0).any():
+        raise StormError("exact_ot needs non-negative weights")
+    if not np.isclose(a_np.sum(), b_np.sum(), rtol=1e-9, atol=1e-12):
+        raise StormError(f"the marginals have different masses: {a_np.sum()!r} and {b_np.sum()!r}")
+    idx = np.arange(n * m)
+    rows = coo_matrix((np.ones(n * m), (idx // m, idx)), shape=(n, n * m))  # sum_j P_ij = a_i
+    cols = coo_matrix((np.ones(n * m), (idx % m, idx)), shape=(m, n * m))   # sum_i P_ij = b_j
+    res = linprog(c_np.reshape(-1), A_eq=vstack([rows, cols]).tocsr(), b_eq=np.concatenate([a_np, b_np]),
+                  bounds=(0, None), method="highs")
+    if res.status != 0:
+        raise StormError(f"exact_ot failed: {res.message}")
+    plan = torch.from_numpy(res.x.reshape(n, m))
+    return plan, {"cost": float(res.fun), "status": res.message}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
