@@ -38,8 +38,6 @@ class ChunkPlan:
     mode: str                  # "outer" | "inner"
     fused: bool
     warmup_sigma: float        # interpolation runs while sigma > this (inf: never)
-    calls: int = 0             # attention calls that interpolated (for tests)
-    max_rows: int = 0          # largest UNet batch seen
 
     def active(self, extra_options: dict) -> bool:
         sigmas = extra_options.get("sigmas")
@@ -53,7 +51,6 @@ def make_interpolation_patch(plan: ChunkPlan, previous=None):
     def storm_aid_attention(q, k, v, extra_options):
         heads = extra_options["n_heads"]
         out = previous(q, k, v, extra_options) if previous is not None else host_attention(q, k, v, heads, extra_options)
-        plan.max_rows = max(plan.max_rows, q.shape[0])
         cond_or_uncond = list(extra_options.get("cond_or_uncond", [0]))
         if 0 not in cond_or_uncond or plan.t.shape[0] == 0 or not plan.active(extra_options):
             return out
@@ -71,7 +68,6 @@ def make_interpolation_patch(plan: ChunkPlan, previous=None):
             out[lo + 1:lo + rows - 1] = interpolated_attention(
                 qc[1:-1], kc[:1], vc[:1], kc[-1:], vc[-1:], plan.t.to(q.device), heads, mode=plan.mode,
                 attn_fn=lambda q_, k_, v_, h_: host_attention(q_, k_, v_, h_, extra_options), **own)
-            plan.calls += 1
         return out
 
     return storm_aid_attention
@@ -146,7 +142,7 @@ class InterpolationSettings:
 def sample_sequence(model, positive_a, positive_b, negative, guide, latent: dict, seed: int, steps: int,
                     cfg: float, sampler_name: str, scheduler: str, settings: InterpolationSettings,
                     noise_b_seed: int | None, record_layers: str | None = None):
-    """Sample the whole sequence; returns (latent batch ``(n, C, h, w)``, RunRecord or None, plans)."""
+    """Sample the whole sequence; returns (latent batch ``(n, C, h, w)``, RunRecord or None)."""
     samples = latent["samples"]
     if samples.shape[0] != 1:
         raise StormError(f"the latent has a batch of {samples.shape[0]}; give a single latent (the frames are "
@@ -170,7 +166,7 @@ def sample_sequence(model, positive_a, positive_b, negative, guide, latent: dict
     warmup_sigma = float(sigmas[w]) if w < n_steps else -1.0  # interpolate while sigma > sigmas[w]
     pbar = comfy.utils.ProgressBar(n_steps * len(chunks))
     preview = latent_preview_callback(model, n_steps)
-    outputs, records, plans = [], [], []
+    outputs, records = [], []
     for index, chunk in enumerate(chunks):
         throw_if_interrupted()
         t = middle[chunk]
@@ -196,9 +192,8 @@ def sample_sequence(model, positive_a, positive_b, negative, guide, latent: dict
                                   callback=callback, disable_pbar=True, seed=seed)
         outputs.append(out if index == 0 else out[1:])
         records.append(record)
-        plans.append(plan)
     frames = torch.cat([o[:-1] for o in outputs[:-1]] + [outputs[-1]], 0) if len(outputs) > 1 else outputs[0]
-    return frames, _merge_records(records, frames), plans
+    return frames, _merge_records(records, frames)
 
 
 def _merge_records(records, frames):

@@ -91,7 +91,7 @@ class AttentionInterpolation:
         coefficients = beta_schedule(int(frames), float(alpha), float(beta))
         settings = InterpolationSettings(coefficients, mode, float(warmup_ratio),
                                          int(chunk_size) or max(int(frames) - 2, 1), self.NODE_NAME)
-        samples, record, _ = sample_sequence(
+        samples, record = sample_sequence(
             model, positive_a, positive_b, negative, guide, latent_image, seed, steps, cfg, sampler_name, scheduler,
             settings, None if endpoint_noise == "same" else seed + 1, record_layers=DEFAULT_LAYER_SELECTION)
         text = ", ".join(f"{i}: {float(t):.4f}" for i, t in enumerate(coefficients))

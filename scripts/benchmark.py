@@ -250,6 +250,7 @@ def _interpolation(kind: str, device: str) -> dict:
     ensure_host()
     import torch
 
+    from harness.interpolation_probe import interpolation_stats
     from harness.tiny_models import build_tiny, tiny_conditioning
 
     pack = load_pack()
@@ -264,10 +265,10 @@ def _interpolation(kind: str, device: str) -> dict:
         latent = {"samples": torch.zeros(1, 4, size // 8, size // 8)}
         settings = interp.InterpolationSettings(beta_schedule(frames, 3.0, 3.0), mode, warmup,
                                                 chunk or max(frames - 2, 1))  # 0: all frames in one batch
-        with torch.inference_mode():
-            out, _, plans = interp.sample_sequence(tm.model, a, b, neg, None, latent, seed, steps, 7.5, "euler",
-                                                   "normal", settings, None)
-        return out, max(p.max_rows for p in plans)
+        with torch.inference_mode(), interpolation_stats(interp) as stats:
+            out, _ = interp.sample_sequence(tm.model, a, b, neg, None, latent, seed, steps, 7.5, "euler",
+                                            "normal", settings, None)
+        return out, max(s.max_rows for s in stats)
 
     if kind == "smoothness":
         frames, size, steps, seed = 9, 256, 12, 1

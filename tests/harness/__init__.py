@@ -6,6 +6,7 @@ Import it with ``tests/`` on ``sys.path`` (pytest: ``-o pythonpath=tests`` or
     from harness.host import ensure_host, load_pack          # pick + configure the host, import the pack
     from harness.tiny_models import build_tiny, tiny_conditioning
     from harness.workflows import get_runner, ui_to_api, substitute_checkpoints, run_prompt
+    from harness.interpolation_probe import interpolation_stats  # what the AID patches did, per chunk
 
 Host selection: ``COMFYUI_PATH=<ComfyUI checkout>`` -> upstream, else the pip fork ``comfyui==0.0.1``.
 CPU mode is used when CUDA is unavailable or ``STORM_TEST_DEVICE=cpu``.

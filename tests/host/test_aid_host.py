@@ -4,6 +4,7 @@ import comfy.sample
 import pytest
 import torch
 
+from harness.interpolation_probe import interpolation_stats
 from harness.nodeutil import node_output
 
 HW = (16, 16)
@@ -73,10 +74,10 @@ def test_attention_interpolation_acts_during_the_warmup_only(pack, prompts):
     runs = {}
     for warmup in (0.0, 0.6):
         settings = interp.InterpolationSettings(coef, "fused outer", warmup, 3)
-        with torch.inference_mode():
-            frames, _, plans = interp.sample_sequence(tm.model, a, b, neg, None, latent, 3, 5, 7.5, "euler",
-                                                      "normal", settings, None)
-        runs[warmup] = (frames, plans)
+        with torch.inference_mode(), interpolation_stats(interp) as stats:
+            frames, _ = interp.sample_sequence(tm.model, a, b, neg, None, latent, 3, 5, 7.5, "euler", "normal",
+                                               settings, None)
+        runs[warmup] = (frames, stats)
     no_interp, with_interp = runs[0.0], runs[0.6]
     assert no_interp[1][0].calls == 0  # warm-up 0: the frames are plain embedding interpolation
     # warm-up 0.6 of 5 steps = 3 steps x (16 attn1 + 16 attn2 layers) conditional passes
@@ -92,10 +93,10 @@ def test_chunking_bounds_the_batch_and_does_not_change_the_frames(pack, prompts)
     results = {}
     for frames, chunk in ((4, 2), (16, 2), (16, 14)):
         coef = pack.storm_ops.interpolation_schedule.beta_schedule(frames, 3.0, 3.0)
-        with torch.inference_mode():
-            out, _, plans = interp.sample_sequence(tm.model, a, b, neg, None, latent, 3, 3, 7.5, "euler", "normal",
-                                                   interp.InterpolationSettings(coef, "fused outer", 0.5, chunk), None)
-        results[(frames, chunk)] = (out, max(p.max_rows for p in plans), len(plans))
+        with torch.inference_mode(), interpolation_stats(interp) as stats:
+            out, _ = interp.sample_sequence(tm.model, a, b, neg, None, latent, 3, 3, 7.5, "euler", "normal",
+                                            interp.InterpolationSettings(coef, "fused outer", 0.5, chunk), None)
+        results[(frames, chunk)] = (out, max(s.max_rows for s in stats), len(stats))
     # cond + uncond rows of one chunk: 2 x (frames per chunk + 2 endpoints), whatever the sequence length
     assert results[(4, 2)][1] == results[(16, 2)][1] == 2 * (2 + 2)
     assert results[(16, 2)][2] == 7 and results[(16, 14)][1] == 2 * 16
