@@ -54,13 +54,17 @@ from ..analysis import BindingSet, SpatialRelation
 from ..errors import StormError
 from ..guidance import GuidanceContext, GuidanceTerm, StepSize, StepWindow, TermResult
 from ..tokens import Subject, TokenLayout
-from .storm_paper import (
+from .storm_core import (
     DEFAULT_MAX_REFINE_ITERS,
     DEFAULT_STEP_SIZE,
     DEFAULT_THRESHOLDS,
     DEFAULT_WINDOW,
     MODES,
     StormConfig,
+    time_weight,
+    token_maps,
+)
+from .storm_paper import (
     as_distribution,
     blob_targets,
     paper_attribute_loss,
@@ -68,8 +72,6 @@ from .storm_paper import (
     side_score,
     storm_paper_loss,
     target_centers,
-    time_weight,
-    token_maps,
 )
 from .storm_reference import BRANCH, REF_ATTRIBUTE_STEP, reference_adjective_loss, storm_reference_loss
 
