@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ..storm_ops.errors import StormError
 from ..storm_ops.guidance import StepSize, StepWindow, parse_thresholds
-from ..storm_ops.losses.storm import MODES, StormConfig, StormTerm
+from ..storm_ops.losses.storm import MODES, storm_term
+from ..storm_ops.losses.storm_core import StormConfig
 from ..storm_ops.relations import validate_relations
 from .errors import node_errors
 from .nodes_binding import subject_masks
@@ -88,9 +89,9 @@ class SpatialTransport(LossNode):
         objects = tuple(dict.fromkeys(e for r in relations for e in (r.subject, r.object)))
         targets = subject_masks(objects, masks, mask_subjects)
         target_masks = {obj.name: m for obj, m in zip(objects, targets or (), strict=False) if m is not None}
-        term = StormTerm(analysis.layout, relations, StormConfig(mode=mode, end_token_convention=end_tokens),
-                         bindings=analysis.bindings, target_masks=target_masks or None,
-                         window=StepWindow(float(start_at), float(end_at)),
-                         step_size=StepSize(float(step_size), float(step_decay)), weight=float(weight),
-                         thresholds=parse_thresholds(thresholds), max_refine_iters=int(max_refine_iters))
+        term = storm_term(mode, analysis.layout, relations, StormConfig(end_token_convention=end_tokens),
+                          bindings=analysis.bindings, target_masks=target_masks or None,
+                          window=StepWindow(float(start_at), float(end_at)),
+                          step_size=StepSize(float(step_size), float(step_decay)), weight=float(weight),
+                          thresholds=parse_thresholds(thresholds), max_refine_iters=int(max_refine_iters))
         return (chain(guidance, term, analysis.layout, self.NODE_NAME),)

@@ -1,25 +1,38 @@
-"""STORM pieces both modes share: configuration, released defaults, time weight, token maps.
+"""STORM pieces both modes share: configuration, released defaults, time weight, token maps, term.
 
 Han et al., "Spatial Transport Optimization by Repositioning Attention Map for Training-Free
-Text-to-Image Synthesis", CVPR 2025, arXiv 2503.22168. Paper mode (:mod:`.storm_paper`) and the
-released code's reference mode (:mod:`.storm_reference`) build their terms on this module.
+Text-to-Image Synthesis", CVPR 2025, arXiv 2503.22168. Each spatial relation "S <relation> O"
+moves the subject's and the object's cross-attention maps by optimal transport; an optional
+attribute term binds modifiers to their nouns. :class:`StormTerm` holds what every mode does with
+a prompt's relations (inputs, token maps, time weight, attribute pairs); a mode subclass supplies
+its step convention, spatial loss, attribute loss and refinement rule:
+
+* :class:`~.storm_paper.StormPaperTerm` — the method as described, done so that the target matters;
+* :class:`~.storm_reference.StormReferenceTerm` — the released code's loss (MICV-yonsei/STORM
+  ``88dbc3a``), quirks included.
+
+:data:`.storm.STORM_TERMS` picks the class from the mode name.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass
+from abc import abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 
+from ..analysis import BindingSet, SpatialRelation
 from ..attention import select_token_maps, token_softmax
 from ..errors import StormError
-from ..guidance import StepSize, StepWindow
+from ..guidance import GuidanceContext, GuidanceTerm, StepSize, StepWindow, TermResult
 from ..smoothing import gaussian_smooth
-from ..tokens import TokenLayout
+from ..tokens import Subject, TokenLayout
 from .attend_excite import check_map_settings
 
-MODES = ("paper", "reference")
 #: Released defaults (methods.md 4.9): update at steps 1..24 of 50, refinement at steps
 #: 0, 5, 10, 15, 20 (step 0 lies outside the window, so it never fires on 50 steps), <= 30 iterations.
 DEFAULT_WINDOW = StepWindow(0.02, 0.5)
@@ -32,10 +45,10 @@ DEFAULT_MAX_REFINE_ITERS = 30
 class StormConfig:
     """Settings of the STORM loss. Fields marked (paper) are ignored in reference mode.
 
+    The mode is not a setting: it is the term class (:data:`.storm.STORM_TERMS`).
+
     Attributes
     ----------
-    mode : str
-        ``"paper"`` or ``"reference"``.
     temperature, kernel_size, sigma, kernel_convention, end_token_convention
         Map processing (methods.md 4.3 / 1.1): x100 softmax, 3x3 A&E Gaussian with sigma 0.5;
         ``end_token_convention`` as in A&E (``"sd1"`` = released default, ``"words"`` = its
@@ -67,7 +80,6 @@ class StormConfig:
         (paper) Smooth the modifier maps too (the released code does not).
     """
 
-    mode: str = "paper"
     temperature: float = 100.0
     kernel_size: int = 3
     sigma: float = 0.5
@@ -90,8 +102,6 @@ class StormConfig:
     smooth_modifiers: bool = False
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise StormError(f"unknown STORM mode {self.mode!r}; use one of {MODES}", input_name="mode")
         check_map_settings(self)
         positive = {"time_weight_max": self.time_weight_max, "schedule_steps": self.schedule_steps,
                     "sinkhorn_reg": self.sinkhorn_reg, "sinkhorn_max_iter": self.sinkhorn_max_iter,
@@ -116,7 +126,7 @@ def time_weight(step: float, k: float = 0.4, w_max: float = 100.0) -> float:
 
 # ------------------------------------------------------------------------------- maps
 def token_maps(maps: torch.Tensor, layout: TokenLayout, groups, config: StormConfig, *,
-               smooth: bool) -> torch.Tensor:
+               smooth: bool, pad: int | None = None) -> torch.Tensor:
     """Softmaxed (and optionally smoothed) maps of groups of token columns, in float32.
 
     Parameters
@@ -125,12 +135,16 @@ def token_maps(maps: torch.Tensor, layout: TokenLayout, groups, config: StormCon
         Aggregated cross-attention probabilities. Not modified.
     groups : sequence of K tuples of columns
         A multi-piece word is the sum of its pieces' maps.
+    smooth : bool
+        Apply the config's Gaussian smoothing.
+    pad : int, optional
+        Reflect padding of the smoothing: ``None`` keeps the size (paper mode), ``1`` pads like
+        the released code (reference mode; a larger kernel then shrinks the maps).
 
     Returns
     -------
     Tensor, shape (B, K, h, w)
-        Not normalised (see :func:`as_distribution`). Smoothing pads like the released code
-        (reflect by 1) in reference mode and keeps the size in paper mode.
+        Not normalised.
     """
     if config.end_token_convention == "auto":
         raise StormError("the end-token convention 'auto' must be resolved for the model first (StormTerm.resolve)")
@@ -139,6 +153,168 @@ def token_maps(maps: torch.Tensor, layout: TokenLayout, groups, config: StormCon
     probs = token_softmax(maps.float(), layout.softmax_mask(config.end_token_convention), config.temperature)
     out = select_token_maps(probs, list(groups))
     if smooth:
-        pad = 1 if config.mode == "reference" else None
         out = gaussian_smooth(out, config.kernel_size, config.sigma, config.kernel_convention, pad)
     return out
+
+
+# --------------------------------------------------------------------------------- term
+class StormTerm(GuidanceTerm):
+    """STORM spatial-relation guidance as a :class:`GuidanceTerm` (Han et al., CVPR 2025).
+
+    What every mode does with a prompt's relations; a mode subclass (:data:`.storm.STORM_TERMS`)
+    supplies its step convention, spatial loss, attribute loss and refinement rule.
+
+    Parameters
+    ----------
+    layout : TokenLayout
+        The prompt's columns.
+    relations : tuple of SpatialRelation
+        At least one; their losses add up.
+    config : StormConfig
+    bindings : tuple of BindingSet
+        Noun/modifier pairs for the attribute term (the mode's :meth:`attribute_pairs` says which
+        modifiers count). Empty disables the term.
+    target_masks : mapping of entity name -> Tensor (h', w') or (1 | B, h', w'), optional
+        Painted targets replacing the computed target of that entity in every relation it is
+        part of (keys are :attr:`Subject.name` of a relation's subject/object). Checked here; the
+        mode decides whether it can use them (:meth:`_accept_target_masks`).
+    window, step_size, weight, thresholds, max_refine_iters
+        As in :class:`GuidanceTerm`; defaults are the released ones (:data:`DEFAULT_WINDOW`, ...).
+
+    Attributes
+    ----------
+    grad_clip_norm : float
+        The released code clips the latent gradient to global L2 norm 1.0 before the step; the
+        sampler applies it.
+    """
+
+    name = "storm"
+    grad_clip_norm: float | None = 1.0
+    #: the mode's name, its key in :data:`.storm.STORM_TERMS`
+    mode: ClassVar[str]
+    #: reflect padding of the map smoothing (:func:`token_maps`)
+    smoothing_pad: ClassVar[int | None]
+
+    def __init__(self, layout: TokenLayout, relations: tuple[SpatialRelation, ...],
+                 config: StormConfig = StormConfig(), *, bindings: tuple[BindingSet, ...] = (),
+                 target_masks: Mapping[str, torch.Tensor] | None = None,
+                 window: StepWindow = DEFAULT_WINDOW, step_size: StepSize = DEFAULT_STEP_SIZE,
+                 weight: float = 1.0, thresholds: tuple[tuple[float, float], ...] = DEFAULT_THRESHOLDS,
+                 max_refine_iters: int = DEFAULT_MAX_REFINE_ITERS):
+        super().__init__(window=window, step_size=step_size, weight=weight, thresholds=thresholds,
+                         max_refine_iters=max_refine_iters)
+        relations = tuple(relations)
+        if not relations:
+            raise StormError("STORM needs at least one spatial relation (e.g. 'cat left of dog')",
+                             input_name="relations")
+        entities: dict[tuple[int, ...], Subject] = {}
+        for rel in relations:
+            if set(rel.subject.positions) & set(rel.object.positions):
+                raise StormError(f"relation {rel.describe()!r} relates a word to itself", input_name="relations")
+            for ent in (rel.subject, rel.object):
+                entities.setdefault(ent.positions, ent)
+        by_name = {e.name: e.positions for rel in relations for e in (rel.subject, rel.object)}
+        masks: dict[tuple[int, ...], torch.Tensor] = {}
+        for key, mask in dict(target_masks or {}).items():
+            if key not in by_name:
+                raise StormError(f"target mask for {key!r}: no relation involves it; known entities: "
+                                 f"{sorted(by_name)}", input_name="target_masks")
+            if not isinstance(mask, torch.Tensor) or mask.dim() not in (2, 3):
+                raise StormError(f"target mask for {key!r} must be a tensor (h, w) or (B, h, w)",
+                                 input_name="target_masks")
+            if not bool(torch.isfinite(mask).all()) or bool((mask < 0).any()) or not bool((mask > 0).any()):
+                raise StormError(f"target mask for {key!r} must be finite, non-negative and not empty",
+                                 input_name="target_masks")
+            masks[by_name[key]] = mask.detach()
+        self.layout = layout
+        self.relations = relations
+        self.config = config
+        self.bindings = tuple(b for b in bindings if b.modifiers)
+        self.target_masks = self._accept_target_masks(masks)  # keyed by the entity's token columns
+        self._entities = tuple(entities.values())
+        self._index = {e.positions: k for k, e in enumerate(self._entities)}
+
+    def token_columns(self) -> tuple[int, ...]:
+        cols = [p for e in self._entities for p in e.positions]
+        cols += [p for b in self.bindings for p in b.columns]
+        return tuple(dict.fromkeys(cols))
+
+    def resolve(self, defaults: dict) -> StormTerm:
+        if self.config.end_token_convention != "auto":
+            return self
+        resolved = copy.copy(self)
+        resolved.config = replace(self.config, end_token_convention=defaults.get("end_tokens", "sd1"))
+        return resolved
+
+    # -- loss ----------------------------------------------------------------------------
+    def compute(self, ctx: GuidanceContext) -> TermResult:
+        cfg = self.config
+        ents = self._token_maps(ctx.maps, [e.positions for e in self._entities], smooth=True)
+        batch = ents.shape[0]
+        step = self.schedule_step(ctx)
+        wt = time_weight(step, cfg.time_weight_k, cfg.time_weight_max)
+        spatial, metrics = self.spatial_loss(ents, step, wt)
+        attribute = self._attribute(ctx, step, batch)
+        metrics["attribute"] = attribute.detach()
+        metrics["time_weight"] = torch.full((batch,), float(wt), device=ents.device)
+        return TermResult(spatial + cfg.attribute_weight * attribute, metrics)
+
+    def _token_maps(self, maps: torch.Tensor, groups, *, smooth: bool) -> torch.Tensor:
+        return token_maps(maps, self.layout, groups, self.config, smooth=smooth, pad=self.smoothing_pad)
+
+    def _pair_maps(self, ents: torch.Tensor, rel: SpatialRelation) -> tuple[torch.Tensor, torch.Tensor]:
+        """The subject's and the object's maps ``(B, h, w)`` of a relation, out of ``compute``'s maps."""
+        return ents[:, self._index[rel.subject.positions]], ents[:, self._index[rel.object.positions]]
+
+    def _attribute(self, ctx: GuidanceContext, step: float, batch: int) -> torch.Tensor:
+        """Mean attribute loss over :meth:`attribute_pairs`, ``(B,)``; zero before :attr:`attribute_start`."""
+        pairs = self.attribute_pairs()
+        if not pairs or self.config.attribute_weight == 0 or step < self.attribute_start:
+            return ctx.maps.new_zeros(batch, dtype=torch.float32)
+        nouns = self._token_maps(ctx.maps, [n.positions for n, _ in pairs], smooth=True)
+        mods = self._token_maps(ctx.maps, [m.positions for _, m in pairs], smooth=self.smooth_modifiers)
+        losses = [self.attribute_loss(nouns[:, k], mods[:, k]) for k in range(len(pairs))]
+        return torch.stack(losses, 1).mean(1)
+
+    # -- what a mode supplies ------------------------------------------------------------
+    @abstractmethod
+    def _accept_target_masks(self, masks: dict[tuple[int, ...], torch.Tensor]) -> dict[tuple[int, ...], torch.Tensor]:
+        """The checked target masks this mode keeps (or a StormError when it cannot use them)."""
+
+    @abstractmethod
+    def schedule_step(self, ctx: GuidanceContext) -> float:
+        """The step index the time weight and the attribute start are applied to."""
+
+    @abstractmethod
+    def spatial_loss(self, ents: torch.Tensor, step: float, weight: float) -> tuple[torch.Tensor, dict]:
+        """Summed spatial loss of the relations, ``(B,)``, and the mode's metrics.
+
+        ``ents`` (B, K, h, w) are the smoothed maps of the relations' entities (see
+        :meth:`_pair_maps`), ``step`` is :meth:`schedule_step`, ``weight`` the time weight there.
+        """
+
+    @abstractmethod
+    def attribute_pairs(self) -> list[tuple[Subject, Subject]]:
+        """(noun, modifier) pairs of the attribute term, from the bindings."""
+
+    @property
+    @abstractmethod
+    def attribute_start(self) -> float:
+        """First step (in :meth:`schedule_step` units) of the attribute term."""
+
+    @property
+    @abstractmethod
+    def smooth_modifiers(self) -> bool:
+        """Whether the modifier maps of the attribute term are smoothed."""
+
+    @abstractmethod
+    def attribute_loss(self, noun: torch.Tensor, modifier: torch.Tensor) -> torch.Tensor:
+        """Attribute loss ``(B,)`` of a smoothed noun map and a modifier map, each ``(B, h, w)``."""
+
+    @abstractmethod
+    def satisfied(self, result: TermResult, threshold: float) -> torch.Tensor:
+        """Per-sample ``(B,)``: whether refinement to ``threshold`` is done (the mode's rule)."""
+
+    def describe(self) -> str:
+        rels = "; ".join(r.describe() for r in self.relations)
+        return f"{super().describe()}; {self.mode} mode; {rels}"

@@ -24,6 +24,8 @@ Text-to-Image Synthesis", CVPR 2025, arXiv 2503.22168. Everything here follows m
   ``property_check_loss_sub_vs_target``);
 * attribute term: 1-D flattened-index cost ``0.5|n - m| + 0.5|a_n - b_m|`` divided by its max,
   added from step 7 (4.8).
+
+:class:`StormReferenceTerm` is the guidance term of this mode.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ from __future__ import annotations
 import torch
 
 from ..errors import StormError
+from ..guidance import GuidanceContext, TermResult
 from ..ot import sinkhorn_reference
+from ..tokens import Subject
+from .storm_core import StormTerm
 
 #: Released-code constants (methods.md 4.8, 4.9).
 REF_SINKHORN_REG = 0.1
@@ -271,3 +276,60 @@ def storm_reference_loss(sub: torch.Tensor, obj: torch.Tensor, relation: str, st
     info = {"loss_sub": loss_sub.detach(), "loss_obj": loss_obj.detach(), "coordinate": coordinate,
             "targets": tuple(t.detach() for t in targets)}
     return loss_sub + loss_obj, info
+
+
+# --------------------------------------------------------------------------------- term
+class StormReferenceTerm(StormTerm):
+    """STORM as released, as a guidance term (parameters as :class:`StormTerm`).
+
+    Raw step indices; the last modifier of a binding enters the attribute term (the released
+    index extraction keeps one adjective per noun); painted target masks are refused, because the
+    released loss does not depend on the target.
+    """
+
+    mode = "reference"
+    smoothing_pad = 1  # the released code reflect-pads by 1
+
+    def _accept_target_masks(self, masks: dict[tuple[int, ...], torch.Tensor]) -> dict[tuple[int, ...], torch.Tensor]:
+        if masks:
+            raise StormError("target masks have no effect in reference mode (its loss does not depend on the "
+                             "target, methods.md 4.8); use mode 'paper'", input_name="target_masks")
+        return masks
+
+    def schedule_step(self, ctx: GuidanceContext) -> float:
+        return ctx.step
+
+    def spatial_loss(self, ents: torch.Tensor, step: float, weight: float) -> tuple[torch.Tensor, dict]:
+        """:func:`storm_reference_loss` summed over the relations (it computes the time weight itself,
+        in float32 as released, so ``weight`` is unused); metric ``refine_gate`` ``(B,)``."""
+        cfg = self.config
+        spatial = ents.new_zeros(ents.shape[0])
+        coords = []
+        for rel in self.relations:
+            sub, obj = self._pair_maps(ents, rel)
+            loss, info = storm_reference_loss(sub, obj, rel.relation, step, k=cfg.time_weight_k,
+                                              w_max=cfg.time_weight_max)
+            spatial = spatial + loss
+            axis = 0 if BRANCH[rel.relation] == "horizontal" else 1
+            coords.append(info["coordinate"][:, axis])
+        # Released gate: refinement runs only while the subject is already on the left / upper
+        # side of the object (coordinate > 0).
+        return spatial, {"refine_gate": (torch.stack(coords, 1) > 0).any(1).float()}
+
+    def attribute_pairs(self) -> list[tuple[Subject, Subject]]:
+        return [(b.noun, b.modifiers[-1]) for b in self.bindings]
+
+    @property
+    def attribute_start(self) -> float:
+        return REF_ATTRIBUTE_STEP
+
+    @property
+    def smooth_modifiers(self) -> bool:
+        return False  # adjective maps are not smoothed in the released code
+
+    def attribute_loss(self, noun: torch.Tensor, modifier: torch.Tensor) -> torch.Tensor:
+        return reference_adjective_loss(noun, modifier)
+
+    def satisfied(self, result: TermResult, threshold: float) -> torch.Tensor:
+        """The released rule: ``L <= 1 - T``, or the subject is not already left of / above the object."""
+        return (result.loss.detach() <= 1.0 - threshold) | (result.metrics["refine_gate"] <= 0)

@@ -52,7 +52,7 @@ def test_right_of_is_guided_to_the_right(pack, tiny, encode):
 
 def test_painted_target_masks_move_the_subject(pack, nodes, analysed):
     tm, analysis, tokens, pos, neg = analysed("sd15")
-    st = pack.storm_ops.losses.storm
+    st = pack.storm_ops.losses.storm_core
     cat = analysis.relations[0].subject
     bottom_left = torch.zeros(1, 192, 192)
     bottom_left[:, 96:, :96] = 1.0

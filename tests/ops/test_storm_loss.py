@@ -10,15 +10,11 @@ from test_tokens import layout_of
 from storm_ops.analysis import BindingSet, SpatialRelation
 from storm_ops.errors import StormError
 from storm_ops.guidance import GuidanceContext, TermResult
-from storm_ops.losses.storm import (
-    StormConfig,
-    StormTerm,
-    resize_mask,
-    storm_paper_loss,
-    time_weight,
-    token_maps,
-)
+from storm_ops.losses.storm import MODES, STORM_TERMS, storm_term
+from storm_ops.losses.storm_core import StormConfig, time_weight, token_maps
+from storm_ops.losses.storm_paper import StormPaperTerm, resize_mask, storm_paper_loss
 from storm_ops.losses.storm_reference import (
+    StormReferenceTerm,
     circular_target_reference,
     normalize_reference,
     reference_adjective_cost,
@@ -58,8 +54,8 @@ def attention(layout, h=12, w=16, blobs=None, seed=0, batch=1):
 
 
 def term(relations, mode="paper", **kwargs):
-    cfg = StormConfig(mode=mode, end_token_convention="sd1")
-    return StormTerm(layout_of(PROMPT), relations, cfg, **kwargs)
+    cfg = StormConfig(end_token_convention="sd1")
+    return storm_term(mode, layout_of(PROMPT), relations, cfg, **kwargs)
 
 
 LEFT = SpatialRelation(CAR, "left", ELEPHANT)
@@ -320,6 +316,14 @@ def test_satisfied_uses_the_relation_score_in_paper_mode_and_the_released_rule_i
     assert ref.satisfied(result, 0.9).tolist() == [False, True, True]
 
 
+def test_the_mode_name_picks_the_term_class():
+    assert MODES == ("paper", "reference")  # the node's choices, paper (its default) first
+    assert STORM_TERMS == {"paper": StormPaperTerm, "reference": StormReferenceTerm}
+    for mode, cls in STORM_TERMS.items():
+        t = term((LEFT,), mode)
+        assert type(t) is cls and t.mode == mode and f"; {mode} mode; " in t.describe()
+
+
 def test_defaults_are_the_released_schedule():
     t = term((LEFT,))
     assert t.grad_clip_norm == 1.0
@@ -332,8 +336,9 @@ def test_defaults_are_the_released_schedule():
 
 
 def test_auto_end_tokens_resolve_without_mutating_the_term():
-    t = StormTerm(layout_of(PROMPT), (LEFT,), StormConfig(end_token_convention="auto"))
+    t = StormPaperTerm(layout_of(PROMPT), (LEFT,), StormConfig(end_token_convention="auto"))
     sd2 = t.resolve({"end_tokens": "words"})
+    assert type(sd2) is StormPaperTerm
     assert sd2.config.end_token_convention == "words" and t.config.end_token_convention == "auto"
     with pytest.raises(StormError, match="resolved"):
         token_maps(attention(layout_of(PROMPT), 4, 4), t.layout, [(3,)], t.config, smooth=True)
@@ -350,8 +355,9 @@ def test_bad_inputs_raise_storm_errors():
         term((LEFT,), target_masks={"car": torch.zeros(4, 4)})
     with pytest.raises(StormError, match="reference mode"):
         term((LEFT,), "reference", target_masks={"car": torch.ones(4, 4)})
-    with pytest.raises(StormError):
-        StormConfig(mode="fast")
+    with pytest.raises(StormError, match="unknown STORM mode") as err:
+        term((LEFT,), "fast")
+    assert err.value.input_name == "mode"
     with pytest.raises(StormError):
         StormConfig(sinkhorn_reg=0)
     with pytest.raises(StormError, match="images"):
