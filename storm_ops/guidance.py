@@ -35,6 +35,13 @@ from .tokens import TokenLayout
 #: binary floating point but means step 7. Far below ``1 / n`` for any schedule a sampler takes.
 _STEP_TOLERANCE = 1e-9
 
+#: Weight of a term in a chain of losses (its step size is multiplied by it); 1 = the term's own step.
+DEFAULT_WEIGHT = 1.0
+#: The loss papers' sampling settings: 50 denoising steps at classifier-free guidance 7.5 (their
+#: windows and thresholds are fractions of the schedule, so they carry over to any step count).
+DEFAULT_STEPS = 50
+DEFAULT_CFG = 7.5
+
 
 def first_step_at(fraction: float, num_steps: int) -> int:
     """The first step ``i`` of an ``num_steps``-step schedule with ``i / num_steps >= fraction``
@@ -117,6 +124,17 @@ def parse_thresholds(text: str) -> tuple[tuple[float, float], ...]:
     return tuple(sorted(pairs))
 
 
+def format_thresholds(pairs: tuple[tuple[float, float], ...]) -> str:
+    """The text :func:`parse_thresholds` reads back as ``pairs``: ``((0, 0.05), (0.2, 0.5))`` ->
+    ``"0:0.05, 0.2:0.5"``; no pairs -> ``""``."""
+
+    def number(x: float) -> str:
+        text = repr(float(x))  # the shortest text that reads back as x
+        return text[:-2] if text.endswith(".0") else text
+
+    return ", ".join(f"{number(pos)}:{number(value)}" for pos, value in pairs)
+
+
 @dataclass
 class GuidanceContext:
     """What a term sees at one evaluation.
@@ -155,7 +173,7 @@ class GuidanceTerm(ABC):
     #: the node that built this term, for messages (set by :meth:`Guidance.with_term`)
     source: str | None = None
 
-    def __init__(self, *, window: StepWindow, step_size: StepSize, weight: float = 1.0,
+    def __init__(self, *, window: StepWindow, step_size: StepSize, weight: float = DEFAULT_WEIGHT,
                  thresholds: tuple[tuple[float, float], ...] = (), max_refine_iters: int = 20):
         if not math.isfinite(weight):
             raise StormError(f"weight must be finite, got {weight}", input_name="weight")

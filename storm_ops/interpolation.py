@@ -47,6 +47,9 @@ AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Te
 """``attn_fn(q, k, v, heads) -> out`` in the layout above (ComfyUI's ``optimized_attention``)."""
 
 INTERPOLATION_MODES = ("inner", "outer")
+#: The AID default: outer interpolation fused with the frame's own keys/values (official "fused outer").
+DEFAULT_MODE = "outer"
+DEFAULT_FUSED = True
 
 MAX_TOKEN_REPEAT = 16
 """Largest ``lcm / shortest length`` accepted when tiling key sets to a common length."""

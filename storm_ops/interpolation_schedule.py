@@ -24,6 +24,15 @@ from .interpolation import MAX_TOKEN_REPEAT, as_coefficients, match_token_length
 
 SLERP_MODES = ("frame", "row")
 
+#: Defaults of the official AID pipeline for SD1.x/2.x: 28 steps at classifier-free guidance 7.5, a
+#: Beta(3, 3) frame spacing and interpolated attention on the first half of the steps (SDXL: cfg 5,
+#: warm-up 1.0).
+DEFAULT_STEPS = 28
+DEFAULT_CFG = 7.5
+DEFAULT_ALPHA = 3.0
+DEFAULT_BETA = 3.0
+DEFAULT_WARMUP_RATIO = 0.5
+
 _OFFICIAL_LERP_THRESHOLD = 0.9995  # |cos| above which the official per-row slerp falls back to lerp
 
 

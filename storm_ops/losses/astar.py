@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ShapeError, StormError
-from ..guidance import GuidanceContext, GuidanceTerm, StepSize, StepWindow, TermResult
+from ..guidance import DEFAULT_WEIGHT, GuidanceContext, GuidanceTerm, StepSize, StepWindow, TermResult
 from ..tokens import Subject, TokenLayout
 from .attend_excite import AttendExciteConfig, max_attention, subject_maps
 
@@ -47,6 +47,8 @@ from .attend_excite import AttendExciteConfig, max_attention, subject_maps
 DEFAULT_WINDOW = StepWindow(0.0, 0.5)
 DEFAULT_STEP_SIZE = StepSize(20.0, 0.5)
 DEFAULT_MASK_THRESHOLD = 0.5
+#: No refinement by default (the paper has none); A&E-style thresholds can be given.
+DEFAULT_THRESHOLDS: tuple[tuple[float, float], ...] = ()
 
 
 def overlap_ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -224,7 +226,7 @@ class AStarTerm(GuidanceTerm):
     def __init__(self, layout: TokenLayout, subjects: tuple[Subject, ...],
                  config: AStarConfig = AStarConfig(), *, masks: Sequence[torch.Tensor | None] | None = None,
                  window: StepWindow = DEFAULT_WINDOW, step_size: StepSize = DEFAULT_STEP_SIZE,
-                 weight: float = 1.0, thresholds: tuple[tuple[float, float], ...] = (),
+                 weight: float = DEFAULT_WEIGHT, thresholds: tuple[tuple[float, float], ...] = DEFAULT_THRESHOLDS,
                  max_refine_iters: int = 20):
         super().__init__(window=window, step_size=step_size, weight=weight, thresholds=thresholds,
                          max_refine_iters=max_refine_iters)

@@ -23,7 +23,7 @@ import torch
 
 from ..attention import select_token_maps, token_softmax
 from ..errors import StormError
-from ..guidance import GuidanceContext, GuidanceTerm, StepSize, StepWindow, TermResult
+from ..guidance import DEFAULT_WEIGHT, GuidanceContext, GuidanceTerm, StepSize, StepWindow, TermResult
 from ..smoothing import KERNEL_CONVENTIONS, gaussian_smooth
 from ..tokens import AUTO, END_TOKEN_CONVENTIONS, Subject, TokenLayout
 
@@ -117,7 +117,7 @@ class AttendExciteTerm(GuidanceTerm):
     def __init__(self, layout: TokenLayout, subjects: tuple[Subject, ...],
                  config: AttendExciteConfig = AttendExciteConfig(), *,
                  window: StepWindow = DEFAULT_WINDOW, step_size: StepSize = DEFAULT_STEP_SIZE,
-                 weight: float = 1.0, thresholds: tuple[tuple[float, float], ...] = DEFAULT_THRESHOLDS,
+                 weight: float = DEFAULT_WEIGHT, thresholds: tuple[tuple[float, float], ...] = DEFAULT_THRESHOLDS,
                  max_refine_iters: int = DEFAULT_MAX_REFINE_ITERS):
         super().__init__(window=window, step_size=step_size, weight=weight, thresholds=thresholds,
                          max_refine_iters=max_refine_iters)

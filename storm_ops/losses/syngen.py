@@ -42,13 +42,15 @@ import torch
 
 from ..analysis import BindingSet
 from ..errors import StormError
-from ..guidance import GuidanceContext, GuidanceTerm, StepSize, StepWindow, TermResult
+from ..guidance import DEFAULT_WEIGHT, GuidanceContext, GuidanceTerm, StepSize, StepWindow, TermResult
 from ..shapes import check_ndim
 from ..tokens import WORD, Subject, TokenLayout
 
 #: SynGen defaults (official pipeline): one update at steps 0..24 of 50, constant step size 20.
 DEFAULT_WINDOW = StepWindow(0.0, 0.5)
 DEFAULT_STEP_SIZE = StepSize(20.0, 1.0)
+#: The official ``include_entities`` option (nouns also pushed away from unrelated words): off in the paper's runs.
+DEFAULT_INCLUDE_ENTITIES = False
 #: Signs of the unrelated-entropy term: "diffuse" follows the entropy blog post's prose, "literal" its formula.
 UNRELATED_ENTROPY_MODES = ("diffuse", "literal")
 
@@ -358,7 +360,7 @@ class SynGenTerm(GuidanceTerm):
     def __init__(self, layout: TokenLayout, bindings: tuple[BindingSet, ...],
                  entities: tuple[Subject, ...] = (), config: SynGenConfig = SynGenConfig(), *,
                  window: StepWindow = DEFAULT_WINDOW, step_size: StepSize = DEFAULT_STEP_SIZE,
-                 weight: float = 1.0):
+                 weight: float = DEFAULT_WEIGHT):
         super().__init__(window=window, step_size=step_size, weight=weight, thresholds=(), max_refine_iters=0)
         self.layout = layout
         self.bindings = tuple(bindings)

@@ -13,8 +13,10 @@ from storm_ops.guidance import (
     StepSize,
     StepWindow,
     TermResult,
+    format_thresholds,
     parse_thresholds,
 )
+from storm_ops.losses import astar, storm
 from storm_ops.losses.attend_excite import DEFAULT_THRESHOLDS, DEFAULT_WINDOW
 
 
@@ -107,6 +109,15 @@ def test_parse_thresholds():
         with pytest.raises(StormError) as err:
             parse_thresholds(bad)
         assert err.value.input_name == "thresholds"
+
+
+def test_format_thresholds_is_read_back_by_parse_thresholds():
+    """The loss nodes' threshold widgets show the loss defaults as this text."""
+    assert format_thresholds(DEFAULT_THRESHOLDS) == "0:0.05, 0.2:0.5, 0.4:0.8"
+    assert format_thresholds(storm.DEFAULT_THRESHOLDS) == "0:0.9, 0.1:0.95, 0.2:0.99, 0.3:0.995, 0.4:0.999"
+    assert format_thresholds(astar.DEFAULT_THRESHOLDS) == ""
+    for pairs in (DEFAULT_THRESHOLDS, storm.DEFAULT_THRESHOLDS, ((0.1 + 0.2, 1e-5), (1.0, 1.0))):
+        assert parse_thresholds(format_thresholds(pairs)) == pairs
 
 
 def test_window_validation():
