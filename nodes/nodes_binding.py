@@ -5,14 +5,25 @@ from __future__ import annotations
 import torch
 
 from ..storm_ops.errors import StormError
-from ..storm_ops.guidance import StepSize, StepWindow, parse_thresholds
+from ..storm_ops.guidance import DEFAULT_WEIGHT, StepSize, StepWindow, parse_thresholds
+from ..storm_ops.losses import astar, syngen
 from ..storm_ops.losses.astar import AStarConfig, AStarTerm
 from ..storm_ops.losses.attend_excite import AttendExciteConfig
 from ..storm_ops.losses.syngen import UNRELATED_ENTROPY_MODES, SynGenConfig, SynGenTerm
 from ..storm_ops.tokens import parse_subject_spec
 from .errors import node_errors
-from .nodes_guidance import GUIDANCE_INPUT, STEP_DECAY_INPUT, WEIGHT_INPUT, LossNode, chain, window_inputs
+from .nodes_guidance import (
+    GUIDANCE_INPUT,
+    STEP_DECAY_INPUT,
+    WEIGHT_INPUT,
+    LossNode,
+    chain,
+    end_tokens_input,
+    step_size_input,
+    window_inputs,
+)
 from .validation import in_declared_range, validate_text_inputs
+from .widgets import bool_input, float_input, thresholds_input, with_default
 
 
 class SynGen(LossNode):
@@ -28,24 +39,24 @@ class SynGen(LossNode):
     def INPUT_TYPES(cls):
         return {"required": {
             "analysis": ("STORM_ANALYSIS", {"tooltip": "From STORM Prompt Analysis (its bindings are the sets)."}),
-            "step_size": ("FLOAT", {"default": 20.0, "min": 0.0, "max": 500.0, "step": 0.5,
-                                    "tooltip": "Constant step size of the latent update (paper: 20, diffusers latent "
-                                               "scale). 0 disables the loss."}),
-            **window_inputs(0.0, 0.5, "Paper: the first 25 of 50 steps (0 to 0.5)."),
-            "include_entities": ("BOOLEAN", {"default": False,
-                                             "tooltip": "Also push every noun's map away from unrelated words (the "
-                                                        "official include_entities option; off in the paper's runs)."}),
+            "step_size": step_size_input(syngen.DEFAULT_STEP_SIZE,
+                                         "Constant step size of the latent update (paper: 20, diffusers latent "
+                                         "scale). 0 disables the loss."),
+            **window_inputs(syngen.DEFAULT_WINDOW, "Paper: the first 25 of 50 steps (0 to 0.5)."),
+            "include_entities": bool_input(syngen.DEFAULT_INCLUDE_ENTITIES,
+                                           "Also push every noun's map away from unrelated words (the "
+                                           "official include_entities option; off in the paper's runs)."),
         }, "optional": {
             "guidance": GUIDANCE_INPUT,
             "weight": WEIGHT_INPUT,
-            "lambda_entropy": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001,
-                                         "tooltip": "Entropy variant: weight of H(modifier) + H(noun) per pair (keeps "
-                                                    "bound maps concentrated). No published value; entropies (~4-5.5) "
-                                                    "dwarf the KL terms (~0.05-0.5), so try 0.001-0.01. 0 = plain SynGen."}),
-            "gamma_entropy": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001,
-                                        "tooltip": "Entropy variant: weight of the unrelated words' entropy (0.001-0.01)."}),
+            "lambda_entropy": float_input(SynGenConfig.lambda_entropy, 0.0, 1.0, 0.001,
+                                          "Entropy variant: weight of H(modifier) + H(noun) per pair (keeps "
+                                          "bound maps concentrated). No published value; entropies (~4-5.5) "
+                                          "dwarf the KL terms (~0.05-0.5), so try 0.001-0.01. 0 = plain SynGen."),
+            "gamma_entropy": float_input(SynGenConfig.gamma_entropy, 0.0, 1.0, 0.001,
+                                         "Entropy variant: weight of the unrelated words' entropy (0.001-0.01)."),
             "unrelated_entropy": (list(UNRELATED_ENTROPY_MODES), {
-                "default": "diffuse",
+                "default": SynGenConfig.unrelated_entropy,
                 "tooltip": "Sign of the unrelated-entropy term. The blog's formula as written ('literal') lowers the "
                            "unrelated maps' entropy, i.e. makes them more concentrated, while its text says they "
                            "should become more diffuse; 'diffuse' (default) follows the text."}),
@@ -53,8 +64,9 @@ class SynGen(LossNode):
 
     @node_errors(NODE_NAME)
     @in_declared_range
-    def build(self, analysis, step_size, start_at, end_at, include_entities, guidance=None, weight=1.0,
-              lambda_entropy=0.0, gamma_entropy=0.0, unrelated_entropy="diffuse"):
+    def build(self, analysis, step_size, start_at, end_at, include_entities, guidance=None, weight=DEFAULT_WEIGHT,
+              lambda_entropy=SynGenConfig.lambda_entropy, gamma_entropy=SynGenConfig.gamma_entropy,
+              unrelated_entropy=SynGenConfig.unrelated_entropy):
         if not analysis.bindings and not include_entities:
             notes = "; ".join(analysis.notes) or "none"
             raise StormError(
@@ -65,7 +77,7 @@ class SynGen(LossNode):
         config = SynGenConfig(float(lambda_entropy), float(gamma_entropy), unrelated_entropy)
         term = SynGenTerm(analysis.layout, analysis.bindings, analysis.entities if include_entities else (),
                           config, window=StepWindow(float(start_at), float(end_at)),
-                          step_size=StepSize(float(step_size), 1.0), weight=float(weight))
+                          step_size=StepSize(float(step_size), syngen.DEFAULT_STEP_SIZE.end_factor), weight=float(weight))
         return (chain(guidance, term, analysis.layout, self.NODE_NAME),)
 
 
@@ -83,30 +95,30 @@ class AStar(LossNode):
     def INPUT_TYPES(cls):
         return {"required": {
             "tokens": ("STORM_TOKENS", {"tooltip": "The concepts (subjects), from STORM Subject Tokens or Prompt Analysis."}),
-            "step_size": ("FLOAT", {"default": 20.0, "min": 0.0, "max": 500.0, "step": 0.5,
-                                    "tooltip": "Step size (our default: A&E's 20 with its decay; the paper gives none)."}),
-            **window_inputs(0.0, 0.5, "Our default: the first half (the paper applies it throughout: set end_at to 1)."),
-            "mask_threshold": ("FLOAT", {"default": 0.5, "min": 0.05, "max": 1.0, "step": 0.05,
-                                         "tooltip": "Retention mask B = pixels at or above this fraction of the map's "
-                                                    "maximum at the previous step (our default; unspecified in the paper)."}),
-            "end_tokens": (["auto", "sd1", "words"], {"default": "auto",
-                                                      "tooltip": "Token softmax convention (as in Attend-and-Excite)."}),
+            "step_size": step_size_input(astar.DEFAULT_STEP_SIZE,
+                                         "Step size (our default: A&E's 20 with its decay; the paper gives none)."),
+            **window_inputs(astar.DEFAULT_WINDOW,
+                            "Our default: the first half (the paper applies it throughout: set end_at to 1)."),
+            "mask_threshold": float_input(AStarConfig.mask_threshold, 0.05, 1.0, 0.05,
+                                          "Retention mask B = pixels at or above this fraction of the map's "
+                                          "maximum at the previous step (our default; unspecified in the paper)."),
+            "end_tokens": end_tokens_input("Token softmax convention (as in Attend-and-Excite)."),
         }, "optional": {
             "guidance": GUIDANCE_INPUT,
             "weight": WEIGHT_INPUT,
-            "step_decay": STEP_DECAY_INPUT,
-            "segregation_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05,
-                                             "tooltip": "Weight of the segregation loss (0 = retention only)."}),
-            "retention_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05,
-                                           "tooltip": "Weight of the retention loss (0 = segregation only)."}),
+            "step_decay": with_default(STEP_DECAY_INPUT, astar.DEFAULT_STEP_SIZE.end_factor),
+            "segregation_weight": float_input(AStarConfig.segregation_weight, 0.0, 10.0, 0.05,
+                                              "Weight of the segregation loss (0 = retention only)."),
+            "retention_weight": float_input(AStarConfig.retention_weight, 0.0, 10.0, 0.05,
+                                            "Weight of the retention loss (0 = segregation only)."),
             "masks": ("MASK", {"tooltip": "Optional layout masks, one per subject (a batch in subject order, or as "
                                           "named in mask_subjects): where each subject should be (paper Fig. 12)."}),
             "mask_subjects": ("STRING", {"default": "",
                                          "tooltip": "Which subject each mask of the batch belongs to ('cat, dog'); "
                                                     "empty = the subjects in order."}),
-            "thresholds": ("STRING", {"default": "",
-                                      "tooltip": "Optional refinement: 'position:threshold' pairs as in Attend-and-Excite "
-                                                 "(every subject's max attention must reach the threshold). Empty = off."}),
+            "thresholds": thresholds_input(astar.DEFAULT_THRESHOLDS,
+                                           "Optional refinement: 'position:threshold' pairs as in Attend-and-Excite "
+                                           "(every subject's max attention must reach the threshold). Empty = off."),
         }}
 
     @classmethod
@@ -116,9 +128,10 @@ class AStar(LossNode):
 
     @node_errors(NODE_NAME)
     @in_declared_range
-    def build(self, tokens, step_size, start_at, end_at, mask_threshold, end_tokens, guidance=None, weight=1.0,
-              step_decay=0.5, segregation_weight=1.0, retention_weight=1.0, masks=None, mask_subjects="",
-              thresholds=""):
+    def build(self, tokens, step_size, start_at, end_at, mask_threshold, end_tokens, guidance=None,
+              weight=DEFAULT_WEIGHT, step_decay=astar.DEFAULT_STEP_SIZE.end_factor,
+              segregation_weight=AStarConfig.segregation_weight, retention_weight=AStarConfig.retention_weight,
+              masks=None, mask_subjects="", thresholds=""):
         config = AStarConfig(AttendExciteConfig(end_token_convention=end_tokens), float(mask_threshold),
                              float(segregation_weight), float(retention_weight))
         term = AStarTerm(tokens.layout, tokens.subjects, config,

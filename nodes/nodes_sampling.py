@@ -75,15 +75,19 @@ class GuidedKSampler:
 
     @classmethod
     def INPUT_TYPES(cls):
+        # imported here so that this change stays inside INPUT_TYPES (the rest of the module is being edited)
+        from ..storm_ops.guidance import DEFAULT_CFG, DEFAULT_STEPS
+        from .widgets import float_input, int_input
+
         return {"required": {
             "model": ("MODEL", {"tooltip": "The diffusion model (SD1.x, SD2.x or SDXL)."}),
             "guidance": GUIDANCE_INPUT,
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                              "tooltip": "Noise seed."}),
-            "steps": ("INT", {"default": 50, "min": 1, "max": 10000,
-                              "tooltip": "Denoising steps (papers: 50; guidance windows scale with the step count)."}),
-            "cfg": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
-                              "tooltip": "Classifier-free guidance scale (papers: 7.5)."}),
+            "steps": int_input(DEFAULT_STEPS, 1, 10000,
+                               "Denoising steps (papers: 50; guidance windows scale with the step count)."),
+            "cfg": float_input(DEFAULT_CFG, 0.0, 100.0, 0.1, "Classifier-free guidance scale (papers: 7.5).",
+                               round=0.01),
             "sampler_name": (list(BASE_SAMPLERS), {"default": "euler", "tooltip": SAMPLER_TOOLTIP}),
             "scheduler": (list(comfy.samplers.KSampler.SCHEDULERS), {"default": "normal", "tooltip": "Noise schedule."}),
             "positive": ("CONDITIONING", {"tooltip": "Positive prompt; use the conditioning output of STORM Subject Tokens."}),

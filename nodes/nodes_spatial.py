@@ -46,34 +46,38 @@ class SpatialTransport(LossNode):
         "quirks included, for comparison.")
     @classmethod
     def INPUT_TYPES(cls):
+        # imported here so that this change stays inside INPUT_TYPES while storm_ops.losses.storm is being split
+        from ..storm_ops.losses import storm
+        from .nodes_guidance import end_tokens_input, max_refine_iters_input, step_size_input
+        from .widgets import thresholds_input, with_default
+
         return {"required": {
             "analysis": ("STORM_ANALYSIS", {"tooltip": "From STORM Prompt Analysis (its relations are guided)."}),
             "mode": (list(MODES), {"default": "paper",
                                    "tooltip": "paper: the method as described (target-dependent spatial cost); "
                                               "reference: the released code's loss with its quirks (right treated as "
                                               "left, below as above, target-independent cost); see the README."}),
-            "step_size": ("FLOAT", {"default": 20.0, "min": 0.0, "max": 500.0, "step": 0.5,
-                                    "tooltip": "Step size (released: 20 with A&E's decay; the gradient is clipped to "
-                                               "norm 1 first). 0 disables the loss."}),
-            **window_inputs(0.02, 0.5, "Released: steps 1 to 24 of 50 (0.02 to 0.5)."),
-            "thresholds": ("STRING", {"default": DEFAULT_THRESHOLDS,
-                                      "tooltip": "Refinement: 'position:threshold' pairs. Paper mode refines until the "
-                                                 "relation score (share of each object's attention on its requested "
-                                                 "side) reaches the threshold. Released: steps 0, 5, 10, 15, 20 of 50 -> "
-                                                 "0.9 ... 0.999. Empty = no refinement."}),
-            "max_refine_iters": ("INT", {"default": 30, "min": 0, "max": 200,
-                                         "tooltip": "Cap of refinement iterations per threshold step (released: 30)."}),
+            "step_size": step_size_input(storm.DEFAULT_STEP_SIZE,
+                                         "Step size (released: 20 with A&E's decay; the gradient is clipped to "
+                                         "norm 1 first). 0 disables the loss."),
+            **window_inputs(storm.DEFAULT_WINDOW, "Released: steps 1 to 24 of 50 (0.02 to 0.5)."),
+            "thresholds": thresholds_input(storm.DEFAULT_THRESHOLDS,
+                                           "Refinement: 'position:threshold' pairs. Paper mode refines until the "
+                                           "relation score (share of each object's attention on its requested "
+                                           "side) reaches the threshold. Released: steps 0, 5, 10, 15, 20 of 50 -> "
+                                           "0.9 ... 0.999. Empty = no refinement."),
+            "max_refine_iters": max_refine_iters_input(
+                storm.DEFAULT_MAX_REFINE_ITERS, "Cap of refinement iterations per threshold step (released: 30)."),
         }, "optional": {
             "guidance": GUIDANCE_INPUT,
             "weight": WEIGHT_INPUT,
-            "step_decay": STEP_DECAY_INPUT,
+            "step_decay": with_default(STEP_DECAY_INPUT, storm.DEFAULT_STEP_SIZE.end_factor),
             "masks": ("MASK", {"tooltip": "Optional target regions (paper mode): a MASK batch, one per object named in "
                                           "mask_subjects, painted where that object should be."}),
             "mask_subjects": ("STRING", {"default": "",
                                          "tooltip": "Which object each mask belongs to ('cat, dog'); empty = the objects "
                                                     "of the relations in order."}),
-            "end_tokens": (["auto", "sd1", "words"], {"default": "auto",
-                                                      "tooltip": "Token softmax convention (as in Attend-and-Excite)."}),
+            "end_tokens": end_tokens_input("Token softmax convention (as in Attend-and-Excite)."),
         }}
 
     @classmethod
