@@ -158,27 +158,103 @@ def ui_to_api(ui_workflow: Mapping[str, Any], node_defs: Mapping[str, Mapping[st
     return prompt
 
 
+#: UI-only ``widgets_values`` entries that follow a widget's own value (never sent to the backend).
+CONTROL_AFTER_GENERATE = "control_after_generate"
+CONTROL_FILTER_LIST = "control_filter_list"
+UPLOAD = "upload"
+
+
+def widget_layout(input_types: Mapping[str, Any]) -> list[tuple[str, str | None]]:
+    """The entries of a node's ``widgets_values``, in order, as ``(input name, kind)``.
+
+    ``kind`` is None for the widget's own value, else the UI-only value that follows it
+    (:data:`CONTROL_AFTER_GENERATE`, :data:`CONTROL_FILTER_LIST`, :data:`UPLOAD`).
+
+    Args:
+        input_types: the node class's ``INPUT_TYPES()`` dict.
+    """
+    layout: list[tuple[str, str | None]] = []
+    for section in ("required", "optional"):
+        for name, spec in (input_types.get(section) or {}).items():
+            type_, options = _split_input_spec(spec)
+            if not _is_widget(type_, options):
+                continue
+            layout.append((name, None))
+            is_combo = not isinstance(type_, str) or type_ == "COMBO"
+            if options.get("control_after_generate", type_ == "INT" and name in ("seed", "noise_seed")):
+                layout.append((name, CONTROL_AFTER_GENERATE))
+                if is_combo:
+                    layout.append((name, CONTROL_FILTER_LIST))
+            if any(options.get(key) for key in _UPLOAD_OPTIONS):
+                layout.append((name, UPLOAD))
+    return layout
+
+
 def widget_slots(input_types: Mapping[str, Any]) -> list[str | None]:
     """The names behind a node's ``widgets_values`` entries, in order; None marks a UI-only value.
 
     Args:
         input_types: the node class's ``INPUT_TYPES()`` dict.
     """
-    slots: list[str | None] = []
+    return [name if kind is None else None for name, kind in widget_layout(input_types)]
+
+
+def widget_defaults(input_types: Mapping[str, Any]) -> dict[str, Any]:
+    """``name -> declared default`` of a node's widget inputs that declare one."""
+    defaults = {}
     for section in ("required", "optional"):
         for name, spec in (input_types.get(section) or {}).items():
             type_, options = _split_input_spec(spec)
-            if not _is_widget(type_, options):
-                continue
-            slots.append(name)
-            is_combo = not isinstance(type_, str) or type_ == "COMBO"
-            if options.get("control_after_generate", type_ == "INT" and name in ("seed", "noise_seed")):
-                slots.append(None)  # control_after_generate
-                if is_combo:
-                    slots.append(None)  # control_filter_list
-            if any(options.get(key) for key in _UPLOAD_OPTIONS):
-                slots.append(None)  # upload button
-    return slots
+            if _is_widget(type_, options) and "default" in options:
+                defaults[name] = options["default"]
+    return defaults
+
+
+def widgets_values(input_types: Mapping[str, Any], values: Mapping[str, Any], *,
+                   control_after_generate: str = "fixed") -> list[Any]:
+    """The ``widgets_values`` list of a node, the inverse of what :func:`ui_to_api` reads.
+
+    Args:
+        input_types: the node class's ``INPUT_TYPES()`` dict; it gives the order.
+        values: widget values by input name; a widget not given takes its declared default (a
+            COMBO without one its first option, as the frontend does).
+        control_after_generate: the UI-only value after a seed-like widget.
+
+    Raises:
+        WorkflowError: ``values`` names an input that is not a widget of the node, a widget has
+            neither a value nor a default, or the node has UI-only values other than
+            control_after_generate.
+    """
+    layout = widget_layout(input_types)
+    unknown = sorted(set(values) - {name for name, _ in layout})
+    if unknown:
+        raise WorkflowError(f"{unknown} are not widget inputs of the node (widgets: {widget_slots(input_types)})")
+    defaults = widget_defaults(input_types)
+    out: list[Any] = []
+    for name, kind in layout:
+        if kind == CONTROL_AFTER_GENERATE:
+            out.append(control_after_generate)
+        elif kind is not None:
+            raise WorkflowError(f"input {name!r}: cannot fill the UI-only {kind} value; give widgets_values by "
+                                "position")
+        elif name in values:
+            out.append(values[name])
+        elif name in defaults:
+            out.append(defaults[name])
+        else:
+            type_, _ = _split_input_spec(_input_spec(input_types, name))
+            if isinstance(type_, (list, tuple)) and type_:
+                out.append(type_[0])
+            else:
+                raise WorkflowError(f"widget {name!r} declares no default: give its value")
+    return out
+
+
+def _input_spec(input_types: Mapping[str, Any], name: str) -> Any:
+    for section in ("required", "optional"):
+        if name in (input_types.get(section) or {}):
+            return input_types[section][name]
+    raise KeyError(name)
 
 
 def substitute_checkpoints(

@@ -217,6 +217,20 @@ def test_widget_slots_skip_control_after_generate(runner):
     assert widget_slots(runner.node_defs()["EmptyLatentImage"]) == ["width", "height", "batch_size"]
 
 
+def test_widgets_values_by_name_are_what_ui_to_api_reads_back(runner):
+    from harness.workflows import WorkflowError, ui_to_api, widget_defaults, widget_slots, widgets_values
+
+    defs = runner.node_defs()["KSampler"]
+    values = widgets_values(defs, {"seed": 5, "steps": 3})
+    assert values[:3] == [5, "fixed", 3] and len(values) == len(widget_slots(defs))
+    node = {"id": 1, "type": "KSampler", "inputs": [], "outputs": [], "widgets_values": values}
+    inputs = ui_to_api({"nodes": [node], "links": []}, {"KSampler": defs})["1"]["inputs"]
+    assert inputs["seed"] == 5 and inputs["steps"] == 3 and inputs["cfg"] == widget_defaults(defs)["cfg"]
+    assert inputs["sampler_name"] in defs["required"]["sampler_name"][0]
+    with pytest.raises(WorkflowError, match="stepz"):
+        widgets_values(defs, {"stepz": 3})
+
+
 def test_ui_to_api_like_graph_to_prompt(runner, ui_workflow):
     from harness.workflows import substitute_checkpoints, ui_to_api
 

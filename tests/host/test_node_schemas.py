@@ -1,0 +1,53 @@
+"""Node schemas: a default has one owner.
+
+The widget defaults of the loss and interpolation nodes are built from ``storm_ops`` constants,
+and the Python defaults of a node's FUNCTION (used when a prompt leaves an optional input out)
+must equal the widget defaults it declares.
+"""
+
+import inspect
+
+import pytest
+
+from harness.workflows import widget_defaults
+
+
+def _function_defaults(node_cls) -> dict:
+    fn = inspect.unwrap(getattr(node_cls, node_cls.FUNCTION))
+    return {name: p.default for name, p in inspect.signature(fn).parameters.items() if p.default is not p.empty}
+
+
+def test_every_function_default_equals_the_declared_widget_default(nodes):
+    for node_id, cls in nodes.items():
+        declared = widget_defaults(cls.INPUT_TYPES())
+        for name, default in _function_defaults(cls).items():
+            if default is None:  # an optional link input (guidance, masks, image...)
+                continue
+            assert name in declared, f"{node_id}.{cls.FUNCTION}: {name} has a default but no widget"
+            assert default == declared[name] and type(default) is type(declared[name]), (node_id, name)
+
+
+@pytest.mark.parametrize("node_id, module, names", [
+    ("STORM_AttendAndExcite", "attend_excite", {"step_size": "DEFAULT_STEP_SIZE.scale",
+                                                "start_at": "DEFAULT_WINDOW.start", "end_at": "DEFAULT_WINDOW.end",
+                                                "max_refine_iters": "DEFAULT_MAX_REFINE_ITERS",
+                                                "step_decay": "DEFAULT_STEP_SIZE.end_factor"}),
+    ("STORM_SynGen", "syngen", {"step_size": "DEFAULT_STEP_SIZE.scale", "start_at": "DEFAULT_WINDOW.start",
+                                "end_at": "DEFAULT_WINDOW.end", "include_entities": "DEFAULT_INCLUDE_ENTITIES"}),
+    ("STORM_AStar", "astar", {"step_size": "DEFAULT_STEP_SIZE.scale", "start_at": "DEFAULT_WINDOW.start",
+                              "end_at": "DEFAULT_WINDOW.end", "mask_threshold": "DEFAULT_MASK_THRESHOLD",
+                              "step_decay": "DEFAULT_STEP_SIZE.end_factor"}),
+    ("STORM_SpatialTransport", "storm", {"step_size": "DEFAULT_STEP_SIZE.scale", "start_at": "DEFAULT_WINDOW.start",
+                                         "end_at": "DEFAULT_WINDOW.end", "max_refine_iters": "DEFAULT_MAX_REFINE_ITERS",
+                                         "step_decay": "DEFAULT_STEP_SIZE.end_factor"}),
+])
+def test_loss_widget_defaults_are_the_storm_ops_defaults(pack, nodes, node_id, module, names):
+    losses = getattr(pack.storm_ops.losses, module)
+    declared = widget_defaults(nodes[node_id].INPUT_TYPES())
+    for name, path in names.items():
+        value = losses
+        for attr in path.split("."):
+            value = getattr(value, attr)
+        assert declared[name] == value, (node_id, name)
+    if hasattr(losses, "DEFAULT_THRESHOLDS"):
+        assert pack.storm_ops.guidance.parse_thresholds(declared["thresholds"]) == losses.DEFAULT_THRESHOLDS
