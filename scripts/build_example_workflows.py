@@ -1,28 +1,44 @@
 """Write the UI-format example workflows in example_workflows/ (run after changing a node's inputs).
 
-    python scripts/build_example_workflows.py
+    python -m scripts.build_example_workflows        # from the repository root, in the test environment
 
 The files are what the ComfyUI frontend saves and loads (nodes, links, widgets_values in the order
 of each node's widget inputs). tests/workflows executes every one of them through the host.
+
+STORM nodes get their widget values by name (``{input: value}``), put in the order of the node
+class's real ``INPUT_TYPES`` (the pack is imported as the tests import it); an input not given takes
+its declared default, so the examples show the nodes' current defaults. Core ComfyUI nodes keep
+positional values: their widget order is fixed by the saved workflows that depend on it, and
+listing them here keeps the files independent of the host version.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
+from harness.host import load_pack
+from harness.workflows import widgets_values
+
 OUT = Path(__file__).resolve().parents[1] / "example_workflows"
-LAYERS = "1/32 res: down+up (A&E)"
 
 
 class Graph:
-    """A tiny builder for UI-format workflows."""
+    """A tiny builder for UI-format workflows.
 
-    def __init__(self) -> None:
+    ``node_defs`` maps a node type to its ``INPUT_TYPES()``; a node whose widgets are given as a
+    mapping gets its ``widgets_values`` from it (see :func:`harness.workflows.widgets_values`).
+    """
+
+    def __init__(self, node_defs: Mapping[str, Mapping]) -> None:
+        self.node_defs = node_defs
         self.nodes: list[dict] = []
         self.links: list[list] = []
 
     def node(self, type_: str, pos, size, widgets, inputs=(), outputs=(), title=None) -> dict:
+        if isinstance(widgets, Mapping):
+            widgets = widgets_values(self.node_defs[type_], widgets)
         node = {"id": len(self.nodes) + 1, "type": type_, "pos": list(pos), "size": list(size), "flags": {},
                 "order": len(self.nodes), "mode": 0,
                 "inputs": [{"name": name, "type": t, "link": None, **({"widget": {"name": name}} if widget else {})}
@@ -46,11 +62,11 @@ class Graph:
                            "flags": {}, "order": len(self.nodes), "mode": 0, "inputs": [], "outputs": [],
                            "properties": {}, "widgets_values": [text], "color": "#432", "bgcolor": "#653"})
 
-    def save(self, name: str) -> None:
+    def save(self, name: str, out: Path) -> None:
         workflow = {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
                     "links": self.links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
                     "version": 0.4}
-        (OUT / name).write_text(json.dumps(workflow, indent=2) + "\n")
+        (out / name).write_text(json.dumps(workflow, indent=2) + "\n")
 
 
 # ------------------------------------------------------------------------------- shared parts
@@ -71,7 +87,7 @@ def empty_latent(g: Graph, pos=(380, 560), size=512) -> dict:
 
 
 def guided_ksampler(g: Graph, pos, seed=42) -> dict:
-    return g.node("STORM_GuidedKSampler", pos, (340, 330), [seed, "fixed", 50, 7.5, "euler", "normal", 1.0, LAYERS],
+    return g.node("STORM_GuidedKSampler", pos, (340, 330), {"seed": seed},
                   inputs=[("model", "MODEL"), ("guidance", "STORM_GUIDANCE"), ("positive", "CONDITIONING"),
                           ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
                   outputs=[("latent", "LATENT"), ("attention", "STORM_ATTENTION")])
@@ -85,7 +101,7 @@ def decode_save_heatmaps(g: Graph, ckpt: dict, latent_src: tuple[dict, int], att
     g.link(ckpt, 2, dec, 1)
     save = g.node("SaveImage", (x + 250, 60), (420, 460), [f"storm/{prefix}"], inputs=[("images", "IMAGE")])
     g.link(dec, 0, save, 0)
-    heat = g.node("STORM_AttentionHeatmap", (x, 560), (400, 560), [show, "attention", "matching latent", 0, 0.6],
+    heat = g.node("STORM_AttentionHeatmap", (x, 560), (400, 560), {"show": show},
                   inputs=[("attention", "STORM_ATTENTION"), ("latent", "LATENT"), ("tokens", "STORM_TOKENS"),
                           ("image", "IMAGE")],
                   outputs=[("grid", "IMAGE"), ("overlay", "IMAGE"), ("mask", "MASK"), ("log", "STRING")])
@@ -101,17 +117,17 @@ def decode_save_heatmaps(g: Graph, ckpt: dict, latent_src: tuple[dict, int], att
 
 
 # --------------------------------------------------------------------------------- workflows
-def attend_and_excite() -> None:
-    g = Graph()
+def attend_and_excite(defs: Mapping[str, Mapping], out: Path) -> None:
+    g = Graph(defs)
     ckpt = checkpoint(g)
-    tok = g.node("STORM_SubjectTokens", (380, 60), (400, 220), ["a cat and a dog", "cat, dog"], inputs=[("clip", "CLIP")],
+    tok = g.node("STORM_SubjectTokens", (380, 60), (400, 220), {"text": "a cat and a dog", "subjects": "cat, dog"},
+                 inputs=[("clip", "CLIP")],
                  outputs=[("tokens", "STORM_TOKENS"), ("conditioning", "CONDITIONING"), ("tokenization", "STRING")],
                  title="STORM Subject Tokens (positive prompt)")
     g.link(ckpt, 1, tok, 0)
     neg = negative(g, ckpt)
     lat = empty_latent(g)
-    ae = g.node("STORM_AttendAndExcite", (830, 40), (360, 330),
-                [20.0, 0.0, 0.5, "0:0.05, 0.2:0.5, 0.4:0.8", 20, True, "auto", 1.0, 0.5, 3, 0.5],
+    ae = g.node("STORM_AttendAndExcite", (830, 40), (360, 330), {},  # the paper's defaults
                 inputs=[("tokens", "STORM_TOKENS"), ("guidance", "STORM_GUIDANCE")], outputs=[("guidance", "STORM_GUIDANCE")])
     g.link(tok, 0, ae, 0)
     ks = guided_ksampler(g, (1240, 120))
@@ -124,20 +140,20 @@ def attend_and_excite() -> None:
            "2. The guided sampler excites the most neglected subject on the first half of the steps.\n"
            "3. 'STORM Attention Heatmap' shows each subject's attention for this very run and the loss log.\n\n"
            "Defaults are the paper's: 50 steps, cfg 7.5, step size 20, thresholds 0.05/0.5/0.8 at steps 0/10/20.")
-    g.save("attend_and_excite.json")
+    g.save("attend_and_excite.json", out)
 
 
-def syngen() -> None:
-    g = Graph()
+def syngen(defs: Mapping[str, Mapping], out: Path) -> None:
+    g = Graph(defs)
     ckpt = checkpoint(g)
-    ana = g.node("STORM_PromptAnalysis", (380, 40), (420, 300),
-                 ["a red crown and a golden strawberry", "auto", "", "", "", ""], inputs=[("clip", "CLIP")],
+    ana = g.node("STORM_PromptAnalysis", (380, 40), (420, 300), {"text": "a red crown and a golden strawberry"},
+                 inputs=[("clip", "CLIP")],
                  outputs=[("analysis", "STORM_ANALYSIS"), ("tokens", "STORM_TOKENS"), ("conditioning", "CONDITIONING"),
                           ("text", "STRING")], title="STORM Prompt Analysis (positive prompt)")
     g.link(ckpt, 1, ana, 0)
     neg = negative(g, ckpt)
     lat = empty_latent(g)
-    sg = g.node("STORM_SynGen", (850, 40), (360, 260), [20.0, 0.0, 0.5, False, 1.0, 0.0, 0.0, "diffuse"],
+    sg = g.node("STORM_SynGen", (850, 40), (360, 260), {},  # the paper's defaults
                 inputs=[("analysis", "STORM_ANALYSIS"), ("guidance", "STORM_GUIDANCE")],
                 outputs=[("guidance", "STORM_GUIDANCE")])
     g.link(ana, 0, sg, 0)
@@ -151,23 +167,24 @@ def syngen() -> None:
            "what it found; override it in its 'bindings' field if needed.\n"
            "Paper defaults: constant step 20 on the first 25 of 50 steps. The entropy variant is in the SynGen "
            "node's optional inputs.")
-    g.save("syngen.json")
+    g.save("syngen.json", out)
 
 
-def astar() -> None:
-    g = Graph()
+def astar(defs: Mapping[str, Mapping], out: Path) -> None:
+    g = Graph(defs)
     ckpt = checkpoint(g)
-    tok = g.node("STORM_SubjectTokens", (380, 60), (400, 220), ["a cat and a bird", "cat, bird"], inputs=[("clip", "CLIP")],
+    tok = g.node("STORM_SubjectTokens", (380, 60), (400, 220), {"text": "a cat and a bird", "subjects": "cat, bird"},
+                 inputs=[("clip", "CLIP")],
                  outputs=[("tokens", "STORM_TOKENS"), ("conditioning", "CONDITIONING"), ("tokenization", "STRING")],
                  title="STORM Subject Tokens (positive prompt)")
     g.link(ckpt, 1, tok, 0)
     neg = negative(g, ckpt)
     lat = empty_latent(g)
-    ast = g.node("STORM_AStar", (830, 40), (360, 330), [20.0, 0.0, 0.5, 0.5, "auto", 1.0, 0.5, 1.0, 1.0, "", ""],
+    ast = g.node("STORM_AStar", (830, 40), (360, 330), {},  # our defaults (the paper gives none)
                  inputs=[("tokens", "STORM_TOKENS"), ("guidance", "STORM_GUIDANCE"), ("masks", "MASK")],
                  outputs=[("guidance", "STORM_GUIDANCE")])
     g.link(tok, 0, ast, 0)
-    smp = g.node("STORM_GuidedSampler", (830, 420), (360, 110), ["euler", LAYERS],
+    smp = g.node("STORM_GuidedSampler", (830, 420), (360, 110), {},
                  inputs=[("guidance", "STORM_GUIDANCE")], outputs=[("sampler", "SAMPLER"), ("attention", "STORM_ATTENTION")])
     g.link(ast, 0, smp, 0)
     sch = g.node("BasicScheduler", (830, 580), (320, 110), ["normal", 50, 1.0], inputs=[("model", "MODEL")],
@@ -185,21 +202,20 @@ def astar() -> None:
            "across steps (retention), with the core SamplerCustom and the STORM Guided Sampler.\n\n"
            "Optional: connect a MASK batch (one per subject, see mask_subjects) to place the subjects.\n"
            "The paper leaves step sizes and thresholds open: the defaults are ours (A&E-style).")
-    g.save("astar.json")
+    g.save("astar.json", out)
 
 
-def storm_spatial() -> None:
-    g = Graph()
+def storm_spatial(defs: Mapping[str, Mapping], out: Path) -> None:
+    g = Graph(defs)
     ckpt = checkpoint(g)
-    ana = g.node("STORM_PromptAnalysis", (380, 40), (420, 300),
-                 ["a cat to the left of a dog", "auto", "", "", "", ""], inputs=[("clip", "CLIP")],
+    ana = g.node("STORM_PromptAnalysis", (380, 40), (420, 300), {"text": "a cat to the left of a dog"},
+                 inputs=[("clip", "CLIP")],
                  outputs=[("analysis", "STORM_ANALYSIS"), ("tokens", "STORM_TOKENS"), ("conditioning", "CONDITIONING"),
                           ("text", "STRING")], title="STORM Prompt Analysis (positive prompt)")
     g.link(ckpt, 1, ana, 0)
     neg = negative(g, ckpt)
     lat = empty_latent(g)
-    sto = g.node("STORM_SpatialTransport", (850, 40), (380, 330),
-                 ["paper", 20.0, 0.02, 0.5, "0:0.9, 0.1:0.95, 0.2:0.99, 0.3:0.995, 0.4:0.999", 30, 1.0, 0.5, "", "auto"],
+    sto = g.node("STORM_SpatialTransport", (850, 40), (380, 330), {"mode": "paper"},  # the released defaults
                  inputs=[("analysis", "STORM_ANALYSIS"), ("guidance", "STORM_GUIDANCE"), ("masks", "MASK")],
                  outputs=[("guidance", "STORM_GUIDANCE")])
     g.link(ana, 0, sto, 0)
@@ -213,7 +229,7 @@ def storm_spatial() -> None:
            "in its 'relations' field ('cat left of dog; bird above cat').\n"
            "Optional: paint where an object goes (a MASK into 'masks', named in 'mask_subjects').\n"
            "mode 'reference' reproduces the released code's loss for comparison.")
-    g.save("storm_spatial.json")
+    g.save("storm_spatial.json", out)
 
 
 def clip_encode(g: Graph, ckpt: dict, text: str, pos, title: str) -> dict:
@@ -227,14 +243,14 @@ def interpolation_node(g: Graph, pos, frames: int, with_guide: bool) -> dict:
     inputs = [("model", "MODEL"), ("positive_a", "CONDITIONING"), ("positive_b", "CONDITIONING"),
               ("negative", "CONDITIONING"), ("latent_image", "LATENT"), ("guide", "CONDITIONING")]
     return g.node("STORM_AttentionInterpolation", pos, (380, 480),
-                  [frames, 1002, "fixed", 28, 7.5, "euler", "normal", "fused outer", 3.0, 3.0, 0.5, 4, "same"],
+                  {"frames": frames, "seed": 1002},  # AID's official settings
                   inputs=inputs, outputs=[("frames", "LATENT"), ("attention", "STORM_ATTENTION"),
                                           ("coefficients", "STRING")],
                   title="STORM Attention Interpolation (PAID)" if with_guide else "STORM Attention Interpolation (AID)")
 
 
-def aid_morph() -> None:
-    g = Graph()
+def aid_morph(defs: Mapping[str, Mapping], out: Path) -> None:
+    g = Graph(defs)
     ckpt = checkpoint(g)
     a = clip_encode(g, ckpt, "a photo of a cat", (380, 20), "Prompt A (first frame)")
     b = clip_encode(g, ckpt, "a photo of a dog", (380, 190), "Prompt B (last frame)")
@@ -258,15 +274,16 @@ def aid_morph() -> None:
            "Frames follow a Beta(3, 3) schedule; attention is interpolated on the first half of the steps "
            "(warmup_ratio), then each frame finishes on its own. The first and last frames are exactly the plain "
            "generations of A and B. Long sequences run in chunks (chunk_size) to bound memory.")
-    g.save("aid_morph.json")
+    g.save("aid_morph.json", out)
 
 
-def paid_composition() -> None:
-    g = Graph()
+def paid_composition(defs: Mapping[str, Mapping], out: Path) -> None:
+    g = Graph(defs)
     ckpt = checkpoint(g)
     a = clip_encode(g, ckpt, "a dog", (380, 20), "Prompt A")
     b = clip_encode(g, ckpt, "a car", (380, 190), "Prompt B")
-    guide = g.node("STORM_SubjectTokens", (380, 360), (400, 220), ["a dog driving a car", "dog, car"],
+    guide = g.node("STORM_SubjectTokens", (380, 360), (400, 220),
+                   {"text": "a dog driving a car", "subjects": "dog, car"},
                    inputs=[("clip", "CLIP")],
                    outputs=[("tokens", "STORM_TOKENS"), ("conditioning", "CONDITIONING"), ("tokenization", "STRING")],
                    title="Guide prompt (STORM Subject Tokens)")
@@ -276,7 +293,7 @@ def paid_composition() -> None:
     paid = interpolation_node(g, (840, 60), 7, with_guide=True)
     for slot, src in enumerate([(ckpt, 0), (a, 0), (b, 0), (neg, 0), (lat, 0), (guide, 1)]):
         g.link(*src, paid, slot)
-    pick = g.node("STORM_SelectFrame", (1270, 40), (340, 220), [False],
+    pick = g.node("STORM_SelectFrame", (1270, 40), (340, 220), {},
                   inputs=[("frames", "LATENT"), ("attention", "STORM_ATTENTION"), ("tokens", "STORM_TOKENS")],
                   outputs=[("latent", "LATENT"), ("index", "INT"), ("scores", "STRING")])
     g.link(paid, 0, pick, 0)
@@ -294,7 +311,7 @@ def paid_composition() -> None:
     g.link(ckpt, 2, dec_all, 1)
     every = g.node("PreviewImage", (1900, 560), (420, 300), [], inputs=[("images", "IMAGE")], title="All frames")
     g.link(dec_all, 0, every, 0)
-    heat = g.node("STORM_AttentionHeatmap", (1270, 300), (340, 520), ["subjects", "attention", "matching latent", 0, 0.6],
+    heat = g.node("STORM_AttentionHeatmap", (1270, 300), (340, 520), {},
                   inputs=[("attention", "STORM_ATTENTION"), ("latent", "LATENT"), ("tokens", "STORM_TOKENS"),
                           ("image", "IMAGE"), ("batch_index", "INT", "widget")],
                   outputs=[("grid", "IMAGE"), ("overlay", "IMAGE"), ("mask", "MASK"), ("log", "STRING")])
@@ -311,13 +328,20 @@ def paid_composition() -> None:
            "STORM Select Frame picks the frame where both 'dog' and 'car' are most attended (Attend-and-Excite's "
            "measure on each frame's own attention maps), so no CLIP download is needed. The heatmap shows "
            "that frame: its batch_index input is Select Frame's index output.")
-    g.save("paid_composition.json")
+    g.save("paid_composition.json", out)
+
+
+EXAMPLES = (attend_and_excite, syngen, astar, storm_spatial, aid_morph, paid_composition)
+
+
+def build_all(out: Path = OUT) -> list[Path]:
+    """Write every example workflow into ``out``; the paths written."""
+    defs = {node_id: cls.INPUT_TYPES() for node_id, cls in load_pack().NODE_CLASS_MAPPINGS.items()}
+    for example in EXAMPLES:
+        example(defs, out)
+    return [out / f"{example.__name__}.json" for example in EXAMPLES]
 
 
 if __name__ == "__main__":
-    attend_and_excite()
-    syngen()
-    astar()
-    storm_spatial()
-    aid_morph()
-    paid_composition()
+    for path in build_all():
+        print(f"wrote {path}")
