@@ -1,7 +1,9 @@
 """Benchmark: guided vs unguided sampling on the tiny models, measured side by side in one run.
 
-    python scripts/benchmark.py                 # CPU, and CUDA too when a GPU is present
-    python scripts/benchmark.py --devices cpu --repeats 5 --steps 20
+    python -m scripts.benchmark                 # CPU, and CUDA too when a GPU is present
+    python -m scripts.benchmark --devices cpu --repeats 5 --steps 20
+
+(from the repository root, in the test environment: the ``scripts`` package imports the test harness).
 
 Each device runs in its own process (ComfyUI picks its device once per process). For every
 architecture the variants are timed in interleaved rounds and the median is reported:
@@ -41,7 +43,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+#: this script in a fresh process (each device and measurement runs in its own)
+CHILD = [sys.executable, "-m", "scripts.benchmark"]
 
 VARIANTS = ("host", "guided-off", "guided", "guided-noref", "guided-fullpass")
 
@@ -165,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         devices = args.devices.split(",")
     rows = []
     for device in devices:
-        cmd = [sys.executable, __file__, "--child", "--devices", device, "--archs", args.archs, "--steps",
+        cmd = [*CHILD, "--child", "--devices", device, "--archs", args.archs, "--steps",
                str(args.steps), "--size", str(args.size), "--repeats", str(args.repeats)]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if proc.returncode != 0:
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if gpus:
         print("GPU:", ", ".join(sorted(gpus)))
     if args.spatial:
-        cmd = [sys.executable, __file__, "--spatial-child", "--archs", args.archs, "--spatial", str(args.spatial),
+        cmd = [*CHILD, "--spatial-child", "--archs", args.archs, "--spatial", str(args.spatial),
                "--devices", "cpu"]
         env = dict(os.environ, STORM_TEST_DEVICE="cpu")
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
@@ -214,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _child(kind: str, device: str) -> dict:
     env = dict(os.environ, STORM_TEST_DEVICE=device)
-    proc = subprocess.run([sys.executable, __file__, "--interp-child", kind, "--devices", device],
+    proc = subprocess.run([*CHILD, "--interp-child", kind, "--devices", device],
                           capture_output=True, text=True, cwd=ROOT, env=env)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])

@@ -22,7 +22,9 @@ Needs: COMFYUI_PATH (an upstream checkout) whose Python environment has ComfyUI'
 newer ones stop ComfyUI 0.3.64 from starting). No ``playwright install``: a system Chromium is used
 (Debian: ``apt-get install chromium``; ``--chromium PATH`` for another). Run with that environment's Python:
 
-    COMFYUI_PATH=/path/to/ComfyUI python scripts/check_frontend.py --out frontend-check [--only astar]
+    COMFYUI_PATH=/path/to/ComfyUI python -m scripts.check_frontend --out frontend-check [--only astar]
+
+(from the repository root: the ``scripts`` package imports the test harness).
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run", "--disable-sync"]
 HTTP_ERROR = re.compile(r"console.error: Failed to load resource: the server responded with a status of (\d+) .*\((.*)\)$")

@@ -2,8 +2,10 @@
 
 Writes the saved images, the attention heatmaps and the guidance (loss) log to OUT_DIR:
 
-    python scripts/run_example.py out/                      # example_workflows/attend_and_excite.json
-    python scripts/run_example.py out/ --workflow example_workflows/attend_and_excite.json --steps 50
+    python -m scripts.run_example out/                      # example_workflows/attend_and_excite.json
+    python -m scripts.run_example out/ --workflow example_workflows/attend_and_excite.json --steps 50
+
+(from the repository root; ``bash scripts/run_example.sh`` sets up the environment first).
 
 The tiny model has the real SD1.5 block topology and the real CLIP tokenizer but random weights:
 the image is noise-like; the run shows the plumbing (prompt -> tokens -> guidance -> heatmaps).
@@ -19,10 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+from harness.host import ensure_host
 
-from harness.host import ensure_host  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:

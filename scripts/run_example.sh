@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${STORM_VENV:-.venv}"
 bash scripts/setup_env.sh
-exec "$VENV/bin/python" scripts/run_example.py "$@"
+exec "$VENV/bin/python" -m scripts.run_example "$@"

@@ -8,6 +8,9 @@ Import it with ``tests/`` on ``sys.path`` (pytest: ``-o pythonpath=tests`` or
     from harness.workflows import get_runner, ui_to_api, substitute_checkpoints, run_prompt
     from harness.interpolation_probe import interpolation_stats  # what the AID patches did, per chunk
 
+The developer scripts (``python -m scripts.NAME``) import it through the ``scripts`` package, which
+loads this folder as ``harness`` without putting ``tests/`` on ``sys.path``.
+
 Host selection: ``COMFYUI_PATH=<ComfyUI checkout>`` -> upstream, else the pip fork ``comfyui==0.0.1``.
 CPU mode is used when CUDA is unavailable or ``STORM_TEST_DEVICE=cpu``.
 
