@@ -4,15 +4,25 @@ from __future__ import annotations
 
 from ..storm_ops.errors import StormError
 from ..storm_ops.guidance import StepSize, StepWindow, parse_thresholds
+from ..storm_ops.losses import storm_core
 from ..storm_ops.losses.storm import MODES, storm_term
 from ..storm_ops.losses.storm_core import StormConfig
 from ..storm_ops.relations import validate_relations
 from .errors import node_errors
 from .nodes_binding import subject_masks
-from .nodes_guidance import GUIDANCE_INPUT, STEP_DECAY_INPUT, WEIGHT_INPUT, LossNode, chain, window_inputs
+from .nodes_guidance import (
+    GUIDANCE_INPUT,
+    STEP_DECAY_INPUT,
+    WEIGHT_INPUT,
+    LossNode,
+    chain,
+    end_tokens_input,
+    max_refine_iters_input,
+    step_size_input,
+    window_inputs,
+)
 from .validation import in_declared_range, validate_text_inputs
-
-DEFAULT_THRESHOLDS = "0:0.9, 0.1:0.95, 0.2:0.99, 0.3:0.995, 0.4:0.999"
+from .widgets import thresholds_input, with_default
 
 
 def relations_of(analysis):
@@ -46,32 +56,27 @@ class SpatialTransport(LossNode):
         "quirks included, for comparison.")
     @classmethod
     def INPUT_TYPES(cls):
-        # imported here so that this change stays inside INPUT_TYPES while storm_ops.losses.storm is being split
-        from ..storm_ops.losses import storm
-        from .nodes_guidance import end_tokens_input, max_refine_iters_input, step_size_input
-        from .widgets import thresholds_input, with_default
-
         return {"required": {
             "analysis": ("STORM_ANALYSIS", {"tooltip": "From STORM Prompt Analysis (its relations are guided)."}),
             "mode": (list(MODES), {"default": "paper",
                                    "tooltip": "paper: the method as described (target-dependent spatial cost); "
                                               "reference: the released code's loss with its quirks (right treated as "
                                               "left, below as above, target-independent cost); see the README."}),
-            "step_size": step_size_input(storm.DEFAULT_STEP_SIZE,
+            "step_size": step_size_input(storm_core.DEFAULT_STEP_SIZE,
                                          "Step size (released: 20 with A&E's decay; the gradient is clipped to "
                                          "norm 1 first). 0 disables the loss."),
-            **window_inputs(storm.DEFAULT_WINDOW, "Released: steps 1 to 24 of 50 (0.02 to 0.5)."),
-            "thresholds": thresholds_input(storm.DEFAULT_THRESHOLDS,
+            **window_inputs(storm_core.DEFAULT_WINDOW, "Released: steps 1 to 24 of 50 (0.02 to 0.5)."),
+            "thresholds": thresholds_input(storm_core.DEFAULT_THRESHOLDS,
                                            "Refinement: 'position:threshold' pairs. Paper mode refines until the "
                                            "relation score (share of each object's attention on its requested "
                                            "side) reaches the threshold. Released: steps 0, 5, 10, 15, 20 of 50 -> "
                                            "0.9 ... 0.999. Empty = no refinement."),
             "max_refine_iters": max_refine_iters_input(
-                storm.DEFAULT_MAX_REFINE_ITERS, "Cap of refinement iterations per threshold step (released: 30)."),
+                storm_core.DEFAULT_MAX_REFINE_ITERS, "Cap of refinement iterations per threshold step (released: 30)."),
         }, "optional": {
             "guidance": GUIDANCE_INPUT,
             "weight": WEIGHT_INPUT,
-            "step_decay": with_default(STEP_DECAY_INPUT, storm.DEFAULT_STEP_SIZE.end_factor),
+            "step_decay": with_default(STEP_DECAY_INPUT, storm_core.DEFAULT_STEP_SIZE.end_factor),
             "masks": ("MASK", {"tooltip": "Optional target regions (paper mode): a MASK batch, one per object named in "
                                           "mask_subjects, painted where that object should be."}),
             "mask_subjects": ("STRING", {"default": "",

@@ -151,8 +151,7 @@ def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None
     base_model = model.inner_model.inner_model
     unet = describe_unet(base_model, node)
     layers = unet.select(settings.attention_layers, node)
-    guidance = settings.guidance.resolve({"end_tokens": settings.guidance.layout.end_tokens
-                                          if settings.guidance.layout is not None else "sd1"})
+    guidance = settings.guidance
     guidance.check_windows(num_steps)
     layout = guidance.layout
 

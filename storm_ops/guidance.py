@@ -241,14 +241,6 @@ class GuidanceTerm(ABC):
                f"{self.window.steps(more)[0]})." if more else "."),
             input_name="start_at")
 
-    def resolve(self, defaults: dict) -> GuidanceTerm:
-        """This term with model-dependent settings (``"auto"``) filled in from ``defaults``.
-
-        ``defaults`` is provided by the sampler per model family (e.g. ``{"end_tokens": "sd1"}``).
-        Returns ``self`` when there is nothing to resolve; never mutates ``self``.
-        """
-        return self
-
     # -- math ----------------------------------------------------------------------------
     @abstractmethod
     def token_columns(self) -> tuple[int, ...]:
@@ -320,10 +312,6 @@ class Guidance:
             term = copy.copy(term)
             term.source = source
         return Guidance(self.terms + (term,), layout if layout is not None else self.layout)
-
-    def resolve(self, defaults: dict) -> Guidance:
-        """A Guidance whose terms have their ``"auto"`` settings resolved (see GuidanceTerm.resolve)."""
-        return Guidance(tuple(t.resolve(defaults) for t in self.terms), self.layout)
 
     def active_terms(self, step: int, num_steps: int) -> tuple[GuidanceTerm, ...]:
         return tuple(t for t in self.terms if t.active(step, num_steps))

@@ -16,11 +16,10 @@ its step convention, spatial loss, attribute loss and refinement rule:
 
 from __future__ import annotations
 
-import copy
 import math
 from abc import abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -30,7 +29,7 @@ from ..attention import select_token_maps, token_softmax
 from ..errors import StormError
 from ..guidance import GuidanceContext, GuidanceTerm, StepSize, StepWindow, TermResult
 from ..smoothing import gaussian_smooth
-from ..tokens import Subject, TokenLayout
+from ..tokens import AUTO, Subject, TokenLayout
 from .attend_excite import check_map_settings
 
 #: Released defaults (methods.md 4.9): update at steps 1..24 of 50, refinement at steps
@@ -84,7 +83,7 @@ class StormConfig:
     kernel_size: int = 3
     sigma: float = 0.5
     kernel_convention: str = "attend_excite"
-    end_token_convention: str = "sd1"
+    end_token_convention: str = AUTO
     time_weight_k: float = 0.4
     time_weight_max: float = 100.0
     schedule_steps: int = 50
@@ -146,8 +145,6 @@ def token_maps(maps: torch.Tensor, layout: TokenLayout, groups, config: StormCon
     Tensor, shape (B, K, h, w)
         Not normalised.
     """
-    if config.end_token_convention == "auto":
-        raise StormError("the end-token convention 'auto' must be resolved for the model first (StormTerm.resolve)")
     if maps.shape[1] != layout.length:
         raise StormError(f"the attention maps have {maps.shape[1]} token columns but the prompt has {layout.length}")
     probs = token_softmax(maps.float(), layout.softmax_mask(config.end_token_convention), config.temperature)
@@ -238,13 +235,6 @@ class StormTerm(GuidanceTerm):
         cols = [p for e in self._entities for p in e.positions]
         cols += [p for b in self.bindings for p in b.columns]
         return tuple(dict.fromkeys(cols))
-
-    def resolve(self, defaults: dict) -> StormTerm:
-        if self.config.end_token_convention != "auto":
-            return self
-        resolved = copy.copy(self)
-        resolved.config = replace(self.config, end_token_convention=defaults.get("end_tokens", "sd1"))
-        return resolved
 
     # -- loss ----------------------------------------------------------------------------
     def compute(self, ctx: GuidanceContext) -> TermResult:

@@ -1,6 +1,7 @@
 """STORM loss (methods.md section 4): paper mode and the released code's reference mode."""
 
 import math
+from dataclasses import replace
 from itertools import pairwise
 
 import pytest
@@ -335,13 +336,16 @@ def test_defaults_are_the_released_schedule():
     assert "car left of elephant" in t.describe()
 
 
-def test_auto_end_tokens_resolve_without_mutating_the_term():
-    t = StormPaperTerm(layout_of(PROMPT), (LEFT,), StormConfig(end_token_convention="auto"))
-    sd2 = t.resolve({"end_tokens": "words"})
-    assert type(sd2) is StormPaperTerm
-    assert sd2.config.end_token_convention == "words" and t.config.end_token_convention == "auto"
-    with pytest.raises(StormError, match="resolved"):
-        token_maps(attention(layout_of(PROMPT), 4, 4), t.layout, [(3,)], t.config, smooth=True)
+def test_auto_end_tokens_follow_the_layouts_tokenizer():
+    maps = attention(layout_of(PROMPT), 4, 4)
+    for convention in ("sd1", "words"):
+        lay = replace(layout_of(PROMPT), end_tokens=convention)
+        auto = token_maps(maps, lay, [(3,)], StormConfig(end_token_convention="auto"), smooth=True)
+        fixed = token_maps(maps, lay, [(3,)], StormConfig(end_token_convention=convention), smooth=True)
+        assert torch.equal(auto, fixed), convention
+    sd1, words = (token_maps(maps, layout_of(PROMPT), [(3,)], StormConfig(end_token_convention=c), smooth=True)
+                  for c in ("sd1", "words"))
+    assert not torch.equal(sd1, words)
 
 
 def test_bad_inputs_raise_storm_errors():
