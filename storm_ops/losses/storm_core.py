@@ -32,7 +32,7 @@ from ..smoothing import gaussian_smooth
 from ..tokens import AUTO, Subject, TokenLayout
 from .attend_excite import check_map_settings
 
-#: Released defaults (methods.md 4.9): update at steps 1..24 of 50, refinement at steps
+#: Released defaults: update at steps 1..24 of 50, refinement at steps
 #: 0, 5, 10, 15, 20 (step 0 lies outside the window, so it never fires on 50 steps), <= 30 iterations.
 DEFAULT_WINDOW = StepWindow(0.02, 0.5)
 DEFAULT_THRESHOLDS = ((0.0, 0.9), (0.1, 0.95), (0.2, 0.99), (0.3, 0.995), (0.4, 0.999))
@@ -49,11 +49,11 @@ class StormConfig:
     Attributes
     ----------
     temperature, kernel_size, sigma, kernel_convention, end_token_convention
-        Map processing (methods.md 4.3 / 1.1): x100 softmax, 3x3 A&E Gaussian with sigma 0.5;
+        Map processing (released code): x100 softmax, 3x3 A&E Gaussian with sigma 0.5;
         ``end_token_convention`` as in A&E (``"sd1"`` = released default, ``"words"`` = its
         ``sd_2_1`` flag, ``"auto"`` = per model, see :meth:`StormTerm.resolve`).
     time_weight_k, time_weight_max : float
-        ``k = 0.4``, ``W_max = 100`` (methods.md 4.5).
+        ``k = 0.4``, ``W_max = 100`` (released code).
     schedule_steps : int
         (paper) Step indices are rescaled to a schedule of this length before the time weight and
         the attribute start are applied (50, the released schedule). Reference mode uses raw indices.
@@ -119,7 +119,7 @@ class StormConfig:
 
 
 def time_weight(step: float, k: float = 0.4, w_max: float = 100.0) -> float:
-    """``w(i) = 1 + (W_max - 1)(1 - exp(-k i))`` (methods.md 4.5): 1 at i=0, 33.6 at 1, 98.2 at 10."""
+    """``w(i) = 1 + (W_max - 1)(1 - exp(-k i))`` (released code): 1 at i=0, 33.6 at 1, 98.2 at 10."""
     return 1.0 + (w_max - 1.0) * (1.0 - math.exp(-k * step))
 
 

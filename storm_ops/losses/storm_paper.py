@@ -237,7 +237,7 @@ def paper_attribute_loss(noun: torch.Tensor, modifier: torch.Tensor, config: Sto
     """Attribute term ``OT_eps(p_noun, p_modifier)`` with a 2-D cost (paper mode).
 
     ``C[n, m] = alpha |p_n - p_m|^2 + beta |a_n / max a - b_m / max b|``: the released two-part
-    cost (methods.md 4.8) with the squared grid distance in place of the flattened-index distance
+    cost with the squared grid distance in place of the flattened-index distance
     ``|n - m|`` and the values scaled to [0, 1]. Differentiable through the value part of the cost.
 
     Parameters

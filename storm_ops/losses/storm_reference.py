@@ -1,7 +1,7 @@
 """STORM as released (MICV-yonsei/STORM ``88dbc3a``): the loss reproduced with its quirks.
 
 Han et al., "Spatial Transport Optimization by Repositioning Attention Map for Training-Free
-Text-to-Image Synthesis", CVPR 2025, arXiv 2503.22168. Everything here follows methods.md 4.3-4.8
+Text-to-Image Synthesis", CVPR 2025, arXiv 2503.22168. Everything here follows the released code
 (the released ``_storm_loss``), reimplemented from those formulas, batched over images:
 
 * maps: normalised by ``/(sum + 1e-8)``; subject/object maps smoothed, adjective maps not (4.3);
@@ -20,7 +20,7 @@ Text-to-Image Synthesis", CVPR 2025, arXiv 2503.22168. Everything here follows m
   branch that can never run (it needs a prompt that is vertical and non-spatial at once), so
   non-spatial prompts get the horizontal blobs; no random numbers are drawn here;
 * plain Sinkhorn (reg 0.1 + 1e-8, 100 iterations, u = v = 1), loss ``<P, C>`` (4.8). Because the
-  cost is rank 1 the value does not depend on the target at all (methods.md 4.8,
+  cost is rank 1 the value does not depend on the target at all (see the released solver,
   ``property_check_loss_sub_vs_target``);
 * attribute term: 1-D flattened-index cost ``0.5|n - m| + 0.5|a_n - b_m|`` divided by its max,
   added from step 7 (4.8).
@@ -38,7 +38,7 @@ from ..ot import sinkhorn_reference
 from ..tokens import Subject
 from .storm_core import StormTerm
 
-#: Released-code constants (methods.md 4.8, 4.9).
+#: Released-code constants.
 REF_SINKHORN_REG = 0.1
 REF_SINKHORN_ITERS = 100
 REF_EPS = 1e-8
@@ -46,7 +46,7 @@ REF_ATTRIBUTE_STEP = 7
 REF_TARGET_RADIUS = 4.0
 REF_TARGET_SIGMA = 3.0
 
-#: Which branch of the released code a relation runs (methods.md 4.4).
+#: Which branch of the released code a relation runs.
 BRANCH = {"left": "horizontal", "right": "horizontal", "above": "vertical", "below": "vertical",
           "near": "object"}
 #: Directions the branch uses for the subject's and the object's cost (4.6).
@@ -56,14 +56,14 @@ BRANCH_DIRECTIONS = {"horizontal": ("left", "right"), "vertical": ("above", "bel
 def reference_time_weight(step: int, k: float = 0.4, w_max: float = 100.0) -> torch.Tensor:
     """``w(i) = 1 + (W_max - 1)(1 - exp(-k i))`` in float32, as the released code computes it.
 
-    w(0)=1, w(1)=33.6, w(3)=70.2, w(5)=86.6, w(10)=98.2, w(20)=99.97 (methods.md 4.5).
+    w(0)=1, w(1)=33.6, w(3)=70.2, w(5)=86.6, w(10)=98.2, w(20)=99.97 (released code).
     """
     t = torch.tensor(step)
     return 1 + (w_max - 1) * (1 - torch.exp(-k * t))
 
 
 def normalize_reference(maps: torch.Tensor) -> torch.Tensor:
-    """``M / (sum M + 1e-8)`` over the last two dimensions (methods.md 4.3)."""
+    """``M / (sum M + 1e-8)`` over the last two dimensions (released code)."""
     return maps / (maps.sum((-2, -1), keepdim=True) + REF_EPS)
 
 
@@ -89,7 +89,7 @@ def reference_centroids(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def reference_cost_vector(maps: torch.Tensor, direction: str, weight: torch.Tensor) -> torch.Tensor:
-    """The released cost ``vec(M * f)`` around the centroid of ``M`` (methods.md 4.6).
+    """The released cost ``vec(M * f)`` around the centroid of ``M``.
 
     Parameters
     ----------
@@ -128,7 +128,7 @@ def reference_cost_vector(maps: torch.Tensor, direction: str, weight: torch.Tens
 
 def circular_target_reference(h: int, w: int, centers: torch.Tensor, radius: float = REF_TARGET_RADIUS,
                               sigma: float = REF_TARGET_SIGMA) -> torch.Tensor:
-    """The released circular target blobs (methods.md 4.7), ``ij`` axis convention kept.
+    """The released circular target blobs, ``ij`` axis convention kept.
 
     The grid is ``meshgrid(arange(w), arange(h), indexing='ij')``: entry ``[i, j]`` has
     coordinates ``(i, j)``, so a centre ``(cx, cy)`` puts the peak at *row* ``cx``, column ``cy``
@@ -156,7 +156,7 @@ def circular_target_reference(h: int, w: int, centers: torch.Tensor, radius: flo
 
 
 def reference_targets(sub: torch.Tensor, obj: torch.Tensor, branch: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Circular targets of the released code for the subject and object (methods.md 4.7).
+    """Circular targets of the released code for the subject and object.
 
     Parameters
     ----------
@@ -229,7 +229,7 @@ def reference_adjective_loss(noun: torch.Tensor, adjective: torch.Tensor) -> tor
 def storm_reference_loss(sub: torch.Tensor, obj: torch.Tensor, relation: str, step: int, *,
                          k: float = 0.4, w_max: float = 100.0,
                          targets: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict]:
-    """The released spatial loss ``loss_S + loss_O`` of one subject/object pair (methods.md 4.3-4.8).
+    """The released spatial loss ``loss_S + loss_O`` of one subject/object pair.
 
     Parameters
     ----------
@@ -249,7 +249,7 @@ def storm_reference_loss(sub: torch.Tensor, obj: torch.Tensor, relation: str, st
     loss : Tensor, shape (B,)
     info : dict
         ``loss_sub``, ``loss_obj`` (B,), ``coordinate`` (B, 2): the released refinement gate
-        ``(max(0, x_O - x_S) / 10, max(0, y_O - y_S) / 10)`` (methods.md 4.9), ``targets``.
+        ``(max(0, x_O - x_S) / 10, max(0, y_O - y_S) / 10)`` (released code), ``targets``.
     """
     if relation not in BRANCH:
         raise StormError(f"unknown relation {relation!r}; use one of {tuple(BRANCH)}", input_name="relations")
@@ -293,7 +293,7 @@ class StormReferenceTerm(StormTerm):
     def _accept_target_masks(self, masks: dict[tuple[int, ...], torch.Tensor]) -> dict[tuple[int, ...], torch.Tensor]:
         if masks:
             raise StormError("target masks have no effect in reference mode (its loss does not depend on the "
-                             "target, methods.md 4.8); use mode 'paper'", input_name="target_masks")
+                             "target); use mode 'paper'", input_name="target_masks")
         return masks
 
     def schedule_step(self, ctx: GuidanceContext) -> float:

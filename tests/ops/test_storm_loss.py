@@ -1,4 +1,4 @@
-"""STORM loss (methods.md section 4): paper mode and the released code's reference mode."""
+"""STORM loss (Han et al., CVPR 2025): paper mode and the released code's reference mode."""
 
 import math
 from dataclasses import replace
@@ -27,7 +27,7 @@ from storm_ops.ot import centroids, pixel_coordinates
 from storm_ops.smoothing import gaussian_smooth
 from storm_ops.tokens import Subject
 
-# "a white car to the left of an elephant": car = 3, elephant = 9, white = 2 (methods.md 4.1)
+# "a white car to the left of an elephant": car = 3, elephant = 9, white = 2 (CLIP token positions)
 PROMPT = ["a</w>", "white</w>", "car</w>", "to</w>", "the</w>", "left</w>", "of</w>", "an</w>", "elephant</w>"]
 WHITE, CAR, ELEPHANT = Subject("white", (2,)), Subject("car", (3,)), Subject("elephant", (9,))
 
@@ -67,7 +67,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # ----------------------------------------------------------------------- time weights
 def test_time_weights_match_the_released_values():
-    # methods.md 4.5, fixture storm_exp_cost_weight
+    # the released code's time weight, values computed with it
     expected = {0: 1.0, 1: 33.6, 3: 70.2, 5: 86.6, 10: 98.2, 20: 99.97}
     for step, value in expected.items():
         digits = 2 if step == 20 else 1
@@ -79,7 +79,7 @@ def test_time_weights_match_the_released_values():
 # ------------------------------------------------------------------- reference quirks
 @pytest.mark.parametrize("relation", ["left", "above", "near"])
 def test_reference_loss_does_not_depend_on_the_target(relation):
-    # methods.md 4.8 property_check_loss_sub_vs_target: rank-1 costs make the target inert
+    # the released loss: rank-1 costs make the target inert
     sub, obj = smooth_maps(seed=1), smooth_maps(seed=2)
     base, info = storm_reference_loss(sub, obj, relation, 10)
     n = 12 * 12
@@ -99,7 +99,7 @@ def test_paper_loss_depends_on_the_target():
 
 
 def test_reference_mode_treats_right_as_left_and_below_as_above():
-    # methods.md 4.4, fixture storm_direction_probe: identical losses, the subject is always pushed left / up
+    # the released code's direction handling (values computed with it): identical losses, the subject is always pushed left / up
     sub, obj = smooth_maps(seed=3), smooth_maps(seed=4)
     for a, b in (("left", "right"), ("above", "below")):
         la, _ = storm_reference_loss(sub, obj, a, 10)
@@ -111,7 +111,7 @@ def test_reference_mode_treats_right_as_left_and_below_as_above():
 
 
 def test_reference_vertical_cost_is_applied_along_columns():
-    # methods.md 4.6: the (H,1) factor is transposed, so f(r, c) = f_row(c; y_bar)
+    # the released cost: the (H,1) factor is transposed, so f(r, c) = f_row(c; y_bar)
     h = w = 8
     maps = normalize_reference(smooth_maps(h, w, seed=5))
     weight = reference_time_weight(10)
@@ -139,7 +139,7 @@ def test_reference_vertical_cost_is_applied_along_columns():
 
 
 def test_reference_circular_targets_use_the_ij_axis_convention():
-    # methods.md 4.7: meshgrid(x, y, indexing='ij'): the first centre coordinate indexes rows
+    # the released targets: meshgrid(x, y, indexing='ij'): the first centre coordinate indexes rows
     target = circular_target_reference(16, 16, torch.tensor([[2.0, 8.0]]))[0]
     assert divmod(int(target.argmax()), 16) == (2, 8)
     assert target.max().item() == 1.0 and target[2, 13].item() == 0.0  # radius 4
@@ -313,7 +313,7 @@ def test_satisfied_uses_the_relation_score_in_paper_mode_and_the_released_rule_i
     ref = term((LEFT,), "reference")
     gate = {"refine_gate": torch.tensor([1.0, 0.0, 1.0])}
     result = TermResult(torch.tensor([0.5, 0.5, 0.05]), gate)
-    # L > 1 - T only refines while the subject is already on the left (coordinate > 0, methods.md 4.9)
+    # L > 1 - T only refines while the subject is already on the left (coordinate > 0, released code)
     assert ref.satisfied(result, 0.9).tolist() == [False, True, True]
 
 
