@@ -3,15 +3,13 @@
 Node ids are permanent (``STORM_*``); display names may change.
 """
 
-from .nodes_analysis import PromptAnalysisNode
+from .nodes_aid import AttentionInterpolation, SelectFrame
+from .nodes_attention import AttentionHeatmap, AttentionRecorder
 from .nodes_binding import AStar, SynGen
 from .nodes_guidance import AttendAndExcite
-from .nodes_interpolation import AttentionInterpolation, SelectFrame
+from .nodes_prompt import PromptAnalysisNode, SubjectTokens
 from .nodes_sampling import GuidedKSampler, GuidedSampler
 from .nodes_spatial import SpatialTransport
-from .recorder import AttentionRecorder
-from .tokens import SubjectTokens
-from .visualize import AttentionHeatmap
 
 _NODES = {
     "STORM_SubjectTokens": SubjectTokens,

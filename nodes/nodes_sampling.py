@@ -8,10 +8,10 @@ import comfy.utils
 
 from ..storm_ops.errors import StormError
 from .architecture import DEFAULT_LAYER_SELECTION, LAYER_SELECTIONS, check_conditioning_family, describe_unet
-from .capture import AttentionHistory
+from .attention_capture import AttentionHistory
 from .compat import latent_preview_callback
 from .errors import node_errors
-from .sampler import BASE_SAMPLERS, GuidedSamplerSettings, check_positive, make_ksampler
+from .guided_sampler import BASE_SAMPLERS, GuidedSamplerSettings, check_positive, make_ksampler
 
 SAMPLER_TOOLTIP = (
     "Base sampler that takes the denoising steps (the host's own implementation). Single-step samplers "

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from ..storm_ops.errors import StormError
 from ..storm_ops.guidance import StepSize, StepWindow, parse_thresholds
-from ..storm_ops.losses import storm_core
-from ..storm_ops.losses.storm import MODES, storm_term
-from ..storm_ops.losses.storm_core import StormConfig
+from ..storm_ops.losses import transport_core
+from ..storm_ops.losses.transport import MODES, transport_term
+from ..storm_ops.losses.transport_core import TransportConfig
 from ..storm_ops.relations import validate_relations
 from .errors import node_errors
 from .nodes_binding import subject_masks
@@ -62,21 +62,21 @@ class SpatialTransport(LossNode):
                                    "tooltip": "paper: the method as described (target-dependent spatial cost); "
                                               "reference: the released code's loss with its quirks (right treated as "
                                               "left, below as above, target-independent cost); see the README."}),
-            "step_size": step_size_input(storm_core.DEFAULT_STEP_SIZE,
+            "step_size": step_size_input(transport_core.DEFAULT_STEP_SIZE,
                                          "Step size (released: 20 with A&E's decay; the gradient is clipped to "
                                          "norm 1 first). 0 disables the loss."),
-            **window_inputs(storm_core.DEFAULT_WINDOW, "Released: steps 1 to 24 of 50 (0.02 to 0.5)."),
-            "thresholds": thresholds_input(storm_core.DEFAULT_THRESHOLDS,
+            **window_inputs(transport_core.DEFAULT_WINDOW, "Released: steps 1 to 24 of 50 (0.02 to 0.5)."),
+            "thresholds": thresholds_input(transport_core.DEFAULT_THRESHOLDS,
                                            "Refinement: 'position:threshold' pairs. Paper mode refines until the "
                                            "relation score (share of each object's attention on its requested "
                                            "side) reaches the threshold. Released: steps 0, 5, 10, 15, 20 of 50 -> "
                                            "0.9 ... 0.999. Empty = no refinement."),
             "max_refine_iters": max_refine_iters_input(
-                storm_core.DEFAULT_MAX_REFINE_ITERS, "Cap of refinement iterations per threshold step (released: 30)."),
+                transport_core.DEFAULT_MAX_REFINE_ITERS, "Cap of refinement iterations per threshold step (released: 30)."),
         }, "optional": {
             "guidance": GUIDANCE_INPUT,
             "weight": WEIGHT_INPUT,
-            "step_decay": with_default(STEP_DECAY_INPUT, storm_core.DEFAULT_STEP_SIZE.end_factor),
+            "step_decay": with_default(STEP_DECAY_INPUT, transport_core.DEFAULT_STEP_SIZE.end_factor),
             "masks": ("MASK", {"tooltip": "Optional target regions (paper mode): a MASK batch, one per object named in "
                                           "mask_subjects, painted where that object should be."}),
             "mask_subjects": ("STRING", {"default": "",
@@ -98,7 +98,7 @@ class SpatialTransport(LossNode):
         objects = tuple(dict.fromkeys(e for r in relations for e in (r.subject, r.object)))
         targets = subject_masks(objects, masks, mask_subjects)
         target_masks = {obj.name: m for obj, m in zip(objects, targets or (), strict=False) if m is not None}
-        term = storm_term(mode, analysis.layout, relations, StormConfig(end_token_convention=end_tokens),
+        term = transport_term(mode, analysis.layout, relations, TransportConfig(end_token_convention=end_tokens),
                           bindings=analysis.bindings, target_masks=target_masks or None,
                           window=StepWindow(float(start_at), float(end_at)),
                           step_size=StepSize(float(step_size), float(step_decay)), weight=float(weight),

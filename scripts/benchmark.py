@@ -74,7 +74,7 @@ def _measure_arch(device: str, arch: str, steps: int, size: int, repeats: int) -
 
     pack = load_pack()
     nodes = pack.NODE_CLASS_MAPPINGS
-    sampler_mod = pack.nodes.sampler
+    sampler_mod = pack.nodes.guided_sampler
     with torch.inference_mode():
         tm = build_tiny(arch)
         tokens, pos, _ = node_output(nodes["STORM_SubjectTokens"]().run(tm.clip, "a cat and a dog", "cat, dog"))
@@ -94,7 +94,7 @@ def _measure_arch(device: str, arch: str, steps: int, size: int, repeats: int) -
 
     def run_guided(guidance, stop_early=True):
         settings = sampler_mod.GuidedSamplerSettings(guidance, "euler", stop_early=stop_early)
-        history = pack.nodes.capture.AttentionHistory("benchmark", capacity=1)
+        history = pack.nodes.attention_capture.AttentionHistory("benchmark", capacity=1)
         sampler = sampler_mod.make_ksampler(settings, history)
         noise = comfy.sample.prepare_noise(latent, 1)
         out = comfy.sample.sample_custom(tm.model, noise, 7.5, sampler, sigmas, pos, neg, latent,
@@ -253,12 +253,12 @@ def _interpolation(kind: str, device: str) -> dict:
     ensure_host()
     import torch
 
-    from harness.interpolation_probe import interpolation_stats
+    from harness.aid_probe import interpolation_stats
     from harness.tiny_models import build_tiny, tiny_conditioning
 
     pack = load_pack()
-    interp = pack.nodes.interpolation
-    beta_schedule = pack.storm_ops.interpolation_schedule.beta_schedule
+    interp = pack.nodes.aid_sampling
+    beta_schedule = pack.storm_ops.aid_schedule.beta_schedule
     with torch.inference_mode():
         tm = build_tiny("sd15")
         a, b = tiny_conditioning(tm.clip, "a photo of a cat"), tiny_conditioning(tm.clip, "a photo of a dog")

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import StormError
-from .tokens import TokenLayout
+from .token_layout import TokenLayout
 
 #: Tolerance of ``fraction * n`` against the step index: ``0.07 * 100`` is ``7.000000000000001`` in
 #: binary floating point but means step 7. Far below ``1 / n`` for any schedule a sampler takes.

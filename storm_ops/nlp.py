@@ -22,7 +22,8 @@ import unicodedata
 from collections.abc import Sequence
 
 from .errors import StormError
-from .tokens import Subject, TokenLayout, count_word, find_word, parse_subject_spec
+from .subjects import count_word, find_word
+from .token_layout import Subject, TokenLayout
 
 logger = logging.getLogger(__name__)
 
@@ -268,75 +269,3 @@ def word_subject(layout: TokenLayout, word_indices: Sequence[int]) -> Subject:
         if find_word(layout, name, k) == positions:
             return Subject(f"{name}#{k}", positions)
     return Subject(name, positions)
-
-
-_OCCURRENCE = re.compile(r"^(?P<word>.+?)\s*#\s*(?P<n>\d+)$")
-
-
-def prompt_words(layout: TokenLayout) -> str:
-    """The prompt's distinct words, for error messages."""
-    return ", ".join(dict.fromkeys(w.text for w in layout.words)) or "(none: the prompt is empty)"
-
-
-def parse_word_reference(item: str, *, input_name: str) -> tuple[str, int]:
-    """``(word, occurrence)`` of a word or phrase written by a user (``"teddy bear"``, ``"dog#2"``).
-
-    Needs no prompt: the syntax only. Raises :class:`StormError` (``input_name``) for an empty
-    word or an occurrence below 1.
-    """
-    item = " ".join(item.split())
-    match = _OCCURRENCE.match(item)
-    word, occurrence = (match["word"], int(match["n"])) if match else (item, 1)
-    if not word:
-        raise StormError("an empty word; write a word of the prompt", input_name=input_name)
-    if occurrence < 1:
-        raise StormError(f"{item!r}: occurrences count from 1 ('{word}#1' is the first {word!r})",
-                         input_name=input_name)
-    return word, occurrence
-
-
-def check_subject_spec(spec: str, *, input_name: str = "subjects") -> None:
-    """Check the syntax of a subjects text (``"cat, dog#2, 5"``, see :func:`storm_ops.tokens.resolve_subjects`)
-    without the prompt: at least one item, occurrences from 1, no item naming the same word twice.
-
-    Raises
-    ------
-    StormError
-        With ``input_name``, naming the item.
-    """
-    seen: dict[tuple, str] = {}
-    items = parse_subject_spec(spec)
-    if not items:
-        raise StormError("no subjects given: enter the words of the prompt to guide, separated by commas (for "
-                         "example 'cat, dog'), or their token indices (for example '2, 5')", input_name=input_name)
-    for item in items:
-        if item.isdigit():
-            key: tuple = ("column", int(item))
-        else:
-            word, occurrence = parse_word_reference(item, input_name=input_name)
-            key = ("word", "".join(word.casefold().split()), occurrence)
-        if key in seen:
-            raise StormError(f"subject {item!r} selects the same tokens as {seen[key]!r}; to guide a repeated word "
-                             "use its occurrence, e.g. 'dog#2'", input_name=input_name)
-        seen[key] = item
-
-
-def resolve_word(layout: TokenLayout, item: str, *, input_name: str) -> Subject:
-    """A word or phrase of the prompt written by a user (``"teddy bear"``, ``"dog#2"``) as a Subject.
-
-    Raises
-    ------
-    StormError
-        With ``input_name``, naming the word and listing the prompt's words.
-    """
-    item = " ".join(item.split())
-    word, occurrence = parse_word_reference(item, input_name=input_name)
-    positions = find_word(layout, word, occurrence)
-    if positions is not None:
-        return Subject(item, positions)
-    count = count_word(layout, word)
-    if count:
-        raise StormError(f"{item!r}: the prompt contains {word!r} only {count} time(s) (occurrences count from 1).",
-                         input_name=input_name)
-    raise StormError(f"{word!r} is not a word of the prompt. Prompt words: {prompt_words(layout)}",
-                     input_name=input_name)

@@ -26,9 +26,10 @@ Without spaCy a rule-based fallback handles plain lists ("a red crown and a gold
 from __future__ import annotations
 
 from . import nlp, relations
-from .analysis import BindingSet, PromptAnalysis
 from .errors import StormError
-from .tokens import Subject, TokenLayout
+from .parsed_prompt import BindingSet, PromptAnalysis
+from .subjects import parse_word_reference, resolve_word
+from .token_layout import Subject, TokenLayout
 
 PARSERS = ("auto", "spacy", "rules")
 #: SynGen's modifier dependency labels.
@@ -323,7 +324,7 @@ def split_binding_override(text: str) -> list[tuple[str, list[str], str]]:
             raise StormError(f"{item!r} needs at least one modifier before '->' and a noun after it",
                              input_name="bindings")
         for word in (*mods, right):
-            nlp.parse_word_reference(word, input_name="bindings")
+            parse_word_reference(word, input_name="bindings")
         out.append((item, mods, right))
     return out
 
@@ -342,8 +343,8 @@ def parse_binding_override(text: str, layout: TokenLayout) -> tuple[BindingSet, 
     """
     out: list[BindingSet] = []
     for item, mods, right in split_binding_override(text):
-        noun = nlp.resolve_word(layout, right, input_name="bindings")
-        subjects = tuple(nlp.resolve_word(layout, m, input_name="bindings") for m in mods)
+        noun = resolve_word(layout, right, input_name="bindings")
+        subjects = tuple(resolve_word(layout, m, input_name="bindings") for m in mods)
         for m in subjects:
             if set(m.positions) & set(noun.positions):
                 raise StormError(f"{item!r}: {m.name!r} cannot modify itself", input_name="bindings")

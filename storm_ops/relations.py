@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .analysis import OPPOSITE, PromptAnalysis, SpatialRelation
 from .errors import StormError
-from .nlp import parse_word_reference, resolve_word
-from .tokens import Subject, TokenLayout
+from .parsed_prompt import OPPOSITE, PromptAnalysis, SpatialRelation
+from .subjects import parse_word_reference, resolve_word
+from .token_layout import Subject, TokenLayout
 
 #: Prepositions that are a relation on their own ("a bird above a tree").
 PREPOSITIONS = {"above": "above", "over": "above", "atop": "above", "below": "below", "under": "below",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from .errors import ShapeError
 
@@ -55,3 +56,29 @@ def infer_hw(n_query: int, height: int, width: int) -> tuple[int, int]:
             f"for a {height}x{width} latent"
         )
     return h, w
+
+
+def resample_masks(masks: torch.Tensor, size: tuple[int, int], antialias: bool | None = None) -> torch.Tensor:
+    """User masks at any resolution resampled to the attention-map size ``(h, w)``.
+
+    Bilinear, antialiased when shrinking (so a map pixel takes the mean of the area it covers);
+    returned unchanged in value when the size already matches. ``antialias=True`` also runs the
+    antialiased kernel when enlarging: equal up to rounding (~1e-7), which still moves values that
+    lie exactly on a threshold (a binary mask's 0.5 midpoints).
+
+    Parameters
+    ----------
+    masks : Tensor, shape (N, h', w')
+        Any real dtype (bool accepted). Not modified.
+
+    Returns
+    -------
+    Tensor, shape (N, h, w), float32, detached
+    """
+    m = masks.detach().float()
+    if tuple(m.shape[-2:]) == tuple(size):
+        return m
+    if antialias is None:
+        antialias = m.shape[-2] > size[0] or m.shape[-1] > size[1]
+    return F.interpolate(m[:, None], size=tuple(size), mode="bilinear", align_corners=False,
+                         antialias=antialias)[:, 0]

@@ -2,16 +2,16 @@
 
 from .astar import AStarConfig, AStarTerm, retention, segregation
 from .attend_excite import AttendExciteConfig, AttendExciteTerm, attend_excite_loss, max_attention, subject_maps
-from .storm import STORM_TERMS, storm_term
-from .storm_core import StormConfig, StormTerm
-from .storm_paper import StormPaperTerm, storm_paper_loss
-from .storm_reference import StormReferenceTerm, storm_reference_loss
 from .syngen import SynGenConfig, SynGenTerm, entropy, symmetric_kl, syngen_loss, syngen_sets
+from .transport import TRANSPORT_TERMS, transport_term
+from .transport_core import TransportConfig, TransportTerm
+from .transport_paper import TransportPaperTerm, transport_paper_loss
+from .transport_reference import TransportReferenceTerm, transport_reference_loss
 
 __all__ = [
     "AStarConfig", "AStarTerm", "retention", "segregation",
     "AttendExciteConfig", "AttendExciteTerm", "attend_excite_loss", "max_attention", "subject_maps",
-    "STORM_TERMS", "storm_term", "StormConfig", "StormTerm", "StormPaperTerm", "StormReferenceTerm",
-    "storm_paper_loss", "storm_reference_loss",
+    "TRANSPORT_TERMS", "transport_term", "TransportConfig", "TransportTerm", "TransportPaperTerm", "TransportReferenceTerm",
+    "transport_paper_loss", "transport_reference_loss",
     "SynGenConfig", "SynGenTerm", "entropy", "symmetric_kl", "syngen_loss", "syngen_sets",
 ]

@@ -36,11 +36,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import ShapeError, StormError
 from ..guidance import DEFAULT_WEIGHT, GuidanceContext, GuidanceTerm, StepSize, StepWindow, TermResult
-from ..tokens import Subject, TokenLayout
+from ..shapes import resample_masks
+from ..token_layout import Subject, TokenLayout
 from .attend_excite import AttendExciteConfig, max_attention, subject_maps
 
 #: Our defaults (A&E's schedule; the paper gives none).
@@ -126,10 +126,10 @@ def high_activation_mask(sub_maps: torch.Tensor, threshold: float = DEFAULT_MASK
     return (m >= threshold * peak).to(m.dtype)
 
 
-def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def binary_layout_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """A user layout mask at any resolution as a binary ``(h, w)`` mask of the attention maps.
 
-    The mask is resampled bilinearly (antialiased when shrinking) and binarised at 0.5, i.e. a
+    The mask is resampled (:func:`~storm_ops.shapes.resample_masks`) and binarised at 0.5, i.e. a
     map pixel belongs to the mask when at least half of the area it covers does.
 
     Parameters
@@ -142,10 +142,7 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     -------
     Tensor, shape (h, w), float32 0/1
     """
-    m = mask.detach().float()[None, None]
-    if tuple(m.shape[-2:]) != tuple(size):
-        m = F.interpolate(m, size=size, mode="bilinear", align_corners=False, antialias=True)
-    return (m[0, 0] >= 0.5).float()
+    return (resample_masks(mask[None], size, antialias=True)[0] >= 0.5).float()
 
 
 @dataclass(frozen=True)
@@ -264,7 +261,7 @@ class AStarTerm(GuidanceTerm):
         for k, user in enumerate(self.masks):
             if user is None:
                 continue
-            m = resize_mask(user, size).to(device=sub.device, dtype=sub.dtype)
+            m = binary_layout_mask(user, size).to(device=sub.device, dtype=sub.dtype)
             if not bool(m.any()):
                 raise StormError(f"A-STAR: the layout mask of {self.subjects[k].name!r} covers no pixel of the "
                                  f"{size[0]}x{size[1]} attention map; draw a larger region", input_name="masks")

@@ -25,7 +25,7 @@ from ..attention import select_token_maps, token_softmax
 from ..errors import StormError
 from ..guidance import DEFAULT_WEIGHT, GuidanceContext, GuidanceTerm, StepSize, StepWindow, TermResult
 from ..smoothing import KERNEL_CONVENTIONS, gaussian_smooth
-from ..tokens import AUTO, END_TOKEN_CONVENTIONS, Subject, TokenLayout
+from ..token_layout import AUTO, END_TOKEN_CONVENTIONS, Subject, TokenLayout
 
 #: A&E's softmax temperature (the official code multiplies the maps by 100, Sec. 3.2).
 SOFTMAX_TEMPERATURE = 100.0

@@ -40,11 +40,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..analysis import BindingSet
 from ..errors import StormError
 from ..guidance import DEFAULT_WEIGHT, GuidanceContext, GuidanceTerm, StepSize, StepWindow, TermResult
+from ..parsed_prompt import BindingSet
 from ..shapes import check_ndim
-from ..tokens import WORD, Subject, TokenLayout
+from ..subjects import WORD
+from ..token_layout import Subject, TokenLayout
 
 #: SynGen defaults (official pipeline): one update at steps 0..24 of 50, constant step size 20.
 DEFAULT_WINDOW = StepWindow(0.0, 0.5)

@@ -6,7 +6,7 @@ Import it with ``tests/`` on ``sys.path`` (pytest: ``-o pythonpath=tests`` or
     from harness.host import ensure_host, load_pack          # pick + configure the host, import the pack
     from harness.tiny_models import build_tiny, tiny_conditioning
     from harness.workflows import get_runner, ui_to_api, substitute_checkpoints, run_prompt
-    from harness.interpolation_probe import interpolation_stats  # what the AID patches did, per chunk
+    from harness.aid_probe import interpolation_stats  # what the AID patches did, per chunk
 
 The developer scripts (``python -m scripts.NAME``) import it through the ``scripts`` package, which
 loads this folder as ``harness`` without putting ``tests/`` on ``sys.path``.

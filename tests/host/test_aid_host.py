@@ -4,7 +4,7 @@ import comfy.sample
 import pytest
 import torch
 
-from harness.interpolation_probe import interpolation_stats
+from harness.aid_probe import interpolation_stats
 from harness.nodeutil import node_output
 
 HW = (16, 16)
@@ -68,9 +68,9 @@ def test_different_endpoint_noises(nodes, prompts):
 
 def test_attention_interpolation_acts_during_the_warmup_only(pack, prompts):
     tm, a, b, neg, _ = prompts("sd15")
-    interp = pack.nodes.interpolation
+    interp = pack.nodes.aid_sampling
     latent = {"samples": torch.zeros(1, 4, *HW)}
-    coef = pack.storm_ops.interpolation_schedule.beta_schedule(5, 3.0, 3.0)
+    coef = pack.storm_ops.aid_schedule.beta_schedule(5, 3.0, 3.0)
     runs = {}
     for warmup in (0.0, 0.6):
         settings = interp.InterpolationSettings(coef, "fused outer", warmup, 3)
@@ -88,11 +88,11 @@ def test_attention_interpolation_acts_during_the_warmup_only(pack, prompts):
 
 def test_chunking_bounds_the_batch_and_does_not_change_the_frames(pack, prompts):
     tm, a, b, neg, _ = prompts("sd15")
-    interp = pack.nodes.interpolation
+    interp = pack.nodes.aid_sampling
     latent = {"samples": torch.zeros(1, 4, *HW)}
     results = {}
     for frames, chunk in ((4, 2), (16, 2), (16, 14)):
-        coef = pack.storm_ops.interpolation_schedule.beta_schedule(frames, 3.0, 3.0)
+        coef = pack.storm_ops.aid_schedule.beta_schedule(frames, 3.0, 3.0)
         with torch.inference_mode(), interpolation_stats(interp) as stats:
             out, _ = interp.sample_sequence(tm.model, a, b, neg, None, latent, 3, 3, 7.5, "euler", "normal",
                                             interp.InterpolationSettings(coef, "fused outer", 0.5, chunk), None)

@@ -37,7 +37,7 @@ def test_every_function_default_equals_the_declared_widget_default(nodes):
     ("STORM_AStar", "astar", {"step_size": "DEFAULT_STEP_SIZE.scale", "start_at": "DEFAULT_WINDOW.start",
                               "end_at": "DEFAULT_WINDOW.end", "mask_threshold": "DEFAULT_MASK_THRESHOLD",
                               "step_decay": "DEFAULT_STEP_SIZE.end_factor"}),
-    ("STORM_SpatialTransport", "storm_core", {"step_size": "DEFAULT_STEP_SIZE.scale", "start_at": "DEFAULT_WINDOW.start",
+    ("STORM_SpatialTransport", "transport_core", {"step_size": "DEFAULT_STEP_SIZE.scale", "start_at": "DEFAULT_WINDOW.start",
                                          "end_at": "DEFAULT_WINDOW.end", "max_refine_iters": "DEFAULT_MAX_REFINE_ITERS",
                                          "step_decay": "DEFAULT_STEP_SIZE.end_factor"}),
 ])

@@ -114,7 +114,7 @@ def pipeline(ops):
 def analyze(pack, tiny, ops, pipeline):
     def run(arch, text):
         with torch.inference_mode():
-            layout = pack.nodes.tokens.prompt_layout(tiny(arch).clip, text)
+            layout = pack.nodes.host_tokenizer.prompt_layout(tiny(arch).clip, text)
             return ops["prompt_analysis"].analyze_prompt(text, layout, parser="spacy", pipeline=pipeline)
     return run
 

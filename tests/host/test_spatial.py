@@ -52,7 +52,7 @@ def test_right_of_is_guided_to_the_right(pack, tiny, encode):
 
 def test_painted_target_masks_move_the_subject(pack, nodes, analysed):
     tm, analysis, tokens, pos, neg = analysed("sd15")
-    st = pack.storm_ops.losses.storm_core
+    st = pack.storm_ops.losses.transport_core
     cat = analysis.relations[0].subject
     bottom_left = torch.zeros(1, 192, 192)
     bottom_left[:, 96:, :96] = 1.0
@@ -64,7 +64,7 @@ def test_painted_target_masks_move_the_subject(pack, nodes, analysed):
             record = sample(tm.model, guidance, pos, neg, nodes, seed)
             for step in record.info["guided_steps"]:  # the steps where the layout is being set
                 maps = record.step_maps[step][1].float()
-                cat_map = st.token_maps(maps, tokens.layout, [cat.positions], st.StormConfig(), smooth=True)[0, 0]
+                cat_map = st.token_maps(maps, tokens.layout, [cat.positions], st.TransportConfig(), smooth=True)[0, 0]
                 h, w = cat_map.shape
                 shares.append(float(cat_map[h // 2:, : w // 2].sum() / cat_map.sum()))
         inside[label] = sum(shares) / len(shares)

@@ -1,7 +1,7 @@
 """Token text on every installed ``transformers`` major version (4.x as the pip fork needs it,
 5.x as a fresh ComfyUI install takes it).
 
-The pack decodes CLIP pieces from the vocabulary itself (:func:`storm_ops.tokens.clip_piece_text`);
+The pack decodes CLIP pieces from the vocabulary itself (:func:`storm_ops.clip_vocab.clip_piece_text`);
 what it takes from ``transformers`` is the tokenizer's ids and ``get_vocab()``. Each interpreter
 in ``STORM_TRANSFORMERS_PYTHONS`` (``os.pathsep``-separated; ``scripts/setup_env.sh`` makes a
 ``transformers>=5`` one) and the test interpreter itself tokenise with the host's own CLIP vocabulary
@@ -62,16 +62,16 @@ def test_required_transformers_majors_are_covered(tokenisations):
 
 @pytest.mark.parametrize("tokenizer", sorted(PAD_WITH_END))
 def test_words_resolve_without_end_of_word_markers_on_every_version(pack, tokenisations, tokenizer):
-    tokens = pack.storm_ops.tokens
+    tokens, ops = pack.storm_ops.token_layout, pack.storm_ops
     for t in tokenisations:
         ids = t["ids"]
         start, end = ids[0], ids[-1]
         pad = end if PAD_WITH_END[tokenizer] else 0
         row = ids + [pad] * (tokens.CLIP_CHUNK - len(ids))
         inv_vocab = {int(k): v for k, v in t["pieces"].items()}
-        layout = tokens.TokenLayout.from_ids(row, tokens.clip_vocab_decoder(inv_vocab), start_id=start,
+        layout = tokens.TokenLayout.from_ids(row, ops.clip_vocab.clip_vocab_decoder(inv_vocab), start_id=start,
                                              end_id=end)
-        subjects = tokens.resolve_subjects(layout, "cat, dog, café")
+        subjects = ops.subjects.resolve_subjects(layout, "cat, dog, café")
         assert [s.positions for s in subjects][:2] == [(2,), (5,)], t["version"]
         text = tokens.PromptTokens(PROMPT, layout, subjects).describe()
         assert "</w>" not in text and "2:cat 3:and 4:a 5:dog" in text, (t["version"], text)

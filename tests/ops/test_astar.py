@@ -4,22 +4,22 @@ from dataclasses import replace
 
 import pytest
 import torch
-from test_tokens import CAT_DOG, layout_of
+from test_token_layout import CAT_DOG, layout_of
 
 from storm_ops.errors import ShapeError, StormError
 from storm_ops.guidance import Guidance, GuidanceContext
 from storm_ops.losses.astar import (
     AStarConfig,
     AStarTerm,
+    binary_layout_mask,
     high_activation_mask,
     overlap_ratio,
     pair_indices,
-    resize_mask,
     retention,
     segregation,
 )
 from storm_ops.losses.attend_excite import AttendExciteConfig, subject_maps
-from storm_ops.tokens import Subject
+from storm_ops.token_layout import Subject
 
 CAT, DOG = Subject("cat", (2,)), Subject("dog", (5,))
 RAW = AStarConfig(AttendExciteConfig(smooth=False, end_token_convention="words"))
@@ -84,12 +84,12 @@ def test_high_activation_mask_is_half_the_maximum():
 def test_resize_mask_any_resolution_and_aspect():
     big = torch.zeros(64, 48)
     big[:, :24] = 1
-    small = resize_mask(big, (16, 12))
+    small = binary_layout_mask(big, (16, 12))
     assert small.shape == (16, 12) and torch.equal(small[:, :6], torch.ones(16, 6)) and small[:, 6:].sum() == 0
     tiny = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
-    up = resize_mask(tiny, (4, 4))
+    up = binary_layout_mask(tiny, (4, 4))
     assert torch.equal(up[:2, :2], torch.ones(2, 2)) and up.sum() == 4
-    assert torch.equal(resize_mask(tiny.bool(), (2, 2)), tiny)
+    assert torch.equal(binary_layout_mask(tiny.bool(), (2, 2)), tiny)
 
 
 def _term(**kw):

@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from test_tokens import CAT_DOG, layout_of
+from test_token_layout import CAT_DOG, layout_of
 
 from storm_ops.errors import StormError
 from storm_ops.guidance import GuidanceContext
@@ -16,7 +16,7 @@ from storm_ops.losses.attend_excite import (
     subject_maps,
 )
 from storm_ops.smoothing import gaussian_smooth
-from storm_ops.tokens import Subject, TokenLayout
+from storm_ops.token_layout import Subject, TokenLayout
 
 
 def test_loss_is_max_over_subjects_of_one_minus_max():

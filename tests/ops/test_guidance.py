@@ -16,7 +16,7 @@ from storm_ops.guidance import (
     format_thresholds,
     parse_thresholds,
 )
-from storm_ops.losses import astar, storm_core
+from storm_ops.losses import astar, transport_core
 from storm_ops.losses.attend_excite import DEFAULT_THRESHOLDS, DEFAULT_WINDOW
 
 
@@ -113,9 +113,9 @@ def test_parse_thresholds():
 def test_format_thresholds_is_read_back_by_parse_thresholds():
     """The loss nodes' threshold widgets show the loss defaults as this text."""
     assert format_thresholds(DEFAULT_THRESHOLDS) == "0:0.05, 0.2:0.5, 0.4:0.8"
-    assert format_thresholds(storm_core.DEFAULT_THRESHOLDS) == "0:0.9, 0.1:0.95, 0.2:0.99, 0.3:0.995, 0.4:0.999"
+    assert format_thresholds(transport_core.DEFAULT_THRESHOLDS) == "0:0.9, 0.1:0.95, 0.2:0.99, 0.3:0.995, 0.4:0.999"
     assert format_thresholds(astar.DEFAULT_THRESHOLDS) == ""
-    for pairs in (DEFAULT_THRESHOLDS, storm_core.DEFAULT_THRESHOLDS, ((0.1 + 0.2, 1e-5), (1.0, 1.0))):
+    for pairs in (DEFAULT_THRESHOLDS, transport_core.DEFAULT_THRESHOLDS, ((0.1 + 0.2, 1e-5), (1.0, 1.0))):
         assert parse_thresholds(format_thresholds(pairs)) == pairs
 
 
@@ -158,7 +158,7 @@ def test_combine_weights_terms_by_their_step_sizes_and_keeps_state_per_term():
 
 
 def test_guidance_is_immutable_and_checks_prompt_lengths():
-    from storm_ops.tokens import Piece, TokenLayout
+    from storm_ops.token_layout import Piece, TokenLayout
     short = TokenLayout(tuple(Piece("x") for _ in range(77)))
     long = TokenLayout(tuple(Piece("x") for _ in range(154)))
     g1 = Guidance().with_term(_ConstantTerm(), short)

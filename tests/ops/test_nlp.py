@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_tokens import layout_of
+from test_token_layout import layout_of
 
-from storm_ops import nlp
+from storm_ops import nlp, subjects
 from storm_ops.errors import StormError
 from storm_ops.nlp import NoParserError
 
@@ -206,24 +206,24 @@ def test_word_subjects_name_occurrences_and_user_words_resolve():
     assert nlp.word_subject(lay, [1, 2]).name == "teddy bear"
     second = nlp.word_subject(lay, [5])
     assert second.name == "bear#2" and second.positions == (6,)
-    assert nlp.resolve_word(lay, "bear#2", input_name="x") == second
+    assert subjects.resolve_word(lay, "bear#2", input_name="x") == second
     with pytest.raises(StormError, match="only 2 time") as err:
-        nlp.resolve_word(lay, "bear#3", input_name="bindings")
+        subjects.resolve_word(lay, "bear#3", input_name="bindings")
     assert err.value.input_name == "bindings"
     with pytest.raises(StormError, match="'cat' is not a word of the prompt. Prompt words: a, teddy, bear, and"):
-        nlp.resolve_word(lay, "cat", input_name="bindings")
+        subjects.resolve_word(lay, "cat", input_name="bindings")
 
 
 # ------------------------------------------------------------------------------ syntax without the prompt
 def test_word_references_and_subject_texts_are_checked_without_a_prompt():
-    assert nlp.parse_word_reference(" teddy  bear ", input_name="x") == ("teddy bear", 1)
-    assert nlp.parse_word_reference("dog #2", input_name="x") == ("dog", 2)
+    assert subjects.parse_word_reference(" teddy  bear ", input_name="x") == ("teddy bear", 1)
+    assert subjects.parse_word_reference("dog #2", input_name="x") == ("dog", 2)
     with pytest.raises(StormError, match="count from 1") as err:
-        nlp.parse_word_reference("dog#0", input_name="bindings")
+        subjects.parse_word_reference("dog#0", input_name="bindings")
     assert err.value.input_name == "bindings"
-    nlp.check_subject_spec("cat, dog#2, teddy bear; 5")
+    subjects.check_subject_spec("cat, dog#2, teddy bear; 5")
     for bad, message in ((",", "no subjects"), ("cat, dog#0", "count from 1"), ("dog, DOG#1", "same tokens"),
                          ("5, 5", "same tokens")):
         with pytest.raises(StormError, match=message) as err:
-            nlp.check_subject_spec(bad)
+            subjects.check_subject_spec(bad)
         assert err.value.input_name == "subjects"

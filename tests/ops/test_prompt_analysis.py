@@ -3,7 +3,7 @@
 import pytest
 from spacy.tokens import Doc
 from spacy.vocab import Vocab
-from test_tokens import layout_of
+from test_token_layout import layout_of
 
 from storm_ops import nlp
 from storm_ops.errors import StormError

@@ -3,11 +3,11 @@
 import pytest
 from test_prompt_analysis import analyze, clip_of
 
-from storm_ops.analysis import SpatialRelation
 from storm_ops.errors import StormError
+from storm_ops.parsed_prompt import SpatialRelation
 from storm_ops.prompt_analysis import analyze_rules
 from storm_ops.relations import match_phrases, parse_relation_override, relation_modifiers, validate_relations
-from storm_ops.tokens import Subject
+from storm_ops.token_layout import Subject
 
 
 def relations_of(analysis):

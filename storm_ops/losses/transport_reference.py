@@ -25,7 +25,7 @@ Text-to-Image Synthesis", CVPR 2025, arXiv 2503.22168. Everything here follows t
 * attribute term: 1-D flattened-index cost ``0.5|n - m| + 0.5|a_n - b_m|`` divided by its max,
   added from step 7 (4.8).
 
-:class:`StormReferenceTerm` is the guidance term of this mode.
+:class:`TransportReferenceTerm` is the guidance term of this mode.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ import torch
 from ..errors import StormError
 from ..guidance import GuidanceContext, TermResult
 from ..ot import sinkhorn_reference
-from ..tokens import Subject
-from .storm_core import StormTerm
+from ..token_layout import Subject
+from .transport_core import TransportTerm
 
 #: Released-code constants.
 REF_SINKHORN_REG = 0.1
@@ -226,7 +226,7 @@ def reference_adjective_loss(noun: torch.Tensor, adjective: torch.Tensor) -> tor
     return _transport_loss(a, b, reference_adjective_cost(a, b))
 
 
-def storm_reference_loss(sub: torch.Tensor, obj: torch.Tensor, relation: str, step: int, *,
+def transport_reference_loss(sub: torch.Tensor, obj: torch.Tensor, relation: str, step: int, *,
                          k: float = 0.4, w_max: float = 100.0,
                          targets: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict]:
     """The released spatial loss ``loss_S + loss_O`` of one subject/object pair.
@@ -279,8 +279,8 @@ def storm_reference_loss(sub: torch.Tensor, obj: torch.Tensor, relation: str, st
 
 
 # --------------------------------------------------------------------------------- term
-class StormReferenceTerm(StormTerm):
-    """STORM as released, as a guidance term (parameters as :class:`StormTerm`).
+class TransportReferenceTerm(TransportTerm):
+    """STORM as released, as a guidance term (parameters as :class:`TransportTerm`).
 
     Raw step indices; the last modifier of a binding enters the attribute term (the released
     index extraction keeps one adjective per noun); painted target masks are refused, because the
@@ -300,14 +300,14 @@ class StormReferenceTerm(StormTerm):
         return ctx.step
 
     def spatial_loss(self, ents: torch.Tensor, step: float, weight: float) -> tuple[torch.Tensor, dict]:
-        """:func:`storm_reference_loss` summed over the relations (it computes the time weight itself,
+        """:func:`transport_reference_loss` summed over the relations (it computes the time weight itself,
         in float32 as released, so ``weight`` is unused); metric ``refine_gate`` ``(B,)``."""
         cfg = self.config
         spatial = ents.new_zeros(ents.shape[0])
         coords = []
         for rel in self.relations:
             sub, obj = self._pair_maps(ents, rel)
-            loss, info = storm_reference_loss(sub, obj, rel.relation, step, k=cfg.time_weight_k,
+            loss, info = transport_reference_loss(sub, obj, rel.relation, step, k=cfg.time_weight_k,
                                               w_max=cfg.time_weight_max)
             spatial = spatial + loss
             axis = 0 if BRANCH[rel.relation] == "horizontal" else 1

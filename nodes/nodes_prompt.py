@@ -1,16 +1,18 @@
-"""STORM Prompt Analysis: spaCy parse of the prompt aligned to the model's CLIP tokens."""
+"""Prompt nodes: STORM Subject Tokens (subject words -> CLIP columns) and STORM Prompt Analysis
+(spaCy parse of the prompt aligned to the model's CLIP tokens)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from ..storm_ops.analysis import PromptAnalysis
-from ..storm_ops.nlp import check_pipeline_name, check_subject_spec
+from ..storm_ops.nlp import check_pipeline_name
+from ..storm_ops.parsed_prompt import PromptAnalysis
 from ..storm_ops.prompt_analysis import PARSERS, analyze_prompt, parse_binding_override, split_binding_override
 from ..storm_ops.relations import parse_relation_override, split_relation_override
-from ..storm_ops.tokens import PromptTokens, resolve_subjects
+from ..storm_ops.subjects import check_subject_spec, resolve_subjects
+from ..storm_ops.token_layout import PromptTokens
 from .errors import node_errors
-from .tokens import encode_with_layout
+from .host_tokenizer import encode_with_layout
 from .validation import validate_text_inputs
 
 
@@ -27,6 +29,45 @@ def apply_overrides(analysis: PromptAnalysis, bindings: str, relations: str) -> 
         analysis = replace(analysis, relations=parse_relation_override(relations, analysis.layout))
         notes.append("relations set by the user")
     return replace(analysis, notes=tuple(notes))
+
+
+class SubjectTokens:
+    """STORM Subject Tokens: prompt encoding + the CLIP token positions of its subjects."""
+
+    NODE_NAME = "STORM Subject Tokens"
+    DESCRIPTION = (
+        "Encodes the prompt (like CLIP Text Encode) and finds the CLIP token positions of the subject "
+        "words with the model's own tokenizer. Use its conditioning as the sampler's positive input so "
+        "the positions match the encoding. The text output lists every token with its index.")
+    CATEGORY = "STORM/prompt"
+    FUNCTION = "run"
+    RETURN_TYPES = ("STORM_TOKENS", "CONDITIONING", "STRING")
+    RETURN_NAMES = ("tokens", "conditioning", "tokenization")
+    OUTPUT_TOOLTIPS = (
+        "The prompt's token layout and the selected subjects, for the guidance and visualiser nodes.",
+        "The encoded prompt (same as CLIP Text Encode); connect it to the sampler's positive input.",
+        "The tokenisation with indices and the resolved subjects, for checking or for choosing indices.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "clip": ("CLIP", {"tooltip": "The CLIP model of the checkpoint (its tokenizer defines the positions)."}),
+            "text": ("STRING", {"multiline": True, "default": "a cat and a dog",
+                                "tooltip": "The positive prompt. Prompts over 75 tokens are split into 77-token chunks like CLIP Text Encode does."}),
+            "subjects": ("STRING", {"default": "cat, dog",
+                                    "tooltip": "Subject words of the prompt, comma separated ('cat, dog'). Phrases ('teddy bear') "
+                                               "and multi-piece words work; 'dog#2' picks the second 'dog'; numbers are token indices "
+                                               "(see the tokenization output, the first word is 1)."}),
+        }}
+
+    @node_errors(NODE_NAME)
+    def run(self, clip, text, subjects):
+        layout, conditioning = encode_with_layout(clip, text)
+        subject_list = resolve_subjects(layout, subjects)
+        tokens = PromptTokens(text, layout, subject_list)
+        description = tokens.describe()
+        return {"ui": {"storm_text": [description]}, "result": (tokens, conditioning, description)}
 
 
 class PromptAnalysisNode:

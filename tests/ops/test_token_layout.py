@@ -5,21 +5,11 @@ from dataclasses import replace
 import pytest
 import torch
 
+from storm_ops.clip_vocab import clip_piece_text, clip_vocab_decoder
 from storm_ops.errors import StormError
-from storm_ops.tokens import (
-    END,
-    PAD,
-    START,
-    WORD,
-    TokenLayout,
-    check_prompt_encoding,
-    clip_piece_text,
-    clip_vocab_decoder,
-    count_word,
-    find_word,
-    resolve_subjects,
-    untile_encoding,
-)
+from storm_ops.prompt_identity import check_prompt_encoding, untile_encoding
+from storm_ops.subjects import count_word, find_word, resolve_subjects
+from storm_ops.token_layout import END, PAD, START, WORD, TokenLayout
 
 START_ID, END_ID = 49406, 49407
 

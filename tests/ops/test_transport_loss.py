@@ -6,26 +6,26 @@ from itertools import pairwise
 
 import pytest
 import torch
-from test_tokens import layout_of
+from test_token_layout import layout_of
 
-from storm_ops.analysis import BindingSet, SpatialRelation
 from storm_ops.errors import StormError
 from storm_ops.guidance import GuidanceContext, TermResult
-from storm_ops.losses.storm import MODES, STORM_TERMS, storm_term
-from storm_ops.losses.storm_core import StormConfig, time_weight, token_maps
-from storm_ops.losses.storm_paper import StormPaperTerm, resize_mask, storm_paper_loss
-from storm_ops.losses.storm_reference import (
-    StormReferenceTerm,
+from storm_ops.losses.transport import MODES, TRANSPORT_TERMS, transport_term
+from storm_ops.losses.transport_core import TransportConfig, time_weight, token_maps
+from storm_ops.losses.transport_paper import TransportPaperTerm, target_distribution, transport_paper_loss
+from storm_ops.losses.transport_reference import (
+    TransportReferenceTerm,
     circular_target_reference,
     normalize_reference,
     reference_adjective_cost,
     reference_cost_vector,
     reference_time_weight,
-    storm_reference_loss,
+    transport_reference_loss,
 )
 from storm_ops.ot import centroids, pixel_coordinates
+from storm_ops.parsed_prompt import BindingSet, SpatialRelation
 from storm_ops.smoothing import gaussian_smooth
-from storm_ops.tokens import Subject
+from storm_ops.token_layout import Subject
 
 # "a white car to the left of an elephant": car = 3, elephant = 9, white = 2 (CLIP token positions)
 PROMPT = ["a</w>", "white</w>", "car</w>", "to</w>", "the</w>", "left</w>", "of</w>", "an</w>", "elephant</w>"]
@@ -55,8 +55,8 @@ def attention(layout, h=12, w=16, blobs=None, seed=0, batch=1):
 
 
 def term(relations, mode="paper", **kwargs):
-    cfg = StormConfig(end_token_convention="sd1")
-    return storm_term(mode, layout_of(PROMPT), relations, cfg, **kwargs)
+    cfg = TransportConfig(end_token_convention="sd1")
+    return transport_term(mode, layout_of(PROMPT), relations, cfg, **kwargs)
 
 
 LEFT = SpatialRelation(CAR, "left", ELEPHANT)
@@ -81,20 +81,20 @@ def test_time_weights_match_the_released_values():
 def test_reference_loss_does_not_depend_on_the_target(relation):
     # the released loss: rank-1 costs make the target inert
     sub, obj = smooth_maps(seed=1), smooth_maps(seed=2)
-    base, info = storm_reference_loss(sub, obj, relation, 10)
+    base, info = transport_reference_loss(sub, obj, relation, 10)
     n = 12 * 12
     uniform = torch.full((1, n), 1.0 / n)
     a_sub, a_obj = normalize_reference(sub).flatten(1), normalize_reference(obj).flatten(1)
     for targets in ((uniform, uniform), (a_obj, a_sub), (a_sub, a_obj), info["targets"][::-1]):
-        other, _ = storm_reference_loss(sub, obj, relation, 10, targets=targets)
+        other, _ = transport_reference_loss(sub, obj, relation, 10, targets=targets)
         assert other.item() == pytest.approx(base.item(), rel=1e-6, abs=1e-7)
 
 
 def test_paper_loss_depends_on_the_target():
     sub, obj = smooth_maps(seed=1), smooth_maps(seed=2)
-    base, info = storm_paper_loss(sub, obj, "left")
+    base, info = transport_paper_loss(sub, obj, "left")
     moved = torch.roll(info["targets"][:, 0], 5, dims=-1)
-    other, _ = storm_paper_loss(sub, obj, "left", sub_target=moved)
+    other, _ = transport_paper_loss(sub, obj, "left", sub_target=moved)
     assert abs(other.item() - base.item()) > 1e-2
 
 
@@ -102,11 +102,11 @@ def test_reference_mode_treats_right_as_left_and_below_as_above():
     # the released code's direction handling (values computed with it): identical losses, the subject is always pushed left / up
     sub, obj = smooth_maps(seed=3), smooth_maps(seed=4)
     for a, b in (("left", "right"), ("above", "below")):
-        la, _ = storm_reference_loss(sub, obj, a, 10)
-        lb, _ = storm_reference_loss(sub, obj, b, 10)
+        la, _ = transport_reference_loss(sub, obj, a, 10)
+        lb, _ = transport_reference_loss(sub, obj, b, 10)
         assert torch.equal(la, lb)
-    left_layout, _ = storm_reference_loss(blob(16, 16, 0.2, 0.5), blob(16, 16, 0.8, 0.5), "right", 10)
-    right_layout, _ = storm_reference_loss(blob(16, 16, 0.8, 0.5), blob(16, 16, 0.2, 0.5), "right", 10)
+    left_layout, _ = transport_reference_loss(blob(16, 16, 0.2, 0.5), blob(16, 16, 0.8, 0.5), "right", 10)
+    right_layout, _ = transport_reference_loss(blob(16, 16, 0.8, 0.5), blob(16, 16, 0.2, 0.5), "right", 10)
     assert left_layout.item() < right_layout.item()  # "right of" prefers the subject on the left
 
 
@@ -127,14 +127,14 @@ def test_reference_vertical_cost_is_applied_along_columns():
     assert torch.allclose(cost, cost[:1].expand(h, w)) and not torch.allclose(cost, cost[:, :1].expand(h, w))
     # it still ranks centred top/bottom layouts in order, but also tells left from right:
     obj = blob(16, 16, 0.5, 0.5)
-    top, _ = storm_reference_loss(blob(16, 16, 0.5, 0.2), obj, "above", 10)
-    bottom, _ = storm_reference_loss(blob(16, 16, 0.5, 0.8), obj, "above", 10)
+    top, _ = transport_reference_loss(blob(16, 16, 0.5, 0.2), obj, "above", 10)
+    bottom, _ = transport_reference_loss(blob(16, 16, 0.5, 0.8), obj, "above", 10)
     assert top.item() < bottom.item()
-    beside_left, _ = storm_reference_loss(blob(16, 16, 0.2, 0.5), obj, "above", 10)
-    beside_right, _ = storm_reference_loss(blob(16, 16, 0.8, 0.5), obj, "above", 10)
+    beside_left, _ = transport_reference_loss(blob(16, 16, 0.2, 0.5), obj, "above", 10)
+    beside_right, _ = transport_reference_loss(blob(16, 16, 0.8, 0.5), obj, "above", 10)
     assert beside_right.item() > 2 * beside_left.item()  # neither is "above", yet right costs more
-    paper_left, _ = storm_paper_loss(blob(12, 12, 0.2, 0.5), blob(12, 12, 0.5, 0.5), "above")
-    paper_right, _ = storm_paper_loss(blob(12, 12, 0.8, 0.5), blob(12, 12, 0.5, 0.5), "above")
+    paper_left, _ = transport_paper_loss(blob(12, 12, 0.2, 0.5), blob(12, 12, 0.5, 0.5), "above")
+    paper_right, _ = transport_paper_loss(blob(12, 12, 0.8, 0.5), blob(12, 12, 0.5, 0.5), "above")
     assert paper_right.item() == pytest.approx(paper_left.item(), rel=1e-4)  # paper mode: symmetric
 
 
@@ -146,7 +146,7 @@ def test_reference_circular_targets_use_the_ij_axis_convention():
     assert target[2, 11].item() == pytest.approx(math.exp(-9 / 18))  # sigma 3
     # so the horizontal subject target (x_O / 2, 8) lands at the top of the map, not on the left
     obj = blob(16, 16, 0.75, 0.5)
-    _, info = storm_reference_loss(blob(16, 16, 0.25, 0.5), obj, "left", 10)
+    _, info = transport_reference_loss(blob(16, 16, 0.25, 0.5), obj, "left", 10)
     row, col = divmod(int(info["targets"][0].argmax()), 16)
     assert col == 8 and row < 8
 
@@ -172,9 +172,9 @@ def test_reference_term_matches_the_released_pipeline():
         probs = torch.softmax(maps[:, 1:-1] * 100, 1)  # released slicing 1:-1, indices shifted by 1
         car = gaussian_smooth(probs[:, 2], 3, 0.5, "attend_excite", pad=1)
         elephant = gaussian_smooth(probs[:, 8], 3, 0.5, "attend_excite", pad=1)
-        expected, _ = storm_reference_loss(car, elephant, "left", step)
+        expected, _ = transport_reference_loss(car, elephant, "left", step)
         if step >= 7:  # adjective term from step 7, unsmoothed adjective map
-            from storm_ops.losses.storm_reference import reference_adjective_loss
+            from storm_ops.losses.transport_reference import reference_adjective_loss
             expected = expected + reference_adjective_loss(car, probs[:, 1])
             assert result.metrics["attribute"].item() > 0
         else:
@@ -184,8 +184,8 @@ def test_reference_term_matches_the_released_pipeline():
 
 def test_reference_batch_equals_per_item():
     sub, obj = smooth_maps(seed=8, batch=3), smooth_maps(seed=9, batch=3)
-    batched, _ = storm_reference_loss(sub, obj, "above", 5)
-    single = torch.cat([storm_reference_loss(sub[i:i + 1], obj[i:i + 1], "above", 5)[0] for i in range(3)])
+    batched, _ = transport_reference_loss(sub, obj, "above", 5)
+    single = torch.cat([transport_reference_loss(sub[i:i + 1], obj[i:i + 1], "above", 5)[0] for i in range(3)])
     assert torch.allclose(batched, single, rtol=1e-5)
 
 
@@ -193,12 +193,12 @@ def test_reference_batch_equals_per_item():
 @pytest.mark.parametrize("relation,flip_dim,mirror", [("left", -1, "right"), ("above", -2, "below")])
 def test_paper_mode_mirrors_on_mirrored_maps(relation, flip_dim, mirror):
     sub, obj = smooth_maps(8, 12, seed=10), smooth_maps(8, 12, seed=11)
-    loss, info = storm_paper_loss(sub, obj, relation)
-    mirrored, minfo = storm_paper_loss(sub.flip(flip_dim), obj.flip(flip_dim), mirror)
+    loss, info = transport_paper_loss(sub, obj, relation)
+    mirrored, minfo = transport_paper_loss(sub.flip(flip_dim), obj.flip(flip_dim), mirror)
     assert mirrored.item() == pytest.approx(loss.item(), rel=1e-4)
     assert torch.allclose(minfo["targets"], info["targets"].flip(flip_dim), atol=1e-6)
     assert minfo["score"].item() == pytest.approx(info["score"].item(), abs=1e-5)
-    other, _ = storm_paper_loss(sub, obj, mirror)
+    other, _ = transport_paper_loss(sub, obj, mirror)
     assert abs(other.item() - loss.item()) > 1e-3  # unlike reference mode, the direction matters
 
 
@@ -212,7 +212,7 @@ def test_sliding_the_subject_towards_the_requested_side_lowers_the_loss(relation
     for k in range(12):
         pos = axis_start + (axis_end - axis_start) * k / 11
         centre = (pos, 0.5) if relation in ("left", "right") else (0.5, pos)
-        loss, info = storm_paper_loss(blob(h, w, *centre), obj, relation)
+        loss, info = transport_paper_loss(blob(h, w, *centre), obj, relation)
         losses.append(loss.item())
         scores.append(info["score"].item())
     assert all(b < a for a, b in pairwise(losses)), losses
@@ -241,9 +241,9 @@ def test_minimising_the_paper_loss_swaps_misplaced_objects(relation):
 
 def test_near_pushes_entities_apart_but_keeps_them_close():
     obj = blob(12, 12, 0.5, 0.5)
-    on_top, _ = storm_paper_loss(blob(12, 12, 0.52, 0.5), obj, "near")
-    beside, _ = storm_paper_loss(blob(12, 12, 0.85, 0.5), obj, "near")
-    far, _ = storm_paper_loss(blob(12, 12, 1.0, 1.0), obj, "near")
+    on_top, _ = transport_paper_loss(blob(12, 12, 0.52, 0.5), obj, "near")
+    beside, _ = transport_paper_loss(blob(12, 12, 0.85, 0.5), obj, "near")
+    far, _ = transport_paper_loss(blob(12, 12, 1.0, 1.0), obj, "near")
     assert beside.item() < on_top.item() and beside.item() < far.item()
 
 
@@ -252,12 +252,12 @@ def test_target_masks_move_the_minimum_to_the_painted_region():
     obj = blob(h, w, 0.5, 0.4)
     painted = torch.zeros(72, 96)
     painted[45:68, 72:93] = 1.0  # bottom right, at another resolution
-    target = resize_mask(painted, h, w, 1)
+    target = target_distribution(painted, h, w, 1)
     assert target.shape == (1, h, w) and target.sum().item() == pytest.approx(1.0)
     candidates = [(x, y) for x in (0.15, 0.3, 0.5, 0.7, 0.85) for y in (0.15, 0.375, 0.6)]
 
     def best(**kwargs):
-        losses = [storm_paper_loss(blob(h, w, x, y), obj, "left", **kwargs)[0].item() for x, y in candidates]
+        losses = [transport_paper_loss(blob(h, w, x, y), obj, "left", **kwargs)[0].item() for x, y in candidates]
         return candidates[min(range(len(losses)), key=losses.__getitem__)]
 
     assert best()[0] < 0.5  # without a mask: left of the object
@@ -319,8 +319,8 @@ def test_satisfied_uses_the_relation_score_in_paper_mode_and_the_released_rule_i
 
 def test_the_mode_name_picks_the_term_class():
     assert MODES == ("paper", "reference")  # the node's choices, paper (its default) first
-    assert STORM_TERMS == {"paper": StormPaperTerm, "reference": StormReferenceTerm}
-    for mode, cls in STORM_TERMS.items():
+    assert TRANSPORT_TERMS == {"paper": TransportPaperTerm, "reference": TransportReferenceTerm}
+    for mode, cls in TRANSPORT_TERMS.items():
         t = term((LEFT,), mode)
         assert type(t) is cls and t.mode == mode and f"; {mode} mode; " in t.describe()
 
@@ -340,10 +340,10 @@ def test_auto_end_tokens_follow_the_layouts_tokenizer():
     maps = attention(layout_of(PROMPT), 4, 4)
     for convention in ("sd1", "words"):
         lay = replace(layout_of(PROMPT), end_tokens=convention)
-        auto = token_maps(maps, lay, [(3,)], StormConfig(end_token_convention="auto"), smooth=True)
-        fixed = token_maps(maps, lay, [(3,)], StormConfig(end_token_convention=convention), smooth=True)
+        auto = token_maps(maps, lay, [(3,)], TransportConfig(end_token_convention="auto"), smooth=True)
+        fixed = token_maps(maps, lay, [(3,)], TransportConfig(end_token_convention=convention), smooth=True)
         assert torch.equal(auto, fixed), convention
-    sd1, words = (token_maps(maps, layout_of(PROMPT), [(3,)], StormConfig(end_token_convention=c), smooth=True)
+    sd1, words = (token_maps(maps, layout_of(PROMPT), [(3,)], TransportConfig(end_token_convention=c), smooth=True)
                   for c in ("sd1", "words"))
     assert not torch.equal(sd1, words)
 
@@ -363,6 +363,6 @@ def test_bad_inputs_raise_storm_errors():
         term((LEFT,), "fast")
     assert err.value.input_name == "mode"
     with pytest.raises(StormError):
-        StormConfig(sinkhorn_reg=0)
+        TransportConfig(sinkhorn_reg=0)
     with pytest.raises(StormError, match="images"):
-        resize_mask(torch.ones(3, 4, 4), 4, 4, 2)
+        target_distribution(torch.ones(3, 4, 4), 4, 4, 2)

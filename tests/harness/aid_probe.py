@@ -27,7 +27,7 @@ class ChunkStats:
 def interpolation_stats(interp):
     """Count what the interpolation patches do inside the block.
 
-    ``interp`` is the pack's ``nodes.interpolation`` module. Yields a list that fills with one
+    ``interp`` is the pack's ``nodes.aid_sampling`` module. Yields a list that fills with one
     :class:`ChunkStats` per ``ChunkPlan`` that patches are made for, in order of creation.
     """
     stats: list[ChunkStats] = []

@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from storm_ops.errors import ShapeError, StormError
-from storm_ops.interpolation import (
+from storm_ops.aid import (
     as_coefficients,
     attention,
     chunk_coefficients,
@@ -16,13 +15,8 @@ from storm_ops.interpolation import (
     match_token_lengths,
     outer_attention,
 )
-from storm_ops.interpolation_schedule import (
-    beta_schedule,
-    interpolation_active,
-    lerp,
-    slerp,
-    warmup_steps,
-)
+from storm_ops.aid_schedule import beta_schedule, interpolation_active, lerp, slerp, warmup_steps
+from storm_ops.errors import ShapeError, StormError
 
 HEADS = 2
 DIM = 3  # per head

@@ -1,4 +1,5 @@
-"""STORM Attention Heatmap: per-token heatmaps (grid, overlay, mask) and the guidance log."""
+"""Attention nodes: STORM Attention Recorder (records the maps of any sampler's run) and STORM
+Attention Heatmap (shows the maps of the run that produced a latent)."""
 
 from __future__ import annotations
 
@@ -7,69 +8,73 @@ import uuid
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from ..storm_ops.attention import normalize_maps, select_token_maps
 from ..storm_ops.errors import StormError
 from ..storm_ops.losses.attend_excite import AttendExciteConfig, subject_maps
-from ..storm_ops.tokens import AUTO, Subject, check_prompt_encoding, untile_encoding
+from ..storm_ops.prompt_identity import check_prompt_encoding, untile_encoding
+from ..storm_ops.token_layout import AUTO, Subject
+from .architecture import check_conditioning_family, describe_unet
+from .attention_capture import AttentionHistory, ContinuousRecorder, install_patches
 from .compat import folder_paths
-from .errors import node_errors
-
-# A perceptually ordered colormap (dark blue -> cyan -> yellow -> red), sampled at 6 stops.
-_STOPS = torch.tensor([[0.05, 0.03, 0.35], [0.10, 0.35, 0.85], [0.10, 0.75, 0.80],
-                       [0.55, 0.90, 0.25], [0.98, 0.80, 0.10], [0.85, 0.10, 0.05]])
-LABEL_HEIGHT = 18
-VIEWS = ("attention", "attend-and-excite")
-SHOW = ("subjects", "all words")
-RUNS = ("matching latent", "latest run")
+from .errors import node_error_context, node_errors
+from .heatmap_render import RUNS, SHOW, VIEWS, colorize, format_log, labelled_grid, upsample
+from .nodes_sampling import ATTENTION_OUTPUT_TOOLTIP, LAYERS_INPUT
 
 
-def colorize(maps: torch.Tensor) -> torch.Tensor:
-    """Map values in [0, 1], shape ``(K, H, W)``, to RGB ``(K, H, W, 3)``."""
-    x = maps.clamp(0, 1) * (len(_STOPS) - 1)
-    lo = x.floor().long().clamp(max=len(_STOPS) - 2)
-    t = (x - lo).unsqueeze(-1)
-    stops = _STOPS.to(maps.device)
-    return stops[lo] * (1 - t) + stops[lo + 1] * t
+class AttentionRecorder:
+    """MODEL -> MODEL patch that records cross-attention maps for STORM Attention Heatmap."""
 
+    NODE_NAME = "STORM Attention Recorder"
+    DESCRIPTION = (
+        "Records the cross-attention maps of the selected layers while any sampler (KSampler, "
+        "SamplerCustom, ...) runs the returned model, without changing the image. Connect the attention "
+        "output and the sampler's latent to STORM Attention Heatmap.")
+    CATEGORY = "STORM/attention"
+    FUNCTION = "patch"
+    RETURN_TYPES = ("MODEL", "STORM_ATTENTION")
+    RETURN_NAMES = ("model", "attention")
+    OUTPUT_TOOLTIPS = ("The model with recording patches (a clone; the input model is unchanged).",
+                       ATTENTION_OUTPUT_TOOLTIP)
 
-def upsample(maps: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bilinear resize of ``(K, h, w)`` maps to ``(K, height, width)``."""
-    return F.interpolate(maps[:, None].float(), size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The diffusion model to record (SD1.x, SD2.x or SDXL)."}),
+            "attention_layers": LAYERS_INPUT,
+        }}
 
+    @node_errors(NODE_NAME)
+    def patch(self, model, attention_layers):
+        unet = describe_unet(model.model, self.NODE_NAME)
+        layers = unet.select(attention_layers, self.NODE_NAME)
+        history = AttentionHistory(self.NODE_NAME)
+        recorder = ContinuousRecorder(layers, history, {
+            "node": self.NODE_NAME, "model": unet.model_name, "family": unet.family,
+            "layers": [layer.label for layer in layers]})
+        patched = model.clone()
+        install_patches(patched.model_options, recorder, layers)
 
-def labelled_grid(tiles: torch.Tensor, labels: list[str]) -> torch.Tensor:
-    """Tiles ``(K, H, W, 3)`` side by side with a caption under each: ``(1, H + 18, K W + gaps, 3)``."""
-    k, h, w, _ = tiles.shape
-    gap = 4
-    canvas = Image.new("RGB", (k * w + (k - 1) * gap, h + LABEL_HEIGHT), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for i in range(k):
-        tile = Image.fromarray((tiles[i].cpu().numpy() * 255).round().astype(np.uint8))
-        canvas.paste(tile, (i * (w + gap), 0))
-        draw.text((i * (w + gap) + 3, h + 3), labels[i][: max(1, w // 6)], fill=(0, 0, 0))
-    return torch.from_numpy(np.asarray(canvas).astype(np.float32) / 255.0)[None]
+        def storm_record_final(args):
+            recorder.on_denoised(args["denoised"], args.get("sigma"))
+            return args["denoised"]
 
+        patched.set_model_sampler_post_cfg_function(storm_record_final)
+        previous = patched.model_options.get("model_function_wrapper")
 
-def format_log(log: list[dict]) -> str:
-    """One line per guided step: losses before -> after, refinement iterations, skips."""
-    if not log:
-        return "no guided steps in this run"
-    lines = []
-    for e in log:
-        terms = ", ".join(f"{name} {_fmt(e['terms_before'][name])} -> {_fmt(e['terms_after'][name])}"
-                          for name in e["terms_before"])
-        extra = f", refined x{e['refine_iters']}" if e["refine_iters"] else ""
-        skipped = f", SKIPPED: {'; '.join(e['skipped'])}" if e.get("skipped") else ""
-        lines.append(f"step {e['step']} (sigma {e['sigma']:.3f}): {terms}{extra}{skipped}")
-    return "\n".join(lines)
+        def storm_record_context(apply_model, args):
+            context = args["c"].get("c_crossattn")
+            if context is not None:  # fail with a clear message, not the host's shape error
+                with node_error_context(self.NODE_NAME):
+                    check_conditioning_family(self.NODE_NAME, unet, {"positive or negative": [context]})
+            out = previous(apply_model, args) if previous is not None else \
+                apply_model(args["input"], args["timestep"], **args["c"])
+            recorder.on_context(args)  # after the pass: a new run's record exists by then
+            return out
 
-
-def _fmt(values) -> str:
-    vals = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in values]
-    return vals[0] if len(vals) == 1 else "[" + ", ".join(vals) + "]"
+        patched.set_model_unet_function_wrapper(storm_record_context)
+        return (patched, history)
 
 
 class AttentionHeatmap:

@@ -21,6 +21,7 @@ import torch
 
 from ..storm_ops.attention import AttentionAccumulator, fold_token_tiling
 from ..storm_ops.errors import StormError
+from ..storm_ops.prompt_identity import prompt_encoding
 from ..storm_ops.shapes import downsampled_size, infer_hw
 from .architecture import CrossAttentionLayer
 from .compat import host_attention
@@ -257,3 +258,44 @@ def install_patches(model_options: dict, recorder: MapRecorder, layers: tuple[Cr
             attn2[full] = make_attn2_patch(recorder, layer.key, previous)
     replace["attn2"] = attn2
     return model_options
+
+
+class ContinuousRecorder(MapRecorder):
+    """A recorder living in a patched MODEL, used by whatever sampler runs it.
+
+    A run starts when the noise level goes up (every sampling run starts at its highest sigma);
+    each run gets its own :class:`RunRecord` in ``history``. The run's final latent is taken from
+    the CFG-combined prediction of its last step (what every sampler returns when the schedule
+    ends at sigma 0), so the visualiser can match the run to the LATENT it is shown.
+    """
+
+    def __init__(self, layers, history: AttentionHistory, info: dict):
+        super().__init__(layers, record=None)
+        self.mode = "cfg"
+        self.history = history
+        self.info = info
+        self._last_sigma: float | None = None
+
+    def _maybe_start_run(self, sigma: float) -> None:
+        if self.record is None or (self._last_sigma is not None and sigma > self._last_sigma):
+            self.record = RunRecord(self.info)
+            self.history.add(self.record)
+        self._last_sigma = sigma
+
+    def observe(self, key, q, k, extra_options):
+        if 0 in extra_options.get("cond_or_uncond", [0]) and not extra_options.get(GRAD_PASS_FLAG):
+            self._maybe_start_run(current_sigma(extra_options))
+        return super().observe(key, q, k, extra_options)
+
+    def on_context(self, args: dict) -> None:
+        """From the UNet function wrapper: keep the conditional prompt encoding of the run."""
+        cond_or_uncond = list(args.get("cond_or_uncond") or [])
+        context = args.get("c", {}).get("c_crossattn")
+        if self.record is None or self.record.prompt_encoding is not None or context is None or 0 not in cond_or_uncond:
+            return
+        chunk = context.shape[0] // len(cond_or_uncond)
+        self.record.prompt_encoding = prompt_encoding(context[cond_or_uncond.index(0) * chunk])
+
+    def on_denoised(self, denoised, sigma) -> None:
+        if self.record is not None:
+            self.record.final_latent = denoised.detach().to("cpu", dtype=denoised.dtype).float()

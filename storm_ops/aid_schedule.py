@@ -1,7 +1,7 @@
 """Coefficients, warm-up and noise/condition interpolation of AID / PAID.
 
 From He et al., "AID: Attention Interpolation of Text-to-Image Diffusion" (PAID), NeurIPS 2024,
-arXiv 2403.17924. The attention math itself is in :mod:`storm_ops.interpolation`.
+arXiv 2403.17924. The attention math itself is in :mod:`storm_ops.aid`.
 
 * :func:`beta_schedule` places the frames at the quantiles of a Beta(alpha, beta) prior.
 * :func:`interpolation_active` is the warm-up window: interpolated attention for the first
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .aid import MAX_TOKEN_REPEAT, as_coefficients, match_token_lengths
 from .errors import ShapeError, StormError
-from .interpolation import MAX_TOKEN_REPEAT, as_coefficients, match_token_lengths
 
 SLERP_MODES = ("frame", "row")
 
@@ -142,7 +142,7 @@ def lerp(a: torch.Tensor, b: torch.Tensor, t: float | Sequence[float] | torch.Te
 
     Conditions ``(1 or n, T, C)`` whose token counts differ (long prompts) are first tiled to
     the least common multiple of the counts, as ComfyUI does when it batches them, which leaves
-    attention to each endpoint unchanged (see :func:`storm_ops.interpolation.match_token_lengths`);
+    attention to each endpoint unchanged (see :func:`storm_ops.aid.match_token_lengths`);
     padding with zeros would not. Pooled outputs ``(1, C)`` and other shapes must match exactly.
 
     Parameters
@@ -152,7 +152,7 @@ def lerp(a: torch.Tensor, b: torch.Tensor, t: float | Sequence[float] | torch.Te
     t : float, sequence or Tensor, shape () or (n,)
         Coefficients in ``[0, 1]``.
     max_token_repeat : int
-        Largest accepted tiling factor (see :func:`storm_ops.interpolation.match_token_lengths`).
+        Largest accepted tiling factor (see :func:`storm_ops.aid.match_token_lengths`).
 
     Returns
     -------

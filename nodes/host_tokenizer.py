@@ -1,13 +1,14 @@
-"""Token layouts through the host's own CLIP tokenizer, and the Subject Tokens node."""
+"""Token layouts built with the host's own CLIP tokenizer (the columns of its conditioning)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+from ..storm_ops.clip_vocab import clip_vocab_decoder
 from ..storm_ops.errors import StormError
-from ..storm_ops.tokens import PromptTokens, TokenLayout, clip_vocab_decoder, prompt_encoding, resolve_subjects
+from ..storm_ops.prompt_identity import prompt_encoding
+from ..storm_ops.token_layout import TokenLayout
 from .compat import encode_prompt
-from .errors import node_errors
 
 # Tokenizer keys in the dict returned by clip.tokenize(): SD1 "l", SD2 "h", SDXL "g" + "l".
 _PREFERRED_KEYS = ("l", "h", "g")
@@ -56,42 +57,3 @@ def encode_with_layout(clip, text: str) -> tuple[TokenLayout, list]:
     layout = prompt_layout(clip, text)
     _, conditioning = encode_prompt(clip, text)
     return replace(layout, encoding=prompt_encoding(conditioning[0][0])), conditioning
-
-
-class SubjectTokens:
-    """STORM Subject Tokens: prompt encoding + the CLIP token positions of its subjects."""
-
-    NODE_NAME = "STORM Subject Tokens"
-    DESCRIPTION = (
-        "Encodes the prompt (like CLIP Text Encode) and finds the CLIP token positions of the subject "
-        "words with the model's own tokenizer. Use its conditioning as the sampler's positive input so "
-        "the positions match the encoding. The text output lists every token with its index.")
-    CATEGORY = "STORM/prompt"
-    FUNCTION = "run"
-    RETURN_TYPES = ("STORM_TOKENS", "CONDITIONING", "STRING")
-    RETURN_NAMES = ("tokens", "conditioning", "tokenization")
-    OUTPUT_TOOLTIPS = (
-        "The prompt's token layout and the selected subjects, for the guidance and visualiser nodes.",
-        "The encoded prompt (same as CLIP Text Encode); connect it to the sampler's positive input.",
-        "The tokenisation with indices and the resolved subjects, for checking or for choosing indices.",
-    )
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "clip": ("CLIP", {"tooltip": "The CLIP model of the checkpoint (its tokenizer defines the positions)."}),
-            "text": ("STRING", {"multiline": True, "default": "a cat and a dog",
-                                "tooltip": "The positive prompt. Prompts over 75 tokens are split into 77-token chunks like CLIP Text Encode does."}),
-            "subjects": ("STRING", {"default": "cat, dog",
-                                    "tooltip": "Subject words of the prompt, comma separated ('cat, dog'). Phrases ('teddy bear') "
-                                               "and multi-piece words work; 'dog#2' picks the second 'dog'; numbers are token indices "
-                                               "(see the tokenization output, the first word is 1)."}),
-        }}
-
-    @node_errors(NODE_NAME)
-    def run(self, clip, text, subjects):
-        layout, conditioning = encode_with_layout(clip, text)
-        subject_list = resolve_subjects(layout, subjects)
-        tokens = PromptTokens(text, layout, subject_list)
-        description = tokens.describe()
-        return {"ui": {"storm_text": [description]}, "result": (tokens, conditioning, description)}

@@ -5,15 +5,15 @@ from __future__ import annotations
 import comfy.samplers
 import torch
 
-from ..storm_ops import interpolation_schedule as aid
+from ..storm_ops import aid_schedule
+from ..storm_ops.aid import DEFAULT_FUSED, DEFAULT_MODE
+from ..storm_ops.aid_schedule import beta_schedule
 from ..storm_ops.errors import StormError
-from ..storm_ops.interpolation import DEFAULT_FUSED, DEFAULT_MODE
-from ..storm_ops.interpolation_schedule import beta_schedule
 from ..storm_ops.losses.attend_excite import AttendExciteConfig, max_attention, subject_maps
-from ..storm_ops.tokens import AUTO
+from ..storm_ops.token_layout import AUTO
+from .aid_sampling import MODES, InterpolationSettings, attention_history, sample_sequence
 from .architecture import DEFAULT_LAYER_SELECTION
 from .errors import node_errors
-from .interpolation import MODES, InterpolationSettings, attention_history, sample_sequence
 from .widgets import float_input, int_input
 
 #: The name in MODES of storm_ops' default interpolation (AID's "fused outer").
@@ -54,8 +54,8 @@ class AttentionInterpolation:
                                "tooltip": "Number of frames including both endpoints."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                              "tooltip": "Noise seed of endpoint A (and of B with endpoint_noise 'same')."}),
-            "steps": int_input(aid.DEFAULT_STEPS, 1, 10000, "Denoising steps (the official pipeline: 28)."),
-            "cfg": float_input(aid.DEFAULT_CFG, 0.0, 100.0, 0.1,
+            "steps": int_input(aid_schedule.DEFAULT_STEPS, 1, 10000, "Denoising steps (the official pipeline: 28)."),
+            "cfg": float_input(aid_schedule.DEFAULT_CFG, 0.0, 100.0, 0.1,
                                "Classifier-free guidance (official: 7.5 for SD, 5 for SDXL).", round=0.01),
             "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"default": "euler",
                                                                 "tooltip": "Sampler (deterministic samplers keep the "
@@ -65,11 +65,11 @@ class AttentionInterpolation:
                                    "tooltip": "outer: mix the attention outputs of A and B; inner: attend to the "
                                               "mixed keys/values; fused: also attend to the frame's own keys/values "
                                               "(self-attention fusion, the official default 'fused outer')."}),
-            "alpha": float_input(aid.DEFAULT_ALPHA, 0.01, 100.0, 0.1,
+            "alpha": float_input(aid_schedule.DEFAULT_ALPHA, 0.01, 100.0, 0.1,
                                  "Beta(alpha, beta) frame spacing: coefficients are its quantiles at i/(n-1) "
                                  "(1, 1 = uniform; official init 3, 3 puts more frames near the middle)."),
-            "beta": float_input(aid.DEFAULT_BETA, 0.01, 100.0, 0.1, "Second Beta parameter (see alpha)."),
-            "warmup_ratio": float_input(aid.DEFAULT_WARMUP_RATIO, 0.0, 1.0, 0.01,
+            "beta": float_input(aid_schedule.DEFAULT_BETA, 0.01, 100.0, 0.1, "Second Beta parameter (see alpha)."),
+            "warmup_ratio": float_input(aid_schedule.DEFAULT_WARMUP_RATIO, 0.0, 1.0, 0.01,
                                         "Interpolate attention during this fraction of the steps, then let "
                                         "each frame denoise on its own (official: 0.5 for SD, 1.0 for SDXL)."),
             "chunk_size": ("INT", {"default": 4, "min": 0, "max": 512,

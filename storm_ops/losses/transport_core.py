@@ -3,15 +3,15 @@
 Han et al., "Spatial Transport Optimization by Repositioning Attention Map for Training-Free
 Text-to-Image Synthesis", CVPR 2025, arXiv 2503.22168. Each spatial relation "S <relation> O"
 moves the subject's and the object's cross-attention maps by optimal transport; an optional
-attribute term binds modifiers to their nouns. :class:`StormTerm` holds what every mode does with
+attribute term binds modifiers to their nouns. :class:`TransportTerm` holds what every mode does with
 a prompt's relations (inputs, token maps, time weight, attribute pairs); a mode subclass supplies
 its step convention, spatial loss, attribute loss and refinement rule:
 
-* :class:`~.storm_paper.StormPaperTerm` — the method as described, done so that the target matters;
-* :class:`~.storm_reference.StormReferenceTerm` — the released code's loss (MICV-yonsei/STORM
+* :class:`~.transport_paper.TransportPaperTerm` — the method as described, done so that the target matters;
+* :class:`~.transport_reference.TransportReferenceTerm` — the released code's loss (MICV-yonsei/STORM
   ``88dbc3a``), quirks included.
 
-:data:`.storm.STORM_TERMS` picks the class from the mode name.
+:data:`.transport.TRANSPORT_TERMS` picks the class from the mode name.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from typing import ClassVar
 
 import torch
 
-from ..analysis import BindingSet, SpatialRelation
 from ..attention import select_token_maps, token_softmax
 from ..errors import StormError
 from ..guidance import GuidanceContext, GuidanceTerm, StepSize, StepWindow, TermResult
+from ..parsed_prompt import BindingSet, SpatialRelation
 from ..smoothing import gaussian_smooth
-from ..tokens import AUTO, Subject, TokenLayout
+from ..token_layout import AUTO, Subject, TokenLayout
 from .attend_excite import check_map_settings
 
 #: Released defaults: update at steps 1..24 of 50, refinement at steps
@@ -41,17 +41,17 @@ DEFAULT_MAX_REFINE_ITERS = 30
 
 
 @dataclass(frozen=True)
-class StormConfig:
+class TransportConfig:
     """Settings of the STORM loss. Fields marked (paper) are ignored in reference mode.
 
-    The mode is not a setting: it is the term class (:data:`.storm.STORM_TERMS`).
+    The mode is not a setting: it is the term class (:data:`.transport.TRANSPORT_TERMS`).
 
     Attributes
     ----------
     temperature, kernel_size, sigma, kernel_convention, end_token_convention
         Map processing (released code): x100 softmax, 3x3 A&E Gaussian with sigma 0.5;
         ``end_token_convention`` as in A&E (``"sd1"`` = released default, ``"words"`` = its
-        ``sd_2_1`` flag, ``"auto"`` = per model, see :meth:`StormTerm.resolve`).
+        ``sd_2_1`` flag, ``"auto"`` = per model, see :meth:`TransportTerm.resolve`).
     time_weight_k, time_weight_max : float
         ``k = 0.4``, ``W_max = 100`` (released code).
     schedule_steps : int
@@ -124,7 +124,7 @@ def time_weight(step: float, k: float = 0.4, w_max: float = 100.0) -> float:
 
 
 # ------------------------------------------------------------------------------- maps
-def token_maps(maps: torch.Tensor, layout: TokenLayout, groups, config: StormConfig, *,
+def token_maps(maps: torch.Tensor, layout: TokenLayout, groups, config: TransportConfig, *,
                smooth: bool, pad: int | None = None) -> torch.Tensor:
     """Softmaxed (and optionally smoothed) maps of groups of token columns, in float32.
 
@@ -155,10 +155,10 @@ def token_maps(maps: torch.Tensor, layout: TokenLayout, groups, config: StormCon
 
 
 # --------------------------------------------------------------------------------- term
-class StormTerm(GuidanceTerm):
+class TransportTerm(GuidanceTerm):
     """STORM spatial-relation guidance as a :class:`GuidanceTerm` (Han et al., CVPR 2025).
 
-    What every mode does with a prompt's relations; a mode subclass (:data:`.storm.STORM_TERMS`)
+    What every mode does with a prompt's relations; a mode subclass (:data:`.transport.TRANSPORT_TERMS`)
     supplies its step convention, spatial loss, attribute loss and refinement rule.
 
     Parameters
@@ -167,7 +167,7 @@ class StormTerm(GuidanceTerm):
         The prompt's columns.
     relations : tuple of SpatialRelation
         At least one; their losses add up.
-    config : StormConfig
+    config : TransportConfig
     bindings : tuple of BindingSet
         Noun/modifier pairs for the attribute term (the mode's :meth:`attribute_pairs` says which
         modifiers count). Empty disables the term.
@@ -187,13 +187,13 @@ class StormTerm(GuidanceTerm):
 
     name = "storm"
     grad_clip_norm: float | None = 1.0
-    #: the mode's name, its key in :data:`.storm.STORM_TERMS`
+    #: the mode's name, its key in :data:`.transport.TRANSPORT_TERMS`
     mode: ClassVar[str]
     #: reflect padding of the map smoothing (:func:`token_maps`)
     smoothing_pad: ClassVar[int | None]
 
     def __init__(self, layout: TokenLayout, relations: tuple[SpatialRelation, ...],
-                 config: StormConfig = StormConfig(), *, bindings: tuple[BindingSet, ...] = (),
+                 config: TransportConfig = TransportConfig(), *, bindings: tuple[BindingSet, ...] = (),
                  target_masks: Mapping[str, torch.Tensor] | None = None,
                  window: StepWindow = DEFAULT_WINDOW, step_size: StepSize = DEFAULT_STEP_SIZE,
                  weight: float = 1.0, thresholds: tuple[tuple[float, float], ...] = DEFAULT_THRESHOLDS,

@@ -5,7 +5,7 @@ Text-to-Image Synthesis", CVPR 2025, arXiv 2503.22168. Each spatial relation "S 
 the subject's and the object's cross-attention distributions towards target regions on the
 requested sides of each other by optimal transport (Spatial Transport Optimization), with a Spatial
 Transport cost made of a positional cost and a non-overlap penalty, weighted up over the first
-denoising steps and applied only in the early steps (:class:`StormPaperTerm`):
+denoising steps and applied only in the early steps (:class:`TransportPaperTerm`):
 
 * maps: A&E processing (softmax over tokens without the start token at temperature 100,
   Gaussian smoothing k=3, sigma=0.5 in the A&E convention), each map a distribution over pixels;
@@ -35,20 +35,20 @@ denoising steps and applied only in the early steps (:class:`StormPaperTerm`):
   partner's centroid (inside its painted mask, if any; outside the partner for "near").
   The released code's ``L <= 1 - T`` (carried over from A&E) is meaningless for an OT value.
 
-Relations come from :class:`storm_ops.analysis.SpatialRelation`; several relations add up.
+Relations come from :class:`storm_ops.parsed_prompt.SpatialRelation`; several relations add up.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from ..analysis import OPPOSITE, RELATIONS
 from ..errors import StormError
 from ..guidance import GuidanceContext, TermResult
 from ..ot import centroids, entropic_ot, pixel_coordinates, squared_distance_cost
-from ..tokens import Subject
-from .storm_core import StormConfig, StormTerm
+from ..parsed_prompt import OPPOSITE, RELATIONS
+from ..shapes import resample_masks
+from ..token_layout import Subject
+from .transport_core import TransportConfig, TransportTerm
 
 
 # ------------------------------------------------------------------------ distributions
@@ -58,13 +58,13 @@ def as_distribution(maps: torch.Tensor) -> torch.Tensor:
     return maps / total.clamp_min(torch.finfo(maps.dtype).tiny)
 
 
-def resize_mask(mask: torch.Tensor, h: int, w: int, batch: int) -> torch.Tensor:
+def target_distribution(mask: torch.Tensor, h: int, w: int, batch: int) -> torch.Tensor:
     """A painted target mask as a distribution over an ``h x w`` map.
 
     Parameters
     ----------
     mask : Tensor, shape (h', w') or (1 | B, h', w')
-        Non-negative weights at any resolution (resized bilinearly, antialiased when shrinking).
+        Non-negative weights at any resolution (see :func:`~storm_ops.shapes.resample_masks`).
 
     Returns
     -------
@@ -75,10 +75,7 @@ def resize_mask(mask: torch.Tensor, h: int, w: int, batch: int) -> torch.Tensor:
     if m.shape[0] not in (1, batch):
         raise StormError(f"a target mask has {m.shape[0]} images but the batch has {batch}; "
                          "give one mask or one per image", input_name="target_masks")
-    if m.shape[-2:] != (h, w):
-        shrink = m.shape[-2] > h or m.shape[-1] > w
-        m = F.interpolate(m[:, None], size=(h, w), mode="bilinear", align_corners=False, antialias=shrink)[:, 0]
-    m = m.clamp_min(0.0)
+    m = resample_masks(m, (h, w)).clamp_min(0.0)
     if bool((m.flatten(1).sum(-1) <= 0).any()):
         raise StormError("a target mask has no painted pixel at the attention-map resolution; paint a larger "
                          "region", input_name="target_masks")
@@ -169,7 +166,7 @@ def side_score(p: torch.Tensor, partner: torch.Tensor, relation: str) -> torch.T
 
 
 # --------------------------------------------------------------------------- paper loss
-def storm_paper_loss(sub: torch.Tensor, obj: torch.Tensor, relation: str, config: StormConfig = StormConfig(),
+def transport_paper_loss(sub: torch.Tensor, obj: torch.Tensor, relation: str, config: TransportConfig = TransportConfig(),
                      *, weight: float = 1.0, sub_target: torch.Tensor | None = None,
                      obj_target: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """The paper-mode spatial loss of one relation "sub <relation> obj".
@@ -183,11 +180,11 @@ def storm_paper_loss(sub: torch.Tensor, obj: torch.Tensor, relation: str, config
         Subject and object maps (normalised here). Not modified.
     relation : str
         One of ``RELATIONS``.
-    config : StormConfig
+    config : TransportConfig
     weight : float
         Time weight ``w(i)``.
     sub_target, obj_target : Tensor, shape (B, h, w), optional
-        Distributions replacing the computed targets (painted masks, see :func:`resize_mask`).
+        Distributions replacing the computed targets (painted masks, see :func:`target_distribution`).
 
     Returns
     -------
@@ -233,7 +230,7 @@ def storm_paper_loss(sub: torch.Tensor, obj: torch.Tensor, relation: str, config
     return loss, info
 
 
-def paper_attribute_loss(noun: torch.Tensor, modifier: torch.Tensor, config: StormConfig = StormConfig()) -> torch.Tensor:
+def paper_attribute_loss(noun: torch.Tensor, modifier: torch.Tensor, config: TransportConfig = TransportConfig()) -> torch.Tensor:
     """Attribute term ``OT_eps(p_noun, p_modifier)`` with a 2-D cost (paper mode).
 
     ``C[n, m] = alpha |p_n - p_m|^2 + beta |a_n / max a - b_m / max b|``: the released two-part
@@ -261,8 +258,8 @@ def paper_attribute_loss(noun: torch.Tensor, modifier: torch.Tensor, config: Sto
 
 
 # --------------------------------------------------------------------------------- term
-class StormPaperTerm(StormTerm):
-    """STORM paper mode as a guidance term (see the module docstring; parameters as :class:`StormTerm`).
+class TransportPaperTerm(TransportTerm):
+    """STORM paper mode as a guidance term (see the module docstring; parameters as :class:`TransportTerm`).
 
     Every modifier of a binding enters the attribute term; painted target masks replace the
     computed targets of their entities.
@@ -279,15 +276,15 @@ class StormPaperTerm(StormTerm):
         return ctx.step * self.config.schedule_steps / max(ctx.num_steps, 1)
 
     def spatial_loss(self, ents: torch.Tensor, step: float, weight: float) -> tuple[torch.Tensor, dict]:
-        """:func:`storm_paper_loss` summed over the relations; metrics ``positional``, ``overlap``
+        """:func:`transport_paper_loss` summed over the relations; metrics ``positional``, ``overlap``
         (sums) and ``relation_score`` (the smallest over the relations), each ``(B,)``."""
         batch, _, h, w = ents.shape
-        masks = {k: resize_mask(m, h, w, batch) for k, m in self.target_masks.items()}
+        masks = {k: target_distribution(m, h, w, batch) for k, m in self.target_masks.items()}
         spatial = ents.new_zeros(batch)
         positional, overlap, scores = ents.new_zeros(batch), ents.new_zeros(batch), []
         for rel in self.relations:
             sub, obj = self._pair_maps(ents, rel)
-            loss, info = storm_paper_loss(sub, obj, rel.relation, self.config, weight=weight,
+            loss, info = transport_paper_loss(sub, obj, rel.relation, self.config, weight=weight,
                                           sub_target=masks.get(rel.subject.positions),
                                           obj_target=masks.get(rel.object.positions))
             spatial = spatial + loss

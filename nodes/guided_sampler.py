@@ -30,9 +30,9 @@ import torch
 from ..storm_ops.errors import StormError
 from ..storm_ops.guidance import Guidance
 from ..storm_ops.optimize import Evaluation, clip_grad_norm, guidance_step
-from ..storm_ops.tokens import check_prompt_encoding, prompt_encoding
+from ..storm_ops.prompt_identity import check_prompt_encoding, prompt_encoding
 from .architecture import DEFAULT_LAYER_SELECTION, check_conditioning_family, describe_unet
-from .capture import GRAD_PASS_FLAG, AttentionHistory, MapRecorder, RunRecord, StopForward, install_patches
+from .attention_capture import GRAD_PASS_FLAG, AttentionHistory, MapRecorder, RunRecord, StopForward, install_patches
 from .compat import accepts_kwarg, copy_nested, gradient_pass, inpaint_blend, throw_if_interrupted
 from .errors import node_error_context
 

@@ -1,0 +1,62 @@
+"""Rendering of attention heatmaps (colormap, labelled grid) and of the guidance log, for STORM Attention Heatmap."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+# A perceptually ordered colormap (dark blue -> cyan -> yellow -> red), sampled at 6 stops.
+_STOPS = torch.tensor([[0.05, 0.03, 0.35], [0.10, 0.35, 0.85], [0.10, 0.75, 0.80],
+                       [0.55, 0.90, 0.25], [0.98, 0.80, 0.10], [0.85, 0.10, 0.05]])
+LABEL_HEIGHT = 18
+VIEWS = ("attention", "attend-and-excite")
+SHOW = ("subjects", "all words")
+RUNS = ("matching latent", "latest run")
+
+
+def colorize(maps: torch.Tensor) -> torch.Tensor:
+    """Map values in [0, 1], shape ``(K, H, W)``, to RGB ``(K, H, W, 3)``."""
+    x = maps.clamp(0, 1) * (len(_STOPS) - 1)
+    lo = x.floor().long().clamp(max=len(_STOPS) - 2)
+    t = (x - lo).unsqueeze(-1)
+    stops = _STOPS.to(maps.device)
+    return stops[lo] * (1 - t) + stops[lo + 1] * t
+
+
+def upsample(maps: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bilinear resize of ``(K, h, w)`` maps to ``(K, height, width)``."""
+    return F.interpolate(maps[:, None].float(), size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+
+
+def labelled_grid(tiles: torch.Tensor, labels: list[str]) -> torch.Tensor:
+    """Tiles ``(K, H, W, 3)`` side by side with a caption under each: ``(1, H + 18, K W + gaps, 3)``."""
+    k, h, w, _ = tiles.shape
+    gap = 4
+    canvas = Image.new("RGB", (k * w + (k - 1) * gap, h + LABEL_HEIGHT), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for i in range(k):
+        tile = Image.fromarray((tiles[i].cpu().numpy() * 255).round().astype(np.uint8))
+        canvas.paste(tile, (i * (w + gap), 0))
+        draw.text((i * (w + gap) + 3, h + 3), labels[i][: max(1, w // 6)], fill=(0, 0, 0))
+    return torch.from_numpy(np.asarray(canvas).astype(np.float32) / 255.0)[None]
+
+
+def format_log(log: list[dict]) -> str:
+    """One line per guided step: losses before -> after, refinement iterations, skips."""
+    if not log:
+        return "no guided steps in this run"
+    lines = []
+    for e in log:
+        terms = ", ".join(f"{name} {_fmt(e['terms_before'][name])} -> {_fmt(e['terms_after'][name])}"
+                          for name in e["terms_before"])
+        extra = f", refined x{e['refine_iters']}" if e["refine_iters"] else ""
+        skipped = f", SKIPPED: {'; '.join(e['skipped'])}" if e.get("skipped") else ""
+        lines.append(f"step {e['step']} (sigma {e['sigma']:.3f}): {terms}{extra}{skipped}")
+    return "\n".join(lines)
+
+
+def _fmt(values) -> str:
+    vals = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in values]
+    return vals[0] if len(vals) == 1 else "[" + ", ".join(vals) + "]"
