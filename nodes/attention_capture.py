@@ -15,7 +15,9 @@ the same object in all of them, and so does the recorder it closes over.
 
 from __future__ import annotations
 
+import uuid
 from collections import deque
+from dataclasses import dataclass
 
 import torch
 
@@ -67,6 +69,8 @@ class RunRecord:
 
     def __init__(self, info: dict):
         self.info = dict(info)
+        #: names this run in the LATENTs it produced (see :func:`tag_latent`)
+        self.run_id = uuid.uuid4().hex
         self.step_maps: list[tuple[float, torch.Tensor]] = []
         self.final_latent: torch.Tensor | None = None
         #: the positive prompt's encoding ``(T, D)`` (possibly tiled), to check the visualiser's tokens
@@ -103,12 +107,47 @@ def latent_match_error(stored: torch.Tensor, given: torch.Tensor) -> float:
     return float((a * g - s).norm() / s.norm().clamp_min(1e-30))
 
 
+#: the key of a LATENT dict that names the run which produced its samples
+RUN_KEY = "storm_run"
+
+
+@dataclass(frozen=True)
+class RunTag:
+    """What a STORM node puts under :data:`RUN_KEY` in a LATENT it produced.
+
+    ``samples`` is the very tensor the node returned: a node downstream that replaces the samples
+    (a KSampler, an upscale) copies the dict and with it the tag, which then no longer holds the
+    LATENT's tensor and is ignored, so a stale tag never names the wrong run.
+    """
+
+    run_id: str
+    source: str
+    samples: torch.Tensor
+
+
+def tag_latent(latent: dict, record: RunRecord | None, source: str) -> dict:
+    """``latent`` (a new dict) naming ``record`` as the run that produced its samples (unnamed when
+    nothing was recorded)."""
+    out = dict(latent)
+    if record is None:
+        out.pop(RUN_KEY, None)
+        return out
+    out[RUN_KEY] = RunTag(record.run_id, source, latent["samples"])
+    return out
+
+
+def latent_run(latent: dict) -> RunTag | None:
+    """The tag of the run that produced ``latent``; None when a host node built it or changed its samples."""
+    tag = latent.get(RUN_KEY)
+    return tag if isinstance(tag, RunTag) and tag.samples is latent["samples"] else None
+
+
 class AttentionHistory:
     """The ``STORM_ATTENTION`` socket value: the last few runs of one recorder or sampler.
 
-    Runs are identified by their final latent, so the visualiser always shows the maps of the
-    run that produced the latent it is given. The object is shared, not copied, when ComfyUI
-    deep-copies model options.
+    A LATENT made by a STORM node (Guided KSampler, Attention Interpolation, Select Frame) names its
+    run (:func:`tag_latent`); one made by a host sampler (SamplerCustom with the Guided Sampler, any
+    sampler with the Attention Recorder) is matched to the run whose final latent it equals.
     """
 
     MATCH_TOLERANCE = 1e-3
@@ -117,19 +156,34 @@ class AttentionHistory:
         self.source = source
         self.runs: deque[RunRecord] = deque(maxlen=capacity)
 
-    def __deepcopy__(self, memo):
-        return self
-
     def add(self, record: RunRecord) -> None:
         self.runs.append(record)
 
-    def find(self, samples: torch.Tensor) -> RunRecord | None:
-        """The most recent run whose final latent matches ``samples`` ``(B, C, h, w)``."""
+    def find(self, latent: dict) -> RunRecord | None:
+        """The run that produced ``latent`` (a LATENT dict), or None when none of these runs did.
+
+        A tagged LATENT is found by its run id; an untagged one, or one tagged by another node that
+        ran this model (a Guided KSampler on an Attention Recorder's model), by its final latent.
+        """
+        tag = latent_run(latent)
+        if tag is not None:
+            for record in self.runs:
+                if record.run_id == tag.run_id:
+                    return record
+        samples = latent["samples"]
         for record in reversed(self.runs):
             if record.final_latent is not None and \
                     latent_match_error(record.final_latent, samples) < self.MATCH_TOLERANCE:
                 return record
         return None
+
+    def miss_message(self, latent: dict) -> str:
+        """Why :meth:`find` found no run for ``latent``, and what to connect instead."""
+        tag = latent_run(latent)
+        made_by = f" (it was produced by {tag.source})" if tag is not None else ""
+        return (f"none of the {len(self.runs)} recorded run(s) of {self.source} produced this latent{made_by}. "
+                "Connect the LATENT output of the sampler that used this attention source (for inpainting with a "
+                "host sampler set run to 'latest run')")
 
     def latest(self) -> RunRecord | None:
         return self.runs[-1] if self.runs else None
@@ -263,10 +317,13 @@ def install_patches(model_options: dict, recorder: MapRecorder, layers: tuple[Cr
 class ContinuousRecorder(MapRecorder):
     """A recorder living in a patched MODEL, used by whatever sampler runs it.
 
-    A run starts when the noise level goes up (every sampling run starts at its highest sigma);
-    each run gets its own :class:`RunRecord` in ``history``. The run's final latent is taken from
-    the CFG-combined prediction of its last step (what every sampler returns when the schedule
-    ends at sigma 0), so the visualiser can match the run to the LATENT it is shown.
+    Each sampling call gets its own :class:`RunRecord` in ``history``: :meth:`begin_run` is called
+    around every call where the host has sampling wrappers (``OUTER_SAMPLE``, current ComfyUI).
+    Hosts without them (the pip fork) fall back to starting a run when the noise level goes up
+    (every run starts at its highest sigma); that misses only a run that starts at or below the
+    last sigma of an interrupted one. The run's final latent is taken from the CFG-combined
+    prediction of its last step (what every sampler returns when the schedule ends at sigma 0),
+    so the visualiser can match the run to the LATENT a host sampler returns.
     """
 
     def __init__(self, layers, history: AttentionHistory, info: dict):
@@ -275,9 +332,19 @@ class ContinuousRecorder(MapRecorder):
         self.history = history
         self.info = info
         self._last_sigma: float | None = None
+        self._runs_from_host = False
+
+    def begin_run(self) -> None:
+        """A sampling call starts (from the host's sampling wrapper): a new record, no state carried over."""
+        self._runs_from_host = True
+        self._reset_pass()
+        self._recorded_sigma = self._last_sigma = None
+        self.record = RunRecord(self.info)
+        self.history.add(self.record)
 
     def _maybe_start_run(self, sigma: float) -> None:
-        if self.record is None or (self._last_sigma is not None and sigma > self._last_sigma):
+        if self.record is None or (not self._runs_from_host and self._last_sigma is not None
+                                   and sigma > self._last_sigma):
             self.record = RunRecord(self.info)
             self.history.add(self.record)
         self._last_sigma = sigma

@@ -160,3 +160,24 @@ def accepts_kwarg(fn, name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def wrap_sampling_calls(model, key: str, before_call) -> bool:
+    """Call ``before_call()`` at the start of every sampling call of ``model`` (a clone).
+
+    Uses the host's ``OUTER_SAMPLE`` patcher wrapper (ComfyUI 0.3.10 and later); returns False on
+    hosts without patcher wrappers (the pip fork), where the caller needs its own fallback.
+    """
+    try:
+        from comfy.patcher_extension import WrappersMP
+    except ImportError:
+        return False
+    if not hasattr(model, "add_wrapper_with_key"):
+        return False
+
+    def storm_outer_sample(executor, *args, **kwargs):
+        before_call()
+        return executor(*args, **kwargs)
+
+    model.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, key, storm_outer_sample)
+    return True

@@ -13,6 +13,7 @@ from ..storm_ops.losses.attend_excite import AttendExciteConfig, max_attention, 
 from ..storm_ops.token_layout import AUTO
 from .aid_sampling import MODES, InterpolationSettings, attention_history, sample_sequence
 from .architecture import DEFAULT_LAYER_SELECTION
+from .attention_capture import tag_latent
 from .errors import node_errors
 from .widgets import float_input, int_input
 
@@ -100,7 +101,7 @@ class AttentionInterpolation:
             settings, None if endpoint_noise == "same" else seed + 1, record_layers=DEFAULT_LAYER_SELECTION)
         text = ", ".join(f"{i}: {float(t):.4f}" for i, t in enumerate(coefficients))
         return {"ui": {"storm_text": [f"coefficients: {text}"]},
-                "result": ({"samples": samples}, attention_history(record), text)}
+                "result": (tag_latent({"samples": samples}, record, self.NODE_NAME), attention_history(record), text)}
 
 
 class SelectFrame:
@@ -131,7 +132,7 @@ class SelectFrame:
 
     @node_errors(NODE_NAME)
     def select(self, frames, attention, tokens, include_endpoints):
-        record = attention.find(frames["samples"])
+        record = attention.find(frames)
         if record is None:
             raise StormError("these frames were not produced by the interpolation run that recorded this attention; "
                              "connect both outputs of the same STORM Attention Interpolation node", input_name="frames")
@@ -146,6 +147,7 @@ class SelectFrame:
         out = dict(frames)
         out["samples"] = frames["samples"][best:best + 1].clone()
         out.pop("batch_index", None)
+        out = tag_latent(out, record, self.NODE_NAME)
         return {"ui": {"storm_text": [text]}, "result": (out, best, text)}
 
 

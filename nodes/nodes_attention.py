@@ -16,8 +16,8 @@ from ..storm_ops.losses.attend_excite import AttendExciteConfig, subject_maps
 from ..storm_ops.prompt_identity import check_prompt_encoding, untile_encoding
 from ..storm_ops.token_layout import AUTO, Subject
 from .architecture import check_conditioning_family, describe_unet
-from .attention_capture import AttentionHistory, ContinuousRecorder, install_patches
-from .compat import folder_paths
+from .attention_capture import AttentionHistory, ContinuousRecorder, install_patches, latent_run
+from .compat import folder_paths, wrap_sampling_calls
 from .errors import node_error_context, node_errors
 from .heatmap_render import RUNS, SHOW, VIEWS, colorize, format_log, labelled_grid, upsample
 from .nodes_sampling import ATTENTION_OUTPUT_TOOLTIP, LAYERS_INPUT
@@ -74,6 +74,7 @@ class AttentionRecorder:
             return out
 
         patched.set_model_unet_function_wrapper(storm_record_context)
+        wrap_sampling_calls(patched, "storm_attention_recorder", recorder.begin_run)
         return (patched, history)
 
 
@@ -111,9 +112,10 @@ class AttentionHeatmap:
         }, "optional": {
             "image": ("IMAGE", {"tooltip": "Image to overlay the heatmaps on (e.g. the VAE-decoded result)."}),
             "run": (list(RUNS), {"default": "matching latent",
-                                 "tooltip": "matching latent: the run whose result equals the latent (safe with several "
-                                            "samplers); latest run: the last run recorded (use for inpainting, where the "
-                                            "host blends the result after sampling)."}),
+                                 "tooltip": "matching latent: the run that produced the latent (STORM samplers name it in "
+                                            "the LATENT; a host sampler's result is matched by value), safe with several "
+                                            "samplers; latest run: the last run recorded, for inpainting with a host "
+                                            "sampler (the host blends the result after sampling)."}),
             "batch_index": ("INT", {"default": 0, "min": 0, "max": 4095, "tooltip": "Which image of a batch to show."}),
             "opacity": ("FLOAT", {"default": 0.6, "min": 0.0, "max": 1.0, "step": 0.05,
                                   "tooltip": "Heatmap opacity in the overlay."}),
@@ -166,17 +168,14 @@ class AttentionHeatmap:
 
     @staticmethod
     def _find_run(attention, latent, run):
-        if run == "latest run":
+        if run == "latest run" and latent_run(latent) is None:
             record = attention.latest()
             if record is None:
                 raise StormError("no sampling run has been recorded yet", input_name="attention")
             return record
-        record = attention.find(latent["samples"])
+        record = attention.find(latent)
         if record is None:
-            raise StormError(
-                f"none of the {len(attention.runs)} recorded run(s) of {attention.source} produced this latent. "
-                "Connect the LATENT output of the sampler that used this attention source (for inpainting "
-                "set run to 'latest run')", input_name="latent")
+            raise StormError(attention.miss_message(latent), input_name="latent")
         return record
 
     @staticmethod

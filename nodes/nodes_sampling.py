@@ -8,7 +8,7 @@ import comfy.utils
 
 from ..storm_ops.errors import StormError
 from .architecture import DEFAULT_LAYER_SELECTION, LAYER_SELECTIONS, check_conditioning_family, describe_unet
-from .attention_capture import AttentionHistory
+from .attention_capture import AttentionHistory, tag_latent
 from .compat import latent_preview_callback
 from .errors import node_errors
 from .guided_sampler import BASE_SAMPLERS, GuidedSamplerSettings, check_positive, make_ksampler
@@ -115,7 +115,7 @@ class GuidedKSampler:
                                         positive, negative, latent_image, denoise)
         out = latent_image.copy()
         out["samples"] = samples
-        return (out, history)
+        return (tag_latent(out, history.latest(), self.NODE_NAME), history)
 
 
 def _sample_like_ksampler(model, sampler, sampler_name, seed, steps, cfg, scheduler, positive, negative,

@@ -1,5 +1,7 @@
 """Layer selection by UNet level and attn2 recording patches on the real UNets."""
 
+import importlib.util
+
 import comfy.sample
 import comfy.samplers
 import pytest
@@ -97,5 +99,41 @@ def test_each_run_is_a_new_record(nodes, tiny, encode):
     b = sample(patched, cond, neg, torch.zeros(1, 4, 32, 32), steps=2, seed=2)
     assert len(history.runs) == 2
     first, second = history.runs
-    assert history.find(a) is first and history.find(b) is second
+    assert history.find({"samples": a}) is first and history.find({"samples": b}) is second
     assert not torch.equal(first.mean_maps(77), second.mean_maps(77))
+
+
+def test_latents_name_their_run_and_a_stale_name_is_ignored(pack):
+    cap = pack.nodes.attention_capture
+    history = cap.AttentionHistory("STORM Guided KSampler")
+    first, second = cap.RunRecord({}), cap.RunRecord({})
+    first.final_latent, second.final_latent = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    history.add(first)
+    history.add(second)
+    samples = torch.randn(1, 4, 8, 8)  # the values of neither run: only the name can find it
+    tagged = cap.tag_latent({"samples": samples}, first, "STORM Guided KSampler")
+    assert history.find(tagged) is first
+    assert history.find({"samples": samples}) is None
+    # a node downstream replaced the samples but copied the dict: the name no longer applies
+    stale = dict(tagged, samples=second.final_latent / 0.18215)
+    assert history.find(stale) is second
+    other = cap.AttentionHistory("STORM Attention Recorder")
+    assert other.find(tagged) is None
+    assert "produced by STORM Guided KSampler" in other.miss_message(tagged)
+
+
+def test_every_sampling_call_is_its_own_run_even_when_it_starts_where_the_last_stopped(nodes, tiny, encode):
+    if importlib.util.find_spec("comfy.patcher_extension") is None:
+        pytest.skip("this host has no sampling wrappers (the pip fork): a run starts there when sigma rises")
+    tm = tiny("sd15")
+    cond, neg = encode(tm.clip, "a cat"), encode(tm.clip, "")
+    with torch.inference_mode():
+        patched, history = nodes["STORM_AttentionRecorder"]().patch(tm.model, "1/32 res: down+up (A&E)")
+    latent = torch.zeros(1, 4, 32, 32)
+    noise = comfy.sample.prepare_noise(latent, 0)
+    with torch.inference_mode():  # an interrupted first run: one step at the highest sigma
+        comfy.sample.sample(patched, noise, 6, 7.5, "euler", "normal", cond, neg, latent, last_step=1,
+                            disable_pbar=True)
+    full = sample(patched, cond, neg, latent, steps=6)  # starts at that same sigma
+    assert [len(r.step_maps) for r in history.runs] == [1, 6]
+    assert history.find({"samples": full}) is history.runs[1]
