@@ -77,12 +77,16 @@ def _measure_arch(device: str, arch: str, steps: int, size: int, repeats: int) -
     sampler_mod = pack.nodes.guided_sampler
     with torch.inference_mode():
         tm = build_tiny(arch)
-        tokens, pos, _ = node_output(nodes["STORM_SubjectTokens"]().run(tm.clip, "a cat and a dog", "cat, dog"))
+        tokens, pos, _ = node_output(nodes["STORM_SubjectTokens"]().run(clip=tm.clip, text="a cat and a dog",
+                                                                        subjects="cat, dog"))
         neg = tiny_conditioning(tm.clip, "")
         ae = nodes["STORM_AttendAndExcite"]()
-        full = ae.build(tokens, 20.0, 0.0, 0.5, "0:0.05, 0.2:0.5, 0.4:0.8", 20, True, "auto")[0]
-        noref = ae.build(tokens, 20.0, 0.0, 0.5, "", 0, True, "auto")[0]
-        off = ae.build(tokens, 0.0, 0.0, 0.5, "", 0, True, "auto")[0]
+        full = ae.build(tokens=tokens, step_size=20.0, start_at=0.0, end_at=0.5, thresholds="0:0.05, 0.2:0.5, 0.4:0.8",
+                        max_refine_iters=20, smoothing=True, end_tokens="auto")[0]
+        noref = ae.build(tokens=tokens, step_size=20.0, start_at=0.0, end_at=0.5, thresholds="", max_refine_iters=0,
+                         smoothing=True, end_tokens="auto")[0]
+        off = ae.build(tokens=tokens, step_size=0.0, start_at=0.0, end_at=0.5, thresholds="", max_refine_iters=0,
+                       smoothing=True, end_tokens="auto")[0]
     latent = torch.zeros(1, 4, size // 8, size // 8)
     sigmas = comfy.samplers.KSampler(tm.model, steps=steps, device=tm.model.load_device, sampler="euler",
                                      scheduler="normal", model_options=tm.model.model_options).sigmas

@@ -38,7 +38,8 @@ def sample_record(nodes, model, guidance, pos, neg, seed, steps=8, hw=24):
     import comfy.samplers
 
     with torch.inference_mode():
-        sampler, history = nodes["STORM_GuidedSampler"]().build(guidance, "euler", LAYERS)
+        sampler, history = nodes["STORM_GuidedSampler"]().build(guidance=guidance, sampler_name="euler",
+                                                                attention_layers=LAYERS)
         latent = torch.zeros(1, 4, hw, hw)
         sigmas = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler="euler",
                                          scheduler="normal", model_options=model.model_options).sigmas
@@ -49,7 +50,9 @@ def sample_record(nodes, model, guidance, pos, neg, seed, steps=8, hw=24):
 
 def storm_guidance(nodes, analysis, step_size=20.0, mode="paper", iters=2, **kw):
     with torch.inference_mode():
-        return nodes["STORM_SpatialTransport"]().build(analysis, mode, step_size, 0.02, 0.5, THRESHOLDS, iters, **kw)[0]
+        return nodes["STORM_SpatialTransport"]().build(
+            analysis=analysis, mode=mode, step_size=step_size, start_at=0.02, end_at=0.5, thresholds=THRESHOLDS,
+            max_refine_iters=iters, **kw)[0]
 
 
 def centroid_offset(pack, record, tokens, relation, step: int = -1):
@@ -72,7 +75,8 @@ def sweep(pack, model, clip, negative, text: str, seeds, arch: str) -> SweepResu
     """Guided vs unguided side rates over ``seeds`` for the first relation of ``text``."""
     nodes = pack.NODE_CLASS_MAPPINGS
     with torch.inference_mode():
-        analysis, tokens, pos = node_output(nodes["STORM_PromptAnalysis"]().analyze(clip, text, "auto"))[:3]
+        analysis, tokens, pos = node_output(nodes["STORM_PromptAnalysis"]().analyze(
+            clip=clip, text=text, parser="auto"))[:3]
     relation = analysis.relations[0]
     hits = {0.0: 0, 20.0: 0}
     seeds = list(seeds)

@@ -29,8 +29,9 @@ def interpolate(nodes, model, a, b, neg, frames=6, chunk=2, warmup=0.5, mode="fu
     latent = latent if latent is not None else {"samples": torch.zeros(1, 4, *HW)}
     with torch.inference_mode():
         return nodes["STORM_AttentionInterpolation"]().interpolate(
-            model, a, b, neg, latent, frames, seed, steps, 7.5, "euler", "normal", mode, alpha, beta, warmup, chunk,
-            noise, guide=guide)
+            model=model, positive_a=a, positive_b=b, negative=neg, latent_image=latent, frames=frames, seed=seed,
+            steps=steps, cfg=7.5, sampler_name="euler", scheduler="normal", mode=mode, alpha=alpha, beta=beta,
+            warmup_ratio=warmup, chunk_size=chunk, endpoint_noise=noise, guide=guide)
 
 
 def plain(model, cond, neg, seed=3, steps=5):
@@ -119,12 +120,15 @@ def test_paid_guide_and_frame_selection(nodes, prompts):
     frames, attention, coefficients = node_output(interpolate(nodes, tm.model, a, b, neg, frames=5, guide=guide))
     assert coefficients.startswith("0: 0.0000") and coefficients.endswith("4: 1.0000")
     with torch.inference_mode():
-        tokens = node_output(nodes["STORM_SubjectTokens"]().run(tm.clip, "a dog driving a car", "dog, car"))[0]
-        best, index, scores = node_output(nodes["STORM_SelectFrame"]().select(frames, attention, tokens, False))
+        tokens = node_output(nodes["STORM_SubjectTokens"]().run(clip=tm.clip, text="a dog driving a car",
+                                                                subjects="dog, car"))[0]
+        best, index, scores = node_output(nodes["STORM_SelectFrame"]().select(frames=frames, attention=attention,
+                                                                              tokens=tokens, include_endpoints=False))
     assert 1 <= index <= 3 and torch.equal(best["samples"][0], frames["samples"][index])
     assert scores.count("frame") == 5 and "<- best" in scores
     with pytest.raises(Exception, match=r"STORM Select Frame: input 'frames'"):
-        nodes["STORM_SelectFrame"]().select({"samples": torch.randn(5, 4, *HW)}, attention, tokens, False)
+        nodes["STORM_SelectFrame"]().select(frames={"samples": torch.randn(5, 4, *HW)}, attention=attention,
+                                            tokens=tokens, include_endpoints=False)
 
 
 def test_bad_input_names_the_input(nodes, prompts):

@@ -40,7 +40,8 @@ def test_recorder_does_not_change_the_image_and_records_probabilities(nodes, tin
     cond, neg = encode(tm.clip, "a cat and a dog"), encode(tm.clip, "")
     latent = torch.zeros(1, 4, 24, 40)  # non-square; 24 x 40 -> level-2 maps 6 x 10
     with torch.inference_mode():
-        patched, history = nodes["STORM_AttentionRecorder"]().patch(tm.model, "1/32 res: down+up (A&E)")
+        patched, history = nodes["STORM_AttentionRecorder"]().patch(model=tm.model,
+                                                                    attention_layers="1/32 res: down+up (A&E)")
     plain = sample(tm.model, cond, neg, latent)
     recorded = sample(patched, cond, neg, latent)
     assert torch.equal(plain, recorded)
@@ -65,7 +66,8 @@ def test_recorder_chains_to_an_existing_replace_patch(pack, nodes, tiny, encode)
     other = tm.model.clone()
     other.set_model_attn2_replace(other_pack_patch, "output", 3)
     with torch.inference_mode():
-        patched, history = nodes["STORM_AttentionRecorder"]().patch(other, "1/32 res: down+up (A&E)")
+        patched, history = nodes["STORM_AttentionRecorder"]().patch(model=other,
+                                                                    attention_layers="1/32 res: down+up (A&E)")
     latent = torch.zeros(1, 4, 32, 32)
     expected = sample(other, cond, neg, latent, steps=2)
     calls.clear()
@@ -82,7 +84,8 @@ def test_recorder_folds_lcm_tiled_conditioning(nodes, tiny, encode):
     long_negative = encode(tm.clip, ", ".join(["blurry low quality"] * 30))
     assert long_negative[0][0].shape[1] == 154
     with torch.inference_mode():
-        patched, history = nodes["STORM_AttentionRecorder"]().patch(tm.model, "1/32 res: down+up (A&E)")
+        patched, history = nodes["STORM_AttentionRecorder"]().patch(model=tm.model,
+                                                                    attention_layers="1/32 res: down+up (A&E)")
     sample(patched, cond, long_negative, torch.zeros(1, 4, 32, 32), steps=2)
     record = history.latest()
     assert record.step_maps[0][1].shape[1] == 154  # the cond was tiled to the lcm (2 x 77)
@@ -94,7 +97,8 @@ def test_each_run_is_a_new_record(nodes, tiny, encode):
     tm = tiny("sd15")
     cond, neg = encode(tm.clip, "a cat"), encode(tm.clip, "")
     with torch.inference_mode():
-        patched, history = nodes["STORM_AttentionRecorder"]().patch(tm.model, "1/32 res: down+up (A&E)")
+        patched, history = nodes["STORM_AttentionRecorder"]().patch(model=tm.model,
+                                                                    attention_layers="1/32 res: down+up (A&E)")
     a = sample(patched, cond, neg, torch.zeros(1, 4, 32, 32), steps=2, seed=1)
     b = sample(patched, cond, neg, torch.zeros(1, 4, 32, 32), steps=2, seed=2)
     assert len(history.runs) == 2

@@ -19,15 +19,20 @@ NO_CROSS_ATTENTION = {"transformer_depth": [0] * 8, "transformer_depth_output": 
 def prompt(nodes, tiny, encode):
     tm = tiny("sd15")
     with torch.inference_mode():
-        tokens, cond, _ = node_output(nodes["STORM_SubjectTokens"]().run(tm.clip, "a cat and a dog", "cat, dog"))
-        (guidance,) = nodes["STORM_AttendAndExcite"]().build(tokens, 20.0, 0.0, 0.5, "", 0, True, "auto")
+        tokens, cond, _ = node_output(nodes["STORM_SubjectTokens"]().run(clip=tm.clip, text="a cat and a dog",
+                                                                         subjects="cat, dog"))
+        (guidance,) = nodes["STORM_AttendAndExcite"]().build(tokens=tokens, step_size=20.0, start_at=0.0, end_at=0.5,
+                                                             thresholds="", max_refine_iters=0, smoothing=True,
+                                                             end_tokens="auto")
     return tm, tokens, cond, encode(tm.clip, ""), guidance
 
 
 def ksample(nodes, model, guidance, pos, neg, hw=(16, 16)):
     with torch.inference_mode():
-        return nodes["STORM_GuidedKSampler"]().sample(model, guidance, 0, 2, 7.5, "euler", "normal", pos, neg,
-                                                      {"samples": torch.zeros(1, 4, *hw)}, 1.0, LAYERS)
+        return nodes["STORM_GuidedKSampler"]().sample(model=model, guidance=guidance, seed=0, steps=2, cfg=7.5,
+                                                      sampler_name="euler", scheduler="normal", positive=pos,
+                                                      negative=neg, latent_image={"samples": torch.zeros(1, 4, *hw)},
+                                                      denoise=1.0, attention_layers=LAYERS)
 
 
 def test_model_without_cross_attention(nodes, prompt):
@@ -37,7 +42,7 @@ def test_model_without_cross_attention(nodes, prompt):
     with pytest.raises(Exception, match=r"STORM Guided KSampler: input 'model':.*no cross-attention layers"):
         ksample(nodes, model, guidance, pos, neg)
     with pytest.raises(Exception, match=r"STORM Attention Recorder: input 'model':.*no cross-attention"):
-        nodes["STORM_AttentionRecorder"]().patch(model, LAYERS)
+        nodes["STORM_AttentionRecorder"]().patch(model=model, attention_layers=LAYERS)
 
 
 def test_positive_prompt_of_another_length(nodes, prompt, encode):
@@ -57,7 +62,8 @@ def test_combined_positive_conditioning(nodes, prompt):
 def test_guided_sampler_inside_sampler_custom_reports_its_own_name(nodes, prompt):
     tm, _, pos, neg, guidance = prompt
     with torch.inference_mode():
-        sampler, _ = nodes["STORM_GuidedSampler"]().build(guidance, "euler", LAYERS)
+        sampler, _ = nodes["STORM_GuidedSampler"]().build(guidance=guidance, sampler_name="euler",
+                                                          attention_layers=LAYERS)
         model = build_tiny_unet("sd15", unet_overrides=NO_CROSS_ATTENTION)
         sigmas = comfy.samplers.KSampler(model, steps=2, device=model.load_device, sampler="euler",
                                          scheduler="normal", model_options=model.model_options).sigmas
@@ -71,20 +77,23 @@ def test_bad_widget_values(nodes, prompt):
     _, tokens, _, _, guidance = prompt
     build = nodes["STORM_AttendAndExcite"]().build
     with pytest.raises(Exception, match=r"STORM Attend-and-Excite: input 'thresholds':.*'0.2'"):
-        build(tokens, 20.0, 0.0, 0.5, "0.2", 5, True, "auto")
+        build(tokens=tokens, step_size=20.0, start_at=0.0, end_at=0.5, thresholds="0.2", max_refine_iters=5,
+              smoothing=True, end_tokens="auto")
     with pytest.raises(Exception, match=r"STORM Attend-and-Excite: input 'end_at'"):
-        build(tokens, 20.0, 0.6, 0.5, "", 5, True, "auto")
+        build(tokens=tokens, step_size=20.0, start_at=0.6, end_at=0.5, thresholds="", max_refine_iters=5,
+              smoothing=True, end_tokens="auto")
     with pytest.raises(Exception, match=r"STORM Guided Sampler: input 'sampler_name'"):
-        nodes["STORM_GuidedSampler"]().build(guidance, "dpm_fast", LAYERS)
+        nodes["STORM_GuidedSampler"]().build(guidance=guidance, sampler_name="dpm_fast", attention_layers=LAYERS)
 
 
 def test_losses_from_different_prompts_cannot_be_chained(nodes, prompt, tiny):
     tm, _, _, _, guidance = prompt
     long_prompt = "a cat and " + ", ".join(["a dog"] * 40)
     with torch.inference_mode():
-        other = node_output(nodes["STORM_SubjectTokens"]().run(tm.clip, long_prompt, "cat"))[0]
+        other = node_output(nodes["STORM_SubjectTokens"]().run(clip=tm.clip, text=long_prompt, subjects="cat"))[0]
     with pytest.raises(Exception, match=r"STORM Attend-and-Excite: input 'guidance':.*same prompt"):
-        nodes["STORM_AttendAndExcite"]().build(other, 20.0, 0.0, 0.5, "", 5, True, "auto", guidance=guidance)
+        nodes["STORM_AttendAndExcite"]().build(tokens=other, step_size=20.0, start_at=0.0, end_at=0.5, thresholds="",
+                                               max_refine_iters=5, smoothing=True, end_tokens="auto", guidance=guidance)
 
 
 LOSS_NODES = ("STORM_AttendAndExcite", "STORM_SynGen", "STORM_AStar", "STORM_SpatialTransport")
@@ -111,10 +120,13 @@ def test_linked_step_size_far_outside_the_widget_range(nodes, prompt):
     build = nodes["STORM_AttendAndExcite"]().build
     with pytest.raises(Exception, match=r"^STORM Attend-and-Excite: input 'step_size' = 1000000 is outside its "
                                         r"range \[0, 500\]"):
-        build(tokens, 1e6, 0.0, 0.5, "", 5, True, "auto")
+        build(tokens=tokens, step_size=1e6, start_at=0.0, end_at=0.5, thresholds="", max_refine_iters=5, smoothing=True,
+              end_tokens="auto")
     with pytest.raises(Exception, match=r"^STORM Attend-and-Excite: input 'sigma' = nan is outside its range"):
-        build(tokens, 20.0, 0.0, 0.5, "", 5, True, "auto", sigma=float("nan"))
-    build(tokens, 500.0, 0.0, 0.5, "", 5, True, "auto", weight=100.0)  # the bounds themselves are fine
+        build(tokens=tokens, step_size=20.0, start_at=0.0, end_at=0.5, thresholds="", max_refine_iters=5,
+              smoothing=True, end_tokens="auto", sigma=float("nan"))
+    build(tokens=tokens, step_size=500.0, start_at=0.0, end_at=0.5, thresholds="", max_refine_iters=5, smoothing=True,
+          end_tokens="auto", weight=100.0)  # the bounds themselves are fine
 
 
 @pytest.mark.parametrize("node_id", LOSS_NODES)

@@ -22,7 +22,8 @@ def analysed(nodes, tiny, encode):
         if key not in cache:
             tm = tiny(arch)
             with torch.inference_mode():
-                out = nodes["STORM_PromptAnalysis"]().analyze(tm.clip, text, kw.pop("parser", "auto"), **kw)
+                out = nodes["STORM_PromptAnalysis"]().analyze(clip=tm.clip, text=text, parser=kw.pop("parser", "auto"),
+                                                              **kw)
             cache[key] = (tm, *node_output(out), encode(tm.clip, ""))
         return cache[key]
 
@@ -31,7 +32,8 @@ def analysed(nodes, tiny, encode):
 
 def run(model, guidance, pos, neg, nodes, seed, steps=10, hw=(32, 32)):
     with torch.inference_mode():
-        sampler, history = nodes["STORM_GuidedSampler"]().build(guidance, "euler", LAYERS)
+        sampler, history = nodes["STORM_GuidedSampler"]().build(guidance=guidance, sampler_name="euler",
+                                                                attention_layers=LAYERS)
         latent = torch.zeros(1, 4, *hw)
         sigmas = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler="euler",
                                          scheduler="normal", model_options=model.model_options).sigmas
@@ -64,7 +66,8 @@ def test_syngen_lowers_the_modifier_noun_divergence(pack, nodes, analysed, arch)
         kl = {}
         for label, size in (("off", 0.0), ("on", 20.0)):
             with torch.inference_mode():
-                (guidance,) = nodes["STORM_SynGen"]().build(analysis, size, 0.0, 0.5, False)
+                (guidance,) = nodes["STORM_SynGen"]().build(analysis=analysis, step_size=size, start_at=0.0, end_at=0.5,
+                                                            include_entities=False)
             record = run(tm.model, guidance, pos, neg, nodes, seed)
             per_step = [syngen.syngen_loss(m.float(), sets).kl[0] for _, m in record.step_maps[:5]]
             kl[label] = torch.stack(per_step).mean(0)  # (pairs,), mean over the guided window
@@ -79,7 +82,8 @@ def test_astar_lowers_the_segregation_term(pack, nodes, analysed, arch):
         seg = {}
         for label, size in (("off", 0.0), ("on", 20.0)):
             with torch.inference_mode():
-                (guidance,) = nodes["STORM_AStar"]().build(tokens, size, 0.0, 0.5, 0.5, "auto")
+                (guidance,) = nodes["STORM_AStar"]().build(tokens=tokens, step_size=size, start_at=0.0, end_at=0.5,
+                                                           mask_threshold=0.5, end_tokens="auto")
             record = run(tm.model, guidance, pos, neg, nodes, seed)
             cfg = ae.AttendExciteConfig()  # the layout's own end-token convention
             values = [float(astar.segregation(ae.subject_maps(m.float(), tokens.layout, tokens.subjects, cfg)).sum())
@@ -91,8 +95,11 @@ def test_astar_lowers_the_segregation_term(pack, nodes, analysed, arch):
 def test_losses_compose_with_their_own_windows(nodes, analysed):
     tm, analysis, tokens, pos, _, neg = analysed("sd15")
     with torch.inference_mode():
-        (ae,) = nodes["STORM_AttendAndExcite"]().build(tokens, 20.0, 0.0, 0.5, "0.2:0.5", 3, True, "auto")
-        (both,) = nodes["STORM_SynGen"]().build(analysis, 20.0, 0.0, 0.3, False, guidance=ae, weight=0.5)
+        (ae,) = nodes["STORM_AttendAndExcite"]().build(tokens=tokens, step_size=20.0, start_at=0.0, end_at=0.5,
+                                                       thresholds="0.2:0.5", max_refine_iters=3, smoothing=True,
+                                                       end_tokens="auto")
+        (both,) = nodes["STORM_SynGen"]().build(analysis=analysis, step_size=20.0, start_at=0.0, end_at=0.3,
+                                                include_entities=False, guidance=ae, weight=0.5)
     record = run(tm.model, both, pos, neg, nodes, seed=3)
     terms = {e["step"]: set(e["terms_before"]) for e in record.log}
     assert terms == {0: {"attend_excite", "syngen"}, 1: {"attend_excite", "syngen"}, 2: {"attend_excite", "syngen"},
@@ -105,20 +112,23 @@ def test_astar_layout_masks_from_a_mask_batch(nodes, analysed):
     left = torch.zeros(1, 64, 64)
     left[:, :, :32] = 1
     with torch.inference_mode():
-        (g,) = nodes["STORM_AStar"]().build(tokens, 20.0, 0.0, 0.5, 0.5, "auto", masks=left,
-                                            mask_subjects="strawberry")
+        (g,) = nodes["STORM_AStar"]().build(tokens=tokens, step_size=20.0, start_at=0.0, end_at=0.5, mask_threshold=0.5,
+                                            end_tokens="auto", masks=left, mask_subjects="strawberry")
     term = g.terms[0]
     assert term.masks[0] is None and term.masks[1] is not None
     with pytest.raises(Exception, match="STORM A-STAR: input 'mask_subjects'"):
-        nodes["STORM_AStar"]().build(tokens, 20.0, 0.0, 0.5, 0.5, "auto", masks=left, mask_subjects="horse")
+        nodes["STORM_AStar"]().build(tokens=tokens, step_size=20.0, start_at=0.0, end_at=0.5, mask_threshold=0.5,
+                                     end_tokens="auto", masks=left, mask_subjects="horse")
 
 
 def test_no_modifiers_gives_a_clear_error(nodes, analysed):
     analysis = analysed("sd15", "a cat and a dog")[1]
     assert analysis.bindings == ()
     with pytest.raises(Exception, match=r"STORM SynGen: input 'analysis':.*no modifier bound to a noun"):
-        nodes["STORM_SynGen"]().build(analysis, 20.0, 0.0, 0.5, False)
-    (g,) = nodes["STORM_SynGen"]().build(analysis, 20.0, 0.0, 0.5, True)  # entities only: works
+        nodes["STORM_SynGen"]().build(analysis=analysis, step_size=20.0, start_at=0.0, end_at=0.5,
+                                      include_entities=False)
+    (g,) = nodes["STORM_SynGen"]().build(analysis=analysis, step_size=20.0, start_at=0.0, end_at=0.5,
+                                         include_entities=True)  # entities only: works
     assert g.terms[0].sets
 
 
@@ -128,7 +138,7 @@ def test_multi_piece_modifier_binds_all_its_pieces(nodes, analysed):
     assert len(bowl.modifiers[0].positions) >= 2  # "checkered" is several CLIP pieces
     table = next(b for b in analysis.bindings if b.noun.name == "table")
     assert sorted(m.name for m in table.modifiers) == ["blue", "red"]
-    nodes["STORM_SynGen"]().build(analysis, 20.0, 0.0, 0.5, False)
+    nodes["STORM_SynGen"]().build(analysis=analysis, step_size=20.0, start_at=0.0, end_at=0.5, include_entities=False)
 
 
 def test_missing_spacy_pipeline(pack, nodes, tiny, monkeypatch):
@@ -138,8 +148,8 @@ def test_missing_spacy_pipeline(pack, nodes, tiny, monkeypatch):
     clip = tiny("sd15").clip
     try:
         with pytest.raises(Exception, match=r"STORM Prompt Analysis: input 'parser':.*spacy download en_core_web_sm"):
-            nodes["STORM_PromptAnalysis"]().analyze(clip, PROMPT, "spacy")
-        out = nodes["STORM_PromptAnalysis"]().analyze(clip, PROMPT, "auto")
+            nodes["STORM_PromptAnalysis"]().analyze(clip=clip, text=PROMPT, parser="spacy")
+        out = nodes["STORM_PromptAnalysis"]().analyze(clip=clip, text=PROMPT, parser="auto")
     finally:
         nlp.clear_cache()
     analysis, _, _, text = node_output(out)
@@ -162,7 +172,7 @@ def test_pipeline_input_takes_only_installed_pipeline_names(pack, nodes, tiny, m
     for parser in ("auto", "spacy", "rules"):
         with pytest.raises(Exception, match=rf"^STORM Prompt Analysis: input 'pipeline': '{re.escape(pipeline)}' "
                                             rf"is not .*\(installed: {re.escape(installed)}\)"):
-            nodes["STORM_PromptAnalysis"]().analyze(clip, PROMPT, parser, pipeline=pipeline)
+            nodes["STORM_PromptAnalysis"]().analyze(clip=clip, text=PROMPT, parser=parser, pipeline=pipeline)
 
 
 def test_unattachable_words_become_notes_not_errors(analysed):
@@ -173,8 +183,9 @@ def test_unattachable_words_become_notes_not_errors(analysed):
 def test_user_overrides_replace_the_parse(nodes, analysed):
     tm = analysed("sd15")[0]
     with torch.inference_mode():
-        out = nodes["STORM_PromptAnalysis"]().analyze(tm.clip, PROMPT, "auto", bindings="golden -> crown; red -> strawberry")
+        out = nodes["STORM_PromptAnalysis"]().analyze(clip=tm.clip, text=PROMPT, parser="auto",
+                                                      bindings="golden -> crown; red -> strawberry")
     analysis = node_output(out)[0]
     assert {(b.noun.name, b.modifiers[0].name) for b in analysis.bindings} == {("crown", "golden"), ("strawberry", "red")}
     with pytest.raises(Exception, match=r"STORM Prompt Analysis: input 'bindings':.*'silver'"):
-        nodes["STORM_PromptAnalysis"]().analyze(tm.clip, PROMPT, "auto", bindings="silver -> crown")
+        nodes["STORM_PromptAnalysis"]().analyze(clip=tm.clip, text=PROMPT, parser="auto", bindings="silver -> crown")

@@ -21,7 +21,8 @@ def setup(nodes, tiny, encode):
         if arch not in cache:
             tm = tiny(arch)
             with torch.inference_mode():
-                tokens, cond, _ = node_output(nodes["STORM_SubjectTokens"]().run(tm.clip, "a cat and a dog", "cat, dog"))
+                tokens, cond, _ = node_output(nodes["STORM_SubjectTokens"]().run(clip=tm.clip, text="a cat and a dog",
+                                                                                 subjects="cat, dog"))
             cache[arch] = (tm.model, tokens, cond, encode(tm.clip, "blurry"))
         return cache[arch]
 
@@ -32,7 +33,7 @@ def ae(nodes, tokens, step_size=20.0, **kw):
     args = dict(start_at=0.0, end_at=0.5, thresholds=THRESHOLDS, max_refine_iters=5, smoothing=True, end_tokens="auto")
     args.update(kw)
     with torch.inference_mode():
-        return nodes["STORM_AttendAndExcite"]().build(tokens, step_size, **args)[0]
+        return nodes["STORM_AttendAndExcite"]().build(tokens=tokens, step_size=step_size, **args)[0]
 
 
 def custom_sample(model, sampler, sigmas, pos, neg, latent, seed=3, callback=None):
@@ -50,7 +51,7 @@ def sigmas_for(model, steps, scheduler="normal", sampler="euler"):
 
 def guided_sampler(nodes, guidance, name="euler"):
     with torch.inference_mode():
-        return nodes["STORM_GuidedSampler"]().build(guidance, name, LAYERS)
+        return nodes["STORM_GuidedSampler"]().build(guidance=guidance, sampler_name=name, attention_layers=LAYERS)
 
 
 class ConstantTerm:
@@ -92,8 +93,10 @@ def test_guided_ksampler_off_equals_core_ksampler(nodes, setup, arch, name):
     model, tokens, pos, neg = setup(arch)
     latent = {"samples": torch.zeros(1, 4, 16, 16)}
     with torch.inference_mode():
-        out, _ = nodes["STORM_GuidedKSampler"]().sample(model, ae(nodes, tokens, step_size=0.0), 5, 4, 7.5, name,
-                                                        "karras", pos, neg, latent, 1.0, LAYERS)
+        out, _ = nodes["STORM_GuidedKSampler"]().sample(model=model, guidance=ae(nodes, tokens, step_size=0.0), seed=5,
+                                                        steps=4, cfg=7.5, sampler_name=name, scheduler="karras",
+                                                        positive=pos, negative=neg, latent_image=latent, denoise=1.0,
+                                                        attention_layers=LAYERS)
         noise = comfy.sample.prepare_noise(latent["samples"], 5)
         ref = comfy.sample.sample(model, noise, 4, 7.5, name, "karras", pos, neg, latent["samples"], seed=5,
                                   disable_pbar=True)

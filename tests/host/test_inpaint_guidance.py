@@ -12,18 +12,23 @@ HW = (32, 32)
 
 def ksample(nodes, model, guidance, pos, neg, latent):
     with torch.inference_mode():
-        return node_output(nodes["STORM_GuidedKSampler"]().sample(model, guidance, 0, 4, 7.5, "euler", "normal", pos,
-                                                                  neg, latent, 1.0, LAYERS))[0]["samples"]
+        return node_output(nodes["STORM_GuidedKSampler"]().sample(model=model, guidance=guidance, seed=0, steps=4,
+                                                                  cfg=7.5, sampler_name="euler", scheduler="normal",
+                                                                  positive=pos, negative=neg, latent_image=latent,
+                                                                  denoise=1.0, attention_layers=LAYERS))[0]["samples"]
 
 
 @pytest.mark.parametrize("arch", ["sd15", "sdxl"])
 def test_guided_inpainting_changes_only_the_masked_region(nodes, tiny, encode, arch):
     tm = tiny(arch)
     with torch.inference_mode():
-        tokens, pos, _ = node_output(nodes["STORM_SubjectTokens"]().run(tm.clip, "a cat and a dog", "cat, dog"))
+        tokens, pos, _ = node_output(nodes["STORM_SubjectTokens"]().run(clip=tm.clip, text="a cat and a dog",
+                                                                        subjects="cat, dog"))
         build = nodes["STORM_AttendAndExcite"]().build
-        (guided,) = build(tokens, 200.0, 0.0, 1.0, "", 0, True, "auto")
-        (off,) = build(tokens, 0.0, 0.0, 1.0, "", 0, True, "auto")
+        (guided,) = build(tokens=tokens, step_size=200.0, start_at=0.0, end_at=1.0, thresholds="", max_refine_iters=0,
+                          smoothing=True, end_tokens="auto")
+        (off,) = build(tokens=tokens, step_size=0.0, start_at=0.0, end_at=1.0, thresholds="", max_refine_iters=0,
+                       smoothing=True, end_tokens="auto")
         image_latent = torch.randn(1, 4, *HW, generator=torch.Generator().manual_seed(5))
         mask = torch.zeros(1, 1, HW[0] * 8, HW[1] * 8)
         mask[..., :, : HW[1] * 4] = 1.0  # repaint the left half

@@ -41,7 +41,7 @@ def with_sag(model):
 
 def recorded(nodes, model, pos, neg):
     with torch.inference_mode():
-        patched, attention = nodes["STORM_AttentionRecorder"]().patch(model, LAYERS)
+        patched, attention = nodes["STORM_AttentionRecorder"]().patch(model=model, attention_layers=LAYERS)
         latent = torch.zeros(1, 4, 32, 32)
         comfy.sample.sample(patched, comfy.sample.prepare_noise(latent, 1), STEPS, 7.5, "euler", "normal", pos, neg,
                             latent, disable_pbar=True, seed=1)
@@ -66,9 +66,13 @@ def test_recorder_keeps_one_conditional_pass_per_step(nodes, tiny, encode, extra
 def test_guided_sampler_keeps_one_conditional_pass_per_step(nodes, tiny, encode):
     tm = tiny("sd15")
     with torch.inference_mode():
-        tokens, pos, _ = nodes["STORM_SubjectTokens"]().run(tm.clip, "a cat and a dog", "cat, dog")["result"]
-        (guidance,) = nodes["STORM_AttendAndExcite"]().build(tokens, 20.0, 0.0, 0.5, "", 0, True, "auto")
+        tokens, pos, _ = nodes["STORM_SubjectTokens"]().run(
+            clip=tm.clip, text="a cat and a dog", subjects="cat, dog")["result"]
+        (guidance,) = nodes["STORM_AttendAndExcite"]().build(tokens=tokens, step_size=20.0, start_at=0.0, end_at=0.5,
+                                                             thresholds="", max_refine_iters=0, smoothing=True,
+                                                             end_tokens="auto")
         _, attention = nodes["STORM_GuidedKSampler"]().sample(
-            with_pag(tm.model), guidance, 0, STEPS, 7.5, "euler", "normal", pos, encode(tm.clip, "blurry"),
-            {"samples": torch.zeros(1, 4, 32, 32)}, 1.0, LAYERS)
+            model=with_pag(tm.model), guidance=guidance, seed=0, steps=STEPS, cfg=7.5, sampler_name="euler",
+            scheduler="normal", positive=pos, negative=encode(tm.clip, "blurry"),
+            latent_image={"samples": torch.zeros(1, 4, 32, 32)}, denoise=1.0, attention_layers=LAYERS)
     assert len(attention.latest().step_maps) == STEPS

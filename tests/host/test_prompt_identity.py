@@ -21,15 +21,20 @@ LONG = "a cat and a dog, " + ", ".join(["a very detailed painting of a garden"] 
 def prompt(nodes, tiny, encode):
     tm = tiny("sd15")
     with torch.inference_mode():
-        tokens, cond, _ = node_output(nodes["STORM_SubjectTokens"]().run(tm.clip, "a cat and a dog", "cat, dog"))
-        (guidance,) = nodes["STORM_AttendAndExcite"]().build(tokens, 20.0, 0.0, 0.5, "", 0, True, "auto")
+        tokens, cond, _ = node_output(nodes["STORM_SubjectTokens"]().run(clip=tm.clip, text="a cat and a dog",
+                                                                         subjects="cat, dog"))
+        (guidance,) = nodes["STORM_AttendAndExcite"]().build(tokens=tokens, step_size=20.0, start_at=0.0, end_at=0.5,
+                                                             thresholds="", max_refine_iters=0, smoothing=True,
+                                                             end_tokens="auto")
     return tm, tokens, cond, encode(tm.clip, "ugly blurry low quality"), guidance
 
 
 def ksample(nodes, model, guidance, pos, neg, steps=2, hw=(16, 16)):
     with torch.inference_mode():
-        return nodes["STORM_GuidedKSampler"]().sample(model, guidance, 0, steps, 7.5, "euler", "normal", pos, neg,
-                                                      {"samples": torch.zeros(1, 4, *hw)}, 1.0, LAYERS)
+        return nodes["STORM_GuidedKSampler"]().sample(model=model, guidance=guidance, seed=0, steps=steps, cfg=7.5,
+                                                      sampler_name="euler", scheduler="normal", positive=pos,
+                                                      negative=neg, latent_image={"samples": torch.zeros(1, 4, *hw)},
+                                                      denoise=1.0, attention_layers=LAYERS)
 
 
 def custom(model, sampler, pos, neg, steps=2, hw=(16, 16)):
@@ -43,7 +48,8 @@ def custom(model, sampler, pos, neg, steps=2, hw=(16, 16)):
 
 def render(nodes, attention, latent, tokens):
     with torch.inference_mode():
-        return nodes["STORM_AttentionHeatmap"]().render(attention, latent, tokens, "subjects", "attention")
+        return nodes["STORM_AttentionHeatmap"]().render(attention=attention, latent=latent, tokens=tokens,
+                                                        show="subjects", view="attention")
 
 
 def test_negative_encoding_wired_into_positive_is_refused(nodes, prompt):
@@ -54,7 +60,8 @@ def test_negative_encoding_wired_into_positive_is_refused(nodes, prompt):
     with pytest.raises(Exception, match="STORM Guided KSampler: " + pattern):
         ksample(nodes, tm.model, guidance, neg, neg)
     with torch.inference_mode():
-        sampler, _ = nodes["STORM_GuidedSampler"]().build(guidance, "euler", LAYERS)
+        sampler, _ = nodes["STORM_GuidedSampler"]().build(guidance=guidance, sampler_name="euler",
+                                                          attention_layers=LAYERS)
     with pytest.raises(Exception, match="^STORM Guided Sampler: " + pattern):
         custom(tm.model, sampler, neg, neg)
 
@@ -75,19 +82,23 @@ def test_conditioning_of_another_model_family_names_the_input(nodes, prompt, tin
     with pytest.raises(Exception, match=r"STORM Guided KSampler: input 'negative':.*has 96 features.*takes 32"):
         ksample(nodes, tm.model, guidance, pos, encode(xl.clip, ""))
     with torch.inference_mode():
-        sampler, _ = nodes["STORM_GuidedSampler"]().build(guidance, "euler", LAYERS)
+        sampler, _ = nodes["STORM_GuidedSampler"]().build(guidance=guidance, sampler_name="euler",
+                                                          attention_layers=LAYERS)
     with pytest.raises(Exception, match=r"^STORM Guided Sampler: input 'positive':.*model SDXL takes 96"):
         custom(xl.model, sampler, pos, encode(xl.clip, ""))
     with torch.inference_mode(), pytest.raises(Exception, match=r"STORM Attention Interpolation: input 'negative':"):
         nodes["STORM_AttentionInterpolation"]().interpolate(
-            xl.model, encode(xl.clip, "a cat"), encode(xl.clip, "a dog"), neg, {"samples": torch.zeros(1, 4, 16, 16)},
-            3, 0, 2, 7.5, "euler", "normal", "fused outer", 3.0, 3.0, 0.5, 4, "same")
+            model=xl.model, positive_a=encode(xl.clip, "a cat"), positive_b=encode(xl.clip, "a dog"), negative=neg,
+            latent_image={"samples": torch.zeros(1, 4, 16, 16)}, frames=3, seed=0, steps=2, cfg=7.5,
+            sampler_name="euler", scheduler="normal", mode="fused outer", alpha=3.0, beta=3.0, warmup_ratio=0.5,
+            chunk_size=4, endpoint_noise="same")
 
 
 def test_heatmap_refuses_tokens_of_another_prompt_of_the_same_length(nodes, prompt):
     tm, tokens, pos, neg, guidance = prompt
     with torch.inference_mode():
-        other, _, _ = node_output(nodes["STORM_SubjectTokens"]().run(tm.clip, "a bird and a fish", "bird, fish"))
+        other, _, _ = node_output(nodes["STORM_SubjectTokens"]().run(clip=tm.clip, text="a bird and a fish",
+                                                                     subjects="bird, fish"))
     latent, attention = ksample(nodes, tm.model, guidance, pos, neg)
     render(nodes, attention, latent, tokens)  # its own tokens are fine
     with pytest.raises(Exception, match=r"STORM Attention Heatmap: input 'tokens':.*not the encoding of the prompt "
@@ -100,10 +111,11 @@ def test_heatmap_refuses_a_77_column_token_set_on_a_154_column_run(nodes, prompt
     long_pos = encode(tm.clip, LONG)
     assert long_pos[0][0].shape[1] == 154
     with torch.inference_mode():
-        model, attention = nodes["STORM_AttentionRecorder"]().patch(tm.model, LAYERS)
+        model, attention = nodes["STORM_AttentionRecorder"]().patch(model=tm.model, attention_layers=LAYERS)
         latent = {"samples": comfy.sample.sample(model, torch.randn(1, 4, 16, 16), 2, 7.5, "euler", "normal",
                                                  long_pos, neg, torch.zeros(1, 4, 16, 16), disable_pbar=True, seed=0)}
-        long_tokens, _, _ = node_output(nodes["STORM_SubjectTokens"]().run(tm.clip, LONG, "cat, dog"))
+        long_tokens, _, _ = node_output(nodes["STORM_SubjectTokens"]().run(
+            clip=tm.clip, text=LONG, subjects="cat, dog"))
     render(nodes, attention, latent, long_tokens)  # the right tokens: accepted
     with pytest.raises(Exception, match=r"STORM Attention Heatmap: input 'tokens':.*has 154 token columns but the "
                                         r"tokens \('a cat and a dog'\) were computed for a prompt with 77"):
@@ -114,7 +126,7 @@ def test_recorder_accepts_a_short_prompt_tiled_to_a_longer_negative(nodes, promp
     tm, tokens, pos, _, _ = prompt
     long_neg = encode(tm.clip, LONG)
     with torch.inference_mode():
-        model, attention = nodes["STORM_AttentionRecorder"]().patch(tm.model, LAYERS)
+        model, attention = nodes["STORM_AttentionRecorder"]().patch(model=tm.model, attention_layers=LAYERS)
         latent = {"samples": comfy.sample.sample(model, torch.randn(1, 4, 16, 16), 2, 7.5, "euler", "normal",
                                                  pos, long_neg, torch.zeros(1, 4, 16, 16), disable_pbar=True, seed=0)}
     grid = node_output(render(nodes, attention, latent, tokens))[0]
@@ -125,7 +137,7 @@ def test_recorder_names_conditioning_of_another_family(nodes, prompt, tiny, enco
     _, _, pos, neg, _ = prompt
     xl = tiny("sdxl")
     with torch.inference_mode():
-        model, _ = nodes["STORM_AttentionRecorder"]().patch(xl.model, LAYERS)
+        model, _ = nodes["STORM_AttentionRecorder"]().patch(model=xl.model, attention_layers=LAYERS)
         with pytest.raises(Exception, match=r"STORM Attention Recorder: input 'positive or negative': the positive "
                                             r"or negative conditioning has 32 features per token, but the model SDXL "
                                             r"takes 96"):
@@ -136,13 +148,16 @@ def test_recorder_names_conditioning_of_another_family(nodes, prompt, tiny, enco
 def test_a_window_without_steps_is_an_error_before_sampling(nodes, prompt):
     tm, tokens, pos, neg, _ = prompt
     with torch.inference_mode():
-        (narrow,) = nodes["STORM_AttendAndExcite"]().build(tokens, 20.0, 0.5, 0.6, "", 0, True, "auto")
+        (narrow,) = nodes["STORM_AttendAndExcite"]().build(tokens=tokens, step_size=20.0, start_at=0.5, end_at=0.6,
+                                                           thresholds="", max_refine_iters=0, smoothing=True,
+                                                           end_tokens="auto")
     pattern = (r"input 'start_at': STORM Attend-and-Excite: the guidance window start_at 0.5 to end_at 0.6 contains "
                r"no step of a schedule of 5 steps")
     with pytest.raises(Exception, match="STORM Guided KSampler: " + pattern):
         ksample(nodes, tm.model, narrow, pos, neg, steps=5)
     with torch.inference_mode():
-        sampler, _ = nodes["STORM_GuidedSampler"]().build(narrow, "euler", LAYERS)
+        sampler, _ = nodes["STORM_GuidedSampler"]().build(guidance=narrow, sampler_name="euler",
+                                                          attention_layers=LAYERS)
     with pytest.raises(Exception, match="^STORM Guided Sampler: " + pattern):
         custom(tm.model, sampler, pos, neg, steps=5)
     latent, _ = ksample(nodes, tm.model, narrow, pos, neg, steps=10)  # 10 steps: step 5 lies in the window

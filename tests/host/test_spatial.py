@@ -18,7 +18,8 @@ def analysed(nodes, tiny, encode):
         if key not in cache:
             tm = tiny(arch)
             with torch.inference_mode():
-                out = nodes["STORM_PromptAnalysis"]().analyze(tm.clip, text, "auto", relations=relations)
+                out = nodes["STORM_PromptAnalysis"]().analyze(clip=tm.clip, text=text, parser="auto",
+                                                              relations=relations)
             cache[key] = (tm, *node_output(out)[:3], encode(tm.clip, ""))
         return cache[key]
 
@@ -82,7 +83,9 @@ def test_reference_mode_runs_and_is_logged(nodes, analysed):
 def test_storm_combines_with_attend_and_excite(nodes, analysed):
     tm, analysis, tokens, pos, neg = analysed("sd15")
     with torch.inference_mode():
-        (ae,) = nodes["STORM_AttendAndExcite"]().build(tokens, 20.0, 0.0, 0.5, "", 0, True, "auto")
+        (ae,) = nodes["STORM_AttendAndExcite"]().build(tokens=tokens, step_size=20.0, start_at=0.0, end_at=0.5,
+                                                       thresholds="", max_refine_iters=0, smoothing=True,
+                                                       end_tokens="auto")
     both = storm(nodes, analysis, guidance=ae)
     record = sample(tm.model, both, pos, neg, nodes, seed=0, steps=6, hw=16)
     assert set(record.log[1]["terms_before"]) == {"attend_excite", "storm"}
@@ -98,7 +101,8 @@ def test_bad_relations_name_the_words(nodes, analysed, tiny, text, relations, ne
     if relations:  # the override is parsed by the analysis node
         with pytest.raises(Exception, match=r"STORM Prompt Analysis: input 'relations':.*" + needle):
             with torch.inference_mode():
-                nodes["STORM_PromptAnalysis"]().analyze(tiny("sd15").clip, text, "auto", relations=relations)
+                nodes["STORM_PromptAnalysis"]().analyze(clip=tiny("sd15").clip, text=text, parser="auto",
+                                                        relations=relations)
         return
     analysis = analysed("sd15", text)[1]
     with pytest.raises(Exception, match=r"STORM Spatial Transport: input 'analysis':.*" + needle):

@@ -11,7 +11,7 @@ ARCHS = ["sd15", "sdxl"]
 
 def run_tokens(nodes, clip, text, subjects):
     with torch.inference_mode():
-        return nodes["STORM_SubjectTokens"]().run(clip, text, subjects)
+        return nodes["STORM_SubjectTokens"]().run(clip=clip, text=text, subjects=subjects)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -92,11 +92,13 @@ def test_analysis_text_and_heatmap_labels_show_plain_words(nodes, tiny, encode, 
     tm = tiny(arch)
     with torch.inference_mode():
         analysis, tokens, cond, text = node_output(nodes["STORM_PromptAnalysis"]().analyze(
-            tm.clip, "a red crown and a golden strawberry", "rules"))
+            clip=tm.clip, text="a red crown and a golden strawberry", parser="rules"))
         assert "crown [3]" in text and "strawberry [7]" in text and "</w>" not in text
-        model, attention = nodes["STORM_AttentionRecorder"]().patch(tm.model, "1/32 res: down+up (A&E)")
+        model, attention = nodes["STORM_AttentionRecorder"]().patch(model=tm.model,
+                                                                    attention_layers="1/32 res: down+up (A&E)")
         latent = {"samples": comfy.sample.sample(model, torch.randn(1, 4, 16, 16), 1, 7.5, "euler", "normal", cond,
                                                  encode(tm.clip, ""), torch.zeros(1, 4, 16, 16), disable_pbar=True,
                                                  seed=0)}
-        out = nodes["STORM_AttentionHeatmap"]().render(attention, latent, tokens, "all words", "attention")
+        out = nodes["STORM_AttentionHeatmap"]().render(attention=attention, latent=latent, tokens=tokens,
+                                                       show="all words", view="attention")
     assert node_ui(out)["storm_labels"] == ["a", "red", "crown", "and", "a", "golden", "strawberry"]

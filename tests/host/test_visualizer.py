@@ -14,8 +14,11 @@ LAYERS = "1/32 res: down+up (A&E)"
 def prompt(nodes, tiny, encode):
     tm = tiny("sd15")
     with torch.inference_mode():
-        tokens, cond, _ = node_output(nodes["STORM_SubjectTokens"]().run(tm.clip, "a cat and a dog", "cat, dog"))
-        (guidance,) = nodes["STORM_AttendAndExcite"]().build(tokens, 20.0, 0.0, 0.5, "0:0.05", 2, True, "auto")
+        tokens, cond, _ = node_output(nodes["STORM_SubjectTokens"]().run(clip=tm.clip, text="a cat and a dog",
+                                                                         subjects="cat, dog"))
+        (guidance,) = nodes["STORM_AttendAndExcite"]().build(tokens=tokens, step_size=20.0, start_at=0.0, end_at=0.5,
+                                                             thresholds="0:0.05", max_refine_iters=2, smoothing=True,
+                                                             end_tokens="auto")
     return tm, tokens, cond, encode(tm.clip, ""), guidance
 
 
@@ -30,14 +33,16 @@ def run_custom(model, sampler, pos, neg, seed, steps=4, hw=(16, 24)):
 
 def render(nodes, attention, latent, tokens, **kw):
     with torch.inference_mode():
-        return nodes["STORM_AttentionHeatmap"]().render(attention, latent, tokens, kw.pop("show", "subjects"),
-                                                         kw.pop("view", "attention"), **kw)
+        return nodes["STORM_AttentionHeatmap"]().render(attention=attention, latent=latent, tokens=tokens,
+                                                        show=kw.pop("show", "subjects"),
+                                                        view=kw.pop("view", "attention"), **kw)
 
 
 def test_outputs_grid_overlay_mask_and_log(nodes, prompt):
     tm, tokens, pos, neg, guidance = prompt
     with torch.inference_mode():
-        sampler, attention = nodes["STORM_GuidedSampler"]().build(guidance, "euler", LAYERS)
+        sampler, attention = nodes["STORM_GuidedSampler"]().build(guidance=guidance, sampler_name="euler",
+                                                                  attention_layers=LAYERS)
     latent = run_custom(tm.model, sampler, pos, neg, seed=1)
     image = torch.rand(1, 128, 192, 3)
     out = render(nodes, attention, latent, tokens, image=image)
@@ -57,7 +62,8 @@ def test_outputs_grid_overlay_mask_and_log(nodes, prompt):
 def test_each_latent_shows_the_maps_of_its_own_run(nodes, prompt):
     tm, tokens, pos, neg, guidance = prompt
     with torch.inference_mode():
-        sampler, attention = nodes["STORM_GuidedSampler"]().build(guidance, "euler", LAYERS)
+        sampler, attention = nodes["STORM_GuidedSampler"]().build(guidance=guidance, sampler_name="euler",
+                                                                  attention_layers=LAYERS)
     first = run_custom(tm.model, sampler, pos, neg, seed=1)
     second = run_custom(tm.model, sampler, pos, neg, seed=2)  # re-queued with a new seed
     masks_first = node_output(render(nodes, attention, first, tokens))[2]
@@ -65,7 +71,8 @@ def test_each_latent_shows_the_maps_of_its_own_run(nodes, prompt):
     assert not torch.allclose(masks_first, masks_second)
     # the same as a fresh sampler that only ever ran seed 2: no mixing of runs
     with torch.inference_mode():
-        fresh_sampler, fresh = nodes["STORM_GuidedSampler"]().build(guidance, "euler", LAYERS)
+        fresh_sampler, fresh = nodes["STORM_GuidedSampler"]().build(guidance=guidance, sampler_name="euler",
+                                                                    attention_layers=LAYERS)
     fresh_latent = run_custom(tm.model, fresh_sampler, pos, neg, seed=2)
     assert torch.equal(fresh_latent["samples"], second["samples"])
     assert torch.equal(node_output(render(nodes, fresh, fresh_latent, tokens))[2], masks_second)
@@ -80,7 +87,7 @@ def test_each_latent_shows_the_maps_of_its_own_run(nodes, prompt):
 def test_recorder_with_the_core_ksampler_path(nodes, prompt):
     tm, tokens, pos, neg, _ = prompt
     with torch.inference_mode():
-        model, attention = nodes["STORM_AttentionRecorder"]().patch(tm.model, LAYERS)
+        model, attention = nodes["STORM_AttentionRecorder"]().patch(model=tm.model, attention_layers=LAYERS)
         noise = comfy.sample.prepare_noise(torch.zeros(1, 4, 16, 16), 4)
         samples = comfy.sample.sample(model, noise, 4, 7.5, "dpmpp_2m", "karras", pos, neg,
                                       torch.zeros(1, 4, 16, 16), seed=4, disable_pbar=True)
@@ -91,7 +98,8 @@ def test_recorder_with_the_core_ksampler_path(nodes, prompt):
 def test_bad_batch_index_names_the_input(nodes, prompt):
     tm, tokens, pos, neg, guidance = prompt
     with torch.inference_mode():
-        sampler, attention = nodes["STORM_GuidedSampler"]().build(guidance, "euler", LAYERS)
+        sampler, attention = nodes["STORM_GuidedSampler"]().build(guidance=guidance, sampler_name="euler",
+                                                                  attention_layers=LAYERS)
     latent = run_custom(tm.model, sampler, pos, neg, seed=1)
     with pytest.raises(Exception, match="STORM Attention Heatmap: input 'batch_index'"):
         render(nodes, attention, latent, tokens, batch_index=3)
