@@ -132,7 +132,7 @@ def test_every_sampling_call_is_its_own_run_even_when_it_starts_where_the_last_s
     tm = tiny("sd15")
     cond, neg = encode(tm.clip, "a cat"), encode(tm.clip, "")
     with torch.inference_mode():
-        patched, history = nodes["STORM_AttentionRecorder"]().patch(tm.model, "1/32 res: down+up (A&E)")
+        patched, history = nodes["STORM_AttentionRecorder"]().patch(model=tm.model, attention_layers="1/32 res: down+up (A&E)")
     latent = torch.zeros(1, 4, 32, 32)
     noise = comfy.sample.prepare_noise(latent, 0)
     with torch.inference_mode():  # an interrupted first run: one step at the highest sigma

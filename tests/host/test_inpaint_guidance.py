@@ -48,15 +48,20 @@ def test_guided_inpainting_changes_only_the_masked_region(nodes, tiny, encode, a
 def test_a_guided_inpainting_latent_names_its_run_and_the_heatmap_shows_it(pack, nodes, tiny):
     tm = tiny("sd15")
     with torch.inference_mode():
-        tokens, pos, _ = node_output(nodes["STORM_SubjectTokens"]().run(tm.clip, "a cat and a dog", "cat, dog"))
-        neg = node_output(nodes["STORM_SubjectTokens"]().run(tm.clip, "blurry", "blurry"))[1]
-        (guided,) = nodes["STORM_AttendAndExcite"]().build(tokens, 200.0, 0.0, 1.0, "", 0, True, "auto")
+        tokens, pos, _ = node_output(nodes["STORM_SubjectTokens"]().run(clip=tm.clip, text="a cat and a dog",
+                                                                        subjects="cat, dog"))
+        neg = node_output(nodes["STORM_SubjectTokens"]().run(clip=tm.clip, text="blurry", subjects="blurry"))[1]
+        (guided,) = nodes["STORM_AttendAndExcite"]().build(tokens=tokens, step_size=200.0, start_at=0.0, end_at=1.0,
+                                                           thresholds="", max_refine_iters=0, smoothing=True,
+                                                           end_tokens="auto")
         mask = torch.zeros(1, 1, HW[0] * 8, HW[1] * 8)
         mask[..., :, : HW[1] * 4] = 1.0
         latent = {"samples": torch.randn(1, 4, *HW, generator=torch.Generator().manual_seed(5)), "noise_mask": mask}
         out, attention = node_output(nodes["STORM_GuidedKSampler"]().sample(
-            tm.model, guided, 0, 4, 7.5, "euler", "normal", pos, neg, latent, 1.0, LAYERS))
+            model=tm.model, guidance=guided, seed=0, steps=4, cfg=7.5, sampler_name="euler", scheduler="normal",
+            positive=pos, negative=neg, latent_image=latent, denoise=1.0, attention_layers=LAYERS))
     tag = pack.nodes.attention_capture.latent_run(out)
     assert tag is not None and tag.run_id == attention.latest().run_id
-    masks = node_output(nodes["STORM_AttentionHeatmap"]().render(attention, out, tokens, "subjects", "attention"))[2]
+    masks = node_output(nodes["STORM_AttentionHeatmap"]().render(attention=attention, latent=out, tokens=tokens,
+                                                                     show="subjects", view="attention"))[2]
     assert masks.shape == (2, HW[0] * 8, HW[1] * 8) and torch.isfinite(masks).all()
