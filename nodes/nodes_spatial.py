@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from ..storm_ops.errors import StormError
-from ..storm_ops.guidance import StepSize, StepWindow, parse_thresholds
+from ..storm_ops.guidance import DEFAULT_WEIGHT, StepSize, StepWindow, parse_thresholds
 from ..storm_ops.losses import transport_core
 from ..storm_ops.losses.transport import MODES, transport_term
 from ..storm_ops.losses.transport_core import TransportConfig
 from ..storm_ops.relations import validate_relations
+from ..storm_ops.token_layout import AUTO
 from .errors import node_errors
 from .nodes_binding import subject_masks
 from .nodes_guidance import (
@@ -93,14 +94,15 @@ class SpatialTransport(LossNode):
     @node_errors(NODE_NAME)
     @in_declared_range
     def build(self, analysis, mode, step_size, start_at, end_at, thresholds, max_refine_iters, guidance=None,
-              weight=1.0, step_decay=0.5, masks=None, mask_subjects="", end_tokens="auto"):
+              weight=DEFAULT_WEIGHT, step_decay=transport_core.DEFAULT_STEP_SIZE.end_factor, masks=None,
+              mask_subjects="", end_tokens=AUTO):
         relations = relations_of(analysis)
         objects = tuple(dict.fromkeys(e for r in relations for e in (r.subject, r.object)))
         targets = subject_masks(objects, masks, mask_subjects)
         target_masks = {obj.name: m for obj, m in zip(objects, targets or (), strict=False) if m is not None}
         term = transport_term(mode, analysis.layout, relations, TransportConfig(end_token_convention=end_tokens),
-                          bindings=analysis.bindings, target_masks=target_masks or None,
-                          window=StepWindow(float(start_at), float(end_at)),
-                          step_size=StepSize(float(step_size), float(step_decay)), weight=float(weight),
-                          thresholds=parse_thresholds(thresholds), max_refine_iters=int(max_refine_iters))
+                              bindings=analysis.bindings, target_masks=target_masks or None,
+                              window=StepWindow(float(start_at), float(end_at)),
+                              step_size=StepSize(float(step_size), float(step_decay)), weight=float(weight),
+                              thresholds=parse_thresholds(thresholds), max_refine_iters=int(max_refine_iters))
         return (chain(guidance, term, analysis.layout, self.NODE_NAME),)

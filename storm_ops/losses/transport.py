@@ -22,7 +22,7 @@ MODES = tuple(TRANSPORT_TERMS)
 
 
 def transport_term(mode: str, layout: TokenLayout, relations: tuple[SpatialRelation, ...],
-               config: TransportConfig = TransportConfig(), **kwargs) -> TransportTerm:
+                   config: TransportConfig = TransportConfig(), **kwargs) -> TransportTerm:
     """The STORM term of ``mode``: ``TRANSPORT_TERMS[mode](layout, relations, config, **kwargs)``.
 
     Raises

@@ -167,8 +167,8 @@ def side_score(p: torch.Tensor, partner: torch.Tensor, relation: str) -> torch.T
 
 # --------------------------------------------------------------------------- paper loss
 def transport_paper_loss(sub: torch.Tensor, obj: torch.Tensor, relation: str, config: TransportConfig = TransportConfig(),
-                     *, weight: float = 1.0, sub_target: torch.Tensor | None = None,
-                     obj_target: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                         *, weight: float = 1.0, sub_target: torch.Tensor | None = None,
+                         obj_target: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """The paper-mode spatial loss of one relation "sub <relation> obj".
 
     ``L = weight * (OT_eps(p_S, q_S) + OT_eps(p_O, q_O) + lambda * overlap)`` with the targets
@@ -285,8 +285,8 @@ class TransportPaperTerm(TransportTerm):
         for rel in self.relations:
             sub, obj = self._pair_maps(ents, rel)
             loss, info = transport_paper_loss(sub, obj, rel.relation, self.config, weight=weight,
-                                          sub_target=masks.get(rel.subject.positions),
-                                          obj_target=masks.get(rel.object.positions))
+                                              sub_target=masks.get(rel.subject.positions),
+                                              obj_target=masks.get(rel.object.positions))
             spatial = spatial + loss
             positional = positional + info["positional"]
             overlap = overlap + info["overlap"]

@@ -227,8 +227,8 @@ def reference_adjective_loss(noun: torch.Tensor, adjective: torch.Tensor) -> tor
 
 
 def transport_reference_loss(sub: torch.Tensor, obj: torch.Tensor, relation: str, step: int, *,
-                         k: float = 0.4, w_max: float = 100.0,
-                         targets: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict]:
+                             k: float = 0.4, w_max: float = 100.0,
+                             targets: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict]:
     """The released spatial loss ``loss_S + loss_O`` of one subject/object pair.
 
     Parameters
@@ -308,7 +308,7 @@ class TransportReferenceTerm(TransportTerm):
         for rel in self.relations:
             sub, obj = self._pair_maps(ents, rel)
             loss, info = transport_reference_loss(sub, obj, rel.relation, step, k=cfg.time_weight_k,
-                                              w_max=cfg.time_weight_max)
+                                                  w_max=cfg.time_weight_max)
             spatial = spatial + loss
             axis = 0 if BRANCH[rel.relation] == "horizontal" else 1
             coords.append(info["coordinate"][:, axis])
