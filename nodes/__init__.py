@@ -4,7 +4,7 @@ Node ids are permanent (``STORM_*``); display names may change.
 """
 
 from .nodes_aid import AttentionInterpolation, SelectFrame
-from .nodes_attention import AttentionHeatmap, AttentionRecorder
+from .nodes_attention import AttentionHeatmap, AttentionRecorder, SaveAttention
 from .nodes_binding import AStar, SynGen
 from .nodes_guidance import AttendAndExcite
 from .nodes_prompt import PromptAnalysisNode, SubjectTokens
@@ -22,6 +22,7 @@ _NODES = {
     "STORM_GuidedKSampler": GuidedKSampler,
     "STORM_AttentionRecorder": AttentionRecorder,
     "STORM_AttentionHeatmap": AttentionHeatmap,
+    "STORM_SaveAttention": SaveAttention,
     "STORM_AttentionInterpolation": AttentionInterpolation,
     "STORM_SelectFrame": SelectFrame,
 }

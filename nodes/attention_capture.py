@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange, reduce
 
 from ..storm_ops.attention import AttentionAccumulator, fold_token_tiling
 from ..storm_ops.errors import StormError
@@ -53,10 +54,9 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tenso
     -------
     Tensor, shape (B, Hd, N, T)
     """
-    b, n, inner = q.shape
-    d = inner // heads
-    qh = q.float().reshape(b, n, heads, d).transpose(1, 2)
-    kh = k.float().reshape(b, k.shape[1], heads, d).transpose(1, 2)
+    qh = rearrange(q.float(), "b n (h d) -> b h n d", h=heads)
+    kh = rearrange(k.float(), "b t (h d) -> b h t d", h=heads)
+    d = qh.shape[-1]
     return torch.softmax((qh @ kh.transpose(-1, -2)) * d ** -0.5, dim=-1)
 
 
@@ -249,7 +249,7 @@ class MapRecorder:
             q, k = q.detach(), k.detach()
         probs = attention_probs(q, k, extra_options["n_heads"])
         if len(rows) > chunk:  # several positive chunks in one call: average them
-            probs = probs.reshape(len(rows) // chunk, chunk, *probs.shape[1:]).mean(0)
+            probs = reduce(probs, "(c b) h n t -> b h n t", "mean", b=chunk)
         if self.n_tokens is not None:
             probs = fold_token_tiling(probs, self.n_tokens)
         self._acc.add(probs, self._map_size(key, probs.shape[2], extra_options))

@@ -3,12 +3,14 @@ Attention Heatmap (shows the maps of the run that produced a latent)."""
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 
 import numpy as np
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from ..storm_ops.attention import normalize_maps, select_token_maps
 from ..storm_ops.errors import StormError
@@ -21,6 +23,9 @@ from .compat import folder_paths, wrap_sampling_calls
 from .errors import node_error_context, node_errors
 from .heatmap_render import RUNS, SHOW, VIEWS, colorize, format_log, labelled_grid, upsample
 from .nodes_sampling import ATTENTION_OUTPUT_TOOLTIP, LAYERS_INPUT
+
+#: the ``format`` metadata of files written by STORM Save Attention
+ATTENTION_FILE_FORMAT = "comfyui-storm.attention/1"
 
 
 class AttentionRecorder:
@@ -187,3 +192,58 @@ class AttentionHeatmap:
         array = (grid[0].cpu().numpy() * 255).round().astype(np.uint8)
         Image.fromarray(array).save(os.path.join(directory, name))
         return {"filename": name, "subfolder": "", "type": "temp"}
+
+
+class SaveAttention:
+    """Saves the recorded cross-attention maps of a run as a safetensors file, for analysis outside ComfyUI."""
+
+    NODE_NAME = "STORM Save Attention"
+    DESCRIPTION = (
+        "Writes the cross-attention maps of the sampling run that produced the connected latent to the output "
+        "folder as .safetensors: 'maps' (steps, batch, tokens, h, w; float16, averaged over the recorded layers and "
+        "heads), 'sigmas', the run's final latent and prompt encoding, and as metadata the run's settings, guidance "
+        "log and (with tokens connected) the text of every token column. Read it with safetensors' safe_open.")
+    CATEGORY = "STORM/attention"
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("path",)
+    OUTPUT_TOOLTIPS = ("The written file, relative to the output folder.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "attention": ("STORM_ATTENTION", {"tooltip": "From STORM Guided Sampler / Guided KSampler / Attention Recorder."}),
+            "latent": ("LATENT", {"tooltip": "The latent produced by that sampler: selects the run to save."}),
+            "filename_prefix": ("STRING", {"default": "storm/attention",
+                                           "tooltip": "File name prefix in the output folder (sub-folders allowed)."}),
+        }, "optional": {
+            "tokens": ("STORM_TOKENS", {"tooltip": "The prompt's tokens: stores the text of each token column and the "
+                                                   "subjects' columns in the metadata."}),
+            "run": (list(RUNS), {"default": "matching latent", "tooltip": "As in STORM Attention Heatmap."}),
+        }}
+
+    @node_errors(NODE_NAME)
+    def save(self, attention, latent, filename_prefix, tokens=None, run="matching latent"):
+        record = AttentionHeatmap._find_run(attention, latent, run)
+        if not record.step_maps:
+            raise StormError("this sampling run recorded no attention maps", input_name="attention")
+        tensors = {"maps": torch.stack([m for _, m in record.step_maps]).contiguous(),
+                   "sigmas": torch.tensor([s for s, _ in record.step_maps], dtype=torch.float32)}
+        if record.final_latent is not None:
+            tensors["final_latent"] = record.final_latent.float().contiguous()
+        if record.prompt_encoding is not None:
+            tensors["prompt_encoding"] = record.prompt_encoding.float().contiguous()
+        metadata = {"format": ATTENTION_FILE_FORMAT, "run_id": record.run_id, "info": json.dumps(record.info),
+                    "log": json.dumps(record.log)}
+        if tokens is not None:
+            metadata["tokens"] = json.dumps([p.text for p in tokens.layout.pieces])
+            metadata["subjects"] = json.dumps({s.name: list(s.positions) for s in tokens.subjects})
+        paths = folder_paths()
+        output_dir = paths.get_output_directory()
+        folder, filename, counter, subfolder, _ = paths.get_save_image_path(filename_prefix, output_dir)
+        os.makedirs(folder, exist_ok=True)
+        name = f"{filename}_{counter:05}_.safetensors"
+        save_file(tensors, os.path.join(folder, name), metadata=metadata)
+        relative = os.path.join(subfolder, name)
+        return {"ui": {"storm_text": [f"saved {relative}"]}, "result": (relative,)}

@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 from .errors import ShapeError, StormError
 
@@ -294,21 +295,20 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, k_
 
 def _split_heads(x: torch.Tensor, heads: int, batch: int) -> torch.Tensor:
     """(B or 1, N, Hd * d) -> float32 (B, Hd, N, d); the cast happens before any broadcast."""
-    b, n, c = x.shape
-    return x.float().reshape(b, n, heads, c // heads).transpose(1, 2).expand(batch, -1, -1, -1)
+    return rearrange(x.float(), "b n (h d) -> b h n d", h=heads).expand(batch, -1, -1, -1)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
             attn_fn: AttentionFn | None) -> torch.Tensor:
     """Softmax attention, float32 result ``(B, Nq, Hd * dv)``; ``k, v`` may have batch 1."""
-    batch, n_q = q.shape[:2]
+    batch = q.shape[0]
     if attn_fn is not None:
         k, v = (x.to(q.dtype).expand(batch, -1, -1).contiguous() for x in (k, v))
         return attn_fn(q, k, v, heads).float()
     out = F.scaled_dot_product_attention(
         _split_heads(q, heads, batch), _split_heads(k, heads, batch), _split_heads(v, heads, batch)
     )  # shape: (B, Hd, Nq, dv); default scale 1/sqrt(d)
-    return out.transpose(1, 2).reshape(batch, n_q, -1)
+    return rearrange(out, "b h n d -> b n (h d)")
 
 
 def _interpolate(q, k_a, v_a, k_b, v_b, coef, heads, mode, k_self, v_self, attn_fn, max_repeat) -> torch.Tensor:

@@ -7,6 +7,7 @@ and layers into ``(B, T, h, w)`` maps: for every pixel the ``T`` values still su
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 
 from .errors import ShapeError, StormError
 from .shapes import check_ndim
@@ -85,7 +86,7 @@ class AttentionAccumulator:
             raise StormError("no attention maps were recorded")
         h, w = self._hw
         avg = self._sum / self._count  # shape: (B, N, T)
-        return avg.transpose(1, 2).reshape(avg.shape[0], avg.shape[2], h, w)
+        return rearrange(avg, "b (h w) t -> b t h w", h=h, w=w)
 
 
 def token_softmax(maps: torch.Tensor, keep: torch.Tensor, temperature: float = 100.0) -> torch.Tensor:

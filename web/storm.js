@@ -8,6 +8,7 @@ const TEXT_OUTPUTS = {
   STORM_PromptAnalysis: "storm_text",
   STORM_AttentionInterpolation: "storm_text",
   STORM_SelectFrame: "storm_text",
+  STORM_SaveAttention: "storm_text",
   STORM_AttentionHeatmap: "storm_log",
 };
 const DISPLAY = "storm_display";

@@ -1,11 +1,14 @@
 """Layer selection by UNet level and attn2 recording patches on the real UNets."""
 
 import importlib.util
+import json
 
 import comfy.sample
 import comfy.samplers
 import pytest
 import torch
+
+from harness.nodeutil import node_output
 
 
 def sample(model, cond, neg, latent, steps=3, sampler="euler", seed=0):
@@ -141,3 +144,35 @@ def test_every_sampling_call_is_its_own_run_even_when_it_starts_where_the_last_s
     full = sample(patched, cond, neg, latent, steps=6)  # starts at that same sigma
     assert [len(r.step_maps) for r in history.runs] == [1, 6]
     assert history.find({"samples": full}) is history.runs[1]
+
+
+def test_save_attention_writes_the_run_as_safetensors(pack, nodes, tiny, encode, tmp_path):
+    from safetensors import safe_open
+
+    tm = tiny("sd15")
+    with torch.inference_mode():
+        tokens, cond, _ = node_output(nodes["STORM_SubjectTokens"]().run(clip=tm.clip, text="a cat and a dog",
+                                                                         subjects="cat, dog"))
+        patched, history = nodes["STORM_AttentionRecorder"]().patch(model=tm.model,
+                                                                    attention_layers="1/32 res: down+up (A&E)")
+    samples = sample(patched, cond, encode(tm.clip, ""), torch.zeros(1, 4, 32, 32), steps=3)
+    paths = pack.nodes.compat.folder_paths()
+    previous = paths.get_output_directory()
+    paths.set_output_directory(str(tmp_path))
+    try:
+        relative = node_output(nodes["STORM_SaveAttention"]().save(
+            attention=history, latent={"samples": samples}, filename_prefix="storm/maps", tokens=tokens))[0]
+    finally:
+        paths.set_output_directory(previous)
+    record = history.latest()
+    with safe_open(str(tmp_path / relative), framework="pt") as f:
+        meta = f.metadata()
+        maps, sigmas = f.get_tensor("maps"), f.get_tensor("sigmas")
+        final = f.get_tensor("final_latent")
+    assert maps.shape == (3, 1, 77, 8, 8) and maps.dtype == torch.float16
+    assert torch.equal(maps[1], record.step_maps[1][1])
+    assert sigmas.tolist() == pytest.approx([s for s, _ in record.step_maps])
+    assert torch.equal(final, record.final_latent)
+    assert meta["format"] == pack.nodes.nodes_attention.ATTENTION_FILE_FORMAT and meta["run_id"] == record.run_id
+    assert json.loads(meta["tokens"])[2] == "cat" and json.loads(meta["subjects"]) == {"cat": [2], "dog": [5]}
+    assert json.loads(meta["info"])["node"] == "STORM Attention Recorder"
