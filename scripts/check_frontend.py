@@ -76,26 +76,16 @@ def get_json(url: str, data: dict | None = None) -> dict:
         return json.loads(reply.read() or b"{}")
 
 
-#: per node type: widget values replaced so a run takes seconds on CPU (as tests/workflows' CI_PROFILE)
-TINY_PROFILE = {
-    "EmptyLatentImage": {"width": 128, "height": 128},
-    "STORM_GuidedKSampler": {"steps": 8},
-    "STORM_AttentionInterpolation": {"steps": 6},
-    "KSampler": {"steps": 8},
-    "BasicScheduler": {"steps": 8},
-}
-
-
 def tiny_version(workflow: dict, node_defs: dict) -> dict:
-    """The workflow with the tiny loader and ``TINY_PROFILE``, widgets found by name, not position."""
-    from harness.workflows import TINY_LOADER, widget_slots
+    """The workflow with the tiny loader and ``CPU_PROFILE``, widgets found by name, not position."""
+    from harness.workflows import CPU_PROFILE, TINY_LOADER, widget_slots
 
     wf = json.loads(json.dumps(workflow))
     for node in wf["nodes"]:
         if node["type"] == "CheckpointLoaderSimple":
             node["type"] = TINY_LOADER
         slots = widget_slots(node_defs.get(node["type"], {}))
-        for name, value in TINY_PROFILE.get(node["type"], {}).items():
+        for name, value in CPU_PROFILE.get(node["type"], {}).items():
             node["widgets_values"][slots.index(name)] = value
     return wf
 

@@ -60,6 +60,16 @@ PACK_FOLDER = "ComfyUI-STORM"
 TINY_NODES_FOLDER = "storm_test_tiny_nodes"
 TINY_LOADER = "STORMTest_TinyCheckpointLoader"
 
+#: per node type: widget values replaced so an example runs in seconds on CPU with the tiny models
+#: (image size and step count only; every other value is the workflow's own)
+CPU_PROFILE = {
+    "EmptyLatentImage": {"width": 128, "height": 128},
+    "STORM_GuidedKSampler": {"steps": 8},
+    "STORM_AttentionInterpolation": {"steps": 6},
+    "KSampler": {"steps": 8},
+    "BasicScheduler": {"steps": 8},
+}
+
 #: ``client_id`` the runner uses so that the executor sends per-node events to the stub server.
 CLIENT_ID = "storm-test-harness"
 

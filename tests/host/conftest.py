@@ -86,3 +86,23 @@ def encode(host):
             return tiny_conditioning(clip, text)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def cat_and_dog(nodes, tiny, encode):
+    """``cat_and_dog(negative="", **ae)`` -> ``(tiny sd15, tokens, positive, negative, A&E guidance)`` for the
+    prompt "a cat and a dog" with subjects cat and dog; ``ae`` overrides the A&E widgets (step 20 until 0.5,
+    no refinement by default)."""
+    from harness.nodeutil import node_output
+
+    def make(negative: str = "", **ae):
+        tm = tiny("sd15")
+        settings = dict(step_size=20.0, start_at=0.0, end_at=0.5, thresholds="", max_refine_iters=0, smoothing=True,
+                        end_tokens="auto") | ae
+        with torch.inference_mode():
+            tokens, cond, _ = node_output(nodes["STORM_SubjectTokens"]().run(clip=tm.clip, text="a cat and a dog",
+                                                                             subjects="cat, dog"))
+            (guidance,) = nodes["STORM_AttendAndExcite"]().build(tokens=tokens, **settings)
+        return tm, tokens, cond, encode(tm.clip, negative), guidance
+
+    return make

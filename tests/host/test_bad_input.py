@@ -16,15 +16,8 @@ NO_CROSS_ATTENTION = {"transformer_depth": [0] * 8, "transformer_depth_output": 
 
 
 @pytest.fixture(scope="module")
-def prompt(nodes, tiny, encode):
-    tm = tiny("sd15")
-    with torch.inference_mode():
-        tokens, cond, _ = node_output(nodes["STORM_SubjectTokens"]().run(clip=tm.clip, text="a cat and a dog",
-                                                                         subjects="cat, dog"))
-        (guidance,) = nodes["STORM_AttendAndExcite"]().build(tokens=tokens, step_size=20.0, start_at=0.0, end_at=0.5,
-                                                             thresholds="", max_refine_iters=0, smoothing=True,
-                                                             end_tokens="auto")
-    return tm, tokens, cond, encode(tm.clip, ""), guidance
+def prompt(cat_and_dog):
+    return cat_and_dog()
 
 
 def ksample(nodes, model, guidance, pos, neg, hw=(16, 16)):

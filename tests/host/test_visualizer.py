@@ -11,15 +11,8 @@ LAYERS = "1/32 res: down+up (A&E)"
 
 
 @pytest.fixture(scope="module")
-def prompt(nodes, tiny, encode):
-    tm = tiny("sd15")
-    with torch.inference_mode():
-        tokens, cond, _ = node_output(nodes["STORM_SubjectTokens"]().run(clip=tm.clip, text="a cat and a dog",
-                                                                         subjects="cat, dog"))
-        (guidance,) = nodes["STORM_AttendAndExcite"]().build(tokens=tokens, step_size=20.0, start_at=0.0, end_at=0.5,
-                                                             thresholds="0:0.05", max_refine_iters=2, smoothing=True,
-                                                             end_tokens="auto")
-    return tm, tokens, cond, encode(tm.clip, ""), guidance
+def prompt(cat_and_dog):
+    return cat_and_dog(thresholds="0:0.05", max_refine_iters=2)
 
 
 def run_custom(model, sampler, pos, neg, seed, steps=4, hw=(16, 24)):

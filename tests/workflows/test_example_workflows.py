@@ -1,6 +1,6 @@
 """Each example workflow, as the frontend would submit it, runs through ComfyUI's executor.
 
-For CPU CI the image size and step count are reduced (``CI_PROFILE``); every other widget value
+For CPU CI the image size and step count are reduced (``CPU_PROFILE``); every other widget value
 is the workflow's own. The tiny checkpoint substitutes for ``CheckpointLoaderSimple``.
 """
 
@@ -12,23 +12,14 @@ import pytest
 from PIL import Image
 
 from harness.host import REPO_ROOT
-from harness.workflows import load_ui_workflow, substitute_checkpoints, ui_to_api
+from harness.workflows import CPU_PROFILE, load_ui_workflow, substitute_checkpoints, ui_to_api
 
 WORKFLOWS = sorted((REPO_ROOT / "example_workflows").glob("*.json"))
 #: per class_type: inputs overridden so a run takes seconds on 2 CPU cores
-CI_PROFILE = {
-    "EmptyLatentImage": {"width": 128, "height": 128},
-    "STORM_GuidedKSampler": {"steps": 8},
-    "STORM_AttentionInterpolation": {"steps": 6},
-    "KSampler": {"steps": 8},
-    "BasicScheduler": {"steps": 8},
-}
-
-
 def ci_prompt(path: Path, runner) -> dict:
     prompt = substitute_checkpoints(ui_to_api(load_ui_workflow(path), runner.node_defs()))
     for node in prompt.values():
-        node["inputs"].update(CI_PROFILE.get(node["class_type"], {}))
+        node["inputs"].update(CPU_PROFILE.get(node["class_type"], {}))
     return prompt
 
 
