@@ -6,8 +6,8 @@ Pure numpy + scipy.ndimage: no ComfyUI, no pack, no torch. The vocabulary is
 Detection (:func:`detect`), in order:
 
 1. **White balance.** Each channel is scaled so the image's median colour (the background, which
-   covers most of any shape-world image) becomes neutral grey (gains within [2/3, 3/2]); this undoes a
-   global colour cast.
+   covers most of any shape-world image) becomes neutral grey (gains within [2/3, 3/2]; skipped when
+   the median itself is clearly coloured, chroma > :data:`MAX_CAST`); this undoes a global colour cast.
 2. **Colour, by hue.** A generated image's colours come out washed out, tinted and blended, so the
    classifier ignores brightness and how saturated a colour is beyond a floor. After a ``k x k`` box
    filter (k = 3 below 384 px, 5 below 576 px, ...: averages pixel noise away), a pixel is *coloured*
@@ -19,8 +19,10 @@ Detection (:func:`detect`), in order:
 3. **Clean-up, per colour.** The colour's mask is opened with a ``k x k`` square (drops speckle and
    one-pixel fringes) and its holes are filled.
 4. **Objects.** 4-connected components of each cleaned mask; components smaller than
-   :data:`MIN_AREA_FRAC` of the image (a quarter of the smallest object the world draws) or thinner than
-   :data:`MIN_ASPECT` (bounding-box short side / long side: streaks, not shapes) are dropped.
+   :data:`MIN_AREA_FRAC` of the image (a quarter of the smallest object the world draws), thinner than
+   :data:`MIN_ASPECT` (bounding-box short side / long side) or filling less than :data:`MIN_FILL` of
+   their bounding box are dropped: specks, streaks and bent lines are not shapes of this world (the
+   emptiest, a triangle, fills 1/2).
 5. **Shape, by geometry.** ``fill`` = area / bounding-box area (ideal square 1, circle pi/4 = 0.785,
    triangle 1/2) and ``skew`` = |mass-centre height in its box - 1/2| (ideal circle and square 0, upright
    triangle 1/6). A component is a ``triangle`` if ``skew >= 0.05`` or ``fill < 0.65``, else a
@@ -41,10 +43,12 @@ from scipy import ndimage
 
 from .shape_world import COLOURS, PALETTE, PromptSpec
 
+MAX_CAST = 0.25  # white balance corrects a background tint up to this chroma
 CHROMA_MIN = 0.15  # of full scale; palette colours have >= 0.69, the background 0
 HUE_TOL = 40.0  # degrees from the nearest palette hue
 MIN_AREA_FRAC = 0.006  # of the image; the world's smallest object (a small triangle) covers 0.024
 MIN_ASPECT = 0.3  # bounding box short side / long side
+MIN_FILL = 0.3  # area / bounding-box area; the world's shapes fill >= 1/2
 TRIANGLE_SKEW = 0.05  # an upright triangle's mass centre is 1/6 of its box height below the middle
 TRIANGLE_FILL = 0.65  # a triangle fills 1/2 of its box
 SQUARE_FILL = 0.87  # a square fills all of its box, a circle pi/4 = 0.785
@@ -82,12 +86,15 @@ class Detection:
 
 def white_balance(image: np.ndarray) -> np.ndarray:
     """Float RGB in [0, 1] with each channel scaled so the image's median colour (the background, which
-    covers most of any shape-world image) becomes neutral grey; gains are kept within [2/3, 3/2]."""
+    covers most of any shape-world image) becomes neutral grey; gains are kept within [2/3, 3/2], and an
+    image whose median colour has a chroma above :data:`MAX_CAST` is left as it is."""
     rgb = np.asarray(image)[..., :3]
     if rgb.dtype != np.uint8:
         raise ValueError(f"expected a uint8 image, got {rgb.dtype}")
     step = max(1, min(rgb.shape[:2]) // 64)
     bg = np.median(rgb[::step, ::step].reshape(-1, 3), axis=0).astype(np.float32) + 1.0
+    if bg.max() - bg.min() > MAX_CAST * 255:  # the median is a colour, not a tinted grey: leave it
+        return rgb.astype(np.float32) / 255.0
     gains = np.clip(bg.mean() / bg, 2 / 3, 3 / 2) / 255.0
     return np.minimum(rgb * gains.astype(np.float32), 1.0)
 
@@ -159,7 +166,7 @@ def detect(image: np.ndarray, chroma_min: float = CHROMA_MIN, hue_tol: float = H
             part = comp[local] == li
             area = int(part.sum())
             bh, bw = part.shape
-            if area < min_area or min(bh, bw) < MIN_ASPECT * max(bh, bw):
+            if area < min_area or min(bh, bw) < MIN_ASPECT * max(bh, bw) or area < MIN_FILL * bh * bw:
                 continue
             sl = (slice(local[0].start + r0, local[0].stop + r0), slice(local[1].start + c0, local[1].stop + c0))
             ys, xs = rows[sl[0]], cols[sl[1]]
