@@ -13,3 +13,11 @@ def node_output(value: Any) -> tuple:
 def node_ui(value: Any) -> dict:
     """The ``ui`` part of a node call's return value (empty when there is none)."""
     return dict(value.get("ui", {})) if isinstance(value, dict) else {}
+
+
+def call_node(cls: type, **inputs: Any) -> tuple:
+    """Run a node class' FUNCTION with ``inputs`` by name, every other widget at its declared default."""
+    from .workflows import widget_defaults
+
+    values = {**widget_defaults(cls.INPUT_TYPES()), **inputs}
+    return node_output(getattr(cls(), cls.FUNCTION)(**values))

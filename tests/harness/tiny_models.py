@@ -300,6 +300,35 @@ def build_tiny_unet(arch: str, *, unet_overrides: dict[str, Any] | None = None, 
         return _build_unet(spec, seed, dtype)
 
 
+#: checkpoint prefixes of the three modules (the layout of an SD1.5 checkpoint file)
+CHECKPOINT_PREFIXES = {"unet": "model.diffusion_model.", "text": "cond_stage_model.", "vae": "first_stage_model."}
+
+
+def tiny_modules(tiny: TinyModel) -> dict[str, torch.nn.Module]:
+    """The UNet, text encoder and VAE modules of a tiny model, keyed as in :data:`CHECKPOINT_PREFIXES`."""
+    return {"unet": tiny.model.model.diffusion_model, "text": tiny.clip.cond_stage_model,
+            "vae": tiny.vae.first_stage_model}
+
+
+def load_trained(path: str | Path, *, arch: str = "sd15") -> TinyModel:
+    """A tiny model of ``arch`` with the trained weights of ``path`` (written by
+    ``python -m scripts.train_shape_model --export``: fp16 safetensors, SD1.5 checkpoint key layout).
+
+    Every module must match the file exactly (no missing or unexpected keys); values are cast to the
+    dtype the host chose for each module. Works with and without ``torch.inference_mode()``.
+    """
+    from safetensors.torch import load_file
+
+    tiny = build_tiny(arch, seed=0)
+    state = load_file(str(path))
+    with torch.no_grad():
+        for name, module in tiny_modules(tiny).items():
+            prefix = CHECKPOINT_PREFIXES[name]
+            part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            module.load_state_dict(part, strict=True)
+    return tiny
+
+
 def tiny_conditioning(clip: Any, text: str) -> list:
     """Encode ``text`` exactly as the host's ``CLIPTextEncode`` node does.
 

@@ -1,0 +1,248 @@
+"""Does each method fix what it claims, in the image? Plain sampling vs every method on the shape model.
+
+For every prompt of ``harness.shape_world.prompt_sets()`` and every seed, each method samples one
+image on the same noise (STORM Guided KSampler; ``plain`` is the same sampler with no loss), the VAE
+decodes it, and ``harness.shape_eval.judge`` decides, per the prompt's kind:
+
+* ``pair``     success = every requested shape is drawn (``all_present``: object neglect);
+* ``binding``  success = every requested (colour, shape) is drawn (``binding_ok``);
+* ``relation`` success = both objects drawn and the subject on the requested side (``relation_ok``).
+
+Reported per kind and method: the success rate with its 95% Wilson interval, the change against
+``plain`` on the same (prompt, seed) pairs with a 95% paired-bootstrap interval, the time per image
+and the refinement iterations the losses used. Prints a table and writes JSON (and, with
+``--grid``, a before/after picture grid).
+
+    python -m scripts.shape_benchmark --model models/storm_shapes_sd15.safetensors --seeds 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.shape_eval import judge
+from harness.shape_world import prompt_sets
+
+#: which outcome each prompt kind is judged by
+SUCCESS = {"pair": "all_present", "binding": "binding_ok", "relation": "relation_ok"}
+#: methods, and the prompt kinds each applies to (STORM needs a spatial relation)
+METHODS = {
+    "plain": ("pair", "binding", "relation"),
+    "attend_excite": ("pair", "binding", "relation"),
+    "syngen": ("pair", "binding", "relation"),
+    "syngen_entropy": ("pair", "binding", "relation"),
+    "astar": ("pair", "binding", "relation"),
+    "storm_paper": ("relation",),
+    "storm_reference": ("relation",),
+    "attend_excite+storm": ("relation",),
+}
+BOOTSTRAP = 2000
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial rate (Wilson 1927)."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (centre - half, centre + half)
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of ``b - a`` over paired outcomes and its 95% bootstrap interval (resampling the pairs)."""
+    d = b.astype(float) - a.astype(float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(d), size=(BOOTSTRAP, len(d)))
+    means = d[idx].mean(1)
+    return float(d.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def subjects_of(spec) -> str:
+    """The subject words of a prompt: each object's shape, its occurrence when a shape repeats."""
+    seen: dict[str, int] = {}
+    words = []
+    for _, shape in spec.objects:
+        seen[shape] = seen.get(shape, 0) + 1
+        words.append(shape if seen[shape] == 1 else f"{shape}#{seen[shape]}")
+    return ", ".join(words)
+
+
+class Runner:
+    """Samples and judges one (method, prompt, seed batch) at a time on the loaded model."""
+
+    def __init__(self, model_path: str, steps: int, size: int, cfg: float, sampler: str):
+        from harness.host import ensure_host, load_pack
+        from harness.tiny_models import load_trained
+
+        ensure_host()
+        self.pack = load_pack()
+        self.nodes = self.pack.NODE_CLASS_MAPPINGS
+        with torch.inference_mode():
+            self.tiny = load_trained(model_path)
+        self.steps, self.size, self.cfg, self.sampler = steps, size, cfg, sampler
+        from harness.tiny_models import tiny_conditioning
+
+        with torch.inference_mode():
+            self.negative = tiny_conditioning(self.tiny.clip, "")
+
+    def guidance(self, method: str, spec):
+        from harness.nodeutil import call_node
+
+        n, clip = self.nodes, self.tiny.clip
+        tokens, positive, _ = call_node(n["STORM_SubjectTokens"], clip=clip, text=spec.text, subjects=subjects_of(spec))
+        if method == "plain":
+            return self.pack.storm_ops.guidance.Guidance(), positive
+        if method == "attend_excite":
+            return call_node(n["STORM_AttendAndExcite"], tokens=tokens)[0], positive
+        if method == "astar":
+            return call_node(n["STORM_AStar"], tokens=tokens)[0], positive
+        analysis, _, positive, _ = call_node(n["STORM_PromptAnalysis"], clip=clip, text=spec.text, parser="auto")
+        if method == "syngen":
+            return call_node(n["STORM_SynGen"], analysis=analysis)[0], positive
+        if method == "syngen_entropy":
+            return call_node(n["STORM_SynGen"], analysis=analysis, lambda_entropy=0.005)[0], positive
+        if method in ("storm_paper", "storm_reference"):
+            return call_node(n["STORM_SpatialTransport"], analysis=analysis, mode=method.split("_")[1])[0], positive
+        if method == "attend_excite+storm":
+            ae = call_node(n["STORM_AttendAndExcite"], tokens=tokens)[0]
+            return call_node(n["STORM_SpatialTransport"], analysis=analysis, guidance=ae)[0], positive
+        raise ValueError(method)
+
+    def run(self, method: str, spec, seeds: list[int]) -> list[dict]:
+        from harness.nodeutil import call_node
+
+        rows = []
+        with torch.inference_mode():
+            guidance, positive = self.guidance(method, spec)
+            for seed in seeds:
+                latent = {"samples": torch.zeros(1, 4, self.size // 8, self.size // 8)}
+                t0 = time.perf_counter()
+                out, attention = call_node(
+                    self.nodes["STORM_GuidedKSampler"], model=self.tiny.model, guidance=guidance, seed=seed,
+                    steps=self.steps, cfg=self.cfg, sampler_name=self.sampler, scheduler="normal",
+                    positive=positive, negative=self.negative, latent_image=latent, denoise=1.0)
+                image = self.tiny.vae.decode(out["samples"])
+                seconds = time.perf_counter() - t0
+                pixels = (image[0, ..., :3].clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+                verdict = judge(pixels, spec)
+                log = attention.latest().log
+                rows.append({"method": method, "kind": spec.kind, "prompt": spec.text, "seed": seed,
+                             "success": bool(getattr(verdict, SUCCESS[spec.kind])),
+                             "all_present": verdict.all_present, "binding_ok": verdict.binding_ok,
+                             "relation_ok": verdict.relation_ok, "seconds": seconds,
+                             "refine_iters": int(sum(e["refine_iters"] for e in log)),
+                             "guided_steps": len(log), "image": pixels})
+        return rows
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    table = []
+    for kind in SUCCESS:
+        base = {(r["prompt"], r["seed"]): r["success"] for r in rows if r["kind"] == kind and r["method"] == "plain"}
+        for method, kinds in METHODS.items():
+            if kind not in kinds:
+                continue
+            rs = [r for r in rows if r["kind"] == kind and r["method"] == method]
+            if not rs:
+                continue
+            k, n = sum(r["success"] for r in rs), len(rs)
+            lo, hi = wilson(k, n)
+            entry = {"kind": kind, "method": method, "n": n, "rate": k / n, "ci": [lo, hi],
+                     "seconds": float(np.median([r["seconds"] for r in rs])),
+                     "refine_iters": float(np.mean([r["refine_iters"] for r in rs]))}
+            if method != "plain" and base:
+                pairs = [(base[(r["prompt"], r["seed"])], r["success"]) for r in rs if (r["prompt"], r["seed"]) in base]
+                a, b = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+                d, dlo, dhi = paired_difference(a, b)
+                entry["change"], entry["change_ci"] = d, [dlo, dhi]
+            table.append(entry)
+    return table
+
+
+def format_table(table: list[dict]) -> str:
+    lines = [f"{'kind':9} {'method':20} {'n':>5} {'success':>8} {'95% CI':>15} {'vs plain':>9} {'95% CI':>17} "
+             f"{'s/img':>6} {'refine':>6}"]
+    for e in table:
+        change = f"{e['change'] * 100:+8.1f}%" if "change" in e else f"{'':>9}"
+        cci = f"[{e['change_ci'][0] * 100:+5.1f}, {e['change_ci'][1] * 100:+5.1f}]" if "change" in e else ""
+        lines.append(f"{e['kind']:9} {e['method']:20} {e['n']:5d} {e['rate'] * 100:7.1f}% "
+                     f"[{e['ci'][0] * 100:5.1f}, {e['ci'][1] * 100:5.1f}] {change} {cci:>17} "
+                     f"{e['seconds']:6.2f} {e['refine_iters']:6.1f}")
+    return "\n".join(lines)
+
+
+def picture_grid(rows: list[dict], path: Path, methods: list[str], per_kind: int = 2) -> None:
+    """Rows: a few (prompt, seed) of each kind; columns: the methods, same noise."""
+    from PIL import Image, ImageDraw
+
+    keys = []
+    for kind in SUCCESS:
+        ks = list(dict.fromkeys((r["prompt"], r["seed"]) for r in rows if r["kind"] == kind))
+        keys += [(kind, k) for k in ks[:per_kind]]
+    cell = rows[0]["image"].shape[0]
+    label = 14
+    grid = Image.new("RGB", (len(methods) * cell, len(keys) * (cell + label) + label), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for j, m in enumerate(methods):
+        draw.text((j * cell + 2, 1), m[:cell // 6], fill=(0, 0, 0))
+    index = {(r["method"], r["prompt"], r["seed"]): r for r in rows}
+    for i, (_kind, (prompt, seed)) in enumerate(keys):
+        y = label + i * (cell + label)
+        draw.text((2, y + 1), f"{prompt} (seed {seed})"[: len(methods) * cell // 6], fill=(0, 0, 0))
+        for j, m in enumerate(methods):
+            r = index.get((m, prompt, seed))
+            if r is not None:
+                grid.paste(Image.fromarray(r["image"]), (j * cell, y + label))
+                mark = (0, 160, 0) if r["success"] else (200, 0, 0)
+                draw.rectangle([j * cell, y + label, j * cell + cell - 1, y + label + cell - 1], outline=mark)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="models/storm_shapes_sd15.safetensors")
+    parser.add_argument("--seeds", type=int, default=64, help="seeds per prompt")
+    parser.add_argument("--prompts", type=int, default=8, help="prompts per kind (of 8)")
+    parser.add_argument("--kinds", default=",".join(SUCCESS))
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--cfg", type=float, default=5.0)
+    parser.add_argument("--sampler", default="euler")
+    parser.add_argument("--json", default="shape-benchmark.json")
+    parser.add_argument("--grid", help="write a before/after picture grid (PNG) here")
+    args = parser.parse_args(argv)
+    runner = Runner(args.model, args.steps, args.size, args.cfg, args.sampler)
+    kinds = args.kinds.split(",")
+    methods = [m for m in args.methods.split(",") if m]
+    sets = prompt_sets()
+    rows = []
+    t0 = time.perf_counter()
+    for kind in kinds:
+        for spec in sets[kind][: args.prompts]:
+            for method in methods:
+                if kind in METHODS[method]:
+                    rows += runner.run(method, spec, list(range(args.seeds)))
+            print(f"{kind}: {spec.text} done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    table = summarise(rows)
+    print(format_table(table))
+    out = {"settings": vars(args), "table": table,
+           "rows": [{k: v for k, v in r.items() if k != "image"} for r in rows]}
+    Path(args.json).write_text(json.dumps(out, indent=1))
+    if args.grid:
+        picture_grid(rows, Path(args.grid), methods)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""Train the shape-world model: a thin SD1.5-topology VAE, CLIP text encoder and UNet.
+
+The architecture is the host's own (``harness.tiny_models.build_tiny("sd15")``: ComfyUI's
+``AutoencoderKL``, ``SDClipModel`` with the real CLIP tokenizer, and the ``SD15`` UNet with thin
+channels); only the weights are learned, from scenes of ``harness.shape_world``. Two stages:
+
+* ``vae``: the autoencoder on rendered scenes (MSE + L1 + a small KL term, Kingma & Welling 2014);
+  afterwards the latent is rescaled (an exact reparameterisation of ``quant_conv`` /
+  ``post_quant_conv``) so that SD1.5's fixed latent scale 0.18215 gives the UNet unit variance.
+* ``diffusion``: the text encoder and the UNet together, with the VAE frozen: epsilon prediction
+  (Ho et al. 2020, Eq. 14) on ComfyUI's SD1.5 noise schedule, captions dropped 10% of the time so
+  classifier-free guidance has an unconditional model (Ho & Salimans 2022).
+
+Everything is seeded: the scenes and noise of training step ``i`` are drawn from generators seeded
+by ``(seed, stage, i)``, so a resumed run continues exactly where it stopped. State (weights and
+Adam moments) is saved as safetensors every ``--save-every`` steps and at the end; ``--resume``
+continues from it. ``--minutes`` bounds the wall time of a stage; ``--steps`` its length.
+
+    python -m scripts.train_shape_model --stage vae --minutes 12 --work train-run/
+    python -m scripts.train_shape_model --stage diffusion --minutes 40 --work train-run/
+    python -m scripts.train_shape_model --export models/storm_shapes_sd15.safetensors --work train-run/
+
+Runs on the CPU (2 cores suffice) and uses a GPU when one is present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness.host import ensure_host
+from harness.shape_world import render, sample_scene
+
+#: SD1.5's latent scale (``comfy.latent_formats.SD15.scale_factor``): model latent = VAE latent * this
+SD15_LATENT_SCALE = 0.18215
+STAGES = ("vae", "diffusion")
+#: fraction of captions replaced by the empty prompt (the unconditional model of CFG)
+CAPTION_DROPOUT = 0.1
+KL_WEIGHT = 1e-6
+
+
+def _generator(seed: int, stage: str, step: int, device="cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + STAGES.index(stage) * 7_919 + step) % (2 ** 63))
+    return g
+
+
+def scene_batch(seed: int, stage: str, step: int, batch: int, size: int) -> tuple[torch.Tensor, list[str]]:
+    """Rendered scenes of one training step, ``(B, 3, size, size)`` in [-1, 1], and their captions."""
+    rng = np.random.default_rng([seed, STAGES.index(stage), step])
+    scenes = [sample_scene(rng, size=size) for _ in range(batch)]
+    images = np.stack([render(s) for s in scenes]).astype(np.float32) / 127.5 - 1.0
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), [s.caption for s in scenes]
+
+
+# ----------------------------------------------------------------------------- the modules
+class OutOfPlaceResiduals(torch.overrides.TorchFunctionMode):
+    """ComfyUI's transformer blocks add residuals in place (``x += n``, fine for inference); autograd
+    cannot differentiate that when ``x`` was saved for a LayerNorm's backward. While training, an
+    in-place add on a tensor of the autograd graph returns a new tensor instead (``x += n`` rebinds
+    ``x`` to what ``__iadd__`` returns, so the blocks' code is unchanged)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch._C.TensorBase.add_ and args[0].requires_grad:
+            return torch.add(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+class ShapeModel:
+    """The host objects of the tiny SD1.5 architecture and their trainable modules."""
+
+    def __init__(self, seed: int, device: torch.device):
+        from harness.tiny_models import build_tiny, tiny_modules
+
+        tiny = build_tiny("sd15", seed=seed)
+        self.tiny = tiny
+        self.device = device
+        modules = {name: module.float().to(device) for name, module in tiny_modules(tiny).items()}
+        self.vae, self.unet, self.text = modules["vae"], modules["unet"], modules["text"]
+        sigmas = tiny.model.model.model_sampling.sigmas.float()
+        self.alphas_cumprod = (1.0 / (1.0 + sigmas ** 2)).to(device)  # sigma^2 = (1 - a) / a
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"vae": self.vae, "unet": self.unet, "text": self.text}
+
+    # -- vae
+    def vae_moments(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.vae.quant_conv(self.vae.encoder(images))
+        mean, logvar = h.chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)
+
+    def vae_decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decoder(self.vae.post_quant_conv(z))
+
+    # -- text
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        """``(B, 77, 32)``: the captions through the text encoder, tokenised by the host's tokenizer."""
+        ids = []
+        for text in captions:
+            chunk = self.tiny.clip.tokenize(text)["l"][0]
+            ids.append([int(t[0]) for t in chunk])
+        out = self.text.clip_l.encode(ids)
+        return out[0].float()
+
+
+def vae_loss(m: ShapeModel, images: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, dict]:
+    mean, logvar = m.vae_moments(images)
+    z = mean + torch.randn(mean.shape, generator=g, device="cpu").to(mean) * (0.5 * logvar).exp()
+    rec = m.vae_decode(z)
+    mse, l1 = F.mse_loss(rec, images), F.l1_loss(rec, images)
+    mse_value = float(mse.detach())
+    kl = 0.5 * (mean ** 2 + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2, 3)).mean()
+    psnr = 10 * math.log10(4.0 / max(mse_value, 1e-12))  # images span [-1, 1]: peak-to-peak 2
+    return mse + l1 + KL_WEIGHT * kl, {"mse": mse_value, "psnr": psnr, "kl": float(kl.detach())}
+
+
+def diffusion_loss(m: ShapeModel, images: torch.Tensor, captions: list[str], g: torch.Generator
+                   ) -> tuple[torch.Tensor, dict]:
+    with torch.no_grad():
+        mean, _ = m.vae_moments(images)
+        x0 = mean * SD15_LATENT_SCALE
+    b = x0.shape[0]
+    drop = torch.rand(b, generator=g) < CAPTION_DROPOUT
+    captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+    context = m.encode_text(captions)
+    t = torch.randint(0, m.alphas_cumprod.shape[0], (b,), generator=g)
+    eps = torch.randn(x0.shape, generator=g).to(x0)
+    a = m.alphas_cumprod[t.to(m.device)].view(b, 1, 1, 1)
+    xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    pred = m.unet(xt, t.to(m.device).float(), context=context)
+    loss = F.mse_loss(pred, eps)
+    return loss, {"mse": float(loss.detach())}
+
+
+# ----------------------------------------------------------------------------- state
+def save_state(path: Path, m: ShapeModel, opt: torch.optim.Optimizer | None, meta: dict) -> None:
+    """Weights of every module and the Adam moments, as safetensors (no pickle)."""
+    from safetensors.torch import save_file
+
+    tensors = {f"{name}.{k}": v.detach().float().cpu().contiguous()
+               for name, mod in m.modules().items() for k, v in mod.state_dict().items()}
+    if opt is not None:
+        names = {id(p): n for name, mod in m.modules().items() for n, p in
+                 ((f"{name}.{k}", p) for k, p in mod.named_parameters())}
+        for p, st in opt.state.items():
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in st:
+                    tensors[f"adam.{key}.{names[id(p)]}"] = st[key].detach().float().cpu().contiguous()
+            meta.setdefault("adam_step", float(st.get("step", 0)))
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta)})
+    os.replace(tmp, path)
+
+
+def load_state(path: Path, m: ShapeModel, opt: torch.optim.Optimizer | None) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["meta"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    for name, mod in m.modules().items():
+        prefix = f"{name}."
+        sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        mod.load_state_dict(sd)
+    if opt is not None:
+        params = {n: p for name, mod in m.modules().items() for n, p in
+                  ((f"{name}.{k}", p) for k, p in mod.named_parameters())}
+        for n, p in params.items():
+            if f"adam.exp_avg.{n}" in tensors and p.requires_grad:
+                opt.state[p] = {"step": torch.tensor(meta.get("adam_step", 0.0)),
+                                "exp_avg": tensors[f"adam.exp_avg.{n}"].to(p),
+                                "exp_avg_sq": tensors[f"adam.exp_avg_sq.{n}"].to(p)}
+    return meta
+
+
+def rescale_latent(m: ShapeModel, seed: int, size: int, batch: int = 64) -> float:
+    """Scale the VAE latent so that ``latent * 0.18215`` has unit standard deviation; returns the factor.
+
+    ``quant_conv`` outputs (mean, logvar): the mean rows are multiplied by ``s`` and ``log s^2`` is
+    added to the logvar bias; ``post_quant_conv``'s input weights are divided by ``s``. Decoding an
+    encoded image is unchanged.
+    """
+    with torch.no_grad():
+        images, _ = scene_batch(seed, "vae", 10 ** 9, batch, size)
+        mean, _ = m.vae_moments(images.to(m.device))
+        s = float(1.0 / (mean.std() * SD15_LATENT_SCALE))
+        qc, pqc = m.vae.quant_conv, m.vae.post_quant_conv
+        c = qc.weight.shape[0] // 2
+        qc.weight[:c] *= s
+        qc.bias[:c] *= s
+        qc.bias[c:] += 2 * math.log(s)
+        pqc.weight /= s
+    return s
+
+
+# ----------------------------------------------------------------------------- training loop
+def train(args) -> int:
+    ensure_host()
+    torch.manual_seed(args.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    m = ShapeModel(args.seed, device)
+    stage = args.stage
+    state_path = work / "state.safetensors"
+    trainable = [m.vae] if stage == "vae" else [m.unet, m.text]
+    for mod in m.modules().values():
+        mod.requires_grad_(False)
+    params = [p for mod in trainable for p in mod.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    meta = {"seed": args.seed, "size": args.size, "batch": args.batch, "steps": {}, "seconds": {}}
+    if state_path.exists():
+        meta = load_state(state_path, m, opt if args.resume else None)
+        if not args.resume:  # a new stage starts from the previous stage's weights with a fresh optimizer
+            opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    elif stage == "diffusion":
+        print("train: the diffusion stage needs a trained VAE (run --stage vae first)", file=sys.stderr)
+        return 2
+    start = int(meta["steps"].get(stage, 0)) if args.resume else 0
+    meta["steps"][stage] = start
+    spent = float(meta["seconds"].get(stage, 0.0)) if args.resume else 0.0
+    t0 = time.monotonic()
+    deadline = t0 + args.minutes * 60.0
+    step = start
+    try:
+        from tqdm import tqdm
+        bar = tqdm(total=args.steps, initial=start, desc=stage, dynamic_ncols=True)
+    except ImportError:  # pragma: no cover - tqdm comes with ComfyUI
+        bar = None
+    log = []
+    for p in m.modules().values():
+        p.train(stage == "vae" and p is m.vae or stage == "diffusion" and p is not m.vae)
+    while step < args.steps and time.monotonic() < deadline:
+        lr = args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(step / args.steps, 1.0)))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        g = _generator(args.seed, stage, step)
+        images, captions = scene_batch(args.seed, stage, step, args.batch, args.size)
+        images = images.to(device)
+        with OutOfPlaceResiduals():
+            if stage == "vae":
+                loss, info = vae_loss(m, images, g)
+            else:
+                loss, info = diffusion_loss(m, images, captions, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        log.append(info)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in info.items()})
+        if step % args.save_every == 0:
+            meta["steps"][stage] = step
+            meta["seconds"][stage] = spent + time.monotonic() - t0
+            save_state(state_path, m, opt, meta)
+    if bar is not None:
+        bar.close()
+    meta["steps"][stage] = step
+    meta["seconds"][stage] = spent + time.monotonic() - t0
+    if stage == "vae" and step >= args.steps or stage == "vae" and args.finish:
+        meta["latent_rescale"] = rescale_latent(m, args.seed, args.size)
+    save_state(state_path, m, opt, meta)
+    tail = log[-50:]
+    summary = {k: float(np.mean([e[k] for e in tail])) for k in tail[0]} if tail else {}
+    print(json.dumps({"stage": stage, "step": step, "seconds": round(meta["seconds"][stage], 1),
+                      "device": str(device), "last50": summary}))
+    return 0
+
+
+def export(args) -> int:
+    """The trained weights as one fp16 safetensors file in the layout of an SD1.5 checkpoint."""
+    from safetensors.torch import save_file
+
+    ensure_host()
+    m = ShapeModel(args.seed, torch.device("cpu"))
+    meta = load_state(Path(args.work) / "state.safetensors", m, None)
+    from harness.tiny_models import CHECKPOINT_PREFIXES
+
+    tensors = {}
+    for name, mod in m.modules().items():
+        for k, v in mod.state_dict().items():
+            tensors[CHECKPOINT_PREFIXES[name] + k] = v.detach().to(torch.float16).contiguous()
+    out = Path(args.export)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out), metadata={"training": json.dumps(meta), "architecture": "storm-tiny-sd15"})
+    print(f"wrote {out} ({out.stat().st_size / 2 ** 20:.1f} MiB)")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", default="train-run", help="folder of the training state")
+    parser.add_argument("--stage", choices=STAGES)
+    parser.add_argument("--export", help="write the fp16 checkpoint here and exit")
+    parser.add_argument("--steps", type=int, default=4000, help="total steps of the stage")
+    parser.add_argument("--minutes", type=float, default=30.0, help="wall-time budget of this call")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--size", type=int, default=128, help="image side in pixels")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--save-every", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="continue the stage from the saved state")
+    parser.add_argument("--finish", action="store_true", help="vae: rescale the latent even if steps remain")
+    parser.add_argument("--cpu", action="store_true", help="ignore a GPU")
+    args = parser.parse_args(argv)
+    if args.export:
+        return export(args)
+    if not args.stage:
+        parser.error("give --stage or --export")
+    return train(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
