@@ -206,9 +206,7 @@ def rescale_latent(m: ShapeModel, seed: int, size: int, batch: int = 64) -> floa
 # ----------------------------------------------------------------------------- training loop
 def train(args) -> int:
     ensure_host()
-    torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     m = ShapeModel(args.seed, device)
