@@ -27,7 +27,7 @@ from ..storm_ops.errors import StormError
 from ..storm_ops.prompt_identity import prompt_encoding
 from ..storm_ops.shapes import downsampled_size, infer_hw
 from .architecture import CrossAttentionLayer
-from .compat import host_attention
+from .compat import host_attention, throw_if_interrupted
 
 #: transformer_options flag marking the guided sampler's gradient passes (recorders skip them)
 GRAD_PASS_FLAG = "storm_grad_pass"
@@ -234,6 +234,8 @@ class MapRecorder:
         """Record one layer call; returns True when a gradient pass may stop here."""
         if self.mode == "off" or (self.mode == "cfg" and extra_options.get(GRAD_PASS_FLAG)):
             return False
+        if self.mode == "grad":  # a gradient pass is the slow part of guidance: honour Cancel at every layer
+            throw_if_interrupted()
         cond_or_uncond = list(extra_options.get("cond_or_uncond", [0]))
         if 0 not in cond_or_uncond:
             return False

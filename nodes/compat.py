@@ -13,6 +13,7 @@ import logging
 
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management
+import comfy.utils
 import torch
 
 log = logging.getLogger("comfyui-storm")
@@ -90,6 +91,11 @@ def gradient_pass(module: torch.nn.Module):
 def throw_if_interrupted() -> None:
     """Raise the host's interrupt exception when the user pressed Cancel."""
     comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def report_progress(value: int, total: int) -> None:
+    """Show ``value`` of ``total`` on the running node's progress bar (e.g. refinement iterations)."""
+    comfy.utils.ProgressBar(total).update_absolute(value, total)
 
 
 def interrupt_exception_types() -> tuple[type[BaseException], ...]:

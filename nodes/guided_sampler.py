@@ -33,7 +33,7 @@ from ..storm_ops.optimize import Evaluation, clip_grad_norm, guidance_step
 from ..storm_ops.prompt_identity import check_prompt_encoding, prompt_encoding
 from .architecture import DEFAULT_LAYER_SELECTION, check_conditioning_family, describe_unet
 from .attention_capture import GRAD_PASS_FLAG, AttentionHistory, MapRecorder, RunRecord, StopForward, install_patches
-from .compat import accepts_kwarg, copy_nested, gradient_pass, inpaint_blend, throw_if_interrupted
+from .compat import accepts_kwarg, copy_nested, gradient_pass, inpaint_blend, report_progress, throw_if_interrupted
 from .errors import node_error_context
 
 log = logging.getLogger("comfyui-storm")
@@ -190,9 +190,14 @@ def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None
     def evaluate_at(step: int):
         sigma = sigmas[step]
         s_in = x.new_ones([x.shape[0]])
+        evaluations = refine_cap = 0
 
         def evaluate(z: torch.Tensor) -> Evaluation:
+            nonlocal evaluations, refine_cap
             throw_if_interrupted()
+            if evaluations:  # a refinement iteration: the sampler's own progress stands still meanwhile
+                report_progress(evaluations, max(evaluations, refine_cap))
+            evaluations += 1
             with gradient_pass(base_model.diffusion_model):
                 zg = z.detach().clone().requires_grad_(True)
                 timestep = (sigma * s_in).detach().clone()
@@ -211,6 +216,7 @@ def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None
             if combined.grad_norm_bound is not None:
                 # the bound is on the z-space gradient; grad_z = sqrt(1 + sigma^2) * grad_x
                 grad = clip_grad_norm(grad, combined.grad_norm_bound / math.sqrt(1.0 + float(sigma) ** 2))
+            refine_cap = combined.max_refine_iters
             return Evaluation(combined.objective.detach(), grad.detach(), combined.satisfied,
                               combined.max_refine_iters, combined.term_losses, combined.metrics)
 

@@ -3,6 +3,7 @@
 import comfy.model_management
 import comfy.sample
 import comfy.samplers
+import comfy.utils
 import pytest
 import torch
 
@@ -186,6 +187,42 @@ def test_interrupt_stops_within_one_unet_pass(pack, nodes, setup):
     finally:
         comfy.model_management.interrupt_current_processing(False)
     assert len(calls) == stop_at  # no UNet pass started after the interrupt
+
+
+def test_progress_moves_during_refinement(nodes, setup, monkeypatch):
+    model, tokens, pos, neg = setup("sd15")
+    shown = []
+    monkeypatch.setattr(comfy.utils.ProgressBar, "update_absolute",
+                        lambda self, value, total=None, *a, **k: shown.append((value, total)))
+    # a threshold no random model meets: every refinement iteration up to the cap runs at step 0
+    sampler, history = guided_sampler(nodes, ae(nodes, tokens, thresholds="0:0.999", max_refine_iters=3))
+    custom_sample(model, sampler, sigmas_for(model, 6), pos, neg, torch.zeros(1, 4, 16, 16))
+    assert history.latest().log[0]["refine_iters"] == 3
+    assert shown == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_cancel_stops_a_gradient_pass_at_the_next_layer(pack, nodes, setup):
+    model, tokens, pos, neg = setup("sd15")
+    layer_calls = []
+
+    def flag_at_first_gradient_layer(q, k, v, extra_options):
+        layer_calls.append(bool(extra_options.get(pack.nodes.attention_capture.GRAD_PASS_FLAG)))
+        if layer_calls[-1] and layer_calls.count(True) == 1:
+            comfy.model_management.interrupt_current_processing(True)
+        return pack.nodes.compat.host_attention(q, k, v, extra_options["n_heads"], extra_options)
+
+    counted = model.clone()
+    for key in (("input", 7), ("input", 8), ("output", 3), ("output", 4), ("output", 5)):
+        counted.set_model_attn2_replace(flag_at_first_gradient_layer, *key)
+    sampler, _ = guided_sampler(nodes, ae(nodes, tokens))
+    try:
+        with pytest.raises(pack.nodes.compat.interrupt_exception_types()):
+            custom_sample(counted, sampler, sigmas_for(model, 10), pos, neg, torch.zeros(1, 4, 16, 16))
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
+    # Cancel pressed during the first layer of the first gradient pass: the pass stopped at the next
+    # layer instead of running its remaining four (and their backward)
+    assert layer_calls == [True], layer_calls
 
 
 def test_non_finite_loss_skips_the_update_and_is_reported(pack, nodes, setup):
