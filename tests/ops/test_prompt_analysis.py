@@ -3,8 +3,8 @@
 import pytest
 from spacy.tokens import Doc
 from spacy.vocab import Vocab
-from test_token_layout import layout_of
 
+from harness.prompt_layout import pieces_layout
 from storm_ops import nlp
 from storm_ops.errors import StormError
 from storm_ops.nlp import NoParserError
@@ -24,13 +24,7 @@ def doc_of(spec):
     return Doc(Vocab(), words=list(words), pos=list(pos), deps=list(deps), heads=[int(h) for h in heads])
 
 
-def clip_of(text):
-    """CLIP-like layout of a prompt: one piece per word, ``chec|kered`` marks a split into pieces."""
-    pieces = []
-    for word in text.split():
-        parts = word.split("|")
-        pieces += [p for p in parts[:-1]] + [parts[-1] + "</w>"]
-    return layout_of(pieces)
+clip_of = pieces_layout  # CLIP-like layout of words, one piece each; "chec|kered" is a split word
 
 
 def bindings_of(analysis):

@@ -5,28 +5,12 @@ from dataclasses import replace
 import pytest
 import torch
 
+from harness.prompt_layout import END_ID, layout_of
 from storm_ops.clip_vocab import clip_piece_text, clip_vocab_decoder
 from storm_ops.errors import StormError
 from storm_ops.prompt_identity import check_prompt_encoding, untile_encoding
 from storm_ops.subjects import count_word, find_word, resolve_subjects
 from storm_ops.token_layout import END, PAD, START, WORD, TokenLayout
-
-START_ID, END_ID = 49406, 49407
-
-
-def layout_of(pieces, chunks=None, pad_id=END_ID, chunk=77):
-    """Build a layout the way the host tokenises: [start, pieces..., end, pad...] per chunk."""
-    vocab = {}
-    chunks = chunks or [pieces]
-    ids = []
-    for words in chunks:
-        row = [START_ID] + [vocab.setdefault(p, 1000 + len(vocab)) for p in words] + [END_ID]
-        row += [pad_id] * (chunk - len(row))
-        ids += row
-    inverse = {v: k for k, v in vocab.items()}
-    return TokenLayout.from_ids(ids, clip_vocab_decoder(inverse), start_id=START_ID, end_id=END_ID,
-                                chunk_length=chunk)
-
 
 CAT_DOG = ["a</w>", "cat</w>", "and</w>", "a</w>", "dog</w>"]
 
