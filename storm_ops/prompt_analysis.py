@@ -18,7 +18,12 @@ the first noun). Choices beyond SynGen:
   object as its first mention;
 * a noun attached across a comma heads its own phrase ("riding a horse, photorealistic, 8k"), and
   words with digits ("4k", "8k") are quality tags, not objects;
-* the words of relation phrases ("next", "left", "top") are neither objects nor modifiers.
+* the words of relation phrases ("next", "left", "top") are neither objects nor modifiers;
+* quality tags and style words are never objects (see :func:`tag_tokens`): nouns of ``STYLE_NOUNS``
+  ("masterpiece", "bokeh", "lighting", "dslr", "artstation"), words with digits ("8k"), framing nouns
+  with an "of" ("a photo of a cat"), and every word of a tag phrase: a comma-separated phrase without
+  a determiner that holds a style word ("volumetric lighting", "award winning photo", "depth of
+  field", "white background") or names an artist ("by greg rutkowski").
 
 Without spaCy a rule-based fallback handles plain lists ("a red crown and a golden strawberry").
 """
@@ -41,9 +46,28 @@ ATTRIBUTE_WORDS = frozenset(
     "cream ivory maroon navy teal turquoise cyan magenta lime lavender crimson scarlet olive tan khaki coral "
     "amber indigo burgundy peach mint rose charcoal bronze copper wooden wood metal metallic plastic glass "
     "stone brick marble rubber paper fabric ceramic steel iron leather velvet silk wool woolen cotton denim "
-    "porcelain crystal concrete clay checkered striped spotted dotted plaid floral matte glossy transparent".split())
+    "porcelain crystal concrete clay checkered striped spotted dotted plaid floral matte glossy transparent brass "
+    "tin chrome".split())
 #: Adjective endings: "iridescent", "luminous" are attributes even when tagged as compound nouns.
 ATTRIBUTE_SUFFIXES = ("escent", "ous", "ful", "ive", "less", "ish")
+#: Quality, medium, style, camera, lighting and composition words of image prompts. A noun among them is
+#: never an object; a comma-separated phrase without a determiner that holds one is a tag phrase.
+STYLE_WORDS = frozenset(
+    "masterpiece masterpieces quality resolution res detail details detailed uhd hd fhd hdr dslr slr artstation "
+    "deviantart pixiv behance cgsociety bokeh lighting light focus composition render rendering renders octane "
+    "unreal engine vray redshift blender photography photo photograph photos wallpaper style styles aesthetic "
+    "aesthetics exposure colors colours color colour tones tone grain contrast saturation sharpness shading "
+    "depth art artwork painting drawing illustration sketch concept design view shot angle closeup macro lens mm "
+    "poly anime manga cinematic photorealistic hyperrealistic realistic realism impressionism minimalism "
+    "surrealism expressionism chiaroscuro watercolor watercolour gouache canvas hour award trending volumetric "
+    "geographic portrait texture rim ultra highly epic vibrant vivid intricate professional 3d 2d cgi pbr "
+    "octane sharp blurry bloom lut vignette filmic cinematography studio background backdrop still brushstrokes "
+    "strokes".split())
+#: Style nouns that are never objects, wherever they stand.
+STYLE_NOUNS = frozenset(
+    "masterpiece masterpieces quality resolution details uhd hd fhd hdr dslr artstation deviantart pixiv behance "
+    "cgsociety bokeh lighting composition render rendering renders octane vray photography wallpaper style "
+    "aesthetic aesthetics exposure cinematography".split())
 _DETERMINERS = frozenset("a an the some another this that these those my his her its our their your one two "
                          "three four five several many few".split())
 _BREAKS = frozenset("and with or & plus , ; . : ! ? | on in of at by from to into onto for inside outside behind "
@@ -94,8 +118,9 @@ def analyze_parsed(text: str, layout: TokenLayout, doc, *, method: str = "spacy"
     phrases = relations.find_relation_phrases(doc)
     consumed = frozenset(i for p in phrases for i in p.consumed)
 
-    heads = [t for t in doc if t.pos_ in _NOUNS and t.i not in consumed and not _is_tag(t.text)
-             and _heads_phrase(t, consumed)]
+    tags = tag_tokens(doc)
+    consumed = consumed | tags
+    heads = [t for t in doc if t.pos_ in _NOUNS and t.i not in consumed and _heads_phrase(t, consumed)]
     head_ids = {t.i for t in heads}
     entity_of: dict[int, Subject] = {}
     entities: list[Subject] = []
@@ -147,6 +172,9 @@ def analyze_parsed(text: str, layout: TokenLayout, doc, *, method: str = "spacy"
             used.update(mod.positions)
         if mods:
             bindings.append(BindingSet(by_positions[positions], tuple(mods)))
+    if tags:
+        notes.append("quality and style tags are not objects: " + ", ".join(
+            f"'{doc[lo:hi].text}'" for lo, hi in _spans(sorted(tags))))
     attached = bound | consumed | set(entity_of)
     for t in doc:
         if t.pos_ == "ADJ" and t.i not in attached:
@@ -174,6 +202,58 @@ def _heads_phrase(token, consumed) -> bool:
 def _is_tag(word: str) -> bool:
     """Words with digits ("4k", "8k", "1080p") are quality tags, not objects."""
     return any(c.isdigit() for c in word)
+
+
+_SEPARATORS = frozenset(",;|!?")
+_PHRASE_DETERMINERS = frozenset("a an the this that these those my his her its our their your some".split())
+
+
+def _is_separator(token) -> bool:
+    text = token.text
+    return token.pos_ == "PUNCT" and (text in _SEPARATORS or set(text) <= {".", "\u2026"})
+
+
+def _is_framing(token) -> bool:
+    """A noun that names the picture ("a photo of", "close-up of"), not a thing in it."""
+    from .relations import FRAMING_NOUNS
+
+    word = token.text.lower()
+    if word == "up" and token.i >= 2 and token.doc[token.i - 2].text.lower() == "close":
+        word = "closeup"
+    return word in FRAMING_NOUNS | {"closeup", "portrait"} and any(c.text.lower() == "of" for c in token.children)
+
+
+def tag_tokens(doc) -> frozenset[int]:
+    """Tokens that are quality tags or style words, never objects nor modifiers (see the module docstring)."""
+    out: set[int] = set()
+    segment: list = []
+    for token in [*doc, None]:
+        if token is not None and not _is_separator(token):
+            segment.append(token)
+            continue
+        words = [t for t in segment if not t.is_punct]
+        bare = not any(t.text.lower() in _PHRASE_DETERMINERS or t.dep_ == "poss" for t in words)
+        styled = any(t.text.lower() in STYLE_WORDS or _is_tag(t.text) for t in words)
+        if words and bare and (styled or words[0].text.lower() == "by"):
+            out.update(t.i for t in segment)
+        for t in words:
+            if t.text.lower() == "close" and [x.text.lower() for x in doc[t.i + 1:t.i + 3]] == ["-", "up"]:
+                out.update((t.i, t.i + 1, t.i + 2))  # "close-up": framing, never an object
+            if (t.pos_ in _NOUNS and t.text.lower() in STYLE_NOUNS) or _is_tag(t.text) or _is_framing(t):
+                out.add(t.i)
+        segment = []
+    return frozenset(out)
+
+
+def _spans(indices: list[int]) -> list[tuple[int, int]]:
+    """Runs of consecutive indices as ``(start, end)``."""
+    spans: list[list[int]] = []
+    for i in indices:
+        if spans and spans[-1][1] == i:
+            spans[-1][1] = i + 1
+        else:
+            spans.append([i, i + 1])
+    return [(a, b) for a, b in spans]
 
 
 def is_attribute(word: str) -> bool:

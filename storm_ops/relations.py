@@ -157,7 +157,7 @@ def _subject_token(doc, phrase: RelationPhrase, entity_of: Mapping[int, Subject]
         if g.i in owner and owner[g.i] is not phrase:  # chain: "... left of a cat to the left of a horse"
             return owner[g.i].object
         if g.pos_ in _NOUNS:  # a noun that is no object (not found in the tokens): no guess beyond it
-            return g.i if g.i in entity_of else None
+            return g.i if g.i in entity_of or g.text.lower() in FRAMING_NOUNS else None  # framing: see _unframe
         if g.pos_ in ("VERB", "AUX"):
             subject = next((c for c in g.children if c.dep_ in _SUBJECT_DEPS and c.i in entity_of), None)
             if subject is not None:
