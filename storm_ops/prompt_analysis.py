@@ -119,7 +119,12 @@ def analyze_parsed(text: str, layout: TokenLayout, doc, *, method: str = "spacy"
     consumed = frozenset(i for p in phrases for i in p.consumed)
 
     tags = tag_tokens(doc)
-    consumed = consumed | tags
+    negated = negated_nouns(doc)
+    for i in sorted(negated):
+        if doc[i].dep_ != "compound":
+            notes.append(f"'{doc[i].text}' is negated ('{_negator(doc[i])}'): it is not an object (guidance cannot make "
+                         f"a thing absent; put '{doc[i].text}' in the negative prompt)")
+    consumed = consumed | tags | negated
     heads = [t for t in doc if t.pos_ in _NOUNS and t.i not in consumed and _heads_phrase(t, consumed)]
     head_ids = {t.i for t in heads}
     entity_of: dict[int, Subject] = {}
@@ -242,6 +247,37 @@ def tag_tokens(doc) -> frozenset[int]:
             if (t.pos_ in _NOUNS and t.text.lower() in STYLE_NOUNS) or _is_tag(t.text) or _is_framing(t):
                 out.add(t.i)
         segment = []
+    return frozenset(out)
+
+
+_NEGATORS = frozenset({"no", "not", "never", "without", "nor"})
+
+
+def _negator(token) -> str:
+    """The word that negates a noun ("no", "not", "without"), or ``""``."""
+    for x in (token, *token.ancestors):
+        word = next((c.text.lower() for c in x.children if c.text.lower() in _NEGATORS and c.i < x.i
+                     and c.dep_ in ("det", "neg", "advmod", "preconj")), "")
+        before = token.doc[x.left_edge.i - 1] if x.left_edge.i > 0 else None
+        if not word and before is not None and before.text.lower() in ("no", "not"):  # "a cat, not a dog"
+            word = before.text.lower()
+        if word:
+            return word
+        if x.dep_ == "pobj" and x.head.text.lower() == "without":
+            return "without"
+        if x.dep_ != "conj":
+            return ""
+    return ""
+
+
+def negated_nouns(doc) -> frozenset[int]:
+    """Nouns the prompt says are absent: "no dog", "not a dog", "without candles", "no cars or people"
+    (with their compound parts)."""
+    out = set()
+    for t in doc:
+        if t.pos_ in _NOUNS and _negator(t):
+            out.add(t.i)
+            out.update(c.i for c in t.subtree if c.dep_ == "compound")
     return frozenset(out)
 
 

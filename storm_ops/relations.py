@@ -166,6 +166,18 @@ def _subject_token(doc, phrase: RelationPhrase, entity_of: Mapping[int, Subject]
     return None
 
 
+def _negation(doc, phrase: RelationPhrase) -> str:
+    """The "not" of a negated relation phrase ("a cat that is not left of a dog", "a cat not next to a dog"):
+    a negation on the phrase's words or on the verbs it hangs on, up to the first noun."""
+    for x in (*(doc[i] for i in sorted(phrase.consumed)), *doc[phrase.start].ancestors):
+        if x.i not in phrase.consumed and x.pos_ in _NOUNS:
+            break
+        neg = next((c for c in x.children if c.dep_ == "neg" or c.text.lower() in ("not", "never")), None)
+        if neg is not None:
+            return neg.text
+    return ""
+
+
 def _unframe(doc, i: int | None, entity_of: Mapping[int, Subject]) -> int | None:
     """"a photo of a cat to the left of a dog": the parser hangs the phrase on "photo"; the subject is
     what the picture shows, the noun after its "of"."""
@@ -189,6 +201,11 @@ def resolve_relations(doc, phrases: Sequence[RelationPhrase], entity_of: Mapping
         if phrase.relation is None:
             notes.append(f"'{phrase.text}' is a depth relation, which STORM cannot guide "
                          f"(left, right, above, below, near only); it is ignored")
+            continue
+        negator = _negation(doc, phrase)
+        if negator:
+            notes.append(f"'{phrase.text}' is negated ('{negator}'): STORM cannot guide 'not {phrase.relation}'; it is "
+                         f"ignored (write the relation you want in the relations override, e.g. 'cat right of dog')")
             continue
         obj = entity_of.get(phrase.object) if phrase.object is not None else None
         subject_token = _unframe(doc, _subject_token(doc, phrase, entity_of, owner), entity_of)

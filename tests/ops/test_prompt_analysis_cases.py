@@ -43,3 +43,16 @@ def test_quality_and_style_tags_are_never_objects():
     assert objects(a) == ["castle", "hill"] and a.bindings == ()
     a = run("a photo of a brown bear, close-up of a bee")
     assert objects(a) == ["bear", "bee"]
+
+
+def test_negated_things_are_not_objects_and_negated_relations_are_not_guided():
+    a = run("a cat but no dog")
+    assert objects(a) == ["cat"]
+    assert any("'dog' is negated ('no')" in n and "negative prompt" in n for n in a.notes)
+    assert objects(run("a cat, not a dog")) == ["cat"]
+    assert objects(run("a street with no cars or people")) == ["street"]
+    assert objects(run("a cake without candles")) == ["cake"]
+    a = run("a cat that is not to the left of a dog")
+    assert objects(a) == ["cat", "dog"] and a.relations == ()  # never "cat left of dog"
+    assert any("'to the left of' is negated ('not')" in n and "relations override" in n for n in a.notes)
+    assert run("a dog that is not above a cat").relations == ()
