@@ -202,16 +202,23 @@ def clear_cache() -> None:
 # ---------------------------------------------------------------------------- text and alignment
 _WEIGHT = re.compile(r":\s*[-+]?(?:\d+\.?\d*|\.\d+)\s*(?=\))")
 _EMBEDDING = re.compile(r"(?:^|(?<=\s))embedding:\S+")
+_ELLIPSIS = re.compile(r"(\w*)\s*(?:(?:\.\s*){2,}|\u2026)")
+#: Words a phrase cannot end with: an ellipsis after them does not end the phrase.
+_OPEN_WORDS = frozenset("of to the a an on at in above below over under near beside behind with and or from by "
+                        "into onto atop beneath underneath".split())
 _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u201c": '"', "\u201d": '"'})
 
 
 def clean_prompt(text: str) -> str:
     """The prompt as CLIP reads it, for the parser: ComfyUI's ``(word:1.2)`` weights and ``(word)``
-    emphasis removed (escaped ``\\(`` kept as a literal bracket), ``embedding:name`` words dropped."""
+    emphasis removed (escaped ``\\(`` kept as a literal bracket), ``embedding:name`` words dropped, and
+    runs of dots ("...", "…") read as a comma, or as nothing after a word that needs the next one
+    ("to the left of... a dog")."""
     text = text.replace("\\(", "\0").replace("\\)", "\1")
     text = _WEIGHT.sub("", text)
     text = text.replace("(", " ").replace(")", " ").replace("\0", "(").replace("\1", ")")
     text = _EMBEDDING.sub(" ", text)
+    text = _ELLIPSIS.sub(lambda m: m.group(1) + (" " if m.group(1).lower() in _OPEN_WORDS else ", "), text)
     return " ".join(text.split())
 
 

@@ -92,6 +92,7 @@ class RelationPhrase:
     anchor: int
     object: int | None
     consumed: frozenset[int]
+    bare: bool = False  # "on the left" without "of": paired with a phrase of the other side
 
 
 def _child(token, text: str):
@@ -107,6 +108,10 @@ def find_relation_phrases(doc) -> tuple[RelationPhrase, ...]:
     phrases = []
     for tok in doc:
         word = tok.text.lower()
+        bare = _bare_side(doc, tok)
+        if bare is not None:
+            phrases.append(bare)
+            continue
         if word in FRAME_WORDS:
             frame = tok.head if word in ("left", "right") and tok.dep_ in ("amod", "compound") \
                 and tok.head.text.lower() == "side" else tok
@@ -139,6 +144,83 @@ def find_relation_phrases(doc) -> tuple[RelationPhrase, ...]:
     return tuple(sorted(phrases, key=lambda p: p.start))
 
 
+#: Verbs whose object is what a relation phrase places ("holding a balloon above a dog": the balloon).
+PLACING_VERBS = frozenset("hold holding holds held carry carrying carries carried put putting puts place placing places "
+                          "placed lift lifting lifts lifted raise raising raises raised throw throwing throws threw "
+                          "toss tossing tosses tossed hang hanging hangs hung set setting sets lay laying lays laid "
+                          "balance balancing balances balanced drop dropping drops dropped stack stacking stacks "
+                          "stacked push pushing pushes pushed pull pulling pulls pulled drag dragging drags dragged "
+                          "move moving moves moved wave waving waves waved".split())
+
+
+def _places(verb) -> bool:
+    return verb.text.lower() in PLACING_VERBS or verb.lemma_.lower() in PLACING_VERBS
+
+
+_SIDE_PREPOSITIONS = frozenset({"on", "to", "at"})
+
+
+def _bare_side(doc, tok) -> RelationPhrase | None:
+    """"on the left", "to the right side" without "of": a side of the picture (word pattern, whatever
+    the parse; en_core_web_sm makes "left" of "on the left a cat" an adjective of "cat")."""
+    word = tok.text.lower()
+    if word not in ("left", "right") or tok.i < 2:
+        return None
+    if doc[tok.i - 1].text.lower() != "the" or doc[tok.i - 2].text.lower() not in _SIDE_PREPOSITIONS:
+        return None
+    end = tok.i + 1
+    if end < len(doc) and doc[end].text.lower() == "side":
+        end += 1
+    if end < len(doc) and doc[end].text.lower() == "of":
+        return None
+    start = tok.i - 2
+    return RelationPhrase(word, doc[start:end].text, start, tok.i, None, frozenset(range(start, end)), bare=True)
+
+
+def _segment_subject(doc, phrase: RelationPhrase, entity_of: Mapping[int, Subject]) -> int | None:
+    """The object a bare side phrase places: the nearest one before it in its part of the prompt (parts
+    end at punctuation and coordinating words), else the first one after it ("on the left a cat")."""
+    def boundary(t):
+        return t.is_punct or t.dep_ == "cc" or t.text.lower() in ("and", "or", "but", "while")
+
+    for i in range(phrase.start - 1, -1, -1):
+        if boundary(doc[i]):
+            break
+        if i in entity_of:
+            return i
+    for i in range(max(phrase.consumed) + 1, len(doc)):
+        if boundary(doc[i]) or _bare_side(doc, doc[i]) is not None:
+            break
+        if i in entity_of:
+            return i
+    return None
+
+
+def _pair_sides(bare: list[tuple[RelationPhrase, int | None]], entity_of: Mapping[int, Subject],
+                notes: list[str]) -> list[tuple[SpatialRelation, int, int]]:
+    """"a car on the left and a bus on the right": every object on the left is left of every object on
+    the right."""
+    sides = {"left": [], "right": []}
+    for phrase, subject in bare:
+        if subject is None:
+            notes.append(f"'{phrase.text}' has no subject noun in the parse; the relation is ignored "
+                         f"(write it in the relations override, e.g. 'cat left of dog')")
+        else:
+            sides[phrase.relation].append((phrase, subject))
+    out = []
+    for side, other in (("left", "right"), ("right", "left")):
+        if sides[side] and not sides[other]:
+            for phrase, subject in sides[side]:
+                notes.append(f"'{phrase.text}' places '{entity_of[subject].name}' but no object is placed on the "
+                             f"{other}; the relation is ignored (write it in the relations override, e.g. "
+                             f"'cat left of dog')")
+    for _, left in sides["left"]:
+        for _, right in sides["right"]:
+            if left != right and not set(entity_of[left].positions) & set(entity_of[right].positions):
+                out.append((SpatialRelation(entity_of[left], "left", entity_of[right]), left, right))
+    return out
+
+
 def _subject_token(doc, phrase: RelationPhrase, entity_of: Mapping[int, Subject],
                    owner: Mapping[int, RelationPhrase]) -> int | None:
     """The noun a relation phrase describes: climb from the phrase's attachment token."""
@@ -158,6 +240,10 @@ def _subject_token(doc, phrase: RelationPhrase, entity_of: Mapping[int, Subject]
             return owner[g.i].object
         if g.pos_ in _NOUNS:  # a noun that is no object (not found in the tokens): no guess beyond it
             return g.i if g.i in entity_of or g.text.lower() in FRAMING_NOUNS else None  # framing: see _unframe
+        if g.pos_ == "VERB" and x.dep_ in ("prep", "advmod", "npadvmod", "advcl") and _places(g):
+            placed = next((c for c in g.children if c.dep_ == "dobj" and c.i in entity_of and c.i < phrase.start), None)
+            if placed is not None:  # "a girl holding a balloon above a dog": the balloon is placed
+                return placed.i
         if g.pos_ in ("VERB", "AUX"):
             subject = next((c for c in g.children if c.dep_ in _SUBJECT_DEPS and c.i in entity_of), None)
             if subject is not None:
@@ -197,6 +283,8 @@ def resolve_relations(doc, phrases: Sequence[RelationPhrase], entity_of: Mapping
     """
     owner = {i: p for p in phrases for i in p.consumed}
     relations, notes = [], []
+    tokens: list[tuple[int, int]] = []  # (subject token, object token) of each relation
+    bare = []
     for phrase in phrases:
         if phrase.relation is None:
             notes.append(f"'{phrase.text}' is a depth relation, which STORM cannot guide "
@@ -206,6 +294,9 @@ def resolve_relations(doc, phrases: Sequence[RelationPhrase], entity_of: Mapping
         if negator:
             notes.append(f"'{phrase.text}' is negated ('{negator}'): STORM cannot guide 'not {phrase.relation}'; it is "
                          f"ignored (write the relation you want in the relations override, e.g. 'cat right of dog')")
+            continue
+        if phrase.bare:
+            bare.append((phrase, _segment_subject(doc, phrase, entity_of)))
             continue
         obj = entity_of.get(phrase.object) if phrase.object is not None else None
         subject_token = _unframe(doc, _subject_token(doc, phrase, entity_of, owner), entity_of)
@@ -221,7 +312,38 @@ def resolve_relations(doc, phrases: Sequence[RelationPhrase], entity_of: Mapping
             if any({r.subject, r.object} == {subject, obj} for r in relations):
                 relation = _reattach(relation, phrase, entity_of, notes)
             relations.append(relation)
+            tokens.append((subject_token, phrase.object, phrase))
+    relations += _coordinated(doc, relations, tokens, entity_of)
+    for relation, *_ in _pair_sides(bare, entity_of, notes):
+        if relation not in relations:
+            relations.append(relation)
     return tuple(relations), tuple(notes)
+
+
+def _coordinated(doc, relations: list[SpatialRelation], tokens, entity_of: Mapping[int, Subject]
+                 ) -> list[SpatialRelation]:
+    """Relations of coordinated objects: "a cat and a dog left of a bird" places both, "a cat left of a
+    dog and a bird" both objects. A conjunct counts on the side of the phrase where it stands (the
+    parser often hangs a coordinated object on the subject), and never when it has a relation of its own."""
+    related = {x.positions for r in relations for x in (r.subject, r.object)}
+    own = {i for i, e in entity_of.items() if e.positions in related}
+    out: list[SpatialRelation] = []
+    for relation, (s, o, phrase) in zip(list(relations), tokens, strict=True):
+        if entity_of.get(s) != relation.subject or entity_of.get(o) != relation.object:
+            continue  # reattached: not the parse's pair
+        group_s = [c.i for c in doc[s].conjuncts if c.i in entity_of and c.i not in own]
+        group_s += [c.i for c in doc[s].children if c.dep_ == "appos" and c.i > o and c.i in entity_of  # misparse:
+                    and c.i not in own and c.left_edge.i > 0 and doc[c.left_edge.i - 1].dep_ == "cc"]  # "... and a bird"
+        group_o = [c.i for c in doc[o].conjuncts if c.i in entity_of and c.i not in own]
+        subjects = [s] + [i for i in group_s if i < phrase.start]
+        objects = [o] + [i for i in group_o if i > phrase.start] + [i for i in group_s if i > o]
+        for i in subjects:
+            for j in objects:
+                new = SpatialRelation(entity_of[i], relation.relation, entity_of[j])
+                if (i, j) != (s, o) and not set(new.subject.positions) & set(new.object.positions) \
+                        and not any({r.subject, r.object} == {new.subject, new.object} for r in relations + out):
+                    out.append(new)
+    return out
 
 
 def _reattach(relation: SpatialRelation, phrase: RelationPhrase, entity_of: Mapping[int, Subject],

@@ -56,3 +56,59 @@ def test_negated_things_are_not_objects_and_negated_relations_are_not_guided():
     assert objects(a) == ["cat", "dog"] and a.relations == ()  # never "cat left of dog"
     assert any("'to the left of' is negated ('not')" in n and "relations override" in n for n in a.notes)
     assert run("a dog that is not above a cat").relations == ()
+
+
+def test_the_object_of_a_placing_verb_is_what_the_relation_places():
+    a = run("a girl holding a red balloon above a white dog")
+    assert relations(a) == rels("balloon above dog")
+    assert relations(run("a man holding an umbrella above his head")) == rels("umbrella above head")
+    assert relations(run("a chef putting a pie next to a cake")) == rels("pie near cake")
+    assert relations(run("a little girl reading a book under a tree")) == rels("girl below tree")  # not placing
+
+
+def test_coordinated_subjects_and_objects_give_every_pair():
+    assert relations(run("a cat and a dog to the left of a bird")) == rels("cat left bird", "dog left bird")
+    assert relations(run("a cat and a dog above a bird")) == rels("cat above bird", "dog above bird")
+    assert relations(run("a cat to the left of a dog and a bird")) == rels("cat left dog", "cat left bird")
+    assert relations(run("a sheep next to a cow and a pig")) == rels("sheep near cow", "sheep near pig")
+    # a conjunct with a relation of its own is not coordinated into another one
+    a = run("a red ball to the left of a blue box and a green cube to the right of the box")
+    assert relations(a) == rels("ball left box", "cube right box")
+
+
+def test_sides_of_the_picture_without_of_are_paired():
+    a = run("a red car on the left and a blue bus on the right")
+    assert relations(a) == rels("car left bus") and bindings(a) == {"car": ["red"], "bus": ["blue"]}
+    a = run("on the left a cat, on the right a dog")
+    assert relations(a) == rels("cat left dog") and a.bindings == ()  # "left" is no modifier of "cat"
+    assert relations(run("a cup on the right and a plate on the left")) == rels("plate left cup")
+    assert relations(run("on the left side a horse and on the right side a cow")) == rels("horse left cow")
+    a = run("a cat on the left")
+    assert a.relations == () and any("no object is placed on the right" in n and "override" in n for n in a.notes)
+
+
+def test_depth_relations_are_reported_as_unsupported():
+    for text in ("a dog in front of a car", "a man standing behind a tree"):
+        a = run(text)
+        assert a.relations == () and len(a.entities) == 2
+        assert any("is a depth relation, which STORM cannot guide" in n for n in a.notes)
+    a = run("a cat in front of a dog and to the left of a bird")
+    assert relations(a) == rels("cat left bird") and any("'in front of' is a depth relation" in n for n in a.notes)
+
+
+@pytest.mark.parametrize("text", ["a cat to the left of... a dog", "a cat... to the left of a dog",
+                                  "a cat…to the left of … a dog", "a cat to the left of a dog...",
+                                  "a cat . . . to the left of a dog"])
+def test_runs_of_dots_keep_the_relation(text):
+    assert relations(run(text)) == rels("cat left dog")
+    assert nlp.clean_prompt("a cat... a dog") == "a cat, a dog"
+
+
+def test_emphasis_and_embeddings_are_read_like_the_host():
+    text = "(masterpiece:1.2), embedding:easynegative, a ((fluffy)) dog (next to:1.2) a (small:0.8) cat"
+    a = run(text)
+    assert objects(a) == ["dog", "cat"] and bindings(a) == {"dog": ["fluffy"], "cat": ["small"]}
+    assert relations(a) == rels("dog near cat")
+    cols = {e.name: e.positions for e in a.entities}
+    words = [w.text for w in clip_layout(text).words]
+    assert words[cols["dog"][0] - 1] == "dog" and words[cols["cat"][0] - 1] == "cat"

@@ -95,7 +95,8 @@ def test_unusable_phrases_become_notes():
     assert a.relations == () and [e.name for e in a.entities] == ["dog", "car"]
     assert any("'in front of' is a depth relation" in n for n in a.notes)
     a = analyze("a/DET/det/1 cat/NOUN/ROOT/1 to/ADP/prep/1 the/DET/det/4 left/NOUN/pobj/2")
-    assert a.relations == () and any("'to the left' has no object noun" in n for n in a.notes)
+    assert a.relations == () and any("'to the left' places 'cat' but no object is placed on the right" in n
+                                     for n in a.notes)
 
 
 def test_a_second_phrase_on_the_same_pair_is_reattached():
