@@ -131,7 +131,8 @@ def analyze_parsed(text: str, layout: TokenLayout, doc, *, method: str = "spacy"
     entities: list[Subject] = []
     parts_of: dict[int, set[int]] = {}
     for head in heads:
-        parts = sorted(_compound_parts(head, head_ids | consumed) | {head.i})
+        tail = _noun_tail(head, head_ids | consumed)
+        parts = sorted(_compound_parts(head, head_ids | consumed) | {head.i} | ({tail} if tail is not None else set()))
         words = [w for i in parts for w in aligned[i]]
         if not aligned[head.i]:
             notes.append(f"'{head.text}' was not found in the CLIP tokens; it is left out")
@@ -146,6 +147,9 @@ def analyze_parsed(text: str, layout: TokenLayout, doc, *, method: str = "spacy"
             entities.append(subject)
         parts_of[head.i] = set(parts)
         entity_of.update((i, subject) for i in parts)
+        if tail is not None:
+            notes.append(f"'{doc[tail].text}' (parsed as {doc[tail].pos_.lower()}) ends the noun phrase of "
+                         f"'{head.text}': read as the noun '{subject.name}'")
 
     modifiers: dict[tuple[int, ...], list[int]] = {}
     skip = consumed | head_ids
@@ -162,6 +166,7 @@ def analyze_parsed(text: str, layout: TokenLayout, doc, *, method: str = "spacy"
                 for subject in subjects:
                     _bind(modifiers, subject, found)
 
+    _bind_linearly(doc, modifiers, entity_of, set(skip) | set(entity_of))
     by_positions = {e.positions: e for e in entities}
     bindings, bound = [], set()
     for positions, found in sorted(modifiers.items()):
@@ -192,6 +197,9 @@ def analyze_parsed(text: str, layout: TokenLayout, doc, *, method: str = "spacy"
 
 def _heads_phrase(token, consumed) -> bool:
     """Whether a noun heads an object's phrase (SynGen: its label is not a modifier label)."""
+    nxt = token.doc[token.i + 1] if token.i + 1 < len(token.doc) else None
+    if is_attribute(token.text) and nxt is not None and nxt.pos_ in _NOUNS and nxt.i not in consumed:
+        return False  # "plaid pants" (parsed as conjoined nouns): a pattern word before a noun describes it
     if token.dep_ not in MOD_LABELS:
         return True
     if token.head.i in consumed:  # "an apple right of a banana": apple is parsed as compound of "right"
@@ -201,6 +209,7 @@ def _heads_phrase(token, consumed) -> bool:
         return True
     if token.dep_ == "compound" or is_attribute(token.text):
         return False
+
     return any(c.dep_ in ("det", "cc", "poss", "nummod") for c in token.children)
 
 
@@ -296,6 +305,60 @@ def is_attribute(word: str) -> bool:
     """Whether a word names a colour, material, pattern or other attribute (see ``ATTRIBUTE_WORDS``)."""
     word = word.lower()
     return word in ATTRIBUTE_WORDS or word.endswith(ATTRIBUTE_SUFFIXES)
+
+
+#: Words that may follow a noun without being one ("a cat asleep", "a dog outside").
+_POSTNOMINAL = frozenset("asleep awake alone alive afloat ablaze aglow nearby outside inside outdoors indoors upstairs "
+                         "downstairs together too again here there now away home abroad ahead apart aside around "
+                         "galore overhead underwater full empty open closed visible far high low".split())
+_PHRASE_ENDS = ("PUNCT", "ADP", "CCONJ", "SCONJ", "DET", "VERB", "AUX", "PRON", "PART")
+
+
+def _noun_tail(head, stop) -> int | None:
+    """A word after a noun that the parser did not know as a noun and that ends the noun phrase: the real
+    head of a compound ("a fire hydrant": en_core_web_sm tags "hydrant" as an adverb)."""
+    doc = head.doc
+    if head.i + 1 >= len(doc):
+        return None
+    tail = doc[head.i + 1]
+    word = tail.text.lower()
+    if tail.pos_ not in ("ADJ", "ADV") or tail.i in stop or not tail.is_alpha or word.endswith("ly") \
+            or word in _POSTNOMINAL or word in relations.PREPOSITIONS or word in relations.FRAME_WORDS \
+            or word in STYLE_WORDS or is_attribute(word) or tail.head.i > tail.i:
+        return None
+    if any(c.dep_ != "prep" or c.text.lower() == "of" for c in tail.children):  # "a room full of books"
+        return None
+    after = doc[tail.i + 1] if tail.i + 1 < len(doc) else None
+    return tail.i if after is None or after.pos_ in _PHRASE_ENDS else None
+
+
+def _bind_linearly(doc, modifiers: dict, entity_of: dict, taken: set) -> None:
+    """A word before a noun describes that noun: a prenominal modifier the parser hung on a later noun,
+    or left unattached, is bound to the first object after it when only modifiers and "and" / "," stand
+    between ("a striped shirt and plaid pants": en_core_web_sm hangs "striped" on "pants")."""
+    owner = {i: positions for positions, found in modifiers.items() for i in found}
+    for m in doc:
+        if m.i in taken and m.i not in owner:
+            continue
+        if m.i not in owner and not (m.pos_ == "ADJ" or (m.pos_ in _NOUNS and is_attribute(m.text))):
+            continue
+        target = None
+        for t in doc[m.i + 1:]:
+            if t.i in entity_of:
+                target = entity_of[t.i]
+                break
+            if not (t.pos_ in ("ADJ", "ADV") or is_attribute(t.text) or t.text in (",", "-") or t.dep_ == "cc"):
+                break
+        if target is None or (m.i in owner and owner[m.i] == target.positions):
+            continue
+        if m.i in owner and not any(i > m.i for i, e in entity_of.items() if e.positions == owner[m.i]):
+            continue  # a predicate after its noun ("the dog is red")
+        if m.i in owner:
+            modifiers[owner[m.i]].remove(m.i)
+            if not modifiers[owner[m.i]]:
+                del modifiers[owner[m.i]]
+        modifiers.setdefault(target.positions, []).append(m.i)
+        taken.add(m.i)
 
 
 def _compound_parts(head, stop) -> set[int]:

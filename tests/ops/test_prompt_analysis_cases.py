@@ -112,3 +112,15 @@ def test_emphasis_and_embeddings_are_read_like_the_host():
     cols = {e.name: e.positions for e in a.entities}
     words = [w.text for w in clip_layout(text).words]
     assert words[cols["dog"][0] - 1] == "dog" and words[cols["cat"][0] - 1] == "cat"
+
+
+def test_parser_slips_on_pattern_words_and_unknown_nouns():
+    a = run("a striped shirt and plaid pants")  # en_core_web_sm: "plaid" a noun, "striped" hung on "pants"
+    assert objects(a) == ["shirt", "pants"] and bindings(a) == {"shirt": ["striped"], "pants": ["plaid"]}
+    a = run("a backpack near a fire hydrant")  # en_core_web_sm: "hydrant" an adverb
+    assert objects(a) == ["backpack", "fire hydrant"]
+    assert relations(a) == canonical([("backpack", "near", "fire hydrant")])
+    assert any("'hydrant' (parsed as adv) ends the noun phrase" in n for n in a.notes)
+    assert objects(run("a fire hydrant on a street")) == ["fire hydrant", "street"]
+    a = run("a room full of books, a dog asleep on a sofa")  # adjectives after a noun stay adjectives
+    assert objects(a) == ["room", "books", "dog", "sofa"]
