@@ -30,6 +30,9 @@ Without spaCy a rule-based fallback handles plain lists ("a red crown and a gold
 
 from __future__ import annotations
 
+import re
+import unicodedata
+
 from . import nlp, relations
 from .errors import StormError
 from .parsed_prompt import BindingSet, PromptAnalysis
@@ -101,14 +104,45 @@ def analyze_prompt(text: str, layout: TokenLayout, *, parser: str = "auto", pipe
     if parser not in PARSERS:
         raise StormError(f"unknown parser {parser!r}; use one of {PARSERS}", input_name="parser")
     if parser == "rules":
+        if not looks_english(nlp.clean_prompt(text)):
+            return _finish(text, layout, [], [], [], "rules", [NOT_ENGLISH_NOTE])
         return analyze_rules(text, layout)
     try:
         model, name = nlp.load_pipeline(pipeline)
     except nlp.NoParserError:
         if parser == "spacy" or pipeline:
             raise
+        if not looks_english(nlp.clean_prompt(text)):
+            return _finish(text, layout, [], [], [], "rules", [NOT_ENGLISH_NOTE])
         return analyze_rules(text, layout, notes=(FALLBACK_NOTE + nlp.install_hint(),))
-    return analyze_parsed(text, layout, model(nlp.clean_prompt(text)), method=f"spacy:{name}")
+    cleaned = nlp.clean_prompt(text)
+    if not looks_english(cleaned):
+        return _finish(text, layout, [], [], [], f"spacy:{name}", [NOT_ENGLISH_NOTE])
+    return analyze_parsed(text, layout, model(cleaned), method=f"spacy:{name}")
+
+
+NOT_ENGLISH_NOTE = ("the prompt does not look like English, and the parser reads English only: no objects, bindings or "
+                    "relations were taken from it. Write them in the subjects, bindings and relations inputs "
+                    "(e.g. subjects 'gato, perro'; bindings 'rojo -> gato'; relations 'gato left of perro'), or "
+                    "translate the prompt")
+_ENGLISH_WORDS = frozenset("a an the and of with on in at to is are near above below under over next behind beside "
+                           "left right top front his her their its wearing holding sitting standing".split())
+_FOREIGN_WORDS = frozenset("un una uno unos unas el los las y con del en sobre junto ein eine einem einen einer der die "
+                           "das und mit neben auf im unter über le les des et avec sur à au aux du dans sous il lo gli "
+                           "di della sopra sotto accanto e um uma com ao na no da do em".split())
+
+
+def looks_english(text: str) -> bool:
+    """Whether a prompt is (mostly) English: no English function word, and other languages' function
+    words or mostly non-Latin letters ("un gato rojo", "кошка слева от собаки")."""
+    letters = [c for c in text if c.isalpha()]
+    if not letters:
+        return True
+    words = re.findall(r"[^\W\d_]+", text.lower())
+    if any(w in _ENGLISH_WORDS for w in words):
+        return True
+    latin = sum(1 for c in letters if c.isascii() or "LATIN" in unicodedata.name(c, ""))
+    return latin * 2 > len(letters) and not any(w in _FOREIGN_WORDS for w in words)
 
 
 def analyze_parsed(text: str, layout: TokenLayout, doc, *, method: str = "spacy") -> PromptAnalysis:

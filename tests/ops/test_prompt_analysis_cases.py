@@ -124,3 +124,22 @@ def test_parser_slips_on_pattern_words_and_unknown_nouns():
     assert objects(run("a fire hydrant on a street")) == ["fire hydrant", "street"]
     a = run("a room full of books, a dog asleep on a sofa")  # adjectives after a noun stay adjectives
     assert objects(a) == ["room", "books", "dog", "sofa"]
+
+
+@pytest.mark.parametrize("text", ["un gato rojo y un perro azul", "eine rote Katze neben einem blauen Hund",
+                                  "un chat noir à gauche d'un chien blanc", "кошка слева от собаки",
+                                  "一只红色的猫和一只蓝色的狗"])
+def test_other_languages_give_no_objects_and_say_how_to_override(text):
+    for parser in ("spacy", "rules"):
+        a = analyze_prompt(text, clip_layout(text), parser=parser)
+        assert a.entities == () and a.bindings == () and a.relations == ()
+        assert any("does not look like English" in n and "subjects, bindings and relations inputs" in n
+                   for n in a.notes)
+
+
+def test_english_tag_lists_without_function_words_are_english():
+    from storm_ops.prompt_analysis import looks_english
+
+    assert looks_english("1girl, solo, long hair, blue eyes, school uniform")
+    assert looks_english("a café in Paris, crème brûlée on a table") and looks_english("")
+    assert not looks_english("un gatto bianco sopra un tavolo")
