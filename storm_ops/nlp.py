@@ -233,8 +233,10 @@ def align_words(token_texts: Sequence[str], layout: TokenLayout, *, max_skip: in
     The normalised texts are matched character by character in order, so a parser token may cover
     several CLIP words ("e-mail") or part of one ("ca" of "can't"), and repeated words map to
     successive occurrences. A token that does not continue the CLIP text is looked for at the start
-    of the next ``max_skip`` CLIP words (CLIP-only words are skipped); when it is not there either it
-    gets ``()`` and the cursor stays, so one missing word never shifts the others.
+    of the next ``max_skip`` CLIP words (CLIP-only words are skipped), then further on where it is
+    followed by the next parser token (a longer run of CLIP-only words, such as the text the host keeps
+    for an ``embedding:name`` it does not find); when it is not there either it gets ``()`` and the
+    cursor stays, so one missing word never shifts the others.
     """
     stream, owner, starts = "", [], []
     for w, word in enumerate(layout.words):
@@ -245,15 +247,18 @@ def align_words(token_texts: Sequence[str], layout: TokenLayout, *, max_skip: in
             owner += [w] * len(text)
     out: list[tuple[int, ...]] = []
     cursor = 0
-    for token in token_texts:
-        text = normalise(token)
+    texts = [normalise(t) for t in token_texts]
+    for k, text in enumerate(texts):
         if not text:
             out.append(())
             continue
         at = cursor if stream.startswith(text, cursor) else None
         if at is None:
-            later = [s for s in starts if s > cursor][:max_skip]
-            at = next((s for s in later if stream.startswith(text, s)), None)
+            later = [s for s in starts if s > cursor]
+            at = next((s for s in later[:max_skip] if stream.startswith(text, s)), None)
+            following = next((t for t in texts[k + 1:] if t), "")
+            if at is None and following:  # resync after a run of CLIP-only words (an unknown embedding's
+                at = next((s for s in later if stream.startswith(text + following, s)), None)  # text)
         if at is None:
             out.append(())
             continue

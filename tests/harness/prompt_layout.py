@@ -3,7 +3,8 @@ prompt-analysis scorer).
 
 :func:`clip_layout` reads a prompt the way ComfyUI's CLIP tokenizer does, closely enough for word
 positions: ``(word:1.2)`` weights and ``(word)`` emphasis removed (``\\(`` kept), ``embedding:name``
-dropped (as the host does with an unknown embedding), lower case, CLIP's pre-tokenizer split
+kept as text (what the host does with an embedding it does not find; the harder case for the
+analysis, whose parser never sees it), lower case, CLIP's pre-tokenizer split
 (letters, single digits, runs of punctuation), one piece per word (``chec|kered`` in
 :func:`pieces_layout` marks a split into pieces), 75 words per 77-column chunk.
 """
@@ -18,7 +19,6 @@ from storm_ops.token_layout import TokenLayout
 START_ID, END_ID = 49406, 49407
 CHUNK = 77
 _WEIGHT = re.compile(r":\s*[-+]?(?:\d+\.?\d*|\.\d+)\s*\)")
-_EMBEDDING = re.compile(r"(?:^|(?<=[\s,(]))embedding:[^\s,()]+")
 _CLIP_SPLIT = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+|_", re.IGNORECASE)
 
 
@@ -46,11 +46,10 @@ def pieces_layout(text: str) -> TokenLayout:
 
 
 def host_text(text: str) -> str:
-    """The text ComfyUI's tokenizer encodes: weights, emphasis brackets and embeddings removed."""
+    """The text ComfyUI's tokenizer encodes: weights and emphasis brackets removed."""
     text = text.replace("\\(", "\0").replace("\\)", "\1")
     text = _WEIGHT.sub(" ", text)
-    text = text.replace("(", " ").replace(")", " ").replace("\0", "(").replace("\1", ")")
-    return _EMBEDDING.sub(" ", text)
+    return text.replace("(", " ").replace(")", " ").replace("\0", "(").replace("\1", ")")
 
 
 def clip_layout(text: str) -> TokenLayout:

@@ -154,7 +154,7 @@ def test_spatial_relations_roles_and_columns(analyze, ops, arch, text, expected)
 def test_tag_lists_do_not_bind_across_commas(analyze):
     a = analyze("sd15", "an astronaut riding a horse, photorealistic, 8k")
     assert [_word(e) for e in a.entities] == ["astronaut:2", "horse:5"]
-    assert any("'photorealistic' is not attached to any noun" in n for n in a.notes)
+    assert "quality and style tags are not objects: 'photorealistic', '8k'" in a.notes
 
 
 def test_adjectives_of_related_objects(analyze, ops):
@@ -185,4 +185,17 @@ def test_long_prompt_columns_are_in_the_second_chunk(analyze, arch):
         assert "".join(a.layout.pieces[p].text for p in b.modifiers[0].positions) == modifier
         assert b.modifiers[0].positions[-1] + 1 == b.noun.positions[0]
     assert [(r.subject.name, r.relation, r.object.name) for r in a.relations] == [("strawberry", "left", "cat")]
+    assert not [n for n in a.notes if "not found" in n]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_emphasis_embeddings_tags_and_dots_with_the_host_tokenizer(analyze, arch):
+    text = ("(masterpiece:1.2), embedding:easynegative, a ((fluffy)) dog (next to:1.2) a (small:0.8) cat..., "
+            "best quality, 8k uhd, volumetric lighting, bokeh")
+    a = analyze(arch, text)
+    assert [e.name for e in a.entities] == ["dog", "cat"]
+    assert {b.noun.name: [m.name for m in b.modifiers] for b in a.bindings} == {"dog": ["fluffy"], "cat": ["small"]}
+    assert [(r.subject.name, r.relation, r.object.name) for r in a.relations] == [("dog", "near", "cat")]
+    for s in (*a.entities, *(m for b in a.bindings for m in b.modifiers)):  # columns hold the word itself
+        assert "".join(a.layout.pieces[p].text for p in s.positions) == s.name
     assert not [n for n in a.notes if "not found" in n]

@@ -227,3 +227,10 @@ def test_word_references_and_subject_texts_are_checked_without_a_prompt():
         with pytest.raises(StormError, match=message) as err:
             subjects.check_subject_spec(bad)
         assert err.value.input_name == "subjects"
+
+
+def test_alignment_resyncs_after_the_text_of_an_unknown_embedding():
+    # the host keeps "embedding:bad_hands" as text when it has no such embedding; the parser never sees it
+    lay = layout_of([f"{w}</w>" for w in "embedding : bad _ hands , a red cat".split()])
+    assert nlp.align_words(["a", "red", "cat"], lay) == [(6,), (7,), (8,)]
+    assert nlp.align_words([",", "a", "red", "cat"], lay) == [(5,), (6,), (7,), (8,)]

@@ -27,5 +27,5 @@ def test_relations_compare_in_canonical_form():
 
 def test_layouts_follow_the_host_reading_of_weights_and_embeddings():
     words = [w.text for w in clip_layout("(a red:1.2) cat, embedding:bad, ((8k)) \\(dog\\)").words]
-    assert words == ["a", "red", "cat", ",", ",", "8", "k", "(", "dog", ")"]
+    assert words == ["a", "red", "cat", ",", "embedding", ":", "bad", ",", "8", "k", "(", "dog", ")"]
     assert len(clip_layout(" ".join(["cat"] * 80)).words) == 80
