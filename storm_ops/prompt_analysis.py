@@ -129,20 +129,22 @@ _ENGLISH_WORDS = frozenset("a an the and of with on in at to is are near above b
                            "left right top front his her their its wearing holding sitting standing".split())
 _FOREIGN_WORDS = frozenset("un una uno unos unas el los las y con del en sobre junto ein eine einem einen einer der die "
                            "das und mit neben auf im unter über le les des et avec sur à au aux du dans sous il lo gli "
-                           "di della sopra sotto accanto e um uma com ao na no da do em".split())
+                           "di della sopra sotto accanto e um uma com ao na no da do em la de al por para von vom zum "
+                           "dem den".split())
 
 
 def looks_english(text: str) -> bool:
-    """Whether a prompt is (mostly) English: no English function word, and other languages' function
-    words or mostly non-Latin letters ("un gato rojo", "кошка слева от собаки")."""
+    """Whether a prompt is (mostly) English: not when other languages' function words outnumber English
+    ones ("un gato rojo a la izquierda"), nor when it has no English function word and mostly non-Latin
+    letters ("кошка слева от собаки")."""
     letters = [c for c in text if c.isalpha()]
     if not letters:
         return True
     words = re.findall(r"[^\W\d_]+", text.lower())
-    if any(w in _ENGLISH_WORDS for w in words):
-        return True
+    english = sum(w in _ENGLISH_WORDS for w in words)
+    foreign = sum(w in _FOREIGN_WORDS for w in words)
     latin = sum(1 for c in letters if c.isascii() or "LATIN" in unicodedata.name(c, ""))
-    return latin * 2 > len(letters) and not any(w in _FOREIGN_WORDS for w in words)
+    return english >= foreign if english or latin * 2 > len(letters) else False
 
 
 def analyze_parsed(text: str, layout: TokenLayout, doc, *, method: str = "spacy") -> PromptAnalysis:

@@ -288,7 +288,8 @@ def resolve_relations(doc, phrases: Sequence[RelationPhrase], entity_of: Mapping
     for phrase in phrases:
         if phrase.relation is None:
             notes.append(f"'{phrase.text}' is a depth relation, which STORM cannot guide "
-                         f"(left, right, above, below, near only); it is ignored")
+                         f"(left, right, above, below, near only); it is ignored (a layout it should guide "
+                         f"instead goes in the relations override, e.g. 'dog below car')")
             continue
         negator = _negation(doc, phrase)
         if negator:

@@ -102,3 +102,24 @@ def test_analysis_text_and_heatmap_labels_show_plain_words(nodes, tiny, encode, 
         out = nodes["STORM_AttentionHeatmap"]().render(attention=attention, latent=latent, tokens=tokens,
                                                        show="all words", view="attention")
     assert node_ui(out)["storm_labels"] == ["a", "red", "crown", "and", "a", "golden", "strawberry"]
+
+
+def test_analysis_text_says_what_was_not_understood_and_overrides_fix_it(nodes, tiny):
+    """Tags, negation, depth and other languages are reported in the node's text with the way out."""
+    clip = tiny("sd15").clip
+    node = nodes["STORM_PromptAnalysis"]()
+    with torch.inference_mode():
+        analysis, tokens, _, text = node_output(node.analyze(
+            clip=clip, text="a cat but no dog in front of a car, masterpiece, best quality, bokeh", parser="spacy"))
+        assert [s.name for s in tokens.subjects] == ["cat", "car"]
+        for said in ("tags are not objects: 'masterpiece', 'best quality', 'bokeh'", "'dog' is negated",
+                     "negative prompt", "'in front of' is a depth relation", "relations override"):
+            assert said in text
+        prompt = "un gato rojo a la izquierda de un perro azul"
+        analysis, tokens, _, text = node_output(node.analyze(clip=clip, text=prompt, parser="spacy"))
+        assert tokens.subjects == () and "does not look like English" in text
+        analysis, tokens, _, text = node_output(node.analyze(
+            clip=clip, text=prompt, parser="spacy", subjects="gato, perro", bindings="rojo -> gato; azul -> perro",
+            relations="gato left of perro"))
+        assert [s.name for s in tokens.subjects] == ["gato", "perro"]
+        assert [r.describe() for r in analysis.relations] == ["gato left of perro"] and len(analysis.bindings) == 2

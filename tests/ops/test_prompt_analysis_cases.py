@@ -142,4 +142,5 @@ def test_english_tag_lists_without_function_words_are_english():
 
     assert looks_english("1girl, solo, long hair, blue eyes, school uniform")
     assert looks_english("a café in Paris, crème brûlée on a table") and looks_english("")
-    assert not looks_english("un gatto bianco sopra un tavolo")
+    assert not looks_english("un gatto bianco sopra un tavolo") and not looks_english("un gato a la izquierda")
+    assert looks_english("a cup of café au lait on a table")
