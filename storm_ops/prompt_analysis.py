@@ -161,7 +161,10 @@ def analyze_parsed(text: str, layout: TokenLayout, doc, *, method: str = "spacy"
             notes.append(f"'{doc[i].text}' is negated ('{_negator(doc[i])}'): it is not an object (guidance cannot make "
                          f"a thing absent; put '{doc[i].text}' in the negative prompt)")
     consumed = consumed | tags | negated
-    heads = [t for t in doc if t.pos_ in _NOUNS and t.i not in consumed and _heads_phrase(t, consumed)]
+    heads = [t for t in doc if (t.pos_ in _NOUNS or _adjective_noun(t)) and t.i not in consumed
+             and _heads_phrase(t, consumed)]
+    notes += [f"'{t.text}' (parsed as an adjective) ends its noun phrase: read as a noun" for t in heads
+              if t.pos_ not in _NOUNS]
     head_ids = {t.i for t in heads}
     entity_of: dict[int, Subject] = {}
     entities: list[Subject] = []
@@ -366,6 +369,19 @@ def _noun_tail(head, stop) -> int | None:
         return None
     after = doc[tail.i + 1] if tail.i + 1 < len(doc) else None
     return tail.i if after is None or after.pos_ in _PHRASE_ENDS else None
+
+
+def _adjective_noun(token) -> bool:
+    """A word the parser tagged as an adjective that stands alone between a determiner and a comma or the
+    end: a noun it did not know ("sleeping on a rug, cozy": en_core_web_sm tags "rug" as an adjective)."""
+    doc = token.doc
+    if token.pos_ != "ADJ" or token.i == 0 or doc[token.i - 1].text.lower() not in ("a", "an", "the") \
+            or is_attribute(token.text) or token.text.lower() in STYLE_WORDS or not token.is_alpha:
+        return False
+    after = doc[token.i + 1] if token.i + 1 < len(doc) else None
+    if after is not None and not _is_separator(after):
+        return False
+    return not (token.head.pos_ in _NOUNS and token.head.i > token.i)  # "a big, red dog": big describes dog
 
 
 def _bind_linearly(doc, modifiers: dict, entity_of: dict, taken: set) -> None:

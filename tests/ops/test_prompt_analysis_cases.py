@@ -124,6 +124,9 @@ def test_parser_slips_on_pattern_words_and_unknown_nouns():
     assert objects(run("a fire hydrant on a street")) == ["fire hydrant", "street"]
     a = run("a room full of books, a dog asleep on a sofa")  # adjectives after a noun stay adjectives
     assert objects(a) == ["room", "books", "dog", "sofa"]
+    a = run("a brown dog and a gray cat sleeping on a rug, cozy, warm light, 4k")  # "rug" tagged ADJ
+    assert objects(a) == ["dog", "cat", "rug"] and any("'rug' (parsed as an adjective)" in n for n in a.notes)
+    assert objects(run("a big, red dog")) == ["dog"] and bindings(run("a big, red dog")) == {"dog": ["big", "red"]}
 
 
 @pytest.mark.parametrize("text", ["un gato rojo y un perro azul", "eine rote Katze neben einem blauen Hund",
