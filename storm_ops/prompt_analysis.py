@@ -64,7 +64,7 @@ STYLE_WORDS = frozenset(
     "poly anime manga cinematic photorealistic hyperrealistic realistic realism impressionism minimalism "
     "surrealism expressionism chiaroscuro watercolor watercolour gouache canvas hour award trending volumetric "
     "geographic portrait texture rim ultra highly epic vibrant vivid intricate professional 3d 2d cgi pbr "
-    "octane sharp blurry bloom lut vignette filmic cinematography studio background backdrop still brushstrokes "
+    "sharp blurry bloom lut vignette filmic cinematography studio background backdrop still brushstrokes "
     "strokes".split())
 #: Style nouns that are never objects, wherever they stand.
 STYLE_NOUNS = frozenset(
@@ -103,22 +103,26 @@ def analyze_prompt(text: str, layout: TokenLayout, *, parser: str = "auto", pipe
     """
     if parser not in PARSERS:
         raise StormError(f"unknown parser {parser!r}; use one of {PARSERS}", input_name="parser")
+    cleaned = nlp.clean_prompt(text)
+    english = looks_english(cleaned)
     if parser == "rules":
-        if not looks_english(nlp.clean_prompt(text)):
-            return _finish(text, layout, [], [], [], "rules", [NOT_ENGLISH_NOTE])
-        return analyze_rules(text, layout)
+        return analyze_rules(text, layout) if english else _not_english(text, layout, "rules")
     try:
         model, name = nlp.load_pipeline(pipeline)
     except nlp.NoParserError:
         if parser == "spacy" or pipeline:
             raise
-        if not looks_english(nlp.clean_prompt(text)):
-            return _finish(text, layout, [], [], [], "rules", [NOT_ENGLISH_NOTE])
+        if not english:
+            return _not_english(text, layout, "rules")
         return analyze_rules(text, layout, notes=(FALLBACK_NOTE + nlp.install_hint(),))
-    cleaned = nlp.clean_prompt(text)
-    if not looks_english(cleaned):
-        return _finish(text, layout, [], [], [], f"spacy:{name}", [NOT_ENGLISH_NOTE])
+    if not english:
+        return _not_english(text, layout, f"spacy:{name}")
     return analyze_parsed(text, layout, model(cleaned), method=f"spacy:{name}")
+
+
+def _not_english(text: str, layout: TokenLayout, method: str) -> PromptAnalysis:
+    """No objects from a prompt the English parser cannot read, and a note on the override inputs."""
+    return _finish(text, layout, [], [], [], method, [NOT_ENGLISH_NOTE])
 
 
 NOT_ENGLISH_NOTE = ("the prompt does not look like English, and the parser reads English only: no objects, bindings or "
@@ -268,12 +272,10 @@ def _is_separator(token) -> bool:
 
 def _is_framing(token) -> bool:
     """A noun that names the picture ("a photo of", "close-up of"), not a thing in it."""
-    from .relations import FRAMING_NOUNS
-
     word = token.text.lower()
     if word == "up" and token.i >= 2 and token.doc[token.i - 2].text.lower() == "close":
         word = "closeup"
-    return word in FRAMING_NOUNS | {"closeup", "portrait"} and any(c.text.lower() == "of" for c in token.children)
+    return word in relations.FRAMING_NOUNS | {"closeup", "portrait"} and any(c.text.lower() == "of" for c in token.children)
 
 
 def tag_tokens(doc) -> frozenset[int]:
