@@ -197,7 +197,7 @@ def _segment_subject(doc, phrase: RelationPhrase, entity_of: Mapping[int, Subjec
 
 
 def _pair_sides(bare: list[tuple[RelationPhrase, int | None]], entity_of: Mapping[int, Subject],
-                notes: list[str]) -> list[tuple[SpatialRelation, int, int]]:
+                notes: list[str]) -> list[SpatialRelation]:
     """"a car on the left and a bus on the right": every object on the left is left of every object on
     the right."""
     sides = {"left": [], "right": []}
@@ -217,7 +217,7 @@ def _pair_sides(bare: list[tuple[RelationPhrase, int | None]], entity_of: Mappin
     for _, left in sides["left"]:
         for _, right in sides["right"]:
             if left != right and not set(entity_of[left].positions) & set(entity_of[right].positions):
-                out.append((SpatialRelation(entity_of[left], "left", entity_of[right]), left, right))
+                out.append(SpatialRelation(entity_of[left], "left", entity_of[right]))
     return out
 
 
@@ -283,7 +283,7 @@ def resolve_relations(doc, phrases: Sequence[RelationPhrase], entity_of: Mapping
     """
     owner = {i: p for p in phrases for i in p.consumed}
     relations, notes = [], []
-    tokens: list[tuple[int, int]] = []  # (subject token, object token) of each relation
+    tokens: list[tuple[int, int, RelationPhrase]] = []  # subject token, object token, phrase of each relation
     bare = []
     for phrase in phrases:
         if phrase.relation is None:
@@ -315,7 +315,7 @@ def resolve_relations(doc, phrases: Sequence[RelationPhrase], entity_of: Mapping
             relations.append(relation)
             tokens.append((subject_token, phrase.object, phrase))
     relations += _coordinated(doc, relations, tokens, entity_of)
-    for relation, *_ in _pair_sides(bare, entity_of, notes):
+    for relation in _pair_sides(bare, entity_of, notes):
         if relation not in relations:
             relations.append(relation)
     return tuple(relations), tuple(notes)
