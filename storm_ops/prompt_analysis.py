@@ -507,12 +507,18 @@ def analyze_rules(text: str, layout: TokenLayout, *, notes: tuple[str, ...] = ()
     mods_of: dict[int, list[int]] = {}
     carry: list[int] = []
     previous_break = ""
+    tags: list[str] = []
     for part, next_break in segments:
         k = 0
         while k < len(part) and words[part[k]] in _DETERMINERS:
             k += 1
         content = part[k:]
-        if content and all(is_attribute(words[i]) for i in content) and previous_break in _COPULAS and nouns:
+        styled = [i for i in content if words[i] in STYLE_NOUNS or _is_tag(words[i])
+                  or (k == 0 and words[i] in STYLE_WORDS)]
+        if styled:  # "best quality", "volumetric lighting", "8k": tags, never objects
+            tags.append(" ".join(words[i] for i in content))
+            carry = []
+        elif content and all(is_attribute(words[i]) for i in content) and previous_break in _COPULAS and nouns:
             mods_of.setdefault(nouns[-1], []).extend(content)  # "the dog is red"
         elif content and all(is_attribute(words[i]) for i in content) and next_break in ("and", ","):
             carry += content  # "a red and blue table"
@@ -529,6 +535,8 @@ def analyze_rules(text: str, layout: TokenLayout, *, notes: tuple[str, ...] = ()
     subject_of = {i: nlp.word_subject(layout, [i]) for i in nouns}
     bindings = [BindingSet(subject_of[i], tuple(nlp.word_subject(layout, [m]) for m in mods_of[i]))
                 for i in nouns if mods_of.get(i)]
+    if tags:
+        notes_out.append("quality and style tags are not objects: " + ", ".join(f"'{t}'" for t in tags))
     rels, rel_notes = relations.rule_relations(words, [(i, subject_of[i]) for i in nouns])
     return _finish(text, layout, list(subject_of.values()), bindings, rels, "rules", notes_out + list(rel_notes))
 

@@ -192,3 +192,10 @@ def test_binding_override_errors(text, message):
     with pytest.raises(StormError, match=message.replace("(", r"\(")) as err:
         parse_binding_override(text, LAYOUT)
     assert err.value.input_name == "bindings"
+
+
+def test_rule_fallback_leaves_out_quality_tags():
+    text = "a red crown , masterpiece , best quality , 8 k uhd , volumetric lighting , bokeh"
+    a = analyze_rules(text, clip_of(text))
+    assert [e.name for e in a.entities] == ["crown"] and bindings_of(a) == "red:2 -> crown:3"
+    assert any(n.startswith("quality and style tags are not objects: 'masterpiece', 'best quality'") for n in a.notes)
