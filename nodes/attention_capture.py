@@ -336,19 +336,21 @@ class ContinuousRecorder(MapRecorder):
         self._last_sigma: float | None = None
         self._runs_from_host = False
 
+    def _new_record(self) -> None:
+        self.record = RunRecord(self.info)
+        self.history.add(self.record)
+
     def begin_run(self) -> None:
         """A sampling call starts (from the host's sampling wrapper): a new record, no state carried over."""
         self._runs_from_host = True
         self._reset_pass()
         self._recorded_sigma = self._last_sigma = None
-        self.record = RunRecord(self.info)
-        self.history.add(self.record)
+        self._new_record()
 
     def _maybe_start_run(self, sigma: float) -> None:
         if self.record is None or (not self._runs_from_host and self._last_sigma is not None
                                    and sigma > self._last_sigma):
-            self.record = RunRecord(self.info)
-            self.history.add(self.record)
+            self._new_record()
         self._last_sigma = sigma
 
     def observe(self, key, q, k, extra_options):

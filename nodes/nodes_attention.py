@@ -28,6 +28,19 @@ from .nodes_sampling import ATTENTION_OUTPUT_TOOLTIP, LAYERS_INPUT
 ATTENTION_FILE_FORMAT = "comfyui-storm.attention/1"
 
 
+def find_run(attention, latent: dict, run: str):
+    """The run ``run`` selects for ``latent`` (the ``run`` input of the heatmap and save nodes)."""
+    if run == "latest run" and latent_run(latent) is None:
+        record = attention.latest()
+        if record is None:
+            raise StormError("no sampling run has been recorded yet", input_name="attention")
+        return record
+    record = attention.find(latent)
+    if record is None:
+        raise StormError(attention.miss_message(latent), input_name="latent")
+    return record
+
+
 class AttentionRecorder:
     """MODEL -> MODEL patch that records cross-attention maps for STORM Attention Heatmap."""
 
@@ -129,7 +142,7 @@ class AttentionHeatmap:
     @node_errors(NODE_NAME)
     def render(self, attention, latent, tokens, show, view, image=None, run="matching latent", batch_index=0,
                opacity=0.6):
-        record = self._find_run(attention, latent, run)
+        record = find_run(attention, latent, run)
         layout = tokens.layout
         if record.prompt_encoding is not None:
             given = untile_encoding(record.prompt_encoding, layout.length)
@@ -170,18 +183,6 @@ class AttentionHeatmap:
         ui = {"images": [self._save_preview(grid)], "storm_log": [text], "storm_labels": labels,
               "storm_steps": list(record.log)}
         return {"ui": ui, "result": (grid, overlay.clamp(0, 1), masks, text)}
-
-    @staticmethod
-    def _find_run(attention, latent, run):
-        if run == "latest run" and latent_run(latent) is None:
-            record = attention.latest()
-            if record is None:
-                raise StormError("no sampling run has been recorded yet", input_name="attention")
-            return record
-        record = attention.find(latent)
-        if record is None:
-            raise StormError(attention.miss_message(latent), input_name="latent")
-        return record
 
     @staticmethod
     def _save_preview(grid: torch.Tensor) -> dict:
@@ -225,7 +226,7 @@ class SaveAttention:
 
     @node_errors(NODE_NAME)
     def save(self, attention, latent, filename_prefix, tokens=None, run="matching latent"):
-        record = AttentionHeatmap._find_run(attention, latent, run)
+        record = find_run(attention, latent, run)
         if not record.step_maps:
             raise StormError("this sampling run recorded no attention maps", input_name="attention")
         tensors = {"maps": torch.stack([m for _, m in record.step_maps]).contiguous(),
