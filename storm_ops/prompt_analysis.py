@@ -19,7 +19,7 @@ the first noun). Choices beyond SynGen:
 * a noun attached across a comma heads its own phrase ("riding a horse, photorealistic, 8k"), and
   words with digits ("4k", "8k") are quality tags, not objects;
 * the words of relation phrases ("next", "left", "top") are neither objects nor modifiers;
-* quality tags and style words are never objects (see :func:`tag_tokens`): nouns of ``STYLE_NOUNS``
+* quality tags and style words are never objects (see :func:`storm_ops.prompt_filters.tag_tokens`): nouns of ``STYLE_NOUNS``
   ("masterpiece", "bokeh", "lighting", "dslr", "artstation"), words with digits ("8k"), framing nouns
   with an "of" ("a photo of a cat"), and every word of a tag phrase: a comma-separated phrase without
   a determiner that holds a style word ("volumetric lighting", "award winning photo", "depth of
@@ -30,19 +30,27 @@ Without spaCy a rule-based fallback handles plain lists ("a red crown and a gold
 
 from __future__ import annotations
 
-import re
-import unicodedata
-
 from . import nlp, relations
 from .errors import StormError
 from .parsed_prompt import BindingSet, PromptAnalysis
+from .prompt_filters import (
+    NOT_ENGLISH_NOTE,
+    NOUN_POS,
+    STYLE_NOUNS,
+    STYLE_WORDS,
+    is_digit_tag,
+    is_separator,
+    looks_english,
+    negated_nouns,
+    negator,
+    tag_tokens,
+)
 from .subjects import parse_word_reference, resolve_word
 from .token_layout import Subject, TokenLayout
 
 PARSERS = ("auto", "spacy", "rules")
 #: SynGen's modifier dependency labels.
 MOD_LABELS = frozenset({"amod", "nmod", "compound", "npadvmod", "advmod", "acomp"})
-_NOUNS = ("NOUN", "PROPN")
 #: Colour, material and pattern words: modifiers even where the parser calls them compound nouns.
 ATTRIBUTE_WORDS = frozenset(
     "red orange yellow green blue purple violet pink brown black white gray grey gold golden silver beige "
@@ -53,24 +61,6 @@ ATTRIBUTE_WORDS = frozenset(
     "tin chrome".split())
 #: Adjective endings: "iridescent", "luminous" are attributes even when tagged as compound nouns.
 ATTRIBUTE_SUFFIXES = ("escent", "ous", "ful", "ive", "less", "ish")
-#: Quality, medium, style, camera, lighting and composition words of image prompts. A noun among them is
-#: never an object; a comma-separated phrase without a determiner that holds one is a tag phrase.
-STYLE_WORDS = frozenset(
-    "masterpiece masterpieces quality resolution res detail details detailed uhd hd fhd hdr dslr slr artstation "
-    "deviantart pixiv behance cgsociety bokeh lighting light focus composition render rendering renders octane "
-    "unreal engine vray redshift blender photography photo photograph photos wallpaper style styles aesthetic "
-    "aesthetics exposure colors colours color colour tones tone grain contrast saturation sharpness shading "
-    "depth art artwork painting drawing illustration sketch concept design view shot angle closeup macro lens mm "
-    "poly anime manga cinematic photorealistic hyperrealistic realistic realism impressionism minimalism "
-    "surrealism expressionism chiaroscuro watercolor watercolour gouache canvas hour award trending volumetric "
-    "geographic portrait texture rim ultra highly epic vibrant vivid intricate professional 3d 2d cgi pbr "
-    "sharp blurry bloom lut vignette filmic cinematography studio background backdrop still brushstrokes "
-    "strokes".split())
-#: Style nouns that are never objects, wherever they stand.
-STYLE_NOUNS = frozenset(
-    "masterpiece masterpieces quality resolution details uhd hd fhd hdr dslr artstation deviantart pixiv behance "
-    "cgsociety bokeh lighting composition render rendering renders octane vray photography wallpaper style "
-    "aesthetic aesthetics exposure cinematography".split())
 _DETERMINERS = frozenset("a an the some another this that these those my his her its our their your one two "
                          "three four five several many few".split())
 _BREAKS = frozenset("and with or & plus , ; . : ! ? | on in of at by from to into onto for inside outside behind "
@@ -125,32 +115,6 @@ def _not_english(text: str, layout: TokenLayout, method: str) -> PromptAnalysis:
     return _finish(text, layout, [], [], [], method, [NOT_ENGLISH_NOTE])
 
 
-NOT_ENGLISH_NOTE = ("the prompt does not look like English, and the parser reads English only: no objects, bindings or "
-                    "relations were taken from it. Write them in the subjects, bindings and relations inputs "
-                    "(e.g. subjects 'gato, perro'; bindings 'rojo -> gato'; relations 'gato left of perro'), or "
-                    "translate the prompt")
-_ENGLISH_WORDS = frozenset("a an the and of with on in at to is are near above below under over next behind beside "
-                           "left right top front his her their its wearing holding sitting standing".split())
-_FOREIGN_WORDS = frozenset("un una uno unos unas el los las y con del en sobre junto ein eine einem einen einer der die "
-                           "das und mit neben auf im unter über le les des et avec sur à au aux du dans sous il lo gli "
-                           "di della sopra sotto accanto e um uma com ao na no da do em la de al por para von vom zum "
-                           "dem den".split())
-
-
-def looks_english(text: str) -> bool:
-    """Whether a prompt is (mostly) English: not when other languages' function words outnumber English
-    ones ("un gato rojo a la izquierda"), nor when it has no English function word and mostly non-Latin
-    letters ("кошка слева от собаки")."""
-    letters = [c for c in text if c.isalpha()]
-    if not letters:
-        return True
-    words = re.findall(r"[^\W\d_]+", text.lower())
-    english = sum(w in _ENGLISH_WORDS for w in words)
-    foreign = sum(w in _FOREIGN_WORDS for w in words)
-    latin = sum(1 for c in letters if c.isascii() or "LATIN" in unicodedata.name(c, ""))
-    return english >= foreign if english or latin * 2 > len(letters) else False
-
-
 def analyze_parsed(text: str, layout: TokenLayout, doc, *, method: str = "spacy") -> PromptAnalysis:
     """Analysis of an already parsed prompt (a spaCy ``Doc`` of the cleaned prompt)."""
     notes: list[str] = []
@@ -162,13 +126,13 @@ def analyze_parsed(text: str, layout: TokenLayout, doc, *, method: str = "spacy"
     negated = negated_nouns(doc)
     for i in sorted(negated):
         if doc[i].dep_ != "compound":
-            notes.append(f"'{doc[i].text}' is negated ('{_negator(doc[i])}'): it is not an object (guidance cannot make "
+            notes.append(f"'{doc[i].text}' is negated ('{negator(doc[i])}'): it is not an object (guidance cannot make "
                          f"a thing absent; put '{doc[i].text}' in the negative prompt)")
     consumed = consumed | tags | negated
-    heads = [t for t in doc if (t.pos_ in _NOUNS or _adjective_noun(t)) and t.i not in consumed
+    heads = [t for t in doc if (t.pos_ in NOUN_POS or _adjective_noun(t)) and t.i not in consumed
              and _heads_phrase(t, consumed)]
     notes += [f"'{t.text}' (parsed as an adjective) ends its noun phrase: read as a noun" for t in heads
-              if t.pos_ not in _NOUNS]
+              if t.pos_ not in NOUN_POS]
     head_ids = {t.i for t in heads}
     entity_of: dict[int, Subject] = {}
     entities: list[Subject] = []
@@ -241,7 +205,7 @@ def analyze_parsed(text: str, layout: TokenLayout, doc, *, method: str = "spacy"
 def _heads_phrase(token, consumed) -> bool:
     """Whether a noun heads an object's phrase (SynGen: its label is not a modifier label)."""
     nxt = token.doc[token.i + 1] if token.i + 1 < len(token.doc) else None
-    if is_attribute(token.text) and nxt is not None and nxt.pos_ in _NOUNS and nxt.i not in consumed:
+    if is_attribute(token.text) and nxt is not None and nxt.pos_ in NOUN_POS and nxt.i not in consumed:
         return False  # "plaid pants" (parsed as conjoined nouns): a pattern word before a noun describes it
     if token.dep_ not in MOD_LABELS:
         return True
@@ -254,81 +218,6 @@ def _heads_phrase(token, consumed) -> bool:
         return False
 
     return any(c.dep_ in ("det", "cc", "poss", "nummod") for c in token.children)
-
-
-def _is_tag(word: str) -> bool:
-    """Words with digits ("4k", "8k", "1080p") are quality tags, not objects."""
-    return any(c.isdigit() for c in word)
-
-
-_SEPARATORS = frozenset(",;|!?")
-_PHRASE_DETERMINERS = frozenset("a an the this that these those my his her its our their your some".split())
-
-
-def _is_separator(token) -> bool:
-    text = token.text
-    return token.pos_ == "PUNCT" and (text in _SEPARATORS or set(text) <= {".", "\u2026"})
-
-
-def _is_framing(token) -> bool:
-    """A noun that names the picture ("a photo of", "close-up of"), not a thing in it."""
-    word = token.text.lower()
-    if word == "up" and token.i >= 2 and token.doc[token.i - 2].text.lower() == "close":
-        word = "closeup"
-    return word in relations.FRAMING_NOUNS | {"closeup", "portrait"} and any(c.text.lower() == "of" for c in token.children)
-
-
-def tag_tokens(doc) -> frozenset[int]:
-    """Tokens that are quality tags or style words, never objects nor modifiers (see the module docstring)."""
-    out: set[int] = set()
-    segment: list = []
-    for token in [*doc, None]:
-        if token is not None and not _is_separator(token):
-            segment.append(token)
-            continue
-        words = [t for t in segment if not t.is_punct]
-        bare = not any(t.text.lower() in _PHRASE_DETERMINERS or t.dep_ == "poss" for t in words)
-        styled = any(t.text.lower() in STYLE_WORDS or _is_tag(t.text) for t in words)
-        if words and bare and (styled or words[0].text.lower() == "by"):
-            out.update(t.i for t in segment)
-        for t in words:
-            if t.text.lower() == "close" and [x.text.lower() for x in doc[t.i + 1:t.i + 3]] == ["-", "up"]:
-                out.update((t.i, t.i + 1, t.i + 2))  # "close-up": framing, never an object
-            if (t.pos_ in _NOUNS and t.text.lower() in STYLE_NOUNS) or _is_tag(t.text) or _is_framing(t):
-                out.add(t.i)
-        segment = []
-    return frozenset(out)
-
-
-_NEGATORS = frozenset({"no", "not", "never", "without", "nor"})
-
-
-def _negator(token) -> str:
-    """The word that negates a noun ("no", "not", "without"), or ``""``."""
-    for x in (token, *token.ancestors):
-        word = next((c.text.lower() for c in x.children if c.text.lower() in _NEGATORS and c.i < x.i
-                     and c.dep_ in ("det", "neg", "advmod", "preconj")), "")
-        before = token.doc[x.left_edge.i - 1] if x.left_edge.i > 0 else None
-        if not word and before is not None and before.text.lower() in ("no", "not"):  # "a cat, not a dog"
-            word = before.text.lower()
-        if word:
-            return word
-        if x.dep_ == "pobj" and x.head.text.lower() == "without":
-            return "without"
-        if x.dep_ != "conj":
-            return ""
-    return ""
-
-
-def negated_nouns(doc) -> frozenset[int]:
-    """Nouns the prompt says are absent: "no dog", "not a dog", "without candles", "no cars or people"
-    (with their compound parts)."""
-    out = set()
-    for t in doc:
-        if t.pos_ in _NOUNS and _negator(t):
-            out.add(t.i)
-            out.update(c.i for c in t.subtree if c.dep_ == "compound")
-    return frozenset(out)
 
 
 def _spans(indices: list[int]) -> list[tuple[int, int]]:
@@ -381,9 +270,9 @@ def _adjective_noun(token) -> bool:
             or is_attribute(token.text) or token.text.lower() in STYLE_WORDS or not token.is_alpha:
         return False
     after = doc[token.i + 1] if token.i + 1 < len(doc) else None
-    if after is not None and not _is_separator(after):
+    if after is not None and not is_separator(after):
         return False
-    return not (token.head.pos_ in _NOUNS and token.head.i > token.i)  # "a big, red dog": big describes dog
+    return not (token.head.pos_ in NOUN_POS and token.head.i > token.i)  # "a big, red dog": big describes dog
 
 
 def _bind_linearly(doc, modifiers: dict, entity_of: dict, taken: set) -> None:
@@ -394,7 +283,7 @@ def _bind_linearly(doc, modifiers: dict, entity_of: dict, taken: set) -> None:
     for m in doc:
         if m.i in taken and m.i not in owner:
             continue
-        if m.i not in owner and not (m.pos_ == "ADJ" or (m.pos_ in _NOUNS and is_attribute(m.text))):
+        if m.i not in owner and not (m.pos_ == "ADJ" or (m.pos_ in NOUN_POS and is_attribute(m.text))):
             continue
         target = None
         for t in doc[m.i + 1:]:
@@ -418,7 +307,7 @@ def _bind_linearly(doc, modifiers: dict, entity_of: dict, taken: set) -> None:
 def _compound_parts(head, stop) -> set[int]:
     parts = set()
     for child in head.children:
-        if child.dep_ == "compound" and child.pos_ in _NOUNS and child.i not in stop \
+        if child.dep_ == "compound" and child.pos_ in NOUN_POS and child.i not in stop \
                 and not is_attribute(child.text):
             parts |= {child.i} | _compound_parts(child, stop)
     return parts
@@ -513,7 +402,7 @@ def analyze_rules(text: str, layout: TokenLayout, *, notes: tuple[str, ...] = ()
         while k < len(part) and words[part[k]] in _DETERMINERS:
             k += 1
         content = part[k:]
-        styled = [i for i in content if words[i] in STYLE_NOUNS or _is_tag(words[i])
+        styled = [i for i in content if words[i] in STYLE_NOUNS or is_digit_tag(words[i])
                   or (k == 0 and words[i] in STYLE_WORDS)]
         if styled:  # "best quality", "volumetric lighting", "8k": tags, never objects
             tags.append(" ".join(words[i] for i in content))
