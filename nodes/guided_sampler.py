@@ -263,6 +263,7 @@ def _log_entry(step: int, sigma: float, report) -> dict:
         "terms_before": {k: _floats(v) for k, v in report.first.term_losses.items()},
         "terms_after": {k: _floats(v) for k, v in report.last.term_losses.items()},
         "refine_iters": report.refine_iters,
+        "refine_iters_per_sample": [int(v) for v in report.sample_refine_iters],
         "updates": report.updates,
     }
     for key, value in report.last.metrics.items():

@@ -58,6 +58,8 @@ class StepReport:
     refine_iters: int = 0
     updates: int = 0
     skipped: list[str] = field(default_factory=list)
+    #: refinement updates each sample received (``(B,)`` int); ``refine_iters`` is the batch's maximum
+    sample_refine_iters: torch.Tensor | None = None
 
 
 def clip_grad_norm(grad: torch.Tensor, max_norm: float | torch.Tensor) -> torch.Tensor:
@@ -152,7 +154,8 @@ def guidance_step(z: torch.Tensor, evaluate: Callable[[torch.Tensor], Evaluation
     (Tensor, StepReport)
     """
     ev = evaluate(z)
-    report = StepReport(first=ev, last=ev)
+    report = StepReport(first=ev, last=ev,
+                        sample_refine_iters=torch.zeros(z.shape[0], dtype=torch.long, device=z.device))
     cap = ev.max_refine_iters if refine else 0
     while report.refine_iters < cap and not bool(ev.satisfied.all()):
         todo = ~ev.satisfied
@@ -163,6 +166,7 @@ def guidance_step(z: torch.Tensor, evaluate: Callable[[torch.Tensor], Evaluation
         if not bool(applied.any()):
             break  # nothing could move: re-evaluating the same latent would not help
         report.refine_iters += 1
+        report.sample_refine_iters += applied.to(report.sample_refine_iters.device, torch.long)
         report.updates += 1
         ev = evaluate(z)
     if update:

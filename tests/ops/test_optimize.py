@@ -48,6 +48,7 @@ def test_regular_update_uses_the_last_evaluation_and_refinement_is_per_sample():
     out, report = guidance_step(z, obj, multiplier=0.1)
     # sample 1 needs one refinement update, sample 0 five; both get the regular update afterwards
     assert report.refine_iters == 5
+    assert report.sample_refine_iters.tolist() == [5, 1]
     assert out[0].mean().item() == pytest.approx(0.6)
     assert out[1].mean().item() == pytest.approx(0.65)
 
