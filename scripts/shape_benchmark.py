@@ -1,24 +1,29 @@
 """Does each method fix what it claims, in the image? Plain sampling vs every method on the shape model.
 
-For every prompt of ``harness.shape_world.prompt_sets()`` and every seed, each method samples one
-image on the same noise (STORM Guided KSampler; ``plain`` is the same sampler with no loss), the VAE
-decodes it, and ``harness.shape_eval.judge`` decides, per the prompt's kind:
+For every prompt of ``harness.shape_world.prompt_sets()``, each method samples the same ``--samples``
+initial noises (one batch from seed ``--seed``: image ``i`` of every method starts from noise sample
+``i``; STORM Guided KSampler, ``plain`` is the same sampler with no loss; guidance and refinement are
+per image), the VAE decodes them, and ``harness.shape_eval.judge`` decides, per the prompt's kind:
 
+* ``single``   success = the object is drawn in its colour (``binding_ok``: what the model knows);
 * ``pair``     success = every requested shape is drawn (``all_present``: object neglect);
 * ``binding``  success = every requested (colour, shape) is drawn (``binding_ok``);
 * ``relation`` success = both objects drawn and the subject on the requested side (``relation_ok``).
 
 Reported per kind and method: the success rate with its 95% Wilson interval, the change against
-``plain`` on the same (prompt, seed) pairs with a 95% paired-bootstrap interval, the time per image
-and the refinement iterations the losses used. Prints a table and writes JSON (and, with
-``--grid``, a before/after picture grid).
+``plain`` on the same (prompt, noise) pairs with a 95% paired-bootstrap interval, the time per image,
+the refinement iterations the losses used (per image) and how often a subject's attention map (the
+run's mean, at image size) lies on its own detected object rather than on the other's ("maps on",
+``harness.shape_eval.attention_on_objects``, over images where every object was found). Prints a
+table and writes JSON (and, with ``--grid``, a before/after picture grid).
 
-    python -m scripts.shape_benchmark --model models/storm_shapes_sd15.safetensors --seeds 64
+    python -m scripts.shape_benchmark --model models/storm_shapes_sd15.safetensors --samples 64
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import sys
@@ -28,15 +33,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.shape_eval import judge
+from harness.shape_eval import attention_on_objects, judge
 from harness.shape_world import prompt_sets
 
 #: which outcome each prompt kind is judged by
-SUCCESS = {"pair": "all_present", "binding": "binding_ok", "relation": "relation_ok"}
+SUCCESS = {"single": "binding_ok", "pair": "all_present", "binding": "binding_ok", "relation": "relation_ok"}
 #: methods, and the prompt kinds each applies to (STORM needs a spatial relation)
 METHODS = {
-    "plain": ("pair", "binding", "relation"),
+    "plain": ("single", "pair", "binding", "relation"),
     "attend_excite": ("pair", "binding", "relation"),
+    "attend_excite@1/16": ("pair",),
     "syngen": ("pair", "binding", "relation"),
     "syngen_entropy": ("pair", "binding", "relation"),
     "astar": ("pair", "binding", "relation"),
@@ -44,6 +50,9 @@ METHODS = {
     "storm_reference": ("relation",),
     "attend_excite+storm": ("relation",),
 }
+#: a method name ``"NAME@SEL"`` runs NAME on the attention layers of the sampler's selection starting
+#: with SEL (default: the sampler's default selection, "1/32 res: down+up (A&E)")
+LAYER_PREFIX = "@"
 BOOTSTRAP = 2000
 
 
@@ -94,62 +103,85 @@ class Runner:
         with torch.inference_mode():
             self.negative = tiny_conditioning(self.tiny.clip, "")
         # one untimed run first: the first sampling call pays for loading and allocation
-        self.run("attend_excite", "pair", prompt_sets()["pair"][0], [0])
+        self.run("attend_excite", "pair", prompt_sets()["pair"][0], 0, 2)
 
     def guidance(self, method: str, spec):
         from harness.nodeutil import call_node
 
+        method = method.split(LAYER_PREFIX)[0]
         n, clip = self.nodes, self.tiny.clip
         tokens, positive, _ = call_node(n["STORM_SubjectTokens"], clip=clip, text=spec.text, subjects=subjects_of(spec))
         if method == "plain":
-            return self.pack.storm_ops.guidance.Guidance(), positive
+            return self.pack.storm_ops.guidance.Guidance(), positive, tokens
         if method == "attend_excite":
-            return call_node(n["STORM_AttendAndExcite"], tokens=tokens)[0], positive
+            return call_node(n["STORM_AttendAndExcite"], tokens=tokens)[0], positive, tokens
         if method == "astar":
-            return call_node(n["STORM_AStar"], tokens=tokens)[0], positive
+            return call_node(n["STORM_AStar"], tokens=tokens)[0], positive, tokens
         analysis, _, positive, _ = call_node(n["STORM_PromptAnalysis"], clip=clip, text=spec.text, parser="auto")
         if method == "syngen":
-            return call_node(n["STORM_SynGen"], analysis=analysis)[0], positive
+            return call_node(n["STORM_SynGen"], analysis=analysis)[0], positive, tokens
         if method == "syngen_entropy":
-            return call_node(n["STORM_SynGen"], analysis=analysis, lambda_entropy=0.005)[0], positive
+            return call_node(n["STORM_SynGen"], analysis=analysis, lambda_entropy=0.005)[0], positive, tokens
         if method in ("storm_paper", "storm_reference"):
-            return call_node(n["STORM_SpatialTransport"], analysis=analysis, mode=method.split("_")[1])[0], positive
+            mode = method.split("_")[1]
+            return call_node(n["STORM_SpatialTransport"], analysis=analysis, mode=mode)[0], positive, tokens
         if method == "attend_excite+storm":
             ae = call_node(n["STORM_AttendAndExcite"], tokens=tokens)[0]
-            return call_node(n["STORM_SpatialTransport"], analysis=analysis, guidance=ae)[0], positive
+            return call_node(n["STORM_SpatialTransport"], analysis=analysis, guidance=ae)[0], positive, tokens
         raise ValueError(method)
 
-    def run(self, method: str, kind: str, spec, seeds: list[int]) -> list[dict]:
+    def run(self, method: str, kind: str, spec, seed: int, batch: int) -> list[dict]:
+        """One sampling call of ``batch`` images from ``seed`` (image ``i`` is noise sample ``i`` of the
+        batch's noise, the same for every method); per-image refinement counts from the sampler's log."""
         from harness.nodeutil import call_node
 
-        rows = []
         with torch.inference_mode():
-            guidance, positive = self.guidance(method, spec)
-            for seed in seeds:
-                latent = {"samples": torch.zeros(1, 4, self.size // 8, self.size // 8)}
-                t0 = time.perf_counter()
-                out, attention = call_node(
-                    self.nodes["STORM_GuidedKSampler"], model=self.tiny.model, guidance=guidance, seed=seed,
-                    steps=self.steps, cfg=self.cfg, sampler_name=self.sampler, scheduler="normal",
-                    positive=positive, negative=self.negative, latent_image=latent, denoise=1.0)
-                image = self.tiny.vae.decode(out["samples"])
-                seconds = time.perf_counter() - t0
-                pixels = (image[0, ..., :3].clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
-                verdict = judge(pixels, spec)
-                log = attention.latest().log
-                rows.append({"method": method, "kind": kind, "prompt": spec.text, "seed": seed,
-                             "success": bool(getattr(verdict, SUCCESS[kind])),
-                             "all_present": verdict.all_present, "binding_ok": verdict.binding_ok,
-                             "relation_ok": verdict.relation_ok, "seconds": seconds,
-                             "refine_iters": int(sum(e["refine_iters"] for e in log)),
-                             "guided_steps": len(log), "image": pixels})
+            guidance, positive, tokens = self.guidance(method, spec)
+            latent = {"samples": torch.zeros(batch, 4, self.size // 8, self.size // 8)}
+            layers = {}
+            if LAYER_PREFIX in method:
+                selections = importlib.import_module(self.pack.__name__ + ".nodes.architecture").LAYER_SELECTIONS
+                prefix = method.split(LAYER_PREFIX)[1]
+                layers["attention_layers"] = next(k for k in selections if k.startswith(prefix))
+            t0 = time.perf_counter()
+            out, attention = call_node(
+                self.nodes["STORM_GuidedKSampler"], model=self.tiny.model, guidance=guidance, seed=seed,
+                steps=self.steps, cfg=self.cfg, sampler_name=self.sampler, scheduler="normal",
+                positive=positive, negative=self.negative, latent_image=latent, denoise=1.0, **layers)
+            images = self.tiny.vae.decode(out["samples"])
+            seconds = (time.perf_counter() - t0) / batch
+        record = attention.latest()
+        log = record.log
+        on_objects = self.subject_maps(record, tokens, images.shape[1], images.shape[2])
+        refined = np.zeros(batch, dtype=int)
+        for entry in log:
+            refined += np.asarray(entry["refine_iters_per_sample"], dtype=int)
+        pixels = (images[..., :3].clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        rows = []
+        for i in range(batch):
+            verdict = judge(pixels[i], spec)
+            hits = attention_on_objects(on_objects[i], verdict)
+            rows.append({"method": method, "kind": kind, "prompt": spec.text, "seed": seed, "index": i,
+                         "success": bool(getattr(verdict, SUCCESS[kind])),
+                         "all_present": verdict.all_present, "binding_ok": verdict.binding_ok,
+                         "relation_ok": verdict.relation_ok, "seconds": seconds,
+                         "attention_on_objects": None if hits is None else list(hits),
+                         "refine_iters": int(refined[i]), "guided_steps": len(log), "image": pixels[i]})
         return rows
+
+
+    def subject_maps(self, record, tokens, height: int, width: int) -> np.ndarray:
+        """``(B, K, H, W)``: each subject's attention map, averaged over the run, at image size."""
+        attention = self.pack.storm_ops.attention
+        maps = record.mean_maps(tokens.layout.length)
+        sel = attention.select_token_maps(maps, [s.positions for s in tokens.subjects])
+        return torch.nn.functional.interpolate(sel.float(), size=(height, width), mode="bilinear").numpy()
 
 
 def summarise(rows: list[dict]) -> list[dict]:
     table = []
     for kind in SUCCESS:
-        base = {(r["prompt"], r["seed"]): r["success"] for r in rows if r["kind"] == kind and r["method"] == "plain"}
+        base = {(r["prompt"], r["seed"], r["index"]): r["success"] for r in rows if r["kind"] == kind and r["method"] == "plain"}
         for method, kinds in METHODS.items():
             if kind not in kinds:
                 continue
@@ -161,8 +193,11 @@ def summarise(rows: list[dict]) -> list[dict]:
             entry = {"kind": kind, "method": method, "n": n, "rate": k / n, "ci": [lo, hi],
                      "seconds": float(np.median([r["seconds"] for r in rs])),
                      "refine_iters": float(np.mean([r["refine_iters"] for r in rs]))}
+            hits = [h for r in rs if r["attention_on_objects"] is not None for h in r["attention_on_objects"]]
+            entry["attention_on_objects"] = float(np.mean(hits)) if hits else float("nan")
             if method != "plain" and base:
-                pairs = [(base[(r["prompt"], r["seed"])], r["success"]) for r in rs if (r["prompt"], r["seed"]) in base]
+                keys = [(r["prompt"], r["seed"], r["index"]) for r in rs]
+                pairs = [(base[k], r["success"]) for k, r in zip(keys, rs, strict=True) if k in base]
                 a, b = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
                 d, dlo, dhi = paired_difference(a, b)
                 entry["change"], entry["change_ci"] = d, [dlo, dhi]
@@ -172,13 +207,13 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 def format_table(table: list[dict]) -> str:
     lines = [f"{'kind':9} {'method':20} {'n':>5} {'success':>8} {'95% CI':>15} {'vs plain':>9} {'95% CI':>17} "
-             f"{'s/img':>6} {'refine':>6}"]
+             f"{'s/img':>6} {'refine':>6} {'maps on':>7}"]
     for e in table:
         change = f"{e['change'] * 100:+8.1f}%" if "change" in e else f"{'':>9}"
         cci = f"[{e['change_ci'][0] * 100:+5.1f}, {e['change_ci'][1] * 100:+5.1f}]" if "change" in e else ""
         lines.append(f"{e['kind']:9} {e['method']:20} {e['n']:5d} {e['rate'] * 100:7.1f}% "
                      f"[{e['ci'][0] * 100:5.1f}, {e['ci'][1] * 100:5.1f}] {change} {cci:>17} "
-                     f"{e['seconds']:6.2f} {e['refine_iters']:6.1f}")
+                     f"{e['seconds']:6.2f} {e['refine_iters']:6.1f} {e['attention_on_objects'] * 100:6.0f}%")
     return "\n".join(lines)
 
 
@@ -188,7 +223,7 @@ def picture_grid(rows: list[dict], path: Path, methods: list[str], per_kind: int
 
     keys = []
     for kind in SUCCESS:
-        ks = list(dict.fromkeys((r["prompt"], r["seed"]) for r in rows if r["kind"] == kind))
+        ks = list(dict.fromkeys((r["prompt"], r["seed"], r["index"]) for r in rows if r["kind"] == kind))
         keys += [(kind, k) for k in ks[:per_kind]]
     cell = rows[0]["image"].shape[0]
     label = 14
@@ -196,12 +231,12 @@ def picture_grid(rows: list[dict], path: Path, methods: list[str], per_kind: int
     draw = ImageDraw.Draw(grid)
     for j, m in enumerate(methods):
         draw.text((j * cell + 2, 1), m[:cell // 6], fill=(0, 0, 0))
-    index = {(r["method"], r["prompt"], r["seed"]): r for r in rows}
-    for i, (_kind, (prompt, seed)) in enumerate(keys):
+    index = {(r["method"], r["prompt"], r["seed"], r["index"]): r for r in rows}
+    for i, (_kind, (prompt, seed, n)) in enumerate(keys):
         y = label + i * (cell + label)
-        draw.text((2, y + 1), f"{prompt} (seed {seed})"[: len(methods) * cell // 6], fill=(0, 0, 0))
+        draw.text((2, y + 1), f"{prompt} (seed {seed}, noise {n})"[: len(methods) * cell // 6], fill=(0, 0, 0))
         for j, m in enumerate(methods):
-            r = index.get((m, prompt, seed))
+            r = index.get((m, prompt, seed, n))
             if r is not None:
                 grid.paste(Image.fromarray(r["image"]), (j * cell, y + label))
                 mark = (0, 160, 0) if r["success"] else (200, 0, 0)
@@ -213,7 +248,8 @@ def picture_grid(rows: list[dict], path: Path, methods: list[str], per_kind: int
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="models/storm_shapes_sd15.safetensors")
-    parser.add_argument("--seeds", type=int, default=64, help="seeds per prompt")
+    parser.add_argument("--samples", type=int, default=64, help="initial noises per prompt (one batch)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise batch")
     parser.add_argument("--prompts", type=int, default=8, help="prompts per kind (of 8)")
     parser.add_argument("--kinds", default=",".join(SUCCESS))
     parser.add_argument("--methods", default=",".join(METHODS))
@@ -234,7 +270,7 @@ def main(argv=None) -> int:
         for spec in sets[kind][: args.prompts]:
             for method in methods:
                 if kind in METHODS[method]:
-                    rows += runner.run(method, kind, spec, list(range(args.seeds)))
+                    rows += runner.run(method, kind, spec, args.seed, args.samples)
             print(f"{kind}: {spec.text} done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     table = summarise(rows)
     print(format_table(table))

@@ -257,3 +257,26 @@ def judge(image: np.ndarray | None, spec: PromptSpec, detections=None) -> Judgem
                        and relation_holds(detections[match[s]], detections[match[o]], rel))
     extra = len(detections) - sum(present)
     return Judgement(present, all(present), bound, all(bound), relation_ok, match, extra, detections)
+
+
+def attention_on_objects(maps: np.ndarray, judgement: Judgement) -> tuple[bool, ...] | None:
+    """Whether each requested object's attention map sits on that object rather than on the others.
+
+    ``maps``: ``(K, H, W)`` non-negative maps at the image's resolution, one per requested object (in
+    ``spec.objects`` order, e.g. each object's shape word). Returns None unless every object was
+    matched to a detection; else, per object ``i``, whether its map's mean over the bounding box of its
+    own detection exceeds its mean over the box of every other requested object's detection (a mean,
+    not a sum, so a large object does not win by area).
+    """
+    if len(maps) != len(judgement.match):
+        raise ValueError(f"{len(maps)} maps for {len(judgement.match)} requested objects")
+    if any(m is None for m in judgement.match):
+        return None
+    boxes = [judgement.detections[m].bbox for m in judgement.match]
+
+    def mean_in(k: int, box: tuple[int, int, int, int]) -> float:
+        x0, y0, x1, y1 = box
+        return float(maps[k, y0:y1, x0:x1].mean())
+
+    return tuple(all(mean_in(i, boxes[i]) > mean_in(i, boxes[j]) for j in range(len(boxes)) if j != i)
+                 for i in range(len(boxes)))

@@ -354,11 +354,15 @@ def render(scene: Scene, supersample: int = 4) -> np.ndarray:
 def prompt_sets() -> dict[str, tuple[PromptSpec, ...]]:
     """The benchmark's fixed prompts, 8 per set.
 
+    * ``single``: one object; every colour twice and every shape at least twice (what the model knows).
     * ``pair``: two objects of different shapes and colours (neglect: is each shape drawn?).
     * ``binding``: four prompts and their colour-swapped twins ("a red square and a green circle" /
       "a green square and a red circle"), so no colour-shape prior can pass both; none repeats a
       ``pair`` prompt's objects.
     * ``relation``: two prompts per direction; subject and object differ in shape and colour.
+
+    A benchmark that uses only the first ``n`` of each set still gets swapped twins for ``binding``
+    (n even) and both axes for ``relation`` (n >= 2; every direction for n >= 4).
     """
     pair = [
         (("red", "circle"), ("blue", "square")),
@@ -376,17 +380,20 @@ def prompt_sets() -> dict[str, tuple[PromptSpec, ...]]:
                                (("yellow", "circle"), ("green", "triangle")),
                                (("red", "triangle"), ("blue", "circle"))]:
         binding += [((c1, s1), (c2, s2)), ((c2, s1), (c1, s2))]
-    relation = [
+    relation = [  # the first two: one horizontal, one vertical; the first four: every direction
         (("red", "circle"), ("blue", "square"), "left"),
-        (("yellow", "triangle"), ("green", "circle"), "left"),
-        (("blue", "square"), ("yellow", "circle"), "right"),
-        (("green", "triangle"), ("red", "square"), "right"),
         (("red", "triangle"), ("blue", "circle"), "above"),
-        (("yellow", "square"), ("green", "triangle"), "above"),
+        (("blue", "square"), ("yellow", "circle"), "right"),
         (("blue", "circle"), ("red", "square"), "below"),
+        (("yellow", "triangle"), ("green", "circle"), "left"),
+        (("yellow", "square"), ("green", "triangle"), "above"),
+        (("green", "triangle"), ("red", "square"), "right"),
         (("green", "square"), ("yellow", "triangle"), "below"),
     ]
+    single = [("red", "circle"), ("blue", "square"), ("green", "triangle"), ("yellow", "circle"),
+              ("red", "square"), ("blue", "triangle"), ("green", "circle"), ("yellow", "square")]
     return {
+        "single": tuple(make_spec((o,)) for o in single),
         "pair": tuple(make_spec(o) for o in pair),
         "binding": tuple(make_spec(o) for o in binding),
         "relation": tuple(make_spec((a, b), (0, rel, 1)) for a, b, rel in relation),

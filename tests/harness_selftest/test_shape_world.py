@@ -256,7 +256,9 @@ def test_parse_caption():
 
 def test_prompt_sets():
     sets = W.prompt_sets()
-    assert set(sets) == {"pair", "binding", "relation"} and all(len(v) == 8 for v in sets.values())
+    assert set(sets) == {"single", "pair", "binding", "relation"} and all(len(v) == 8 for v in sets.values())
+    assert {o for s in sets["single"] for o in s.objects} <= {(c, s) for c in W.COLOURS for s in W.SHAPES}
+    assert Counter(s.objects[0][0] for s in sets["single"]) == {c: 2 for c in W.COLOURS}
     assert sets == W.prompt_sets()
     for specs in sets.values():
         assert len({s.text for s in specs}) == 8
@@ -271,6 +273,11 @@ def test_prompt_sets():
         assert c1 != c2 and s1 != s2 and frozenset({(c2, s1), (c1, s2)}) in binding  # its swapped twin
     assert not binding & {frozenset(s.objects) for s in sets["pair"]}
     assert Counter(s.relation[1] for s in sets["relation"]) == {r: 2 for r in W.RELATIONS}
+    assert {s.relation[1] for s in sets["relation"][:4]} == set(W.RELATIONS)  # a short run sees every direction
+    assert {s.relation[1] for s in sets["relation"][:2]} == {"left", "above"}  # and both axes
+    first = sets["binding"][:2]
+    assert {(c, s) for c, s in first[1].objects} == {(first[0].objects[1][0], first[0].objects[0][1]),
+                                                     (first[0].objects[0][0], first[0].objects[1][1])}
     rng = np.random.default_rng(5)
     for specs in sets.values():  # ground-truth images of the benchmark prompts pass their own prompt
         for s in specs:
@@ -307,3 +314,23 @@ def test_judge_definitions():
     assert E.judge(None, W.parse_caption("a red circle"), []).relation_ok is None
     with pytest.raises(ValueError):
         E.detect(np.zeros((8, 8), np.uint8))
+
+
+def test_attention_on_objects_reads_where_each_map_lies():
+    """Maps that are the objects' own masks sit on their objects; the same maps swapped sit on the
+    others; a uniform map sits on nothing; an unmatched object gives no answer."""
+    rng = np.random.default_rng(3)
+    for spec in W.prompt_sets()["relation"][:4]:
+        scene = W.scene_from_spec(spec, rng, 128)
+        image = W.render(scene)
+        j = E.judge(image, spec)
+        assert j.all_present
+        ys, xs = np.mgrid[0:128, 0:128] + 0.5
+        masks = np.stack([W._coverage(o, xs[0][None, :], ys[:, 0][:, None]).astype(float) for o in scene.objects])
+        assert E.attention_on_objects(masks, j) == (True, True)
+        assert E.attention_on_objects(masks[::-1], j) == (False, False)
+        assert E.attention_on_objects(np.ones_like(masks), j) == (False, False)
+        gone = E.judge(W.render(W.without_object(scene, 1)), spec)
+        assert E.attention_on_objects(masks, gone) is None
+    with pytest.raises(ValueError):
+        E.attention_on_objects(np.ones((3, 8, 8)), j)
