@@ -12,9 +12,13 @@ channels); only the weights are learned, from scenes of ``harness.shape_world``.
   classifier-free guidance has an unconditional model (Ho & Salimans 2022).
 
 Everything is seeded: the scenes and noise of training step ``i`` are drawn from generators seeded
-by ``(seed, stage, i)``, so a resumed run continues exactly where it stopped. State (weights and
-Adam moments) is saved as safetensors every ``--save-every`` steps and at the end; ``--resume``
-continues from it. ``--minutes`` bounds the wall time of a stage; ``--steps`` its length.
+by ``(seed, stage, i)``, so a resumed run continues exactly where it stopped. State (weights, Adam
+moments and Adam's step) is saved as safetensors every ``--save-every`` steps and at the end, with the
+stage's recipe (steps, batch, size, learning rates); ``--resume`` continues from it and warns when
+called with a different recipe. ``--minutes`` bounds the wall time of a call; ``--steps`` the stage's
+length (the cosine learning-rate schedule spans it). ``--text-lr-scale`` gives the text encoder its
+own learning rate (a multiple of ``--lr``). ``python -m scripts.probe_text_dependence`` tells whether a
+trained model follows its prompt.
 
     python -m scripts.train_shape_model --stage vae --minutes 12 --work train-run/
     python -m scripts.train_shape_model --stage diffusion --minutes 40 --work train-run/
@@ -156,7 +160,7 @@ def save_state(path: Path, m: ShapeModel, opt: torch.optim.Optimizer | None, met
             for key in ("exp_avg", "exp_avg_sq"):
                 if key in st:
                     tensors[f"adam.{key}.{names[id(p)]}"] = st[key].detach().float().cpu().contiguous()
-            meta.setdefault("adam_step", float(st.get("step", 0)))
+            meta["adam_step"] = float(st.get("step", 0))  # the current step: Adam's bias correction on resume
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta)})
     os.replace(tmp, path)
@@ -218,17 +222,27 @@ def train(args) -> int:
     params = [p for mod in trainable for p in mod.parameters()]
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    groups = [{"params": list(mod.parameters()), "lr_scale": args.text_lr_scale if mod is m.text else 1.0}
+              for mod in trainable]
+    opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.0)
     meta = {"seed": args.seed, "size": args.size, "batch": args.batch, "steps": {}, "seconds": {}}
     if state_path.exists():
         meta = load_state(state_path, m, opt if args.resume else None)
         if not args.resume:  # a new stage starts from the previous stage's weights with a fresh optimizer
-            opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+            opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.0)
+            meta.pop("adam_step", None)
     elif stage == "diffusion":
         print("train: the diffusion stage needs a trained VAE (run --stage vae first)", file=sys.stderr)
         return 2
     start = int(meta["steps"].get(stage, 0)) if args.resume else 0
     meta["steps"][stage] = start
+    recipe = {"steps": args.steps, "batch": args.batch, "size": args.size, "lr": args.lr, "warmup": args.warmup,
+              "text_lr_scale": args.text_lr_scale}
+    previous = meta.setdefault("recipe", {}).get(stage)
+    if args.resume and previous is not None and previous != recipe:
+        print(f"train: resuming {stage} with {recipe}, but it ran with {previous}: the result will not match "
+              "an uninterrupted run", file=sys.stderr)
+    meta["recipe"][stage] = recipe
     spent = float(meta["seconds"].get(stage, 0.0)) if args.resume else 0.0
     t0 = time.monotonic()
     deadline = t0 + args.minutes * 60.0
@@ -244,7 +258,7 @@ def train(args) -> int:
     while step < args.steps and time.monotonic() < deadline:
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(step / args.steps, 1.0)))
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         g = _generator(args.seed, stage, step)
         images, captions = scene_batch(args.seed, stage, step, args.batch, args.size)
         images = images.to(device)
@@ -311,6 +325,8 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=128, help="image side in pixels")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--text-lr-scale", type=float, default=1.0,
+                        help="diffusion: the text encoder's learning rate as a multiple of --lr")
     parser.add_argument("--save-every", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue the stage from the saved state")

@@ -7,6 +7,7 @@ import torch
 from safetensors import safe_open
 
 from scripts import train_shape_model as train  # noqa: F401  (the scripts package also provides harness)
+from scripts.probe_text_dependence import TIMESTEPS, text_dependence
 
 
 def run(*args):
@@ -25,6 +26,8 @@ def test_train_resume_export_and_load(tmp_path, nodes):
     with safe_open(str(tmp_path / "run" / "state.safetensors"), framework="pt") as f:
         meta = json.loads(f.metadata()["meta"])
     assert meta["steps"] == {"vae": 2, "diffusion": 2} and meta["latent_rescale"] > 0
+    assert meta["adam_step"] == 2  # the resumed optimizer continues Adam's bias correction at its own step
+    assert meta["recipe"]["diffusion"]["text_lr_scale"] == 1.0
     out = tmp_path / "model.safetensors"
     run("--export", str(out), "--work", work)
     with safe_open(str(out), framework="pt") as f:
@@ -43,3 +46,6 @@ def test_train_resume_export_and_load(tmp_path, nodes):
                               latent_image={"samples": torch.zeros(1, 4, 8, 8)})
         image = tiny.vae.decode(latent["samples"])
     assert image.shape == (1, 64, 64, 3) and torch.isfinite(image).all()
+    dependence = text_dependence(str(out), batch=2)
+    assert set(dependence) == set(TIMESTEPS)
+    assert all(0.0 < v < float("inf") for pair in dependence.values() for v in pair)
