@@ -300,6 +300,23 @@ def build_tiny_unet(arch: str, *, unet_overrides: dict[str, Any] | None = None, 
         return _build_unet(spec, seed, dtype)
 
 
+#: the shipped shape-world model (``python -m scripts.train_shape_model --export``): an SD1.5-topology
+#: tiny model that has learned flat coloured shapes at 128 px (see ``models/README.md``)
+SHAPE_MODEL = Path(__file__).resolve().parents[2] / "models" / "storm_shapes_sd15.safetensors"
+#: the image side the shape model was trained at (it draws shapes at this size only)
+SHAPE_MODEL_SIZE = 128
+
+
+def arch_from_checkpoint_name(ckpt_name: str) -> str:
+    """``"sdxl"`` if the name contains "xl", ``"sd2"`` if it contains "sd2"/"v2", else ``"sd15"``."""
+    name = ckpt_name.lower()
+    if "xl" in name:
+        return "sdxl"
+    if "sd2" in name or "v2" in name:
+        return "sd2"
+    return "sd15"
+
+
 #: checkpoint prefixes of the three modules (the layout of an SD1.5 checkpoint file)
 CHECKPOINT_PREFIXES = {"unet": "model.diffusion_model.", "text": "cond_stage_model.", "vae": "first_stage_model."}
 

@@ -268,19 +268,26 @@ def _input_spec(input_types: Mapping[str, Any], name: str) -> Any:
 
 
 def substitute_checkpoints(
-    api_prompt: Mapping[str, Mapping[str, Any]], *, loaders: Iterable[str] = ("CheckpointLoaderSimple",)
+    api_prompt: Mapping[str, Mapping[str, Any]], *, loaders: Iterable[str] = ("CheckpointLoaderSimple",),
+    shape_model: bool = False,
 ) -> dict[str, dict]:
     """Return a copy of ``api_prompt`` whose checkpoint loaders are ``STORMTest_TinyCheckpointLoader``.
 
     Only ``class_type`` changes; ``ckpt_name`` (which picks the tiny architecture) and the output
-    slots (MODEL, CLIP, VAE) are the same.
+    slots (MODEL, CLIP, VAE) are the same. With ``shape_model``, SD1.5 checkpoints load the shipped
+    trained shape model (:data:`harness.tiny_models.SHAPE_MODEL`) instead of random weights.
     """
+    from .tiny_models import SHAPE_MODEL, arch_from_checkpoint_name
+
     loaders = frozenset(loaders)
     out = json.loads(json.dumps(api_prompt))
     for entry in out.values():
         if entry.get("class_type") in loaders:
+            name = entry.get("inputs", {}).get("ckpt_name", "tiny_sd15.safetensors")
+            if shape_model and arch_from_checkpoint_name(name) == "sd15":
+                name = SHAPE_MODEL.name
             entry["class_type"] = TINY_LOADER
-            entry["inputs"] = {"ckpt_name": entry.get("inputs", {}).get("ckpt_name", "tiny_sd15.safetensors")}
+            entry["inputs"] = {"ckpt_name": name}
     return out
 
 

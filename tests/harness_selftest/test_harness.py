@@ -251,6 +251,19 @@ def test_ui_to_api_like_graph_to_prompt(runner, ui_workflow):
     tiny = substitute_checkpoints(prompt)
     assert tiny["4"]["class_type"] == "STORMTest_TinyCheckpointLoader"
     assert prompt["4"]["class_type"] == "CheckpointLoaderSimple"  # input not mutated
+    assert tiny["4"]["inputs"] == {"ckpt_name": "tiny_sd15.safetensors"}
+
+
+def test_substitute_checkpoints_can_pick_the_shape_model():
+    from harness.tiny_models import SHAPE_MODEL
+    from harness.workflows import substitute_checkpoints
+
+    prompt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned.safetensors"}},
+              "2": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}}}
+    out = substitute_checkpoints(prompt, shape_model=True)
+    assert out["1"]["inputs"] == {"ckpt_name": SHAPE_MODEL.name}  # SD1.5: the trained shape model
+    assert out["2"]["inputs"] == {"ckpt_name": "sd_xl_base_1.0.safetensors"}  # SDXL: random weights, as before
+    assert substitute_checkpoints(prompt)["1"]["inputs"] == {"ckpt_name": "v1-5-pruned.safetensors"}
 
 
 def test_ui_to_api_rejects_unknown_node(runner, ui_workflow):

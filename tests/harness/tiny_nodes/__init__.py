@@ -3,7 +3,8 @@
 Example workflows use the core ``CheckpointLoaderSimple``; ``harness.workflows.substitute_checkpoints``
 swaps it for ``STORMTest_TinyCheckpointLoader`` (same ``ckpt_name`` input, same outputs) so the
 workflows run on CPU in seconds. The architecture comes from the checkpoint name:
-contains ``"xl"`` -> SDXL, contains ``"sd2"`` / ``"v2"`` -> SD2.x, anything else -> SD1.5.
+contains ``"xl"`` -> SDXL, contains ``"sd2"`` / ``"v2"`` -> SD2.x, anything else -> SD1.5. The name of
+the shipped shape model (``storm_shapes_sd15.safetensors``) loads that trained model instead.
 
 ComfyUI imports this folder as a top-level custom-node module, so the harness is imported by
 absolute name; the ``tests`` folder is put on ``sys.path`` when it is not there already (e.g. when a
@@ -19,17 +20,7 @@ _TESTS_DIR = str(Path(__file__).resolve().parents[2])
 if _TESTS_DIR not in sys.path:
     sys.path.append(_TESTS_DIR)
 
-from harness.tiny_models import build_tiny  # noqa: E402
-
-
-def arch_from_checkpoint_name(ckpt_name: str) -> str:
-    """``"sdxl"`` if the name contains "xl", ``"sd2"`` if it contains "sd2"/"v2", else ``"sd15"``."""
-    name = ckpt_name.lower()
-    if "xl" in name:
-        return "sdxl"
-    if "sd2" in name or "v2" in name:
-        return "sd2"
-    return "sd15"
+from harness.tiny_models import SHAPE_MODEL, arch_from_checkpoint_name, build_tiny, load_trained  # noqa: E402
 
 
 class STORMTest_TinyCheckpointLoader:
@@ -42,7 +33,8 @@ class STORMTest_TinyCheckpointLoader:
                 "ckpt_name": ("STRING", {
                     "default": "tiny_sd15.safetensors",
                     "tooltip": "Checkpoint name; only used to pick the architecture "
-                               "(\"xl\" -> SDXL, \"sd2\"/\"v2\" -> SD2.x, else SD1.5).",
+                               "(\"xl\" -> SDXL, \"sd2\"/\"v2\" -> SD2.x, else SD1.5), except "
+                               f"{SHAPE_MODEL.name}, which loads the trained shape model.",
                 }),
             }
         }
@@ -53,9 +45,15 @@ class STORMTest_TinyCheckpointLoader:
                        "Tiny VAE (8x down-sampling, 4 latent channels).")
     FUNCTION = "load_checkpoint"
     CATEGORY = "testing/storm"
-    DESCRIPTION = "Test-only: tiny random-weight SD1.5/SD2.x/SDXL model, text encoder and VAE."
+    DESCRIPTION = ("Test-only: tiny random-weight SD1.5/SD2.x/SDXL model, text encoder and VAE, or the trained "
+                   "shape model.")
 
     def load_checkpoint(self, ckpt_name):
+        if Path(ckpt_name).name == SHAPE_MODEL.name:
+            if not SHAPE_MODEL.is_file():
+                raise FileNotFoundError(f"the shape model {SHAPE_MODEL} is missing (git lfs? a partial clone?)")
+            tiny = load_trained(SHAPE_MODEL)
+            return (tiny.model, tiny.clip, tiny.vae)
         tiny = build_tiny(arch_from_checkpoint_name(ckpt_name), seed=0)
         return (tiny.model, tiny.clip, tiny.vae)
 
