@@ -10,6 +10,7 @@ from .nodes_guidance import AttendAndExcite
 from .nodes_prompt import PromptAnalysisNode, SubjectTokens
 from .nodes_sampling import GuidedKSampler, GuidedSampler
 from .nodes_spatial import SpatialTransport
+from .web_routes import register_routes
 
 _NODES = {
     "STORM_SubjectTokens": SubjectTokens,
@@ -29,3 +30,5 @@ _NODES = {
 
 NODE_CLASS_MAPPINGS = dict(_NODES)
 NODE_DISPLAY_NAME_MAPPINGS = {node_id: cls.NODE_NAME for node_id, cls in _NODES.items()}
+
+register_routes(NODE_CLASS_MAPPINGS)

@@ -25,6 +25,7 @@ class AttentionInterpolation:
     """STORM Attention Interpolation: AID (He et al., NeurIPS 2024), and PAID with a guide prompt."""
 
     NODE_NAME = "STORM Attention Interpolation"
+    SEARCH_ALIASES = ("morph", "prompt interpolation", "interpolate prompts", "aid", "paid", "blend prompts", "composition")  # node search
     DESCRIPTION = (
         "AID / PAID (He et al., NeurIPS 2024): a sequence of images between prompt A and prompt B made by "
         "interpolating inside the attention layers (not the text embeddings), for smooth, consistent "
@@ -108,6 +109,7 @@ class SelectFrame:
     """STORM Select Frame: pick the frame whose subjects are all strongly attended (no CLIP model needed)."""
 
     NODE_NAME = "STORM Select Frame"
+    SEARCH_ALIASES = ("pick frame", "best frame", "morph frame", "select image from batch")  # node search
     DESCRIPTION = (
         "Picks the best frame of an interpolation for compositional generation without any internet model: "
         "each frame is scored by Attend-and-Excite's measure on its own cross-attention maps (the smallest, "

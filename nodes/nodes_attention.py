@@ -45,6 +45,7 @@ class AttentionRecorder:
     """MODEL -> MODEL patch that records cross-attention maps for STORM Attention Heatmap."""
 
     NODE_NAME = "STORM Attention Recorder"
+    SEARCH_ALIASES = ("record attention", "cross attention maps", "daam")  # node search
     DESCRIPTION = (
         "Records the cross-attention maps of the selected layers while any sampler (KSampler, "
         "SamplerCustom, ...) runs the returned model, without changing the image. Connect the attention "
@@ -100,6 +101,7 @@ class AttentionHeatmap:
     """Shows the cross-attention maps of the run that produced a latent."""
 
     NODE_NAME = "STORM Attention Heatmap"
+    SEARCH_ALIASES = ("heatmap", "attention map", "daam", "visualize attention", "visualise attention")  # node search
     DESCRIPTION = (
         "Per-token cross-attention heatmaps of the sampling run that produced the connected latent "
         "(averaged over the recorded layers, heads and steps): a labelled grid, overlays on an image "
@@ -199,6 +201,7 @@ class SaveAttention:
     """Saves the recorded cross-attention maps of a run as a safetensors file, for analysis outside ComfyUI."""
 
     NODE_NAME = "STORM Save Attention"
+    SEARCH_ALIASES = ("export attention", "save attention maps", "attention safetensors")  # node search
     DESCRIPTION = (
         "Writes the cross-attention maps of the sampling run that produced the connected latent to the output "
         "folder as .safetensors: 'maps' (steps, batch, tokens, h, w; float16, averaged over the recorded layers and "

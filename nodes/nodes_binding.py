@@ -30,6 +30,7 @@ class SynGen(LossNode):
     """STORM SynGen: linguistic binding of modifiers to their nouns (Rassin et al., NeurIPS 2023)."""
 
     NODE_NAME = "STORM SynGen"
+    SEARCH_ALIASES = ("attribute binding", "color binding", "colour binding", "syntax guided generation", "syngen entropy")  # node search
     DESCRIPTION = (
         "SynGen (Rassin et al. 2023): pulls each modifier's attention map onto its noun's map and pushes "
         "both away from the other words (symmetric KL), so 'a red crown and a golden strawberry' keeps red "
@@ -85,6 +86,7 @@ class AStar(LossNode):
     """STORM A-STAR: attention segregation and retention (Agarwal et al., ICCV 2023)."""
 
     NODE_NAME = "STORM A-STAR"
+    SEARCH_ALIASES = ("a-star", "attention segregation", "attention retention", "overlapping objects")  # node search
     DESCRIPTION = (
         "A-STAR (Agarwal et al. 2023): a segregation loss keeps the subjects' attention maps apart (so two "
         "objects do not merge) and a retention loss keeps each subject's high-attention region from one "

@@ -65,6 +65,7 @@ class AttendAndExcite(LossNode):
     """STORM Attend-and-Excite: the max-attention loss of Chefer et al. (SIGGRAPH 2023)."""
 
     NODE_NAME = "STORM Attend-and-Excite"
+    SEARCH_ALIASES = ("attend and excite", "missing objects", "object neglect", "attend-and-excite")  # node search
     DESCRIPTION = (
         "Attend-and-Excite (Chefer et al. 2023): on early steps, moves the latent so that every subject "
         "token is strongly attended somewhere in the image (loss = 1 - smoothed maximum attention of the "

@@ -35,6 +35,7 @@ class SubjectTokens:
     """STORM Subject Tokens: prompt encoding + the CLIP token positions of its subjects."""
 
     NODE_NAME = "STORM Subject Tokens"
+    SEARCH_ALIASES = ("subject words", "token indices", "clip tokens", "attend and excite tokens", "prompt tokens")  # node search
     DESCRIPTION = (
         "Encodes the prompt (like CLIP Text Encode) and finds the CLIP token positions of the subject "
         "words with the model's own tokenizer. Use its conditioning as the sampler's positive input so "
@@ -74,6 +75,7 @@ class PromptAnalysisNode:
     """STORM Prompt Analysis: entities, modifier->noun bindings and spatial relations of a prompt."""
 
     NODE_NAME = "STORM Prompt Analysis"
+    SEARCH_ALIASES = ("spacy", "parse prompt", "attribute binding", "spatial relations", "left of")  # node search
     DESCRIPTION = (
         "Parses the prompt with spaCy (dependency parse) and aligns every word to the model's CLIP token "
         "positions: the objects (nouns), the modifiers bound to each noun ('a red crown' -> red binds to "

@@ -33,6 +33,7 @@ class GuidedSampler:
     """STORM Guided Sampler: a SAMPLER for the core SamplerCustom / SamplerCustomAdvanced nodes."""
 
     NODE_NAME = "STORM Guided Sampler"
+    SEARCH_ALIASES = ("attention guidance sampler", "guided sampling", "samplercustom guidance")  # node search
     DESCRIPTION = (
         "A SAMPLER that applies attention guidance: on guided steps it runs a conditional UNet pass with "
         "gradients, evaluates the connected losses on the cross-attention maps and moves the latent, then "
@@ -63,6 +64,7 @@ class GuidedKSampler:
     """STORM Guided KSampler: KSampler with attention guidance, for graphs built around KSampler."""
 
     NODE_NAME = "STORM Guided KSampler"
+    SEARCH_ALIASES = ("guided ksampler", "attention guidance", "ksampler with guidance")  # node search
     DESCRIPTION = (
         "KSampler with attention guidance (same inputs as KSampler plus the guidance). On guided steps it "
         "moves the latent along the gradient of the connected losses before each denoising step. Outputs "

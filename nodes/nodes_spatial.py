@@ -47,6 +47,7 @@ class SpatialTransport(LossNode):
     """STORM (Han et al., CVPR 2025): spatial transport optimisation of the attention maps."""
 
     NODE_NAME = "STORM Spatial Transport"
+    SEARCH_ALIASES = ("placement", "layout", "left of", "object position", "optimal transport", "spatial relation")  # node search
     DESCRIPTION = (
         "STORM (Han et al., CVPR 2025): in the early denoising steps, moves each object's cross-attention "
         "map to where the prompt says it belongs ('a cat to the left of a dog') with optimal transport: a "

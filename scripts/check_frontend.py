@@ -162,6 +162,41 @@ def check_example(page, url: str, path: Path, node_defs: dict, out: Path, timeou
     return error or check_outputs(page, entry), f"ran in {seconds:.1f} s, {images} image(s)"
 
 
+#: node search queries and the node each must find (aliases: SEARCH_ALIASES, web/storm.js)
+SEARCHES = {"morph": "STORM Attention Interpolation", "placement": "STORM Spatial Transport",
+            "heatmap": "STORM Attention Heatmap"}
+
+
+def search_canvas(page, query: str, screenshot: Path) -> list[str]:
+    """Type ``query`` into the node search box (double-click on the canvas) and return the results shown."""
+    page.keyboard.press("Escape")
+    box = page.locator("#graph-canvas").bounding_box()
+    page.mouse.dblclick(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.9)
+    page.wait_for_timeout(800)
+    page.keyboard.type(query, delay=30)
+    page.wait_for_timeout(1500)
+    shown = page.evaluate("""() => [...document.querySelectorAll('[role="option"]')].map((e) => e.innerText)""")
+    page.screenshot(path=str(screenshot))
+    page.keyboard.press("Escape")
+    return shown
+
+
+def check_discoverability(page, url: str, out: Path) -> list[str]:
+    """Errors: node help pages served where the frontend's help panel reads them, node search by task."""
+    errors = []
+    for node_id, title in (("STORM_AttentionInterpolation", "STORM Attention Interpolation"),
+                           ("STORM_SubjectTokens", "STORM Subject Tokens")):
+        reply = page.evaluate("""async (path) => { const r = await fetch(path);
+            return [r.status, await r.text()]; }""", f"/extensions/ComfyUI-STORM/docs/{node_id}.md")
+        if reply[0] != 200 or not reply[1].startswith(f"# {title}"):
+            errors.append(f"help page of {node_id}: HTTP {reply[0]}, {reply[1][:80]!r}")
+    for query, title in SEARCHES.items():
+        shown = search_canvas(page, query, out / f"search_{query}.png")
+        if not any(title in s for s in shown[:5]):
+            errors.append(f"node search for {query!r} does not list {title} first 5: {shown[:5]}")
+    return errors
+
+
 def split_errors(errors: list[str], noted: set[str]) -> tuple[list[str], list[str]]:
     """(messages from our extension, other errors not noted before: first line, once per run)."""
     ours = [e for e in errors if OUR_SCRIPT in e or "STORM.ui" in e]
@@ -228,6 +263,11 @@ def main() -> int:
                 print(f"STORM.ui extension loaded: {loaded}", *ours, *(f"note: {e}" for e in others), sep="\n  ")
                 if ours or not loaded:
                     failed.append("STORM.ui extension")
+                found = check_discoverability(page, url, out)
+                print(f"discoverability (help pages, node search): {'FAIL' if found else 'ok'}",
+                      *found, sep="\n  ")
+                if found:
+                    failed.append("discoverability")
                 for path in examples:
                     seen = len(errors)
                     try:

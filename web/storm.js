@@ -1,7 +1,9 @@
 // ComfyUI-STORM frontend extension: shows the text a STORM node reports after it runs
 // (the tokenisation of STORM Subject Tokens, the guidance log of STORM Attention Heatmap)
-// in a read-only box inside the node. Callbacks are chained, never replaced.
+// in a read-only box inside the node, and gives node search the nodes' aliases on hosts that do
+// not send them. Callbacks are chained, never replaced.
 import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
 
 const TEXT_OUTPUTS = {
   STORM_SubjectTokens: "storm_text",
@@ -41,8 +43,29 @@ function showText(node, text) {
   node.setDirtyCanvas?.(true, true);
 }
 
+// Hosts that read a node's SEARCH_ALIASES send them in /object_info; for the others the pack's
+// route (nodes/web_routes.py) has them. Filled in before the frontend indexes the definitions.
+async function addSearchAliases(defs) {
+  const missing = Object.values(defs).filter((d) => d?.name?.startsWith("STORM_") && !d.search_aliases?.length);
+  if (!missing.length) return;
+  try {
+    const response = await api.fetchApi("/storm/node_info");
+    if (!response.ok) return;
+    const info = await response.json();
+    for (const def of missing) {
+      const aliases = info[def.name]?.search_aliases;
+      if (aliases?.length) def.search_aliases = aliases;
+    }
+  } catch (error) {
+    console.debug("STORM: no search aliases", error);
+  }
+}
+
 app.registerExtension({
   name: "STORM.ui",
+  async addCustomNodeDefs(defs) {
+    await addSearchAliases(defs);
+  },
   nodeCreated(node) {
     const key = TEXT_OUTPUTS[node.comfyClass];
     if (!key) return;

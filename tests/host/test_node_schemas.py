@@ -51,3 +51,17 @@ def test_loss_widget_defaults_are_the_storm_ops_defaults(pack, nodes, node_id, m
         assert declared[name] == value, (node_id, name)
     if hasattr(losses, "DEFAULT_THRESHOLDS"):
         assert pack.storm_ops.guidance.parse_thresholds(declared["thresholds"]) == losses.DEFAULT_THRESHOLDS
+
+
+def test_every_node_can_be_found_by_what_it_does(pack, nodes):
+    """Node search (name, display name, aliases) finds each node by its task, e.g. "morph", "placement"."""
+    info = pack.nodes.web_routes.node_info(nodes)
+    assert set(info) == set(nodes)
+    for node_id, entry in info.items():
+        aliases = entry["search_aliases"]
+        assert len(aliases) >= 3 and all(a == a.lower() and a.strip() == a for a in aliases), node_id
+    found = {word: [n for n, e in info.items() if word in e["search_aliases"]] for word in ("morph", "placement", "heatmap")}
+    assert found == {"morph": ["STORM_AttentionInterpolation"], "placement": ["STORM_SpatialTransport"],
+                     "heatmap": ["STORM_AttentionHeatmap"]}
+    # without a running server (the executor alone, these tests) no route is added and nothing breaks
+    assert pack.nodes.web_routes.register_routes(nodes) is False
