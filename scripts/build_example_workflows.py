@@ -146,13 +146,13 @@ def attend_and_excite(defs: Mapping[str, Mapping], out: Path) -> None:
 def syngen(defs: Mapping[str, Mapping], out: Path) -> None:
     g = Graph(defs)
     ckpt = checkpoint(g)
-    ana = g.node("STORM_PromptAnalysis", (380, 40), (420, 300), {"text": "a red crown and a golden strawberry"},
+    ana = g.node("STORM_PromptAnalysis", (380, 40), (420, 470), {"text": "a red crown and a golden strawberry"},
                  inputs=[("clip", "CLIP")],
                  outputs=[("analysis", "STORM_ANALYSIS"), ("tokens", "STORM_TOKENS"), ("conditioning", "CONDITIONING"),
                           ("text", "STRING")], title="STORM Prompt Analysis (positive prompt)")
     g.link(ckpt, 1, ana, 0)
-    neg = negative(g, ckpt)
-    lat = empty_latent(g)
+    neg = negative(g, ckpt, pos=(380, 570))
+    lat = empty_latent(g, pos=(380, 750))
     sg = g.node("STORM_SynGen", (850, 40), (360, 260), {},  # the paper's defaults
                 inputs=[("analysis", "STORM_ANALYSIS"), ("guidance", "STORM_GUIDANCE")],
                 outputs=[("guidance", "STORM_GUIDANCE")])
@@ -208,13 +208,13 @@ def astar(defs: Mapping[str, Mapping], out: Path) -> None:
 def storm_spatial(defs: Mapping[str, Mapping], out: Path) -> None:
     g = Graph(defs)
     ckpt = checkpoint(g)
-    ana = g.node("STORM_PromptAnalysis", (380, 40), (420, 300), {"text": "a cat to the left of a dog"},
+    ana = g.node("STORM_PromptAnalysis", (380, 40), (420, 470), {"text": "a cat to the left of a dog"},
                  inputs=[("clip", "CLIP")],
                  outputs=[("analysis", "STORM_ANALYSIS"), ("tokens", "STORM_TOKENS"), ("conditioning", "CONDITIONING"),
                           ("text", "STRING")], title="STORM Prompt Analysis (positive prompt)")
     g.link(ckpt, 1, ana, 0)
-    neg = negative(g, ckpt)
-    lat = empty_latent(g)
+    neg = negative(g, ckpt, pos=(380, 570))
+    lat = empty_latent(g, pos=(380, 750))
     sto = g.node("STORM_SpatialTransport", (850, 40), (380, 330), {"mode": "paper"},  # the released defaults
                  inputs=[("analysis", "STORM_ANALYSIS"), ("guidance", "STORM_GUIDANCE"), ("masks", "MASK")],
                  outputs=[("guidance", "STORM_GUIDANCE")])
@@ -282,14 +282,14 @@ def paid_composition(defs: Mapping[str, Mapping], out: Path) -> None:
     ckpt = checkpoint(g)
     a = clip_encode(g, ckpt, "a dog", (380, 20), "Prompt A")
     b = clip_encode(g, ckpt, "a car", (380, 190), "Prompt B")
-    guide = g.node("STORM_SubjectTokens", (380, 360), (400, 220),
+    guide = g.node("STORM_SubjectTokens", (380, 360), (400, 290),
                    {"text": "a dog driving a car", "subjects": "dog, car"},
                    inputs=[("clip", "CLIP")],
                    outputs=[("tokens", "STORM_TOKENS"), ("conditioning", "CONDITIONING"), ("tokenization", "STRING")],
                    title="Guide prompt (STORM Subject Tokens)")
     g.link(ckpt, 1, guide, 0)
-    neg = negative(g, ckpt, pos=(380, 620))
-    lat = empty_latent(g, pos=(380, 800))
+    neg = negative(g, ckpt, pos=(380, 700))
+    lat = empty_latent(g, pos=(380, 880))
     paid = interpolation_node(g, (840, 60), 7, with_guide=True)
     for slot, src in enumerate([(ckpt, 0), (a, 0), (b, 0), (neg, 0), (lat, 0), (guide, 1)]):
         g.link(*src, paid, slot)
@@ -319,7 +319,7 @@ def paid_composition(defs: Mapping[str, Mapping], out: Path) -> None:
     g.link(paid, 0, heat, 1)
     g.link(guide, 0, heat, 2)
     g.link(pick, 1, heat, 4)  # the heatmap shows the frame Select Frame picked
-    save_h = g.node("SaveImage", (1270, 860), (340, 300), ["storm/paid_composition_heatmaps"],
+    save_h = g.node("SaveImage", (1270, 920), (340, 300), ["storm/paid_composition_heatmaps"],
                     inputs=[("images", "IMAGE")])
     g.link(heat, 0, save_h, 0)
     g.note((20, 330), (330, 320),

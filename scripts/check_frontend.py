@@ -142,6 +142,20 @@ def check_outputs(page, entry: dict) -> str | None:
     return f"web/storm.js did not show the reported text in node(s) {', '.join(wrong)}" if wrong else None
 
 
+def overlapping_nodes(page) -> list[str]:
+    """Pairs of nodes whose drawn boxes (title bar included) overlap on the canvas, as 'A / B'."""
+    boxes = page.evaluate("""() => app.graph._nodes.map((n) => {
+        const title = LiteGraph.NODE_TITLE_HEIGHT ?? 30;
+        return [n.title, n.pos[0], n.pos[1] - title, n.pos[0] + n.size[0], n.pos[1] + n.size[1]]; })""")
+    found = []
+    for i, (a, ax0, ay0, ax1, ay1) in enumerate(boxes):
+        for b, bx0, by0, bx1, by1 in boxes[i + 1:]:
+            if min(ax1, bx1) - max(ax0, bx0) > 1 and min(ay1, by1) - max(ay0, by0) > 1:
+                found.append(f"{a} (x {ax0:.0f}..{ax1:.0f}, y {ay0:.0f}..{ay1:.0f}) / "
+                             f"{b} (x {bx0:.0f}..{bx1:.0f}, y {by0:.0f}..{by1:.0f})")
+    return found
+
+
 def check_example(page, url: str, path: Path, node_defs: dict, out: Path, timeout: float) -> tuple[str | None, str]:
     """(error or None, a one-line summary) for one example workflow."""
     workflow = json.loads(path.read_text())
@@ -149,6 +163,9 @@ def check_example(page, url: str, path: Path, node_defs: dict, out: Path, timeou
     page.screenshot(path=str(out / f"{path.stem}.png"))
     if error:
         return error, "load"
+    overlaps = overlapping_nodes(page)
+    if overlaps:
+        return "as loaded, nodes overlap: " + "; ".join(overlaps), "load"
     error = load_and_compare(page, tiny_version(workflow, node_defs), node_defs)
     if error:
         return f"tiny version: {error}", "load"
@@ -157,6 +174,9 @@ def check_example(page, url: str, path: Path, node_defs: dict, out: Path, timeou
     seconds = time.monotonic() - start
     page.wait_for_timeout(1500)  # let the frontend draw the last results
     page.screenshot(path=str(out / f"run_{path.stem}.png"))
+    overlaps = overlapping_nodes(page)
+    if overlaps and not error:
+        error = "after the run, nodes overlap: " + "; ".join(overlaps)
     (out / f"run_{path.stem}.history.json").write_text(json.dumps(entry, indent=1))
     images = sum(len(o.get("images") or []) for o in (entry.get("outputs") or {}).values())
     return error or check_outputs(page, entry), f"ran in {seconds:.1f} s, {images} image(s)"
@@ -171,10 +191,25 @@ def search_canvas(page, query: str, screenshot: Path) -> list[str]:
     """Type ``query`` into the node search box (double-click on the canvas) and return the results shown."""
     page.keyboard.press("Escape")
     box = page.locator("#graph-canvas").bounding_box()
-    page.mouse.dblclick(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.9)
-    page.wait_for_timeout(800)
-    page.keyboard.type(query, delay=30)
-    page.wait_for_timeout(1500)
+    x, y = box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.9
+    search = page.locator('[role="dialog"] input').first
+    for _ in range(3):  # a double-click on empty canvas opens the search box (not while a panel has focus)
+        page.mouse.click(x, y)
+        page.wait_for_timeout(300)
+        page.mouse.dblclick(x, y)
+        try:
+            search.wait_for(state="visible", timeout=3000)
+            break
+        except Exception:  # noqa: BLE001 - try again
+            page.keyboard.press("Escape")
+    else:
+        return []
+    search.fill(query)
+    try:  # results render after a debounce; slower on a busy machine
+        page.wait_for_function("""() => document.querySelectorAll('[role="option"]').length > 0""", timeout=8000)
+    except Exception:  # noqa: BLE001 - no result is an answer too
+        pass
+    page.wait_for_timeout(500)
     shown = page.evaluate("""() => [...document.querySelectorAll('[role="option"]')].map((e) => e.innerText)""")
     page.screenshot(path=str(screenshot))
     page.keyboard.press("Escape")

@@ -15,31 +15,42 @@ const TEXT_OUTPUTS = {
 };
 const DISPLAY = "storm_display";
 
-function showText(node, text) {
+// height reserved for the text box: the node has its final size from the start, so a run never makes
+// it grow over its neighbours; longer text scrolls, and the node can be resized to show more
+const TEXT_BOX_HEIGHT = 120;
+
+function textWidget(node) {
   let widget = node.widgets?.find((w) => w.name === DISPLAY);
-  if (!widget) {
-    const area = document.createElement("textarea");
-    area.readOnly = true;
-    area.spellcheck = false;
-    Object.assign(area.style, {
-      fontFamily: "monospace",
-      fontSize: "11px",
-      width: "100%",
-      minHeight: "60px",
-      resize: "none",
-      opacity: "0.85",
-    });
-    widget = node.addDOMWidget(DISPLAY, "storm_text", area, {
-      serialize: false,
-      getValue: () => area.value,
-      setValue: (v) => {
-        area.value = v;
-      },
-    });
-    widget.serialize = false;
-  }
+  if (widget) return widget;
+  const area = document.createElement("textarea");
+  area.readOnly = true;
+  area.spellcheck = false;
+  area.placeholder = "(shown after a run)";
+  Object.assign(area.style, {
+    fontFamily: "monospace",
+    fontSize: "11px",
+    width: "100%",
+    height: "100%",
+    resize: "none",
+    opacity: "0.85",
+    overflow: "auto",
+    whiteSpace: "pre",
+  });
+  widget = node.addDOMWidget(DISPLAY, "storm_text", area, {
+    serialize: false,
+    getValue: () => area.value,
+    setValue: (v) => {
+      area.value = v;
+    },
+    getMinHeight: () => TEXT_BOX_HEIGHT,
+  });
+  widget.serialize = false;
+  return widget;
+}
+
+function showText(node, text) {
+  const widget = textWidget(node);
   widget.element.value = text;
-  node.setSize?.([node.size[0], Math.max(node.size[1], node.computeSize()[1])]);
   node.setDirtyCanvas?.(true, true);
 }
 
@@ -69,6 +80,9 @@ app.registerExtension({
   nodeCreated(node) {
     const key = TEXT_OUTPUTS[node.comfyClass];
     if (!key) return;
+    textWidget(node);
+    const size = node.computeSize?.();
+    if (size) node.setSize?.([Math.max(node.size[0], size[0]), Math.max(node.size[1], size[1])]);
     const previous = node.onExecuted;
     node.onExecuted = function (output) {
       const result = previous?.apply(this, arguments);
