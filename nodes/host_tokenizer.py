@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 from ..storm_ops.clip_vocab import clip_vocab_decoder
@@ -49,6 +50,31 @@ def prompt_layout(clip, text: str) -> TokenLayout:
                                   chunk_length=len(tokens[key][0]),
                                   end_tokens="sd1" if all(_sd_tokenizer(clip, k).pad_with_end for k in tokens) else "words")
     return layout
+
+
+class _SD1TokenizerOnly:
+    """Just enough of a CLIP object for :func:`prompt_layout`: the host's SD1 tokenizer (CLIP-L's vocabulary
+    and BPE, which SDXL's two encoders share, so word positions are the same), no text encoder."""
+
+    def __init__(self):
+        import comfy.sd1_clip
+
+        self.tokenizer = type("Tokenizers", (), {})()
+        self.tokenizer.clip_l = comfy.sd1_clip.SDTokenizer()
+
+    def tokenize(self, text: str) -> dict:
+        return {"l": self.tokenizer.clip_l.tokenize_with_weights(text)}
+
+
+@functools.lru_cache(maxsize=1)
+def _tokenizer_only() -> _SD1TokenizerOnly:
+    return _SD1TokenizerOnly()  # loaded once per process (the vocabulary takes ~0.3 s), like the spaCy pipeline
+
+
+def text_layout(text: str) -> TokenLayout:
+    """The layout of ``text`` under SD1.x/SDXL's CLIP tokenizer, without a loaded model (for the UI's
+    token chips; the nodes use the model's own tokenizer)."""
+    return prompt_layout(_tokenizer_only(), text)
 
 
 def encode_with_layout(clip, text: str) -> tuple[TokenLayout, list]:

@@ -5,6 +5,10 @@ versions that read a node's ``SEARCH_ALIASES`` put them into ``/object_info`` th
 ones (0.3.64 and the pip fork do not) ``web/storm.js`` fills them in from here, so node search finds
 "morph" or "placement" on every host. The node classes are the one owner of the aliases.
 
+``GET /storm/tokens?text=...``: ``{"words": [{"text", "positions", "ref"}, ...]}``, the prompt's words
+under SD1.x/SDXL's CLIP tokenizer with their columns and the reference a subject list uses for them
+(``storm_ops.subjects.word_references``): the token chips of STORM Subject Tokens and Prompt Analysis.
+
 Routes are added only when a server is running (not when the executor or the tests load the pack).
 """
 
@@ -13,6 +17,17 @@ from __future__ import annotations
 import sys
 
 NODE_INFO_ROUTE = "/storm/node_info"
+TOKENS_ROUTE = "/storm/tokens"
+#: longest prompt the tokens route reads (characters); longer ones are cut (the chips are a preview)
+MAX_TEXT = 4000
+
+
+def prompt_tokens(text: str) -> dict:
+    """What :data:`TOKENS_ROUTE` returns for ``text``."""
+    from ..storm_ops.subjects import word_references
+    from .host_tokenizer import text_layout
+
+    return {"words": word_references(text_layout(text[:MAX_TEXT]))}
 
 
 def node_info(mappings: dict) -> dict:
@@ -36,5 +51,12 @@ def register_routes(mappings: dict) -> bool:
     @instance.routes.get(NODE_INFO_ROUTE)
     async def storm_node_info(request):
         return web.json_response(info)
+
+    @instance.routes.get(TOKENS_ROUTE)
+    async def storm_tokens(request):
+        try:
+            return web.json_response(prompt_tokens(request.query.get("text", "")))
+        except Exception as exc:  # noqa: BLE001 - the chips are a preview: report, never break the page
+            return web.json_response({"words": [], "error": f"{type(exc).__name__}: {exc}"}, status=400)
 
     return True

@@ -75,14 +75,14 @@ def checkpoint(g: Graph, ckpt="v1-5-pruned-emaonly.safetensors") -> dict:
                   outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")])
 
 
-def negative(g: Graph, ckpt: dict, pos=(380, 380)) -> dict:
+def negative(g: Graph, ckpt: dict, pos=(380, 440)) -> dict:
     node = g.node("CLIPTextEncode", pos, (400, 130), ["blurry, low quality, deformed"], inputs=[("clip", "CLIP")],
                   outputs=[("CONDITIONING", "CONDITIONING")], title="CLIP Text Encode (negative prompt)")
     g.link(ckpt, 1, node, 0)
     return node
 
 
-def empty_latent(g: Graph, pos=(380, 560), size=512) -> dict:
+def empty_latent(g: Graph, pos=(380, 620), size=512) -> dict:
     return g.node("EmptyLatentImage", pos, (320, 110), [size, size, 1], outputs=[("LATENT", "LATENT")])
 
 
@@ -120,7 +120,7 @@ def decode_save_heatmaps(g: Graph, ckpt: dict, latent_src: tuple[dict, int], att
 def attend_and_excite(defs: Mapping[str, Mapping], out: Path) -> None:
     g = Graph(defs)
     ckpt = checkpoint(g)
-    tok = g.node("STORM_SubjectTokens", (380, 60), (400, 220), {"text": "a cat and a dog", "subjects": "cat, dog"},
+    tok = g.node("STORM_SubjectTokens", (380, 60), (400, 330), {"text": "a cat and a dog", "subjects": "cat, dog"},
                  inputs=[("clip", "CLIP")],
                  outputs=[("tokens", "STORM_TOKENS"), ("conditioning", "CONDITIONING"), ("tokenization", "STRING")],
                  title="STORM Subject Tokens (positive prompt)")
@@ -146,13 +146,13 @@ def attend_and_excite(defs: Mapping[str, Mapping], out: Path) -> None:
 def syngen(defs: Mapping[str, Mapping], out: Path) -> None:
     g = Graph(defs)
     ckpt = checkpoint(g)
-    ana = g.node("STORM_PromptAnalysis", (380, 40), (420, 470), {"text": "a red crown and a golden strawberry"},
+    ana = g.node("STORM_PromptAnalysis", (380, 40), (420, 510), {"text": "a red crown and a golden strawberry"},
                  inputs=[("clip", "CLIP")],
                  outputs=[("analysis", "STORM_ANALYSIS"), ("tokens", "STORM_TOKENS"), ("conditioning", "CONDITIONING"),
                           ("text", "STRING")], title="STORM Prompt Analysis (positive prompt)")
     g.link(ckpt, 1, ana, 0)
-    neg = negative(g, ckpt, pos=(380, 570))
-    lat = empty_latent(g, pos=(380, 750))
+    neg = negative(g, ckpt, pos=(380, 610))
+    lat = empty_latent(g, pos=(380, 790))
     sg = g.node("STORM_SynGen", (850, 40), (360, 260), {},  # the paper's defaults
                 inputs=[("analysis", "STORM_ANALYSIS"), ("guidance", "STORM_GUIDANCE")],
                 outputs=[("guidance", "STORM_GUIDANCE")])
@@ -173,7 +173,7 @@ def syngen(defs: Mapping[str, Mapping], out: Path) -> None:
 def astar(defs: Mapping[str, Mapping], out: Path) -> None:
     g = Graph(defs)
     ckpt = checkpoint(g)
-    tok = g.node("STORM_SubjectTokens", (380, 60), (400, 220), {"text": "a cat and a bird", "subjects": "cat, bird"},
+    tok = g.node("STORM_SubjectTokens", (380, 60), (400, 330), {"text": "a cat and a bird", "subjects": "cat, bird"},
                  inputs=[("clip", "CLIP")],
                  outputs=[("tokens", "STORM_TOKENS"), ("conditioning", "CONDITIONING"), ("tokenization", "STRING")],
                  title="STORM Subject Tokens (positive prompt)")
@@ -208,13 +208,13 @@ def astar(defs: Mapping[str, Mapping], out: Path) -> None:
 def storm_spatial(defs: Mapping[str, Mapping], out: Path) -> None:
     g = Graph(defs)
     ckpt = checkpoint(g)
-    ana = g.node("STORM_PromptAnalysis", (380, 40), (420, 470), {"text": "a cat to the left of a dog"},
+    ana = g.node("STORM_PromptAnalysis", (380, 40), (420, 510), {"text": "a cat to the left of a dog"},
                  inputs=[("clip", "CLIP")],
                  outputs=[("analysis", "STORM_ANALYSIS"), ("tokens", "STORM_TOKENS"), ("conditioning", "CONDITIONING"),
                           ("text", "STRING")], title="STORM Prompt Analysis (positive prompt)")
     g.link(ckpt, 1, ana, 0)
-    neg = negative(g, ckpt, pos=(380, 570))
-    lat = empty_latent(g, pos=(380, 750))
+    neg = negative(g, ckpt, pos=(380, 610))
+    lat = empty_latent(g, pos=(380, 790))
     sto = g.node("STORM_SpatialTransport", (850, 40), (380, 330), {"mode": "paper"},  # the released defaults
                  inputs=[("analysis", "STORM_ANALYSIS"), ("guidance", "STORM_GUIDANCE"), ("masks", "MASK")],
                  outputs=[("guidance", "STORM_GUIDANCE")])
@@ -282,14 +282,14 @@ def paid_composition(defs: Mapping[str, Mapping], out: Path) -> None:
     ckpt = checkpoint(g)
     a = clip_encode(g, ckpt, "a dog", (380, 20), "Prompt A")
     b = clip_encode(g, ckpt, "a car", (380, 190), "Prompt B")
-    guide = g.node("STORM_SubjectTokens", (380, 360), (400, 290),
+    guide = g.node("STORM_SubjectTokens", (380, 360), (400, 330),
                    {"text": "a dog driving a car", "subjects": "dog, car"},
                    inputs=[("clip", "CLIP")],
                    outputs=[("tokens", "STORM_TOKENS"), ("conditioning", "CONDITIONING"), ("tokenization", "STRING")],
                    title="Guide prompt (STORM Subject Tokens)")
     g.link(ckpt, 1, guide, 0)
-    neg = negative(g, ckpt, pos=(380, 700))
-    lat = empty_latent(g, pos=(380, 880))
+    neg = negative(g, ckpt, pos=(380, 750))
+    lat = empty_latent(g, pos=(380, 930))
     paid = interpolation_node(g, (840, 60), 7, with_guide=True)
     for slot, src in enumerate([(ckpt, 0), (a, 0), (b, 0), (neg, 0), (lat, 0), (guide, 1)]):
         g.link(*src, paid, slot)

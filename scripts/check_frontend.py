@@ -232,6 +232,52 @@ def check_discoverability(page, url: str, out: Path) -> list[str]:
     return errors
 
 
+def chip_state(page, node_id: int) -> tuple[list[list], str]:
+    """The token chips of a node (ref, chosen) and its subjects widget value."""
+    return page.evaluate("""(id) => { const node = app.graph.getNodeById(id);
+        const box = node.widgets.find((w) => w.name === "storm_chips").element;
+        return [[...box.querySelectorAll(".storm-chip")].map((c) => [c.dataset.ref,
+                 c.classList.contains("storm-chip-chosen")]),
+                node.widgets.find((w) => w.name === "subjects").value]; }""", node_id)
+
+
+def click_chip(page, node_id: int, ref: str) -> None:
+    page.evaluate("""([id, ref]) => { const node = app.graph.getNodeById(id);
+        node.widgets.find((w) => w.name === "storm_chips").element
+            .querySelector(`.storm-chip[data-ref="${ref}"]`).click(); }""", [node_id, ref])
+    page.wait_for_timeout(400)
+
+
+def check_chips(page, url: str, node_defs: dict, out: Path, timeout: float) -> list[str]:
+    """Token chips of Subject Tokens (attend_and_excite.json): they show the prompt's words with the
+    subjects marked, a click toggles a word in 'subjects', and the run uses the subjects chosen so."""
+    workflow = tiny_version(json.loads((ROOT / "example_workflows" / "attend_and_excite.json").read_text()), node_defs)
+    node_id = next(n["id"] for n in workflow["nodes"] if n["type"] == "STORM_SubjectTokens")
+    page.evaluate("async (wf) => { await app.loadGraphData(wf); }", workflow)
+    page.wait_for_timeout(1500)
+    errors = []
+    chips, subjects = chip_state(page, node_id)
+    expected = [["a", False], ["cat", True], ["and", False], ["a#2", False], ["dog", True]]
+    if chips != expected or subjects != "cat, dog":
+        return [f"chips of 'a cat and a dog' with subjects 'cat, dog': {chips}, subjects {subjects!r}"]
+    click_chip(page, node_id, "dog")
+    if chip_state(page, node_id) != [[["a", False], ["cat", True], ["and", False], ["a#2", False], ["dog", False]],
+                                     "cat"]:
+        errors.append(f"after clicking 'dog': {chip_state(page, node_id)}")
+    click_chip(page, node_id, "dog")
+    click_chip(page, node_id, "cat")
+    chips, subjects = chip_state(page, node_id)
+    if subjects != "dog":
+        errors.append(f"after clicking 'dog' and 'cat': subjects {subjects!r}, chips {chips}")
+    page.screenshot(path=str(out / "chips.png"))
+    error, entry = queue_and_wait(page, url, timeout)
+    text = "\n".join((entry.get("outputs") or {}).get(str(node_id), {}).get("storm_text") or [])
+    chosen = text.split("Subjects:", 1)[-1] if "Subjects:" in text else ""
+    if error or "dog:" not in chosen or "cat:" in chosen:
+        errors.append(f"the run did not use the subjects chosen with the chips: {error or chosen!r}")
+    return errors
+
+
 def split_errors(errors: list[str], noted: set[str]) -> tuple[list[str], list[str]]:
     """(messages from our extension, other errors not noted before: first line, once per run)."""
     ours = [e for e in errors if OUR_SCRIPT in e or "STORM.ui" in e]
@@ -303,6 +349,14 @@ def main() -> int:
                       *found, sep="\n  ")
                 if found:
                     failed.append("discoverability")
+                try:
+                    found = check_chips(page, url, node_defs, out, args.timeout)
+                except Exception as exc:  # noqa: BLE001 - report, go on with the examples
+                    found = [f"{type(exc).__name__}: {exc}"]
+                print(f"token chips (shown, clicked, used by the run): {'FAIL' if found else 'ok'}",
+                      *found, sep="\n  ")
+                if found:
+                    failed.append("token chips")
                 for path in examples:
                     seen = len(errors)
                     try:

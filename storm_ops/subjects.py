@@ -133,6 +133,21 @@ def _ranges(positions: tuple[int, ...]) -> str:
     return ", ".join(out)
 
 
+def word_references(layout: TokenLayout) -> list[dict]:
+    """Every word of the prompt with its columns and the reference that selects it in a subject list:
+    ``{"text": "dog", "positions": [5], "ref": "dog"}``, ``"ref": "dog#2"`` for its second occurrence.
+    Punctuation is left out. What the UI shows as token chips."""
+    out, seen = [], {}
+    for word in layout.words:
+        if not any(c.isalnum() for c in word.text):
+            continue
+        key = word.text.lower()
+        seen[key] = seen.get(key, 0) + 1
+        ref = word.text if seen[key] == 1 else f"{word.text}#{seen[key]}"
+        out.append({"text": word.text, "positions": list(word.positions), "ref": ref})
+    return out
+
+
 def prompt_words(layout: TokenLayout) -> str:
     """The prompt's distinct words, for error messages."""
     return ", ".join(dict.fromkeys(w.text for w in layout.words)) or "(none: the prompt is empty)"

@@ -123,3 +123,18 @@ def test_analysis_text_says_what_was_not_understood_and_overrides_fix_it(nodes, 
             relations="gato left of perro"))
         assert [s.name for s in tokens.subjects] == ["gato", "perro"]
         assert [r.describe() for r in analysis.relations] == ["gato left of perro"] and len(analysis.bindings) == 2
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_token_chips_match_the_models_tokenizer_and_their_refs_resolve(pack, nodes, tiny, arch):
+    """The UI's chips (route /storm/tokens, no model loaded) show the columns the model's own tokenizer
+    gives, and each chip's ref, written into 'subjects', selects exactly that word."""
+    text = "a cat and a dog, a tiramisu, another dog (red:1.2) cat"
+    words = pack.nodes.web_routes.prompt_tokens(text)["words"]
+    assert [w["ref"] for w in words] == ["a", "cat", "and", "a#2", "dog", "a#3", "tiramisu", "another", "dog#2",
+                                         "red", "cat#2"]
+    assert next(w for w in words if w["text"] == "tiramisu")["positions"] == [8, 9, 10]  # one word, three pieces
+    refs = ", ".join(w["ref"] for w in words)
+    tokens, _, _ = node_output(run_tokens(nodes, tiny(arch).clip, text, refs))
+    assert [list(s.positions) for s in tokens.subjects] == [w["positions"] for w in words]
+    assert pack.nodes.web_routes.prompt_tokens("x" * 10_000)["words"]  # long input is cut, not refused
