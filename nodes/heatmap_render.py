@@ -43,17 +43,27 @@ def labelled_grid(tiles: torch.Tensor, labels: list[str]) -> torch.Tensor:
     return torch.from_numpy(np.asarray(canvas).astype(np.float32) / 255.0)[None]
 
 
+#: first line of the guidance log: what its numbers are
+LOG_LEGEND = ("loss of each guided step, evaluated before the step's update (its effect shows in the next "
+              "step's value); 'refined xN -> v': N refinement updates brought the loss to v first")
+
+
 def format_log(log: list[dict]) -> str:
-    """One line per guided step: losses before -> after, refinement iterations, skips."""
+    """A legend, then one line per guided step: the loss before the step, the refinement and what it
+    reached, whether the regular update was applied, skips."""
     if not log:
         return "no guided steps in this run"
-    lines = []
+    lines = [LOG_LEGEND]
     for e in log:
-        terms = ", ".join(f"{name} {_fmt(e['terms_before'][name])} -> {_fmt(e['terms_after'][name])}"
-                          for name in e["terms_before"])
-        extra = f", refined x{e['refine_iters']}" if e["refine_iters"] else ""
-        skipped = f", SKIPPED: {'; '.join(e['skipped'])}" if e.get("skipped") else ""
-        lines.append(f"step {e['step']} (sigma {e['sigma']:.3f}): {terms}{extra}{skipped}")
+        refined = e["refine_iters"]
+        terms = ", ".join(
+            f"{name} {_fmt(e['terms_before'][name])}"
+            + (f" refined x{refined} -> {_fmt(e['terms_after'][name])}" if refined else "")
+            for name in e["terms_before"])
+        updated = e["updates"] > refined
+        skipped = f"; SKIPPED: {'; '.join(e['skipped'])}" if e.get("skipped") else ""
+        lines.append(f"step {e['step']} (sigma {e['sigma']:.3f}): {terms}; "
+                     f"{'updated' if updated else 'not updated'}{skipped}")
     return "\n".join(lines)
 
 

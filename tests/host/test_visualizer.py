@@ -44,7 +44,9 @@ def test_outputs_grid_overlay_mask_and_log(nodes, prompt):
     assert overlay.shape == (2, 128, 192, 3) and 0 <= overlay.min() and overlay.max() <= 1
     assert mask.shape == (2, 128, 192)
     assert torch.allclose(mask.flatten(1).amax(1), torch.ones(2)) and mask.min() >= 0
-    assert log.startswith("step 0 (sigma") and "attend_excite" in log
+    legend, first = log.splitlines()[:2]
+    assert "before the step's update" in legend
+    assert first.startswith("step 0 (sigma") and "attend_excite" in first and first.endswith("; updated")
     ui = node_ui(out)
     assert ui["storm_log"] == [log] and ui["images"][0]["type"] == "temp"
     words = node_output(render(nodes, attention, latent, tokens, show="all words", view="attend-and-excite"))
