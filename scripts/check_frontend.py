@@ -139,7 +139,19 @@ def check_outputs(page, entry: dict) -> str | None:
     shown = page.evaluate("""(ids) => Object.fromEntries(ids.map((id) => [id, app.graph.getNodeById(Number(id))
         ?.widgets?.find((w) => w.name === "storm_display")?.element?.value ?? null]))""", list(texts))
     wrong = [node_id for node_id, text in texts.items() if shown.get(node_id) != text]
-    return f"web/storm.js did not show the reported text in node(s) {', '.join(wrong)}" if wrong else None
+    if wrong:
+        return f"web/storm.js did not show the reported text in node(s) {', '.join(wrong)}"
+    steps = {node_id: out["storm_steps"] for node_id, out in outputs.items() if out.get("storm_steps")}
+    charts = page.evaluate("""(ids) => Object.fromEntries(ids.map((id) => [id, [...(app.graph.getNodeById(Number(id))
+        ?.widgets?.find((w) => w.name === "storm_chart")?.element?.querySelectorAll("svg.storm-loss-chart") ?? [])]
+        .map((svg) => [svg.dataset.term, svg.querySelector("polyline").getAttribute("points").split(" ").length,
+                       svg.querySelectorAll("circle.storm-loss-refined").length])]))""", list(steps))
+    for node_id, log in steps.items():
+        terms = sorted({t for e in log for t in e["terms_before"]})
+        expected = [[t, len(log), sum(1 for e in log if e["refine_iters"])] for t in terms]
+        if sorted(charts.get(node_id) or []) != expected:
+            return f"loss chart of node {node_id}: {charts.get(node_id)}, expected (term, points, refined) {expected}"
+    return None
 
 
 def overlapping_nodes(page) -> list[str]:

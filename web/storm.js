@@ -164,6 +164,76 @@ function addChips(node) {
   later();
 }
 
+// Loss curves: one small SVG chart per loss term in STORM Attention Heatmap, from the run's guidance
+// log (output.storm_steps): the loss before each guided step's update (line), and where refinement ran,
+// a dot at the value it reached (the legend of the text log says the same in words).
+const CHART = "storm_chart";
+const SVG = "http://www.w3.org/2000/svg";
+
+function mean(values) {
+  const finite = (values ?? []).map(Number).filter(Number.isFinite);
+  return finite.length ? finite.reduce((a, b) => a + b, 0) / finite.length : NaN;
+}
+
+function svgElement(tag, attributes, text) {
+  const element = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, String(value));
+  if (text !== undefined) element.textContent = text;
+  return element;
+}
+
+function drawCharts(node, steps) {
+  const widget = node.widgets?.find((w) => w.name === CHART);
+  if (!widget) return;
+  const box = widget.element;
+  const terms = [...new Set((steps ?? []).flatMap((e) => Object.keys(e.terms_before ?? {})))];
+  box.replaceChildren();
+  if (!terms.length) {
+    box.textContent = steps?.length === 0 ? "no guided steps in this run" : "";
+    return;
+  }
+  const width = 300;
+  const height = 70;
+  const pad = 4;
+  for (const term of terms) {
+    const points = steps.map((e) => ({
+      step: e.step,
+      before: mean(e.terms_before?.[term]),
+      after: e.refine_iters ? mean(e.terms_after?.[term]) : NaN,
+      refined: e.refine_iters,
+    }));
+    const values = points.flatMap((p) => [p.before, p.after]).filter(Number.isFinite);
+    const lo = Math.min(...values);
+    const hi = Math.max(...values);
+    const first = points[0].step;
+    const last = Math.max(points[points.length - 1].step, first + 1);
+    const x = (step) => pad + ((step - first) / (last - first)) * (width - 2 * pad);
+    const y = (v) => height - pad - ((v - lo) / (hi - lo || 1)) * (height - 2 * pad - 12);
+    const svg = svgElement("svg", { class: "storm-loss-chart", "data-term": term, viewBox: `0 0 ${width} ${height}`,
+                                     width: "100%", height });
+    svg.append(svgElement("text", { x: pad, y: 10, fill: "#bbb", "font-size": 10, "font-family": "monospace" },
+      `${term}: ${lo.toFixed(3)}..${hi.toFixed(3)} over steps ${first}-${points[points.length - 1].step}`));
+    const line = points.filter((p) => Number.isFinite(p.before)).map((p) => `${x(p.step)},${y(p.before)}`);
+    svg.append(svgElement("polyline", { points: line.join(" "), fill: "none", stroke: "#6cf", "stroke-width": 1.5,
+                                        class: "storm-loss-before" }));
+    for (const p of points.filter((p) => p.refined && Number.isFinite(p.after))) {
+      svg.append(svgElement("line", { x1: x(p.step), y1: y(p.before), x2: x(p.step), y2: y(p.after),
+                                      stroke: "#fa4", "stroke-width": 1 }));
+      const dot = svgElement("circle", { cx: x(p.step), cy: y(p.after), r: 2.5, fill: "#fa4",
+                                         class: "storm-loss-refined" });
+      dot.append(svgElement("title", {}, `step ${p.step}: refined x${p.refined} -> ${p.after.toFixed(4)}`));
+      svg.append(dot);
+    }
+    box.append(svg);
+  }
+}
+
+function addChart(node) {
+  const box = document.createElement("div");
+  Object.assign(box.style, { overflow: "auto", font: "11px monospace", color: "#999" });
+  node.addDOMWidget(CHART, "storm_chart", box, { serialize: false, getMinHeight: () => 80 });
+}
+
 // Hosts that read a node's SEARCH_ALIASES send them in /object_info; for the others the pack's
 // route (nodes/web_routes.py) has them. Filled in before the frontend indexes the definitions.
 async function addSearchAliases(defs) {
@@ -189,6 +259,7 @@ app.registerExtension({
   },
   nodeCreated(node) {
     if (CHIP_NODES.has(node.comfyClass)) addChips(node);
+    if (node.comfyClass === "STORM_AttentionHeatmap") addChart(node);
     const key = TEXT_OUTPUTS[node.comfyClass];
     if (!key) return;
     textWidget(node);
@@ -199,6 +270,7 @@ app.registerExtension({
       const result = previous?.apply(this, arguments);
       const text = output?.[key];
       if (text !== undefined) showText(this, Array.isArray(text) ? text.join("\n") : String(text));
+      if (output?.storm_steps !== undefined) drawCharts(this, output.storm_steps);
       return result;
     };
   },
