@@ -309,6 +309,8 @@ def main() -> int:
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--only", action="append", default=[], help="check only this example (stem); repeatable")
     parser.add_argument("--timeout", type=float, default=600, help="seconds one example may run")
+    parser.add_argument("--vue-nodes", action="store_true",
+                        help="check with the frontend's Vue node renderer ('Nodes 2.0') switched on")
     args = parser.parse_args()
     comfyui = Path(os.environ.get("COMFYUI_PATH", ""))
     if not (comfyui / "main.py").exists():
@@ -346,10 +348,14 @@ def main() -> int:
                 page.wait_for_function("window.app && window.app.graph", timeout=60000)
                 page.wait_for_timeout(2500)
                 page.keyboard.press("Escape")
+                if args.vue_nodes:
+                    page.evaluate("async () => app.extensionManager.setting.set('Comfy.VueNodes.Enabled', true)")
+                    page.wait_for_timeout(1500)
                 served = page.evaluate("window.__COMFYUI_FRONTEND_VERSION__")
                 print(f"frontend served: {served} (installed comfyui-frontend-package "
                       f"{importlib.metadata.version('comfyui-frontend-package')}), ComfyUI {stats['comfyui_version']}, "
-                      f"Chromium {browser.version}")
+                      f"Chromium {browser.version}"
+                      + (", Vue node renderer on" if args.vue_nodes else ""))
                 loaded = "STORM.ui" in page.evaluate("app.extensions.map(e => e.name)")
                 noted: set[str] = set()
                 ours, others = split_errors(errors, noted)
