@@ -82,13 +82,17 @@ class RunRecord:
 
     def mean_maps(self, n_tokens: int) -> torch.Tensor:
         """Average over the run's evaluations, folded to ``n_tokens`` columns: ``(B, T, h, w)``."""
+        total = None
+        for _, maps in self.folded_steps(n_tokens):
+            total = maps if total is None else total + maps
+        return total / len(self.step_maps)
+
+    def folded_steps(self, n_tokens: int):
+        """Each evaluation's ``(sigma, maps (B, T, h, w) float32)``, folded to ``n_tokens`` columns."""
         if not self.step_maps:
             raise StormError("this sampling run recorded no attention maps")
-        total = None
-        for _, maps in self.step_maps:
-            m = fold_token_tiling(maps.float().movedim(1, -1), n_tokens).movedim(-1, 1)
-            total = m if total is None else total + m
-        return total / len(self.step_maps)
+        for sigma, maps in self.step_maps:
+            yield sigma, fold_token_tiling(maps.float().movedim(1, -1), n_tokens).movedim(-1, 1)
 
 
 def latent_match_error(stored: torch.Tensor, given: torch.Tensor) -> float:

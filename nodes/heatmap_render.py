@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -46,6 +48,18 @@ def labelled_grid(tiles: torch.Tensor, labels: list[str]) -> torch.Tensor:
 #: first line of the guidance log: what its numbers are
 LOG_LEGEND = ("loss of each guided step, evaluated before the step's update (its effect shows in the next "
               "step's value); 'refined xN -> v': N refinement updates brought the loss to v first")
+
+
+def step_maps_payload(steps, labels: list[str]) -> dict:
+    """The per-step maps the heatmap view of ``web/storm.js`` shows: ``steps`` is a list of ``(sigma,
+    maps (K, h, w))``, one per UNet evaluation; each map is scaled to its own maximum and sent as uint8
+    (K x steps x h x w bytes, base64: about 26 KB for 2 subjects x 50 steps of 16 x 16 maps)."""
+    sigmas = [float(sigma) for sigma, _ in steps]
+    stack = torch.stack([maps.float() for _, maps in steps], dim=1)  # (K, S, h, w)
+    peak = stack.flatten(2).amax(-1).clamp_min(1e-12)[..., None, None]
+    data = (stack / peak * 255).round().clamp(0, 255).to(torch.uint8).contiguous().numpy()
+    return {"labels": labels, "sigmas": [round(s, 4) for s in sigmas], "height": int(stack.shape[-2]),
+            "width": int(stack.shape[-1]), "data": base64.b64encode(data.tobytes()).decode("ascii")}
 
 
 def format_log(log: list[dict]) -> str:

@@ -21,7 +21,7 @@ from .architecture import check_conditioning_family, describe_unet
 from .attention_capture import AttentionHistory, ContinuousRecorder, install_patches, latent_run
 from .compat import folder_paths, wrap_sampling_calls
 from .errors import node_error_context, node_errors
-from .heatmap_render import RUNS, SHOW, VIEWS, colorize, format_log, labelled_grid, upsample
+from .heatmap_render import RUNS, SHOW, VIEWS, colorize, format_log, labelled_grid, step_maps_payload, upsample
 from .nodes_sampling import ATTENTION_OUTPUT_TOOLTIP, LAYERS_INPUT
 
 #: the ``format`` metadata of files written by STORM Save Attention
@@ -182,8 +182,11 @@ class AttentionHeatmap:
         labels = [s.name for s in subjects]
         grid = labelled_grid(heat, labels)
         text = format_log(record.log)
+        groups = [s.positions for s in subjects]
+        steps = [(sigma, select_token_maps(m[batch_index:batch_index + 1], groups)[0])
+                 for sigma, m in record.folded_steps(layout.length)]
         ui = {"images": [self._save_preview(grid)], "storm_log": [text], "storm_labels": labels,
-              "storm_steps": list(record.log)}
+              "storm_steps": list(record.log), "storm_maps": [step_maps_payload(steps, labels)]}
         return {"ui": ui, "result": (grid, overlay.clamp(0, 1), masks, text)}
 
     @staticmethod

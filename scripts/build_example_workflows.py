@@ -319,7 +319,7 @@ def paid_composition(defs: Mapping[str, Mapping], out: Path) -> None:
     g.link(paid, 0, heat, 1)
     g.link(guide, 0, heat, 2)
     g.link(pick, 1, heat, 4)  # the heatmap shows the frame Select Frame picked
-    save_h = g.node("SaveImage", (1270, 1000), (340, 300), ["storm/paid_composition_heatmaps"],
+    save_h = g.node("SaveImage", (1270, 1180), (340, 300), ["storm/paid_composition_heatmaps"],
                     inputs=[("images", "IMAGE")])
     g.link(heat, 0, save_h, 0)
     g.note((20, 330), (330, 320),

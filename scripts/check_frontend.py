@@ -151,6 +151,25 @@ def check_outputs(page, entry: dict) -> str | None:
         expected = [[t, len(log), sum(1 for e in log if e["refine_iters"])] for t in terms]
         if sorted(charts.get(node_id) or []) != expected:
             return f"loss chart of node {node_id}: {charts.get(node_id)}, expected (term, points, refined) {expected}"
+    for node_id, out in outputs.items():
+        if not out.get("storm_maps"):
+            continue
+        maps = out["storm_maps"][0]
+        view = page.evaluate("""(id) => { const node = app.graph.getNodeById(Number(id));
+            const box = node.widgets.find((w) => w.name === "storm_view").element;
+            const canvas = box.querySelector("canvas.storm-view-map"), slider = box.querySelector("input.storm-view-step");
+            const before = canvas.toDataURL();
+            box.querySelectorAll("button.storm-view-token")[box.querySelectorAll("button.storm-view-token").length - 1].click();
+            slider.value = 0; slider.dispatchEvent(new Event("input"));
+            const changed = canvas.toDataURL() !== before;
+            canvas.click();
+            return {tabs: [...box.querySelectorAll("button.storm-view-token")].map((b) => b.textContent),
+                    size: [canvas.width, canvas.height], steps: Number(slider.max) + 1, changed,
+                    enlarged: canvas.parentElement.style.height}; }""", node_id)
+        expected = {"tabs": maps["labels"], "size": [maps["width"], maps["height"]], "steps": len(maps["sigmas"]),
+                    "changed": True, "enlarged": "300px"}
+        if view != expected:
+            return f"heatmap view of node {node_id}: {view}, expected {expected}"
     return None
 
 

@@ -234,6 +234,119 @@ function addChart(node) {
   node.addDOMWidget(CHART, "storm_chart", box, { serialize: false, getMinHeight: () => 80 });
 }
 
+// Heatmap view: STORM Attention Heatmap's per-step maps (output.storm_maps: uint8, each map scaled to
+// its own maximum), one tab per token with its word as a large label, a step scrubber ("mean" = the
+// average the node's images show), a colour scale, and a click on the map to enlarge it.
+const VIEW = "storm_view";
+
+function jet(v) {
+  const r = Math.min(1, Math.max(0, 1.5 - Math.abs(4 * v - 3)));
+  const g = Math.min(1, Math.max(0, 1.5 - Math.abs(4 * v - 2)));
+  const b = Math.min(1, Math.max(0, 1.5 - Math.abs(4 * v - 1)));
+  return [r * 255, g * 255, b * 255];
+}
+
+function decodeMaps(payload) {
+  const bytes = Uint8Array.from(atob(payload.data), (c) => c.charCodeAt(0));
+  return { ...payload, bytes, steps: payload.sigmas.length };
+}
+
+function drawMap(view) {
+  const { maps, token, step, canvas } = view;
+  const { height: h, width: w, steps, bytes } = maps;
+  const image = canvas.getContext("2d").createImageData(w, h);
+  const values = new Float32Array(h * w);
+  if (step < 0) {
+    for (let s = 0; s < steps; s++) {
+      const base = (token * steps + s) * h * w;
+      for (let i = 0; i < h * w; i++) values[i] += bytes[base + i] / steps;
+    }
+  } else {
+    const base = (token * steps + step) * h * w;
+    for (let i = 0; i < h * w; i++) values[i] = bytes[base + i];
+  }
+  const peak = Math.max(...values) || 1;
+  for (let i = 0; i < h * w; i++) {
+    const [r, g, b] = jet(values[i] / peak);
+    image.data.set([r, g, b, 255], i * 4);
+  }
+  canvas.width = w;
+  canvas.height = h;
+  canvas.getContext("2d").putImageData(image, 0, 0);
+  view.caption.textContent = step < 0 ? `mean of ${steps} evaluations` :
+    `evaluation ${step + 1} of ${steps} (sigma ${maps.sigmas[step]})`;
+  view.tabs.forEach((tab, i) => {
+    tab.style.background = i === token ? "#246" : "#2a2a2a";
+    tab.style.color = i === token ? "#fff" : "#bbb";
+  });
+}
+
+function showMaps(node, payload) {
+  const widget = node.widgets?.find((w) => w.name === VIEW);
+  if (!widget || !payload) return;
+  const box = widget.element;
+  const maps = decodeMaps(payload);
+  const view = { maps, token: 0, step: -1 };
+  const tabs = document.createElement("div");
+  view.tabs = maps.labels.map((label, i) => {
+    const tab = document.createElement("button");
+    tab.type = "button";
+    tab.className = "storm-view-token";
+    tab.textContent = label;
+    Object.assign(tab.style, { font: "bold 14px sans-serif", margin: "1px", padding: "2px 8px", border: "1px solid #555",
+                               borderRadius: "6px", cursor: "pointer" });
+    tab.addEventListener("click", () => {
+      view.token = i;
+      drawMap(view);
+    });
+    tabs.append(tab);
+    return tab;
+  });
+  const row = document.createElement("div");
+  Object.assign(row.style, { display: "flex", alignItems: "stretch", gap: "4px", height: "110px" });
+  view.canvas = document.createElement("canvas");
+  view.canvas.className = "storm-view-map";
+  view.canvas.title = "click to enlarge";
+  Object.assign(view.canvas.style, { imageRendering: "pixelated", height: "100%", cursor: "zoom-in" });
+  view.canvas.addEventListener("click", () => {
+    const big = row.style.height !== "110px";
+    row.style.height = big ? "110px" : "300px";
+    view.canvas.style.cursor = big ? "zoom-in" : "zoom-out";
+  });
+  const scale = document.createElement("div");
+  scale.title = "colour scale: 0 (blue) to the map's maximum (red)";
+  Object.assign(scale.style, { width: "10px", background: "linear-gradient(to top, #00f, #0ff, #ff0, #f00)" });
+  const ends = document.createElement("div");
+  Object.assign(ends.style, { display: "flex", flexDirection: "column", justifyContent: "space-between",
+                              font: "10px monospace", color: "#999" });
+  ends.append(Object.assign(document.createElement("span"), { textContent: "max" }),
+              Object.assign(document.createElement("span"), { textContent: "0" }));
+  row.append(view.canvas, scale, ends);
+  const slider = document.createElement("input");
+  slider.type = "range";
+  slider.className = "storm-view-step";
+  slider.min = -1;
+  slider.max = maps.steps - 1;
+  slider.value = -1;
+  slider.title = "step (leftmost: the mean over the run)";
+  slider.style.width = "100%";
+  slider.addEventListener("input", () => {
+    view.step = Number(slider.value);
+    drawMap(view);
+  });
+  view.caption = document.createElement("div");
+  Object.assign(view.caption.style, { font: "10px monospace", color: "#999" });
+  box.replaceChildren(tabs, row, slider, view.caption);
+  node.stormView = view;
+  drawMap(view);
+}
+
+function addView(node) {
+  const box = document.createElement("div");
+  Object.assign(box.style, { overflow: "hidden" });
+  node.addDOMWidget(VIEW, "storm_view", box, { serialize: false, getMinHeight: () => 170 });
+}
+
 // Hosts that read a node's SEARCH_ALIASES send them in /object_info; for the others the pack's
 // route (nodes/web_routes.py) has them. Filled in before the frontend indexes the definitions.
 async function addSearchAliases(defs) {
@@ -259,7 +372,10 @@ app.registerExtension({
   },
   nodeCreated(node) {
     if (CHIP_NODES.has(node.comfyClass)) addChips(node);
-    if (node.comfyClass === "STORM_AttentionHeatmap") addChart(node);
+    if (node.comfyClass === "STORM_AttentionHeatmap") {
+      addView(node);
+      addChart(node);
+    }
     const key = TEXT_OUTPUTS[node.comfyClass];
     if (!key) return;
     textWidget(node);
@@ -271,6 +387,7 @@ app.registerExtension({
       const text = output?.[key];
       if (text !== undefined) showText(this, Array.isArray(text) ? text.join("\n") : String(text));
       if (output?.storm_steps !== undefined) drawCharts(this, output.storm_steps);
+      if (output?.storm_maps !== undefined) showMaps(this, output.storm_maps[0]);
       return result;
     };
   },

@@ -1,7 +1,10 @@
 """STORM Attention Heatmap: outputs, run matching (never stale maps), options and errors."""
 
+import base64
+
 import comfy.sample
 import comfy.samplers
+import numpy as np
 import pytest
 import torch
 
@@ -49,6 +52,16 @@ def test_outputs_grid_overlay_mask_and_log(nodes, prompt):
     assert first.startswith("step 0 (sigma") and "attend_excite" in first and first.endswith("; updated")
     ui = node_ui(out)
     assert ui["storm_log"] == [log] and ui["images"][0]["type"] == "temp"
+    # the per-step maps of the heatmap view: K tokens x S evaluations x h x w bytes, each map up to 255
+    maps = ui["storm_maps"][0]
+    steps = len(attention.latest().step_maps)
+    data = np.frombuffer(base64.b64decode(maps["data"]), np.uint8).reshape(2, steps, maps["height"], maps["width"])
+    assert maps["labels"] == ["cat", "dog"] and len(maps["sigmas"]) == steps > 1
+    assert (data.reshape(2, steps, -1).max(-1) == 255).all()
+    mean = torch.from_numpy(data.astype(np.float32)).mean(1).flatten(1)  # the view's "mean" ~ the mask output
+    small = torch.nn.functional.interpolate(mask[:, None], size=(maps["height"], maps["width"]), mode="area")
+    for a, b in zip(mean, small.flatten(1), strict=True):
+        assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.8
     words = node_output(render(nodes, attention, latent, tokens, show="all words", view="attend-and-excite"))
     assert words[2].shape[0] == 5  # a cat and a dog
     assert words[0].shape[-2] == 5 * 192 + 4 * 4  # no image: the latent's size in pixels (16x24 latent)
