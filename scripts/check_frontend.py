@@ -9,8 +9,14 @@ loader (``tests/harness/tiny_nodes``), opens it in headless Chromium and, for ev
    queues it from the page (``app.queuePrompt``), waits for ``/history/<prompt_id>`` and requires
    ``status_str == "success"``, saved images, and the STORM text boxes (``web/storm.js``) filled with
    the text the nodes reported;
+   It also requires that no two nodes overlap (as loaded and after the run), that the loss charts
+   have a point per guided step and the heatmap view a tab per token and a working step scrubber;
 3. screenshots the page (``<out>/<name>.png`` loaded, ``<out>/run_<name>.png`` after the run) and keeps
    the history entry (``<out>/run_<name>.history.json``) and the server log (``<out>/server.log``).
+
+Before the examples: node search by task ("morph", "placement", "heatmap"), the node help pages, and
+the token chips of Subject Tokens (clicks change ``subjects`` and the run uses them). ``--vue-nodes``
+repeats everything with the Vue node renderer on.
 
 Page errors and console errors or warnings that name the extension (``/extensions/ComfyUI-STORM/``, e.g.
 the frontend's "Uncaught error in event listener" warning with a storm.js stack) fail the example; other
