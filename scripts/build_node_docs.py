@@ -24,9 +24,19 @@ def _cell(text) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+def _host_lists() -> dict[tuple, str]:
+    """Choice lists that come from the host (they differ between ComfyUI versions): named, not listed."""
+    import comfy.samplers
+
+    return {tuple(comfy.samplers.KSampler.SAMPLERS): "one of ComfyUI's samplers",
+            tuple(comfy.samplers.KSampler.SCHEDULERS): "one of ComfyUI's schedulers"}
+
+
 def _input_row(name: str, spec, optional: bool) -> str:
     kind, options = spec[0], (spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {})
-    if isinstance(kind, (list, tuple)):
+    if isinstance(kind, (list, tuple)) and tuple(kind) in _host_lists():
+        type_ = _host_lists()[tuple(kind)]
+    elif isinstance(kind, (list, tuple)):
         type_ = "choice: " + ", ".join(f"`{c}`" for c in kind)
     else:
         type_ = str(kind)
