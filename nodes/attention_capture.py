@@ -82,17 +82,22 @@ class RunRecord:
 
     def mean_maps(self, n_tokens: int) -> torch.Tensor:
         """Average over the run's evaluations, folded to ``n_tokens`` columns: ``(B, T, h, w)``."""
-        total = None
-        for _, maps in self.folded_steps(n_tokens):
-            total = maps if total is None else total + maps
-        return total / len(self.step_maps)
+        return mean_of_steps(self.folded_steps(n_tokens))
 
-    def folded_steps(self, n_tokens: int):
+    def folded_steps(self, n_tokens: int) -> list[tuple[float, torch.Tensor]]:
         """Each evaluation's ``(sigma, maps (B, T, h, w) float32)``, folded to ``n_tokens`` columns."""
         if not self.step_maps:
             raise StormError("this sampling run recorded no attention maps")
-        for sigma, maps in self.step_maps:
-            yield sigma, fold_token_tiling(maps.float().movedim(1, -1), n_tokens).movedim(-1, 1)
+        return [(sigma, fold_token_tiling(maps.float().movedim(1, -1), n_tokens).movedim(-1, 1))
+                for sigma, maps in self.step_maps]
+
+
+def mean_of_steps(steps: list[tuple[float, torch.Tensor]]) -> torch.Tensor:
+    """The average of :meth:`RunRecord.folded_steps`' maps (for callers that also need the steps)."""
+    total = None
+    for _, maps in steps:
+        total = maps if total is None else total + maps
+    return total / len(steps)
 
 
 def latent_match_error(stored: torch.Tensor, given: torch.Tensor) -> float:

@@ -18,7 +18,7 @@ from ..storm_ops.losses.attend_excite import AttendExciteConfig, subject_maps
 from ..storm_ops.prompt_identity import check_prompt_encoding, untile_encoding
 from ..storm_ops.token_layout import AUTO, Subject
 from .architecture import check_conditioning_family, describe_unet
-from .attention_capture import AttentionHistory, ContinuousRecorder, install_patches, latent_run
+from .attention_capture import AttentionHistory, ContinuousRecorder, install_patches, latent_run, mean_of_steps
 from .compat import folder_paths, wrap_sampling_calls
 from .errors import node_error_context, node_errors
 from .heatmap_render import RUNS, SHOW, VIEWS, colorize, format_log, labelled_grid, step_maps_payload, upsample
@@ -152,7 +152,8 @@ class AttentionHeatmap:
                                   what="the prompt of the shown run", input_name="tokens",
                                   remedy="Connect the tokens of the prompt that run sampled (the STORM Subject Tokens "
                                          "or Prompt Analysis whose conditioning went into the sampler's positive input).")
-        maps = record.mean_maps(layout.length)  # (B, T, h, w)
+        folded = record.folded_steps(layout.length)  # each evaluation's maps, folded once for both uses
+        maps = mean_of_steps(folded)  # (B, T, h, w)
         if batch_index >= maps.shape[0]:
             raise StormError(f"batch_index {batch_index} is out of range for a batch of {maps.shape[0]}",
                              input_name="batch_index")
@@ -184,7 +185,7 @@ class AttentionHeatmap:
         text = format_log(record.log)
         groups = [s.positions for s in subjects]
         steps = [(sigma, select_token_maps(m[batch_index:batch_index + 1], groups)[0])
-                 for sigma, m in record.folded_steps(layout.length)]
+                 for sigma, m in folded]
         ui = {"images": [self._save_preview(grid)], "storm_log": [text], "storm_labels": labels,
               "storm_steps": list(record.log), "storm_maps": [step_maps_payload(steps, labels)]}
         return {"ui": ui, "result": (grid, overlay.clamp(0, 1), masks, text)}
