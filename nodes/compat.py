@@ -16,6 +16,8 @@ import comfy.model_management
 import comfy.utils
 import torch
 
+from ..storm_ops.frozen_weights import FrozenWeights
+
 log = logging.getLogger("comfyui-storm")
 
 # Upstream (>= 0.3.59) wraps kernels with ``wrap_attn`` and accepts ``transformer_options``;
@@ -50,42 +52,19 @@ def copy_nested(value):
 
 
 @contextlib.contextmanager
-def grad_capable_weights(module: torch.nn.Module):
-    """Swap parameters and buffers that are inference tensors for normal clones, then restore.
-
-    ComfyUI creates and moves weights inside ``torch.inference_mode()``; autograd refuses to
-    save such tensors for backward ("Inference tensors cannot be saved for backward"). Only the
-    tensors that are inference tensors are cloned, for the duration of one gradient pass.
-    """
-    swapped: list[tuple[dict, str, torch.Tensor]] = []
-    try:
-        with torch.inference_mode(False):
-            for m in module.modules():
-                for store in (m._parameters, m._buffers):
-                    for name, t in store.items():
-                        if t is not None and t.is_inference():
-                            clone = t.clone()
-                            store[name] = torch.nn.Parameter(clone, requires_grad=False) \
-                                if isinstance(t, torch.nn.Parameter) else clone
-                            swapped.append((store, name, t))
-        yield len(swapped)
-    finally:
-        for store, name, t in reversed(swapped):
-            store[name] = t
-
-
-@contextlib.contextmanager
-def gradient_pass(module: torch.nn.Module):
-    """Context for a forward/backward pass through the host's UNet from inside a node.
+def gradient_pass():
+    """Context for a forward/backward pass through the host's UNet from inside a node; yields the
+    :class:`FrozenWeights` mode, whose counters say whether any weight had to be copied.
 
     * ``inference_mode(False)`` + ``enable_grad()``: the executor runs nodes in inference mode;
-    * :func:`grad_capable_weights`;
+    * :class:`FrozenWeights`: the host creates weights inside ``inference_mode()``, and autograd refuses
+      to save such tensors for backward; the mode differentiates through them without copying them;
     * ``allow_mutation_on_saved_tensors()``: the fork's transformer blocks add residuals in
       place (``x += n``), which autograd otherwise rejects (upstream changed this in 0.3.40).
     """
-    with torch.inference_mode(False), torch.enable_grad(), grad_capable_weights(module), \
-            torch.autograd.graph.allow_mutation_on_saved_tensors():
-        yield
+    with torch.inference_mode(False), torch.enable_grad(), \
+            torch.autograd.graph.allow_mutation_on_saved_tensors(), FrozenWeights() as mode:
+        yield mode
 
 
 def throw_if_interrupted() -> None:

@@ -170,7 +170,7 @@ def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None
 
     record = RunRecord({"node": node, "model": unet.model_name, "family": unet.family,
                         "layers": [layer.label for layer in layers], "base_sampler": settings.base_sampler,
-                        "steps": num_steps, "guided_steps": sorted(guided)})
+                        "steps": num_steps, "guided_steps": sorted(guided), "weights_copied": 0})
     if len(conds.get("positive") or []) == 1:
         record.prompt_encoding = prompt_encoding(conds["positive"][0]["cross_attn"])
     recorder = MapRecorder(layers, record, n_tokens, stop_early=settings.stop_early)
@@ -198,7 +198,7 @@ def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None
             if evaluations:  # a refinement iteration: the sampler's own progress stands still meanwhile
                 report_progress(evaluations, max(evaluations, refine_cap))
             evaluations += 1
-            with gradient_pass(base_model.diffusion_model):
+            with gradient_pass() as frozen:
                 zg = z.detach().clone().requires_grad_(True)
                 timestep = (sigma * s_in).detach().clone()
                 z_in = inpaint_blend(model, zg, timestep, extra_args.get("denoise_mask"), grad_options)
@@ -208,6 +208,7 @@ def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None
                 except StopForward:
                     pass
                 maps = recorder.end_grad_pass()
+                record.info["weights_copied"] += frozen.copied  # 0 unless a layer kind is not covered
                 combined = guidance.combine(maps, step, num_steps, states)
                 if combined.objective.requires_grad:
                     grad = torch.autograd.grad(combined.objective.sum(), zg)[0]

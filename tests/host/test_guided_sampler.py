@@ -153,6 +153,7 @@ def test_guidance_raises_the_neglected_subjects_attention(pack, nodes, setup, ar
         on = _min_subject_attention(pack, runs["on"], tokens)
         assert sum(on[i] for i in window) / 5 > sum(off[i] for i in window) / 5 + 0.02, (seed, off, on)
         assert runs["on"].info["guided_steps"] == [0, 1, 2, 3, 4]
+        assert runs["on"].info["weights_copied"] == 0  # every layer of the host's UNet is on the copy-free path
         refined = [e for e in runs["on"].log if e["refine_iters"]]
         for entry in refined:  # refinement lowers the A&E loss at its step
             assert entry["terms_after"]["attend_excite"][0] < entry["terms_before"]["attend_excite"][0]
@@ -257,3 +258,49 @@ def test_latent_sizes_that_are_not_multiples_of_8(nodes, setup, arch, hw, maps):
     record = history.latest()
     assert tuple(record.mean_maps(77).shape[-2:]) == maps
     assert record.log and record.log[0]["terms_before"]["attend_excite"][0] <= 1.0
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sdxl"])
+def test_gradient_pass_through_inference_weights_equals_one_through_normal_copies(pack, arch):
+    """The gradient pass differentiates through the host's inference-tensor weights without copying them;
+    the latent's gradient equals the one through normal copies of every weight (what the pack did before)."""
+    from harness.tiny_models import build_tiny
+
+    with torch.inference_mode():  # a private model whose norm layers have non-trivial scales and shifts
+        tm = build_tiny(arch, seed=7)
+        norms = [m for m in tm.model.model.diffusion_model.modules() if isinstance(m, (torch.nn.GroupNorm,
+                                                                                      torch.nn.LayerNorm))]
+        for i, m in enumerate(norms):
+            m.weight.mul_(torch.linspace(0.5, 1.5, m.weight.numel()).roll(i))
+            m.bias.add_(torch.linspace(-0.2, 0.2, m.bias.numel()))
+    unet = tm.model.model.diffusion_model
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 16, 16, generator=gen)
+    context = torch.randn(1, 77, tm.model.model.model_config.unet_config["context_dim"], generator=gen)
+    extra = {}
+    if tm.model.model.model_config.unet_config.get("adm_in_channels"):
+        extra["y"] = torch.randn(1, tm.model.model.model_config.unet_config["adm_in_channels"], generator=gen)
+    t = torch.tensor([500.0])
+
+    def gradient():
+        xg = x.clone().requires_grad_(True)
+        out = unet(xg, t, context=context, **extra)
+        return torch.autograd.grad(out.square().mean(), xg)[0]
+
+    with pack.nodes.compat.gradient_pass() as mode:
+        got = gradient()
+    assert mode.copied == 0 and mode.fast > 100
+    swapped = []
+    with torch.inference_mode(False), torch.enable_grad(), torch.autograd.graph.allow_mutation_on_saved_tensors():
+        try:
+            for m in unet.modules():
+                for name, p in list(m._parameters.items()):
+                    if p is not None and p.is_inference():
+                        m._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=False)
+                        swapped.append((m, name, p))
+            expected = gradient()
+        finally:
+            for m, name, p in swapped:
+                m._parameters[name] = p
+    assert swapped and all(p.is_inference() for _, _, p in swapped)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-7)

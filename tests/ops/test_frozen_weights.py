@@ -1,0 +1,128 @@
+"""Input gradients through inference-tensor weights without copying them (storm_ops.frozen_weights)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from storm_ops.frozen_weights import FrozenWeights
+
+
+class Block(nn.Module):
+    """The layer kinds of a diffusion UNet: convolutions, GroupNorm, LayerNorm, linear, attention."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_in = nn.Conv2d(4, 32, 3, padding=1)
+        self.gn = nn.GroupNorm(8, 32)
+        self.conv_down = nn.Conv2d(32, 32, 3, stride=2, padding=1, groups=4)
+        self.ln = nn.LayerNorm(32)
+        self.q = nn.Linear(32, 32, bias=False)
+        self.k = nn.Linear(16, 32, bias=False)
+        self.out = nn.Linear(32, 32)
+        self.conv1d = nn.Conv1d(32, 8, 3, padding=1, dilation=1)
+
+    def forward(self, x, context):
+        h = F.silu(self.gn(self.conv_in(x)))
+        h = self.conv_down(h)
+        b, c, hh, ww = h.shape
+        t = self.ln(h.flatten(2).transpose(1, 2))
+        attn = (self.q(t) @ self.k(context).transpose(1, 2) / 32 ** 0.5).softmax(-1)
+        out = self.out(attn @ self.k(context))
+        out += t  # an in-place residual on a layer's output, as the host's blocks write it
+        t = out
+        return self.conv1d(t.transpose(1, 2)), attn
+
+
+def _inference_block(seed=0):
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        block = Block().double()
+        # weights made (and held) inside inference mode; random norm scales too, not PyTorch's ones
+        block.load_state_dict({k: torch.randn_like(v).double() * 0.5 for k, v in Block().state_dict().items()})
+    assert all(p.is_inference() for p in block.parameters())
+    return block
+
+
+def _normal_copy(block):
+    copy = Block().double()
+    copy.load_state_dict({k: v.clone() for k, v in block.state_dict().items()})
+    copy.requires_grad_(False)
+    return copy
+
+
+def _grad(block, x, context, mode=None):
+    with torch.inference_mode(False), torch.enable_grad():
+        xg = x.clone().requires_grad_(True)
+        if mode is None:
+            out, attn = block(xg, context)
+        else:
+            with mode:
+                out, attn = block(xg, context)
+        loss = out.square().mean() + attn.amax(-1).mean()
+        return torch.autograd.grad(loss, xg)[0]
+
+
+def test_input_gradient_matches_a_normal_copy_of_the_weights_and_copies_nothing():
+    block = _inference_block()
+    x, context = torch.randn(2, 4, 8, 8, dtype=torch.float64), torch.randn(2, 5, 16, dtype=torch.float64)
+    expected = _grad(_normal_copy(block), x, context)
+    mode = FrozenWeights()
+    got = _grad(block, x, context, mode)
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+    assert mode.copied == 0 and mode.copied_bytes == 0
+    # conv_in, group norm, conv_down, layer norm, q, out, conv1d; k(context) needs no gradient: a constant
+    assert mode.fast == 7
+
+
+def test_without_the_mode_autograd_refuses_the_inference_weights():
+    block = _inference_block()
+    with pytest.raises(RuntimeError, match="[Ii]nference tensors"):
+        _grad(block, torch.randn(1, 4, 8, 8).double(), torch.randn(1, 5, 16).double())
+
+
+def test_gradient_is_right_for_each_covered_operation_in_float64():
+    torch.manual_seed(1)
+    with torch.inference_mode():
+        w_lin, b_lin = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+        w_conv = torch.randn(6, 2, 3, 3, dtype=torch.float64)
+        w_norm, b_norm = torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    cases = {
+        "linear": lambda x: F.linear(x.flatten(1)[:, :5], w_lin, b_lin),
+        "conv2d": lambda x: F.conv2d(x, w_conv, None, stride=2, padding=(1, 0), dilation=1, groups=2),
+        "group_norm": lambda x: F.group_norm(F.conv2d(x, w_conv.clone(), groups=2), 3, w_norm, b_norm),
+        "layer_norm": lambda x: F.layer_norm(x.flatten(2)[..., :6], (6,), w_norm, bias=b_norm),
+    }
+    for name, fn in cases.items():
+        x = torch.randn(2, 4, 7, 7, dtype=torch.float64, requires_grad=True)
+
+        def wrapped(x, fn=fn, name=name):
+            with FrozenWeights() as mode:
+                out = fn(x)
+            assert mode.fast >= 1 and mode.copied == 0, name
+            return out
+
+        assert torch.autograd.gradcheck(wrapped, (x,)), name
+
+
+def test_uncovered_operations_fall_back_to_copies_and_are_counted():
+    with torch.inference_mode():
+        scale = torch.full((3,), 2.0)
+    x = torch.ones(3, requires_grad=True)
+    with FrozenWeights() as mode:
+        y = (x * scale).sum()  # mul saves `scale` for x's gradient
+    (grad,) = torch.autograd.grad(y, x)
+    assert grad.tolist() == [2.0, 2.0, 2.0]
+    assert mode.copied == 1 and mode.copied_bytes == 12
+
+
+def test_no_grad_and_normal_weights_pass_through_untouched():
+    lin = nn.Linear(3, 3)
+    x = torch.randn(2, 3, requires_grad=True)
+    with FrozenWeights() as mode:
+        y = lin(x)  # a trainable weight keeps stock autograd (its gradient is not dropped)
+        with torch.no_grad():
+            lin(x)
+    y.sum().backward()
+    assert lin.weight.grad is not None
+    assert mode.fast == 0 and mode.copied == 0
