@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 
 import numpy as np
 import torch
@@ -50,16 +51,31 @@ LOG_LEGEND = ("loss of each guided step, evaluated before the step's update (its
               "step's value); 'refined xN -> v': N refinement updates brought the loss to v first")
 
 
-def step_maps_payload(steps, labels: list[str]) -> dict:
+#: the longest side of the image the heatmap view overlays its maps on (larger images are downscaled)
+VIEW_IMAGE_SIDE = 512
+
+
+def step_maps_payload(steps, labels: list[str], image: torch.Tensor | None = None, opacity: float = 0.6) -> dict:
     """The per-step maps the heatmap view of ``web/storm.js`` shows: ``steps`` is a list of ``(sigma,
     maps (K, h, w))``, one per UNet evaluation; each map is scaled to its own maximum and sent as uint8
-    (K x steps x h x w bytes, base64: about 26 KB for 2 subjects x 50 steps of 16 x 16 maps)."""
+    (K x steps x h x w bytes, base64: about 26 KB for 2 subjects x 50 steps of 16 x 16 maps).
+
+    ``image`` ``(H, W, 3)`` in [0, 1], the decoded image, goes along as a PNG (longest side at most
+    :data:`VIEW_IMAGE_SIDE`) for the view to draw the maps over it at ``opacity``."""
     sigmas = [float(sigma) for sigma, _ in steps]
     stack = torch.stack([maps.float() for _, maps in steps], dim=1)  # (K, S, h, w)
     peak = stack.flatten(2).amax(-1).clamp_min(1e-12)[..., None, None]
     data = (stack / peak * 255).round().clamp(0, 255).to(torch.uint8).contiguous().numpy()
-    return {"labels": labels, "sigmas": [round(s, 4) for s in sigmas], "height": int(stack.shape[-2]),
-            "width": int(stack.shape[-1]), "data": base64.b64encode(data.tobytes()).decode("ascii")}
+    payload = {"labels": labels, "sigmas": [round(s, 4) for s in sigmas], "height": int(stack.shape[-2]),
+               "width": int(stack.shape[-1]), "data": base64.b64encode(data.tobytes()).decode("ascii")}
+    if image is not None:
+        picture = Image.fromarray((image[..., :3].float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8))
+        picture.thumbnail((VIEW_IMAGE_SIDE, VIEW_IMAGE_SIDE))
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        payload.update(image="data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"),
+                       image_width=picture.width, image_height=picture.height, opacity=float(opacity))
+    return payload
 
 
 def format_log(log: list[dict]) -> str:

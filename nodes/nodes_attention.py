@@ -187,7 +187,7 @@ class AttentionHeatmap:
         steps = [(sigma, select_token_maps(m[batch_index:batch_index + 1], groups)[0])
                  for sigma, m in folded]
         ui = {"images": [self._save_preview(grid)], "storm_log": [text], "storm_labels": labels,
-              "storm_steps": list(record.log), "storm_maps": [step_maps_payload(steps, labels)]}
+              "storm_steps": list(record.log), "storm_maps": [step_maps_payload(steps, labels, None if image is None else base[0], opacity)]}
         return {"ui": ui, "result": (grid, overlay.clamp(0, 1), masks, text)}
 
     @staticmethod

@@ -161,9 +161,15 @@ def check_outputs(page, entry: dict) -> str | None:
         if not out.get("storm_maps"):
             continue
         maps = out["storm_maps"][0]
-        view = page.evaluate("""(id) => { const node = app.graph.getNodeById(Number(id));
+        view = page.evaluate("""async (id) => { const node = app.graph.getNodeById(Number(id));
             const box = node.widgets.find((w) => w.name === "storm_view").element;
             const canvas = box.querySelector("canvas.storm-view-map"), slider = box.querySelector("input.storm-view-step");
+            const toggle = box.querySelector("input.storm-view-overlay");
+            for (let i = 0; i < 40 && node.stormView.photo && !node.stormView.photo.complete; i++) {
+                await new Promise((r) => setTimeout(r, 50));
+            }
+            const overlaid = [canvas.width, canvas.height];
+            if (toggle) { toggle.click(); }
             const before = canvas.toDataURL();
             box.querySelectorAll("button.storm-view-token")[box.querySelectorAll("button.storm-view-token").length - 1].click();
             slider.value = 0; slider.dispatchEvent(new Event("input"));
@@ -171,9 +177,11 @@ def check_outputs(page, entry: dict) -> str | None:
             canvas.click();
             return {tabs: [...box.querySelectorAll("button.storm-view-token")].map((b) => b.textContent),
                     size: [canvas.width, canvas.height], steps: Number(slider.max) + 1, changed,
-                    enlarged: canvas.parentElement.style.height}; }""", node_id)
+                    enlarged: canvas.parentElement.style.height, overlaid: toggle ? overlaid : null}; }""", node_id)
         expected = {"tabs": maps["labels"], "size": [maps["width"], maps["height"]], "steps": len(maps["sigmas"]),
-                    "changed": True, "enlarged": "300px"}
+                    "changed": True, "enlarged": "300px",
+                    # with an image, the map is first drawn over it at the image's size; the toggle turns it off
+                    "overlaid": [maps["image_width"], maps["image_height"]] if "image" in maps else None}
         if view != expected:
             return f"heatmap view of node {node_id}: {view}, expected {expected}"
     return None

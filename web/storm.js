@@ -236,7 +236,8 @@ function addChart(node) {
 
 // Heatmap view: STORM Attention Heatmap's per-step maps (output.storm_maps: uint8, each map scaled to
 // its own maximum), one tab per token with its word as a large label, a step scrubber ("mean" = the
-// average the node's images show), a colour scale, and a click on the map to enlarge it.
+// average the node's images show), a colour scale, a click on the map to enlarge it, and (when the node
+// has an image) the map drawn over the decoded image at the node's opacity.
 const VIEW = "storm_view";
 
 function jet(v) {
@@ -270,9 +271,28 @@ function drawMap(view) {
     const [r, g, b] = jet(values[i] / peak);
     image.data.set([r, g, b, 255], i * 4);
   }
-  canvas.width = w;
-  canvas.height = h;
-  canvas.getContext("2d").putImageData(image, 0, 0);
+  const photo = view.overlay && view.photo?.complete && view.photo.naturalWidth ? view.photo : null;
+  if (photo) {
+    // the decoded image with the map drawn over it at the node's opacity, smoothly scaled to its size
+    const heat = document.createElement("canvas");
+    heat.width = w;
+    heat.height = h;
+    heat.getContext("2d").putImageData(image, 0, 0);
+    canvas.width = photo.naturalWidth;
+    canvas.height = photo.naturalHeight;
+    const ctx = canvas.getContext("2d");
+    ctx.drawImage(photo, 0, 0);
+    ctx.globalAlpha = maps.opacity ?? 0.6;
+    ctx.imageSmoothingEnabled = true;
+    ctx.drawImage(heat, 0, 0, canvas.width, canvas.height);
+    ctx.globalAlpha = 1;
+    canvas.style.imageRendering = "auto";
+  } else {
+    canvas.width = w;
+    canvas.height = h;
+    canvas.getContext("2d").putImageData(image, 0, 0);
+    canvas.style.imageRendering = "pixelated";
+  }
   view.caption.textContent = step < 0 ? `mean of ${steps} evaluations` :
     `evaluation ${step + 1} of ${steps} (sigma ${maps.sigmas[step]})`;
   view.tabs.forEach((tab, i) => {
@@ -307,7 +327,7 @@ function showMaps(node, payload) {
   view.canvas = document.createElement("canvas");
   view.canvas.className = "storm-view-map";
   view.canvas.title = "click to enlarge";
-  Object.assign(view.canvas.style, { imageRendering: "pixelated", height: "100%", cursor: "zoom-in" });
+  Object.assign(view.canvas.style, { height: "100%", cursor: "zoom-in" });
   view.canvas.addEventListener("click", () => {
     const big = row.style.height !== "110px";
     row.style.height = big ? "110px" : "300px";
@@ -322,6 +342,26 @@ function showMaps(node, payload) {
   ends.append(Object.assign(document.createElement("span"), { textContent: "max" }),
               Object.assign(document.createElement("span"), { textContent: "0" }));
   row.append(view.canvas, scale, ends);
+  if (maps.image) {
+    // overlay on the decoded image (on by default); the photo loads asynchronously, then redraws
+    view.overlay = true;
+    view.photo = new Image();
+    view.photo.addEventListener("load", () => drawMap(view));
+    view.photo.src = maps.image;
+    const label = document.createElement("label");
+    Object.assign(label.style, { font: "11px sans-serif", color: "#bbb", marginLeft: "8px", whiteSpace: "nowrap" });
+    const toggle = document.createElement("input");
+    toggle.type = "checkbox";
+    toggle.className = "storm-view-overlay";
+    toggle.checked = true;
+    toggle.addEventListener("change", () => {
+      view.overlay = toggle.checked;
+      drawMap(view);
+    });
+    label.append(toggle, " on image");
+    label.title = "draw the map over the decoded image (the node's image input) at the node's opacity";
+    tabs.append(label);
+  }
   const slider = document.createElement("input");
   slider.type = "range";
   slider.className = "storm-view-step";

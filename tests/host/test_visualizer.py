@@ -1,12 +1,14 @@
 """STORM Attention Heatmap: outputs, run matching (never stale maps), options and errors."""
 
 import base64
+import io
 
 import comfy.sample
 import comfy.samplers
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from harness.nodeutil import node_output, node_ui
 
@@ -62,7 +64,16 @@ def test_outputs_grid_overlay_mask_and_log(nodes, prompt):
     small = torch.nn.functional.interpolate(mask[:, None], size=(maps["height"], maps["width"]), mode="area")
     for a, b in zip(mean, small.flatten(1), strict=True):
         assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.8
-    words = node_output(render(nodes, attention, latent, tokens, show="all words", view="attend-and-excite"))
+    # the view draws the maps over the decoded image: it travels as a PNG of the image's own pixels
+    assert (maps["image_width"], maps["image_height"], maps["opacity"]) == (192, 128, 0.6)
+    prefix = "data:image/png;base64,"
+    assert maps["image"].startswith(prefix)
+    with Image.open(io.BytesIO(base64.b64decode(maps["image"][len(prefix):]))) as png:
+        sent = np.asarray(png.convert("RGB"))
+    assert np.abs(sent.astype(int) - (image[0].numpy() * 255).round().astype(int)).max() <= 1
+    words_out = render(nodes, attention, latent, tokens, show="all words", view="attend-and-excite")
+    assert "image" not in node_ui(words_out)["storm_maps"][0]  # no image input: the maps alone
+    words = node_output(words_out)
     assert words[2].shape[0] == 5  # a cat and a dog
     assert words[0].shape[-2] == 5 * 192 + 4 * 4  # no image: the latent's size in pixels (16x24 latent)
 
