@@ -33,6 +33,11 @@ def upsample(maps: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.interpolate(maps[:, None].float(), size=(height, width), mode="bilinear", align_corners=False)[:, 0]
 
 
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """An ``(H, W, 3)`` image with values in [0, 1] as an 8-bit PIL image."""
+    return Image.fromarray((image.float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8))
+
+
 def labelled_grid(tiles: torch.Tensor, labels: list[str]) -> torch.Tensor:
     """Tiles ``(K, H, W, 3)`` side by side with a caption under each: ``(1, H + 18, K W + gaps, 3)``."""
     k, h, w, _ = tiles.shape
@@ -40,7 +45,7 @@ def labelled_grid(tiles: torch.Tensor, labels: list[str]) -> torch.Tensor:
     canvas = Image.new("RGB", (k * w + (k - 1) * gap, h + LABEL_HEIGHT), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for i in range(k):
-        tile = Image.fromarray((tiles[i].cpu().numpy() * 255).round().astype(np.uint8))
+        tile = to_pil(tiles[i])
         canvas.paste(tile, (i * (w + gap), 0))
         draw.text((i * (w + gap) + 3, h + 3), labels[i][: max(1, w // 6)], fill=(0, 0, 0))
     return torch.from_numpy(np.asarray(canvas).astype(np.float32) / 255.0)[None]
@@ -69,7 +74,7 @@ def step_maps_payload(steps, labels: list[str], image: torch.Tensor | None = Non
     payload = {"labels": labels, "sigmas": [round(s, 4) for s in sigmas], "height": int(stack.shape[-2]),
                "width": int(stack.shape[-1]), "data": base64.b64encode(data.tobytes()).decode("ascii")}
     if image is not None:
-        picture = Image.fromarray((image[..., :3].float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8))
+        picture = to_pil(image[..., :3])
         picture.thumbnail((VIEW_IMAGE_SIDE, VIEW_IMAGE_SIDE))
         buffer = io.BytesIO()
         picture.save(buffer, format="PNG")

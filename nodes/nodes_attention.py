@@ -7,9 +7,7 @@ import json
 import os
 import uuid
 
-import numpy as np
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 
 from ..storm_ops.attention import normalize_maps, select_token_maps
@@ -21,7 +19,17 @@ from .architecture import check_conditioning_family, describe_unet
 from .attention_capture import AttentionHistory, ContinuousRecorder, install_patches, latent_run, mean_of_steps
 from .compat import folder_paths, wrap_sampling_calls
 from .errors import node_error_context, node_errors
-from .heatmap_render import RUNS, SHOW, VIEWS, colorize, format_log, labelled_grid, step_maps_payload, upsample
+from .heatmap_render import (
+    RUNS,
+    SHOW,
+    VIEWS,
+    colorize,
+    format_log,
+    labelled_grid,
+    step_maps_payload,
+    to_pil,
+    upsample,
+)
 from .nodes_sampling import ATTENTION_OUTPUT_TOOLTIP, LAYERS_INPUT
 
 #: the ``format`` metadata of files written by STORM Save Attention
@@ -196,8 +204,7 @@ class AttentionHeatmap:
         directory = paths.get_temp_directory()
         os.makedirs(directory, exist_ok=True)
         name = f"storm_heatmap_{uuid.uuid4().hex[:12]}.png"
-        array = (grid[0].cpu().numpy() * 255).round().astype(np.uint8)
-        Image.fromarray(array).save(os.path.join(directory, name))
+        to_pil(grid[0]).save(os.path.join(directory, name))
         return {"filename": name, "subfolder": "", "type": "temp"}
 
 

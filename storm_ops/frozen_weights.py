@@ -97,11 +97,17 @@ def _bind(names: tuple[str, ...], args, kwargs, defaults: dict) -> dict:
     return {**defaults, **dict(zip(names, args, strict=False)), **kwargs}
 
 
+def _covered(x, weight, bias, frozen: tuple) -> bool:
+    """Whether a layer call takes the copy-free path: ``x`` needs a gradient, one of ``frozen`` is an
+    inference tensor, and neither ``weight`` nor ``bias`` needs a gradient of its own."""
+    return (isinstance(x, torch.Tensor) and x.requires_grad and any(_is_frozen(t) for t in frozen)
+            and all(t is None or _is_frozen(t) or not t.requires_grad for t in (weight, bias)))
+
+
 def _linear(args, kwargs):
     bound = _bind(("input", "weight", "bias"), args, kwargs, {"bias": None})
     x, weight, bias = bound["input"], bound["weight"], bound["bias"]
-    if not (isinstance(x, torch.Tensor) and x.requires_grad and _is_frozen(weight)
-            and (bias is None or _is_frozen(bias) or not bias.requires_grad)):
+    if not _covered(x, weight, bias, frozen=(weight,)):
         return NotImplemented
     return _FrozenLinear.apply(x, weight, bias)
 
@@ -113,8 +119,7 @@ _CONV_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "group
 def _conv(args, kwargs):
     bound = _bind(_CONV_ARGS, args, kwargs, _CONV_DEFAULTS)
     x, weight, bias = bound["input"], bound["weight"], bound["bias"]
-    if not (isinstance(x, torch.Tensor) and x.requires_grad and _is_frozen(weight)
-            and (bias is None or _is_frozen(bias) or not bias.requires_grad)) or isinstance(bound["padding"], str):
+    if not _covered(x, weight, bias, frozen=(weight,)) or isinstance(bound["padding"], str):
         return NotImplemented
     n = weight.dim() - 2
     if x.dim() != n + 2:  # unbatched input: let stock autograd handle it
@@ -129,8 +134,7 @@ _NORM_DEFAULTS = {"weight": None, "bias": None, "eps": 1e-5}
 def _group_norm(args, kwargs):
     bound = _bind(("input", "num_groups", "weight", "bias", "eps"), args, kwargs, _NORM_DEFAULTS)
     x, weight, bias = bound["input"], bound["weight"], bound["bias"]
-    if not (isinstance(x, torch.Tensor) and x.requires_grad and (_is_frozen(weight) or _is_frozen(bias))
-            and not any(t is not None and t.requires_grad and not _is_frozen(t) for t in (weight, bias))):
+    if not _covered(x, weight, bias, frozen=(weight, bias)):
         return NotImplemented
     n = F.group_norm(x, bound["num_groups"], None, None, bound["eps"])
     shape = (1, -1) + (1,) * (x.dim() - 2)
@@ -141,8 +145,7 @@ def _group_norm(args, kwargs):
 def _layer_norm(args, kwargs):
     bound = _bind(("input", "normalized_shape", "weight", "bias", "eps"), args, kwargs, _NORM_DEFAULTS)
     x, weight, bias = bound["input"], bound["weight"], bound["bias"]
-    if not (isinstance(x, torch.Tensor) and x.requires_grad and (_is_frozen(weight) or _is_frozen(bias))
-            and not any(t is not None and t.requires_grad and not _is_frozen(t) for t in (weight, bias))):
+    if not _covered(x, weight, bias, frozen=(weight, bias)):
         return NotImplemented
     n = F.layer_norm(x, bound["normalized_shape"], None, None, bound["eps"])
     return _FrozenAffine.apply(n, weight, bias)
