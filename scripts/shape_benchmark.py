@@ -8,11 +8,15 @@ per image), the VAE decodes them, and ``harness.shape_eval.judge`` decides, per 
 * ``single``   success = the object is drawn in its colour (``binding_ok``: what the model knows);
 * ``pair``     success = every requested shape is drawn (``all_present``: object neglect);
 * ``binding``  success = every requested (colour, shape) is drawn (``binding_ok``);
-* ``relation`` success = both objects drawn and the subject on the requested side (``relation_ok``).
+* ``relation`` success = both objects drawn and the subject on the requested side (``relation_ok``);
+
+and in every kind the image must be *clean* (``Judgement.clean``: at most one fragment beyond what the
+world draws and no colour smeared outside the objects), so guidance that turns an image into coloured
+noise, whose fragments can happen to sit in the right places, never counts as a success.
 
 Reported per kind and method: the success rate with its 95% Wilson interval, the change against
 ``plain`` on the same (prompt, noise) pairs with a 95% paired-bootstrap interval, the time per image,
-the refinement iterations the losses used (per image) and how often a subject's attention map (the
+the refinement iterations the losses used (per image), the share of clean images and how often a subject's attention map (the
 run's mean, at image size) lies on its own detected object rather than on the other's ("maps on",
 ``harness.shape_eval.attention_on_objects``, over images where every object was found). Prints a
 table and writes JSON (and, with ``--grid``, a before/after picture grid).
@@ -42,7 +46,6 @@ SUCCESS = {"single": "binding_ok", "pair": "all_present", "binding": "binding_ok
 METHODS = {
     "plain": ("single", "pair", "binding", "relation"),
     "attend_excite": ("pair", "binding", "relation"),
-    "attend_excite@1/16": ("pair",),
     "syngen": ("pair", "binding", "relation"),
     "syngen_entropy": ("pair", "binding", "relation"),
     "astar": ("pair", "binding", "relation"),
@@ -60,6 +63,31 @@ TARGETS = {
 #: a method name ``"NAME@SEL"`` runs NAME on the attention layers of the sampler's selection starting
 #: with SEL (default: the sampler's default selection, "1/32 res: down+up (A&E)")
 LAYER_PREFIX = "@"
+#: ``"NAME~key=value;key=value"`` sets inputs of the method's loss node (for a composition, of its last
+#: node), e.g. ``attend_excite~max_refine_iters=0`` or ``storm_reference~step_size=10``
+OPTIONS_PREFIX = "~"
+
+
+def parse_method(method: str) -> tuple[str, str | None, dict]:
+    """``(name, layer selection prefix or None, loss-node inputs)`` of a method string."""
+    head, _, options = method.partition(OPTIONS_PREFIX)
+    name, _, layers = head.partition(LAYER_PREFIX)
+    kwargs = {}
+    for item in filter(None, options.split(";")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{method!r}: expected key=value, got {item!r}")
+        for cast in (int, float):
+            try:
+                kwargs[key] = cast(value)
+                break
+            except ValueError:
+                pass
+        else:
+            kwargs[key] = value
+    if name not in METHODS:
+        raise ValueError(f"{method!r}: unknown method {name!r} (one of {', '.join(METHODS)})")
+    return name, layers or None, kwargs
 BOOTSTRAP = 2000
 
 
@@ -115,26 +143,27 @@ class Runner:
     def guidance(self, method: str, spec):
         from harness.nodeutil import call_node
 
-        method = method.split(LAYER_PREFIX)[0]
+        method, _, options = parse_method(method)
         n, clip = self.nodes, self.tiny.clip
         tokens, positive, _ = call_node(n["STORM_SubjectTokens"], clip=clip, text=spec.text, subjects=subjects_of(spec))
         if method == "plain":
             return self.pack.storm_ops.guidance.Guidance(), positive, tokens
         if method == "attend_excite":
-            return call_node(n["STORM_AttendAndExcite"], tokens=tokens)[0], positive, tokens
+            return call_node(n["STORM_AttendAndExcite"], tokens=tokens, **options)[0], positive, tokens
         if method == "astar":
-            return call_node(n["STORM_AStar"], tokens=tokens)[0], positive, tokens
+            return call_node(n["STORM_AStar"], tokens=tokens, **options)[0], positive, tokens
         analysis, _, positive, _ = call_node(n["STORM_PromptAnalysis"], clip=clip, text=spec.text, parser="auto")
         if method == "syngen":
-            return call_node(n["STORM_SynGen"], analysis=analysis)[0], positive, tokens
+            return call_node(n["STORM_SynGen"], analysis=analysis, **options)[0], positive, tokens
         if method == "syngen_entropy":
-            return call_node(n["STORM_SynGen"], analysis=analysis, lambda_entropy=0.005)[0], positive, tokens
+            options = {"lambda_entropy": 0.005, **options}
+            return call_node(n["STORM_SynGen"], analysis=analysis, **options)[0], positive, tokens
         if method in ("storm_paper", "storm_reference"):
             mode = method.split("_")[1]
-            return call_node(n["STORM_SpatialTransport"], analysis=analysis, mode=mode)[0], positive, tokens
+            return call_node(n["STORM_SpatialTransport"], analysis=analysis, mode=mode, **options)[0], positive, tokens
         if method == "attend_excite+storm":
             ae = call_node(n["STORM_AttendAndExcite"], tokens=tokens)[0]
-            return call_node(n["STORM_SpatialTransport"], analysis=analysis, guidance=ae)[0], positive, tokens
+            return call_node(n["STORM_SpatialTransport"], analysis=analysis, guidance=ae, **options)[0], positive, tokens
         raise ValueError(method)
 
     def run(self, method: str, kind: str, spec, seed: int, batch: int) -> list[dict]:
@@ -146,9 +175,9 @@ class Runner:
             guidance, positive, tokens = self.guidance(method, spec)
             latent = {"samples": torch.zeros(batch, 4, self.size // 8, self.size // 8)}
             layers = {}
-            if LAYER_PREFIX in method:
+            prefix = parse_method(method)[1]
+            if prefix:
                 selections = importlib.import_module(self.pack.__name__ + ".nodes.architecture").LAYER_SELECTIONS
-                prefix = method.split(LAYER_PREFIX)[1]
                 layers["attention_layers"] = next(k for k in selections if k.startswith(prefix))
             t0 = time.perf_counter()
             out, attention = call_node(
@@ -169,7 +198,8 @@ class Runner:
             verdict = judge(pixels[i], spec)
             hits = attention_on_objects(on_objects[i], verdict)
             rows.append({"method": method, "kind": kind, "prompt": spec.text, "seed": seed, "index": i,
-                         "success": bool(getattr(verdict, SUCCESS[kind])),
+                         "success": bool(getattr(verdict, SUCCESS[kind])) and verdict.clean,
+                         "clean": verdict.clean,
                          "all_present": verdict.all_present, "binding_ok": verdict.binding_ok,
                          "relation_ok": verdict.relation_ok, "seconds": seconds,
                          "attention_on_objects": None if hits is None else list(hits),
@@ -189,17 +219,14 @@ def summarise(rows: list[dict]) -> list[dict]:
     table = []
     for kind in SUCCESS:
         base = {(r["prompt"], r["seed"], r["index"]): r["success"] for r in rows if r["kind"] == kind and r["method"] == "plain"}
-        for method, kinds in METHODS.items():
-            if kind not in kinds:
-                continue
+        for method in dict.fromkeys(r["method"] for r in rows if r["kind"] == kind):
             rs = [r for r in rows if r["kind"] == kind and r["method"] == method]
-            if not rs:
-                continue
             k, n = sum(r["success"] for r in rs), len(rs)
             lo, hi = wilson(k, n)
             entry = {"kind": kind, "method": method, "n": n, "rate": k / n, "ci": [lo, hi],
                      "seconds": float(np.median([r["seconds"] for r in rs])),
-                     "refine_iters": float(np.mean([r["refine_iters"] for r in rs]))}
+                     "refine_iters": float(np.mean([r["refine_iters"] for r in rs])),
+                     "clean": float(np.mean([r["clean"] for r in rs]))}
             hits = [h for r in rs if r["attention_on_objects"] is not None for h in r["attention_on_objects"]]
             entry["attention_on_objects"] = float(np.mean(hits)) if hits else float("nan")
             if method != "plain" and base:
@@ -214,13 +241,14 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 def format_table(table: list[dict]) -> str:
     lines = [f"{'kind':9} {'method':20} {'n':>5} {'success':>8} {'95% CI':>15} {'vs plain':>9} {'95% CI':>17} "
-             f"{'s/img':>6} {'refine':>6} {'maps on':>7}"]
+             f"{'s/img':>6} {'refine':>6} {'clean':>6} {'maps on':>7}"]
     for e in table:
         change = f"{e['change'] * 100:+8.1f}%" if "change" in e else f"{'':>9}"
         cci = f"[{e['change_ci'][0] * 100:+5.1f}, {e['change_ci'][1] * 100:+5.1f}]" if "change" in e else ""
         lines.append(f"{e['kind']:9} {e['method']:20} {e['n']:5d} {e['rate'] * 100:7.1f}% "
                      f"[{e['ci'][0] * 100:5.1f}, {e['ci'][1] * 100:5.1f}] {change} {cci:>17} "
-                     f"{e['seconds']:6.2f} {e['refine_iters']:6.1f} {e['attention_on_objects'] * 100:6.0f}%")
+                     f"{e['seconds']:6.2f} {e['refine_iters']:6.1f} {e['clean'] * 100:5.0f}% "
+                     f"{e['attention_on_objects'] * 100:6.0f}%")
     return "\n".join(lines)
 
 
@@ -261,7 +289,10 @@ def main(argv=None) -> int:
     parser.add_argument("--kinds", default=",".join(SUCCESS))
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--targeted", action="store_true",
-                        help="run each kind only with the methods that target it (TARGETS), not every method")
+                        help="run each kind only with the methods that target it (TARGETS), not --methods")
+    parser.add_argument("--extra", default="",
+                        help="more methods, run on every kind they apply to, e.g. variants: "
+                             "'attend_excite~max_refine_iters=0,storm_reference~step_size=10'")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--cfg", type=float, default=5.0)
@@ -272,15 +303,19 @@ def main(argv=None) -> int:
     runner = Runner(args.model, args.steps, args.size, args.cfg, args.sampler)
     kinds = args.kinds.split(",")
     methods = [m for m in args.methods.split(",") if m]
+    extra = [m for m in args.extra.split(",") if m]
+    for m in methods + extra:
+        parse_method(m)  # an unknown method or a malformed option fails before any sampling
     sets = prompt_sets()
     rows = []
     t0 = time.perf_counter()
     for kind in kinds:
+        chosen = list(TARGETS[kind]) if args.targeted else methods
+        chosen = [m for m in dict.fromkeys(chosen + extra) if kind in METHODS[parse_method(m)[0]]]
         for spec in sets[kind][: args.prompts]:
-            for method in methods:
-                if kind in METHODS[method] and (not args.targeted or method in TARGETS[kind]):
-                    rows += runner.run(method, kind, spec, args.seed, args.samples)
-                    print(f"{kind}: {spec.text}: {method} done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+            for method in chosen:
+                rows += runner.run(method, kind, spec, args.seed, args.samples)
+                print(f"{kind}: {spec.text}: {method} done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     table = summarise(rows)
     print(format_table(table))
     out = {"settings": vars(args), "table": table,

@@ -30,6 +30,12 @@ Detection (:func:`detect`), in order:
    scenes, blurred, noisy and desaturated ones included: circles fill 0.75-0.82 with skew <= 0.015,
    squares fill >= 0.91, triangles fill 0.52-0.67 with skew >= 0.10.
 
+6. **Clean image.** :func:`clutter` is the fraction of the image's pixels that are coloured but lie
+   outside every detection's box; a *clean* image (:class:`Judgement`) has at most
+   :data:`MAX_DETECTIONS` detections and clutter <= :data:`CLUTTER_MAX`. Rendered scenes, degraded
+   ones included, have clutter 0; an image that guidance turned into coloured noise has 2-8% and
+   many shape-like fragments.
+
 A detection's centre ``(cx, cy)`` is its mass centre in pixels (x right, y down; pixel ``(i, j)`` at
 ``(j + 0.5, i + 0.5)``), which for a triangle lies a third of the way up from its base.
 """
@@ -52,6 +58,8 @@ MIN_FILL = 0.3  # area / bounding-box area; the world's shapes fill >= 1/2
 TRIANGLE_SKEW = 0.05  # an upright triangle's mass centre is 1/6 of its box height below the middle
 TRIANGLE_FILL = 0.65  # a triangle fills 1/2 of its box
 SQUARE_FILL = 0.87  # a square fills all of its box, a circle pi/4 = 0.785
+CLUTTER_MAX = 0.01  # a clean image: coloured pixels outside the detections' boxes, fraction of the image
+MAX_DETECTIONS = 4  # a clean image: the world draws at most 3 objects; one spurious fragment is tolerated
 RELATION_AXES = {"left": (0, -1), "right": (0, 1), "above": (1, -1), "below": (1, 1)}  # (axis, sign of s - o)
 
 
@@ -99,14 +107,20 @@ def white_balance(image: np.ndarray) -> np.ndarray:
     return np.minimum(rgb * gains.astype(np.float32), 1.0)
 
 
-def classify_pixels(image: np.ndarray, chroma_min: float = CHROMA_MIN, hue_tol: float = HUE_TOL,
-                    smooth: int | None = None) -> np.ndarray:
-    """Per-pixel palette index (order of ``COLOURS``) of the white-balanced image, -1 for background /
-    unassigned."""
+def _smoothed(image: np.ndarray, smooth: int | None) -> np.ndarray:
+    """The white-balanced image after the ``smooth x smooth`` box filter (default: the opening size)."""
     rgb = white_balance(image)
     smooth = opening_size(*rgb.shape[:2]) if smooth is None else smooth
     if smooth > 1:
         rgb = ndimage.uniform_filter(rgb, size=(smooth, smooth, 1))
+    return rgb
+
+
+def classify_pixels(image: np.ndarray, chroma_min: float = CHROMA_MIN, hue_tol: float = HUE_TOL,
+                    smooth: int | None = None) -> np.ndarray:
+    """Per-pixel palette index (order of ``COLOURS``) of the white-balanced image, -1 for background /
+    unassigned."""
+    rgb = _smoothed(image, smooth)
     chroma = rgb.max(axis=-1) - rgb.min(axis=-1)
     out = np.full(rgb.shape[:2], -1, np.int8)
     where = np.nonzero(chroma >= chroma_min)
@@ -180,12 +194,32 @@ def detect(image: np.ndarray, chroma_min: float = CHROMA_MIN, hue_tol: float = H
     return found
 
 
+def clutter(image: np.ndarray, detections, chroma_min: float = CHROMA_MIN) -> float:
+    """The fraction of the image's pixels that are coloured (chroma >= ``chroma_min`` after the white
+    balance and box filter of :func:`classify_pixels`) but lie outside every detection's bounding box
+    grown by the opening size: about 0 for a scene of shapes on the background, large for smeared colour,
+    colour noise, or fragments too small, thin or ragged to be shapes (which :func:`detect` drops)."""
+    rgb = _smoothed(image, None)
+    coloured = (rgb.max(axis=-1) - rgb.min(axis=-1)) >= chroma_min
+    h, w = coloured.shape
+    k = opening_size(h, w)
+    for d in detections:
+        x0, y0, x1, y1 = d.bbox
+        coloured[max(0, y0 - k):y1 + k, max(0, x0 - k):x1 + k] = False
+    return float(coloured.mean())
+
+
 @dataclass(frozen=True)
 class Judgement:
     """How an image answers a :class:`PromptSpec`; per-object tuples follow ``spec.objects``.
 
     ``match[i]``: index into ``detections`` of the detection assigned to requested object ``i``, or None.
     ``extra``: detections assigned to no requested object (not penalised by any verdict).
+    ``clutter``: :func:`clutter` of the image (None when judged from detections alone).
+    ``clean``: the image is one the world could have drawn: at most :data:`MAX_DETECTIONS` detections
+    and ``clutter <= CLUTTER_MAX`` (with no image, only the count is checked). Guidance pushed too far
+    turns an image into coloured noise, whose fragments can pass for shapes in the right places;
+    verdicts that count as a method's success should require ``clean``.
     """
 
     present: tuple[bool, ...]
@@ -196,6 +230,8 @@ class Judgement:
     match: tuple[int | None, ...]
     extra: int
     detections: tuple[Detection, ...]
+    clutter: float | None
+    clean: bool
 
 
 def match_objects(spec: PromptSpec, detections) -> tuple[tuple[int | None, ...], tuple[bool, ...]]:
@@ -256,7 +292,9 @@ def judge(image: np.ndarray | None, spec: PromptSpec, detections=None) -> Judgem
         relation_ok = (match[s] is not None and match[o] is not None
                        and relation_holds(detections[match[s]], detections[match[o]], rel))
     extra = len(detections) - sum(present)
-    return Judgement(present, all(present), bound, all(bound), relation_ok, match, extra, detections)
+    mess = None if image is None else clutter(image, detections)
+    clean = len(detections) <= MAX_DETECTIONS and (mess is None or mess <= CLUTTER_MAX)
+    return Judgement(present, all(present), bound, all(bound), relation_ok, match, extra, detections, mess, clean)
 
 
 def attention_on_objects(maps: np.ndarray, judgement: Judgement) -> tuple[bool, ...] | None:

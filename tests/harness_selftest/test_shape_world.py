@@ -54,6 +54,8 @@ def check_scene(scene: W.Scene, image: np.ndarray, corrupt: bool, missing: bool)
         if not any(d.colour == o.colour and d.shape == o.shape and abs(d.cx - o.cx) < o.r / 2
                    and abs(d.cy - o.cy) < o.r / 2 for d in dets):
             errors.append(f"no detection at {o}")
+    if E.clutter(image, dets) > E.CLUTTER_MAX:
+        errors.append(f"clutter {E.clutter(image, dets):.3f} on a rendered scene")
     spec = scene.spec
     j = E.judge(None, spec, dets)
     if not (j.all_present and j.binding_ok and j.relation_ok in (None, True)):
@@ -334,3 +336,26 @@ def test_attention_on_objects_reads_where_each_map_lies():
         assert E.attention_on_objects(masks, gone) is None
     with pytest.raises(ValueError):
         E.attention_on_objects(np.ones((3, 8, 8)), j)
+
+
+def test_coloured_noise_is_not_a_clean_image():
+    """What guidance pushed too far draws: smooth blobs of palette colours all over the canvas. Its
+    fragments pass for shapes (so presence or a relation can hold by chance) but the image is not
+    clean; a rendered scene of the same prompt is."""
+    spec = W.prompt_sets()["relation"][0]
+    rng = np.random.default_rng(11)
+    palette = np.asarray([W.PALETTE[c] for c in W.COLOURS], np.float32)
+    for trial in range(8):
+        weights = ndimage.gaussian_filter(rng.normal(size=(128, 128, len(palette))), (4, 4, 0))
+        blob = weights.max(-1) > np.quantile(weights.max(-1), 0.6)  # 40% of the canvas coloured
+        image = np.where(blob[..., None], palette[weights.argmax(-1)], np.float32(W.BACKGROUND))
+        image = degrade(np.clip(image, 0, 255).astype(np.uint8), rng)
+        j = E.judge(image, spec)
+        assert not j.clean, (trial, j.clutter, len(j.detections))
+        assert j.clutter > E.CLUTTER_MAX and len(j.detections) > E.MAX_DETECTIONS  # either criterion alone
+    clean = E.judge(W.render(W.scene_from_spec(spec, rng, 128)), spec)
+    assert clean.clean and clean.clutter == 0.0
+    # judged from detections alone, only their count is checked
+    many = [_det(c, "circle", 10 * i, 10) for i, c in enumerate(W.COLOURS)] * 2
+    assert not E.judge(None, spec, many[:E.MAX_DETECTIONS + 1]).clean
+    assert E.judge(None, spec, many[:2]).clean and E.judge(None, spec, many[:2]).clutter is None
