@@ -16,7 +16,8 @@ by ``(seed, stage, i)``, so a resumed run continues exactly where it stopped. St
 moments and Adam's step) is saved as safetensors every ``--save-every`` steps and at the end, with the
 stage's recipe (steps, batch, size, learning rates); ``--resume`` continues from it and warns when
 called with a different recipe. ``--minutes`` bounds the wall time of a call; ``--steps`` the stage's
-length (the cosine learning-rate schedule spans it). ``--text-lr-scale`` gives the text encoder its
+length (the cosine learning-rate schedule spans it), ``--until`` an earlier step to stop at (a resumed
+call with a larger ``--steps`` continues on a longer schedule: a second, lower cycle). ``--text-lr-scale`` gives the text encoder its
 own learning rate (a multiple of ``--lr``). ``python -m scripts.probe_text_dependence`` tells whether a
 trained model follows its prompt.
 
@@ -255,7 +256,8 @@ def train(args) -> int:
     log = []
     for p in m.modules().values():
         p.train(stage == "vae" and p is m.vae or stage == "diffusion" and p is not m.vae)
-    while step < args.steps and time.monotonic() < deadline:
+    stop = args.steps if args.until is None else min(args.until, args.steps)
+    while step < stop and time.monotonic() < deadline:
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(step / args.steps, 1.0)))
         for group in opt.param_groups:
             group["lr"] = lr * group["lr_scale"]
@@ -319,7 +321,9 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default="train-run", help="folder of the training state")
     parser.add_argument("--stage", choices=STAGES)
     parser.add_argument("--export", help="write the fp16 checkpoint here and exit")
-    parser.add_argument("--steps", type=int, default=4000, help="total steps of the stage")
+    parser.add_argument("--steps", type=int, default=4000, help="total steps of the stage (the cosine schedule spans them)")
+    parser.add_argument("--until", type=int, default=None,
+                        help="stop after this step (default: --steps); the schedule still spans --steps")
     parser.add_argument("--minutes", type=float, default=30.0, help="wall-time budget of this call")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=128, help="image side in pixels")

@@ -302,13 +302,13 @@ def attention_on_objects(maps: np.ndarray, judgement: Judgement) -> tuple[bool, 
 
     ``maps``: ``(K, H, W)`` non-negative maps at the image's resolution, one per requested object (in
     ``spec.objects`` order, e.g. each object's shape word). Returns None unless every object was
-    matched to a detection; else, per object ``i``, whether its map's mean over the bounding box of its
+    matched to a detection, or with fewer than two objects (nothing to tell apart); else, per object ``i``, whether its map's mean over the bounding box of its
     own detection exceeds its mean over the box of every other requested object's detection (a mean,
     not a sum, so a large object does not win by area).
     """
     if len(maps) != len(judgement.match):
         raise ValueError(f"{len(maps)} maps for {len(judgement.match)} requested objects")
-    if any(m is None for m in judgement.match):
+    if len(judgement.match) < 2 or any(m is None for m in judgement.match):
         return None
     boxes = [judgement.detections[m].bbox for m in judgement.match]
 

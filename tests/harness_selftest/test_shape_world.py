@@ -334,6 +334,9 @@ def test_attention_on_objects_reads_where_each_map_lies():
         assert E.attention_on_objects(np.ones_like(masks), j) == (False, False)
         gone = E.judge(W.render(W.without_object(scene, 1)), spec)
         assert E.attention_on_objects(masks, gone) is None
+    single = W.parse_caption("a red circle")  # one object: nothing to tell apart
+    j1 = E.judge(W.render(W.scene_from_spec(single, rng, 128)), single)
+    assert j1.all_present and E.attention_on_objects(np.ones((1, 128, 128)), j1) is None
     with pytest.raises(ValueError):
         E.attention_on_objects(np.ones((3, 8, 8)), j)
 

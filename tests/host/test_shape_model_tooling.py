@@ -23,11 +23,13 @@ def test_train_resume_export_and_load(tmp_path, nodes):
     run("--stage", "vae", "--steps", "2", "--save-every", "1", *common)
     run("--stage", "diffusion", "--steps", "1", "--save-every", "1", *common)
     run("--stage", "diffusion", "--steps", "2", "--save-every", "1", "--resume", *common)
+    # a longer schedule, resumed, stopped before its end (how the shipped model's second cycle ran)
+    run("--stage", "diffusion", "--steps", "5", "--until", "3", "--save-every", "1", "--resume", *common)
     with safe_open(str(tmp_path / "run" / "state.safetensors"), framework="pt") as f:
         meta = json.loads(f.metadata()["meta"])
-    assert meta["steps"] == {"vae": 2, "diffusion": 2} and meta["latent_rescale"] > 0
-    assert meta["adam_step"] == 2  # the resumed optimizer continues Adam's bias correction at its own step
-    assert meta["recipe"]["diffusion"]["text_lr_scale"] == 1.0
+    assert meta["steps"] == {"vae": 2, "diffusion": 3} and meta["latent_rescale"] > 0
+    assert meta["adam_step"] == 3  # the resumed optimizer continues Adam's bias correction at its own step
+    assert meta["recipe"]["diffusion"]["text_lr_scale"] == 1.0 and meta["recipe"]["diffusion"]["steps"] == 5
     out = tmp_path / "model.safetensors"
     run("--export", str(out), "--work", work)
     with safe_open(str(out), framework="pt") as f:
