@@ -209,6 +209,12 @@ def clutter(image: np.ndarray, detections, chroma_min: float = CHROMA_MIN) -> fl
     return float(coloured.mean())
 
 
+def is_clean(detections, clutter_fraction: float | None) -> bool:
+    """The clean-image rule (:class:`Judgement`): at most :data:`MAX_DETECTIONS` detections and, when the
+    image's :func:`clutter` is known, at most :data:`CLUTTER_MAX`."""
+    return len(detections) <= MAX_DETECTIONS and (clutter_fraction is None or clutter_fraction <= CLUTTER_MAX)
+
+
 @dataclass(frozen=True)
 class Judgement:
     """How an image answers a :class:`PromptSpec`; per-object tuples follow ``spec.objects``.
@@ -293,7 +299,7 @@ def judge(image: np.ndarray | None, spec: PromptSpec, detections=None) -> Judgem
                        and relation_holds(detections[match[s]], detections[match[o]], rel))
     extra = len(detections) - sum(present)
     mess = None if image is None else clutter(image, detections)
-    clean = len(detections) <= MAX_DETECTIONS and (mess is None or mess <= CLUTTER_MAX)
+    clean = is_clean(detections, mess)
     return Judgement(present, all(present), bound, all(bound), relation_ok, match, extra, detections, mess, clean)
 
 

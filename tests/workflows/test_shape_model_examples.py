@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from harness.host import REPO_ROOT
-from harness.shape_eval import CLUTTER_MAX, MAX_DETECTIONS, clutter, detect
+from harness.shape_eval import clutter, detect, is_clean
 from harness.shape_world import parse_caption
 from harness.tiny_models import arch_from_checkpoint_name
 from scripts import run_example
@@ -55,7 +55,7 @@ def test_example_on_the_shape_model_draws_the_prompted_shapes(path, tmp_path, ru
             assert pixels.shape[:2] == (128, 128)
             detections = detect(pixels)
             found |= {(d.colour, d.shape) for d in detections}
-            if clutter(pixels, detections) > CLUTTER_MAX or len(detections) > MAX_DETECTIONS:
+            if not is_clean(detections, clutter(pixels, detections)):
                 messy.append(image.name)
         assert images and {c for c, _ in found} & colours, f"node {node_id}: found {sorted(found)}, prompted {sorted(asked)}"
         if path.stem not in SPOILED:
