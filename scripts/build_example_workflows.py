@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from harness.host import load_pack
+from harness.workflows import EXAMPLES as FILE_STEMS
 from harness.workflows import widgets_values
 
 OUT = Path(__file__).resolve().parents[1] / "example_workflows"
@@ -62,11 +63,12 @@ class Graph:
                            "flags": {}, "order": len(self.nodes), "mode": 0, "inputs": [], "outputs": [],
                            "properties": {}, "widgets_values": [text], "color": "#432", "bgcolor": "#653"})
 
-    def save(self, name: str, out: Path) -> None:
+    def save(self, key: str, out: Path) -> None:
+        """Write the workflow as ``out/<its file stem>.json`` (the stem of ``key`` in :data:`FILE_STEMS`)."""
         workflow = {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
                     "links": self.links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
                     "version": 0.4}
-        (out / name).write_text(json.dumps(workflow, indent=2) + "\n")
+        (out / f"{FILE_STEMS[key]}.json").write_text(json.dumps(workflow, indent=2) + "\n")
 
 
 # ------------------------------------------------------------------------------- shared parts
@@ -140,7 +142,7 @@ def attend_and_excite(defs: Mapping[str, Mapping], out: Path) -> None:
            "2. The guided sampler excites the most neglected subject on the first half of the steps.\n"
            "3. 'STORM Attention Heatmap' shows each subject's attention for this very run and the loss log.\n\n"
            "Defaults are the paper's: 50 steps, cfg 7.5, step size 20, thresholds 0.05/0.5/0.8 at steps 0/10/20.")
-    g.save("attend_and_excite.json", out)
+    g.save("attend_and_excite", out)
 
 
 def syngen(defs: Mapping[str, Mapping], out: Path) -> None:
@@ -167,7 +169,7 @@ def syngen(defs: Mapping[str, Mapping], out: Path) -> None:
            "what it found; override it in its 'bindings' field if needed.\n"
            "Paper defaults: constant step 20 on the first 25 of 50 steps. The entropy variant is in the SynGen "
            "node's optional inputs.")
-    g.save("syngen.json", out)
+    g.save("syngen", out)
 
 
 def astar(defs: Mapping[str, Mapping], out: Path) -> None:
@@ -202,7 +204,7 @@ def astar(defs: Mapping[str, Mapping], out: Path) -> None:
            "across steps (retention), with the core SamplerCustom and the STORM Guided Sampler.\n\n"
            "Optional: connect a MASK batch (one per subject, see mask_subjects) to place the subjects.\n"
            "The paper leaves step sizes and thresholds open: the defaults are ours (A&E-style).")
-    g.save("astar.json", out)
+    g.save("astar", out)
 
 
 def storm_spatial(defs: Mapping[str, Mapping], out: Path) -> None:
@@ -229,7 +231,7 @@ def storm_spatial(defs: Mapping[str, Mapping], out: Path) -> None:
            "in its 'relations' field ('cat left of dog; bird above cat').\n"
            "Optional: paint where an object goes (a MASK into 'masks', named in 'mask_subjects').\n"
            "mode 'reference' reproduces the released code's loss for comparison.")
-    g.save("storm_spatial.json", out)
+    g.save("storm_spatial", out)
 
 
 def clip_encode(g: Graph, ckpt: dict, text: str, pos, title: str) -> dict:
@@ -274,7 +276,7 @@ def aid_morph(defs: Mapping[str, Mapping], out: Path) -> None:
            "Frames follow a Beta(3, 3) schedule; attention is interpolated on the first half of the steps "
            "(warmup_ratio), then each frame finishes on its own. The first and last frames are exactly the plain "
            "generations of A and B. Long sequences run in chunks (chunk_size) to bound memory.")
-    g.save("aid_morph.json", out)
+    g.save("aid_morph", out)
 
 
 def paid_composition(defs: Mapping[str, Mapping], out: Path) -> None:
@@ -328,7 +330,7 @@ def paid_composition(defs: Mapping[str, Mapping], out: Path) -> None:
            "STORM Select Frame picks the frame where both 'dog' and 'car' are most attended (Attend-and-Excite's "
            "measure on each frame's own attention maps), so no CLIP download is needed. The heatmap shows "
            "that frame: its batch_index input is Select Frame's index output.")
-    g.save("paid_composition.json", out)
+    g.save("paid_composition", out)
 
 
 EXAMPLES = (attend_and_excite, syngen, astar, storm_spatial, aid_morph, paid_composition)
@@ -339,7 +341,7 @@ def build_all(out: Path = OUT) -> list[Path]:
     defs = {node_id: cls.INPUT_TYPES() for node_id, cls in load_pack().NODE_CLASS_MAPPINGS.items()}
     for example in EXAMPLES:
         example(defs, out)
-    return [out / f"{example.__name__}.json" for example in EXAMPLES]
+    return [out / f"{FILE_STEMS[example.__name__]}.json" for example in EXAMPLES]
 
 
 if __name__ == "__main__":

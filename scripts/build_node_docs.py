@@ -78,7 +78,7 @@ def page(node_id: str, cls) -> str:
             lines.append(f"| `{name}` | {type_} | {_cell(tip)} |")
     used = _used_in(node_id)
     lines += ["", "## Example workflows", ""]
-    lines += [f"- `example_workflows/{n}` (also in the template browser)" for n in used] or [
+    lines += [f"- *{Path(n).stem}* (in the template browser; the file `example_workflows/{n}`)" for n in used] or [
         "None uses this node yet."]
     lines += ["", f"More: the README's [Nodes]({README_NODES}) section, with the defaults and why.", ""]
     return "\n".join(lines)

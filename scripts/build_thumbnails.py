@@ -63,16 +63,21 @@ def thumbnail(workflow: Path, target: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", help="one example (file name without .json)")
+    parser.add_argument("--only", action="append", default=[],
+                        help="one example (key such as syngen, or file name without .json); repeatable")
     args = parser.parse_args(argv)
     from harness.tiny_models import SHAPE_MODEL
 
     if not SHAPE_MODEL.is_file():
         print(f"build_thumbnails: {SHAPE_MODEL} is missing; thumbnails show the shape model's images", file=sys.stderr)
         return 2
-    workflows = sorted((ROOT / "example_workflows").glob("*.json"))
-    if args.only:
-        workflows = [w for w in workflows if w.stem == args.only]
+    from harness.workflows import EXAMPLES_DIR, select_examples
+
+    try:
+        workflows = select_examples(sorted(EXAMPLES_DIR.glob("*.json")), args.only)
+    except ValueError as e:
+        print(f"build_thumbnails: {e}", file=sys.stderr)
+        return 2
     for workflow in workflows:
         print(f"wrote {thumbnail(workflow, workflow.with_suffix('.jpg'))}")
     return 0

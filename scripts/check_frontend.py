@@ -47,6 +47,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from harness.workflows import EXAMPLES_DIR, example_path, select_examples
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run", "--disable-sync"]
@@ -294,9 +296,9 @@ def click_chip(page, node_id: int, ref: str) -> None:
 
 
 def check_chips(page, url: str, node_defs: dict, out: Path, timeout: float) -> list[str]:
-    """Token chips of Subject Tokens (attend_and_excite.json): they show the prompt's words with the
+    """Token chips of Subject Tokens (the Attend-and-Excite example): they show the prompt's words with the
     subjects marked, a click toggles a word in 'subjects', and the run uses the subjects chosen so."""
-    workflow = tiny_version(json.loads((ROOT / "example_workflows" / "attend_and_excite.json").read_text()), node_defs)
+    workflow = tiny_version(json.loads(example_path("attend_and_excite").read_text()), node_defs)
     node_id = next(n["id"] for n in workflow["nodes"] if n["type"] == "STORM_SubjectTokens")
     page.evaluate("async (wf) => { await app.loadGraphData(wf); }", workflow)
     page.wait_for_timeout(1500)
@@ -340,7 +342,7 @@ def main() -> int:
     parser.add_argument("--out", default="frontend-check", help="folder for screenshots and server.log")
     parser.add_argument("--port", type=int, default=8231)
     parser.add_argument("--chromium", default="/usr/bin/chromium")
-    parser.add_argument("--only", action="append", default=[], help="check only this example (stem); repeatable")
+    parser.add_argument("--only", action="append", default=[], help="check only this example (key such as astar, or file name without .json); repeatable")
     parser.add_argument("--timeout", type=float, default=600, help="seconds one example may run")
     parser.add_argument("--vue-nodes", action="store_true",
                         help="check with the frontend's Vue node renderer ('Nodes 2.0') switched on")
@@ -349,12 +351,11 @@ def main() -> int:
     if not (comfyui / "main.py").exists():
         print("set COMFYUI_PATH to an upstream ComfyUI checkout", file=sys.stderr)
         return 2
-    examples = sorted((ROOT / "example_workflows").glob("*.json"))
-    unknown = set(args.only) - {p.stem for p in examples}
-    if unknown:
-        print(f"no example workflow named {', '.join(sorted(unknown))}", file=sys.stderr)
+    try:
+        examples = select_examples(sorted(EXAMPLES_DIR.glob("*.json")), args.only)
+    except ValueError as e:
+        print(f"check_frontend: {e}", file=sys.stderr)
         return 2
-    examples = [p for p in examples if not args.only or p.stem in args.only]
     from playwright.sync_api import sync_playwright
 
     out = Path(args.out).resolve()

@@ -2,8 +2,8 @@
 
 Writes the saved images, the attention heatmaps and the guidance (loss) log to OUT_DIR:
 
-    python -m scripts.run_example out/                      # example_workflows/attend_and_excite.json
-    python -m scripts.run_example out/ --workflow example_workflows/storm_spatial.json --seed 3
+    python -m scripts.run_example out/                      # the Attend-and-Excite example
+    python -m scripts.run_example out/ --workflow storm_spatial --seed 3   # an example by key, or a path
 
 (from the repository root; ``bash scripts/run_example.sh`` sets up the environment first).
 
@@ -28,6 +28,7 @@ from pathlib import Path
 
 from harness.host import ensure_host
 from harness.tiny_models import SHAPE_MODEL_SIZE
+from harness.workflows import EXAMPLES, example_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +65,8 @@ def use_shape_prompts(prompt: dict) -> list[tuple[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", nargs="?", default="storm-demo-output", help="folder for the results")
-    parser.add_argument("--workflow", default=str(ROOT / "example_workflows" / "attend_and_excite.json"))
+    parser.add_argument("--workflow", default="attend_and_excite",
+                        help="a workflow file, or an example's key: " + ", ".join(EXAMPLES))
     parser.add_argument("--model", choices=("shapes", "random"), default=None,
                         help="shapes: the trained shape model with shape prompts (SD1.5 workflows; the default "
                              "when models/storm_shapes_sd15.safetensors is present); random: random weights, the "
@@ -86,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if args.workflow in EXAMPLES:
+        args.workflow = str(example_path(args.workflow))
     workflow = load_ui_workflow(args.workflow)
     runner = get_runner()
     prompt = substitute_checkpoints(ui_to_api(workflow, runner.node_defs()), shape_model=args.model == "shapes")

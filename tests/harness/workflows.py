@@ -55,6 +55,42 @@ from .host import REPO_ROOT, TINY_NODES_DIR, HostInfo, ensure_host
 
 logger = logging.getLogger(__name__)
 
+#: The example workflows: a short key (what the scripts' ``--only`` and the tests use) -> the file's
+#: stem in ``example_workflows/``. The frontend's template browser shows a custom-node example's file
+#: name as both its title and its description, so the name says what the example does.
+EXAMPLES: dict[str, str] = {
+    "attend_and_excite": "Attend-and-Excite - bring back a missing object",
+    "syngen": "SynGen - bind each attribute to its own noun",
+    "astar": "A-STAR - keep two objects apart and present",
+    "storm_spatial": "STORM - put one object to the left of another",
+    "aid_morph": "AID - morph smoothly between two prompts",
+    "paid_composition": "PAID - compose two concepts in one image",
+}
+EXAMPLES_DIR = REPO_ROOT / "example_workflows"
+
+
+def example_path(key: str) -> Path:
+    """The file of an example workflow, by its key in :data:`EXAMPLES`."""
+    return EXAMPLES_DIR / f"{EXAMPLES[key]}.json"
+
+
+def example_key(path: Path) -> str:
+    """The key in :data:`EXAMPLES` of an example workflow's file (its stem if it is not listed)."""
+    stem = Path(path).stem
+    return next((k for k, v in EXAMPLES.items() if v == stem), stem)
+
+
+def select_examples(paths: Iterable[Path], only: Iterable[str]) -> list[Path]:
+    """``paths`` narrowed to the examples named in ``only`` (by key or by file stem); all when empty.
+    An unknown name raises ValueError listing the known keys."""
+    paths, only = list(paths), set(only)
+    names = {p.stem for p in paths} | {example_key(p) for p in paths}
+    unknown = only - names
+    if unknown:
+        raise ValueError(f"unknown example(s) {sorted(unknown)}; known: {', '.join(sorted(map(example_key, paths)))}")
+    return [p for p in paths if not only or p.stem in only or example_key(p) in only]
+
+
 #: Folder names of the two custom-node packs inside ``<base>/custom_nodes``.
 PACK_FOLDER = "ComfyUI-STORM"
 TINY_NODES_FOLDER = "storm_test_tiny_nodes"

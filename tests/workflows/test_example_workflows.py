@@ -12,7 +12,15 @@ import pytest
 from PIL import Image
 
 from harness.host import REPO_ROOT
-from harness.workflows import CPU_PROFILE, load_ui_workflow, substitute_checkpoints, ui_to_api
+from harness.workflows import (
+    CPU_PROFILE,
+    EXAMPLES,
+    example_key,
+    example_path,
+    load_ui_workflow,
+    substitute_checkpoints,
+    ui_to_api,
+)
 
 WORKFLOWS = sorted((REPO_ROOT / "example_workflows").glob("*.json"))
 #: per class_type: inputs overridden so a run takes seconds on 2 CPU cores
@@ -23,11 +31,22 @@ def ci_prompt(path: Path, runner) -> dict:
     return prompt
 
 
-def test_there_are_example_workflows():
-    assert any(p.name == "attend_and_excite.json" for p in WORKFLOWS)
+def test_every_example_has_a_builder_a_descriptive_file_and_a_thumbnail():
+    """The files are exactly the examples the builder writes; the template browser shows a file's name as
+    the example's title and description, so each name says what it does (a method, a dash, a phrase), and
+    each has its thumbnail beside it."""
+    from scripts import build_example_workflows as build
+
+    assert {e.__name__ for e in build.EXAMPLES} == set(EXAMPLES)
+    assert sorted(p.stem for p in WORKFLOWS) == sorted(EXAMPLES.values())
+    for path in WORKFLOWS:
+        method, _, phrase = path.stem.partition(" - ")
+        assert method and len(phrase.split()) >= 4, path.stem
+        assert path.with_suffix(".jpg").is_file(), path.stem
+        assert example_path(example_key(path)) == path
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[example_key(p) for p in WORKFLOWS])
 def test_workflow_is_valid_ui_format(path):
     wf = json.loads(path.read_text())
     assert {"nodes", "links", "version", "last_node_id", "last_link_id"} <= set(wf)
@@ -41,7 +60,7 @@ def test_workflow_is_valid_ui_format(path):
         assert by_id[src]["outputs"][src_slot]["type"] == type_
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[example_key(p) for p in WORKFLOWS])
 def test_workflow_runs_in_the_host_executor(path, runner):
     prompt = ci_prompt(path, runner)
     result = runner.run(prompt)
@@ -66,7 +85,7 @@ def _sampler_node(prompt):
 
 
 def test_requeue_with_a_new_seed_never_shows_stale_maps(runner):
-    path = REPO_ROOT / "example_workflows" / "attend_and_excite.json"
+    path = example_path("attend_and_excite")
     prompt = ci_prompt(path, runner)
     heat, sampler = _heatmap_node(prompt), _sampler_node(prompt)
     key = "seed" if "seed" in prompt[sampler]["inputs"] else "noise_seed"
@@ -94,6 +113,6 @@ def test_requeue_with_a_new_seed_never_shows_stale_maps(runner):
 
 
 def test_paid_heatmap_shows_the_frame_select_frame_picked(runner):
-    prompt = ci_prompt(REPO_ROOT / "example_workflows" / "paid_composition.json", runner)
+    prompt = ci_prompt(example_path("paid_composition"), runner)
     pick = next(i for i, n in prompt.items() if n["class_type"] == "STORM_SelectFrame")
     assert prompt[_heatmap_node(prompt)]["inputs"]["batch_index"] == [pick, 1]

@@ -4,14 +4,13 @@ before any node runs (a prompt validation error, not an execution error)."""
 
 import pytest
 
-from harness.host import REPO_ROOT
-from harness.workflows import load_ui_workflow, substitute_checkpoints, ui_to_api
+from harness.workflows import example_path, load_ui_workflow, substitute_checkpoints, ui_to_api
 
 
 @pytest.fixture
 def ae_prompt(runner):
     """The Attend-and-Excite example as the frontend submits it, and the id of its A&E node."""
-    ui = load_ui_workflow(REPO_ROOT / "example_workflows" / "attend_and_excite.json")
+    ui = load_ui_workflow(example_path("attend_and_excite"))
     prompt = substitute_checkpoints(ui_to_api(ui, runner.node_defs()))
     ae = next(node_id for node_id, node in prompt.items() if node["class_type"] == "STORM_AttendAndExcite")
     loader = next(node_id for node_id, node in prompt.items() if node["class_type"] == "STORMTest_TinyCheckpointLoader")
