@@ -349,6 +349,22 @@ def render(scene: Scene, supersample: int = 4) -> np.ndarray:
     return np.rint(img).astype(np.uint8)
 
 
+def object_masks(scene: Scene, side: int, supersample: int = 4) -> np.ndarray:
+    """``float32 (len(objects), side, side)``: the fraction of each cell of a ``side x side`` grid over the
+    canvas that each object covers (cell ``(i, j)`` spans ``canvas / side`` pixels from row ``i``, column
+    ``j``), from ``supersample`` x ``supersample`` samples per cell (the shape model's grounding loss was
+    trained with the default, 4). Objects never overlap (placement keeps them apart), so the masks are
+    disjoint."""
+    cell = scene.canvas / side
+    ss = int(supersample)
+    pts = ((np.arange(side * ss, dtype=np.float32) + 0.5) / ss) * cell
+    out = np.empty((len(scene.objects), side, side), np.float32)
+    for k, obj in enumerate(scene.objects):
+        inside = _coverage(obj, pts.reshape(1, -1), pts.reshape(-1, 1)).astype(np.float32)
+        out[k] = inside.reshape(side, ss, side, ss).mean(axis=(1, 3))
+    return out
+
+
 # ----------------------------------------------------------------------------------------- benchmark set
 
 def prompt_sets() -> dict[str, tuple[PromptSpec, ...]]:

@@ -362,3 +362,26 @@ def test_coloured_noise_is_not_a_clean_image():
     many = [_det(c, "circle", 10 * i, 10) for i, c in enumerate(W.COLOURS)] * 2
     assert not E.judge(None, spec, many[:E.MAX_DETECTIONS + 1]).clean
     assert E.judge(None, spec, many[:2]).clean and E.judge(None, spec, many[:2]).clutter is None
+
+
+def test_object_masks_match_the_rendered_objects():
+    """The masks the grounding loss trains on are where the renderer draws each object: at canvas
+    resolution a mask is the object's antialiasing coverage, coarser grids are its area averages, and
+    two objects never share a cell's coverage beyond the gap between them."""
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        scene = W.sample_scene(rng, 128)
+        image = W.render(scene).astype(np.float32)
+        full = W.object_masks(scene, 128)
+        assert full.shape == (len(scene.objects), 128, 128)
+        for k, obj in enumerate(scene.objects):
+            colour = np.asarray(W.PALETTE[obj.colour], np.float32)
+            drawn = np.abs(image - colour).max(-1) < 2  # pixels of exactly the object's colour
+            same = [i for i, o in enumerate(scene.objects) if o.colour == obj.colour]  # may share a colour
+            inside = full[same].sum(0) > 0.999
+            assert full[k].sum() > 50 and (drawn == inside).mean() > 0.995
+            fine = W.object_masks(scene, 16, supersample=32)[k]  # 4 samples per pixel side, like the full one
+            assert fine.sum() == pytest.approx(full[k].sum() / 64, rel=0.01)  # area, in 8x8-pixel cells
+            coarse = W.object_masks(scene, 16)[k]  # 4 samples per cell side: what the grounding loss used
+            assert np.abs(coarse - fine).max() <= 0.3 and coarse.sum() == pytest.approx(fine.sum(), rel=0.15)
+        assert (full > 0).sum(0).max() == 1  # disjoint

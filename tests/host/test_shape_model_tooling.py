@@ -3,6 +3,7 @@ load into the host's objects, sample. The trained model itself is judged by scri
 
 import json
 
+import pytest
 import torch
 from safetensors import safe_open
 
@@ -51,3 +52,60 @@ def test_train_resume_export_and_load(tmp_path, nodes):
     dependence = text_dependence(str(out), batch=2)
     assert set(dependence) == set(TIMESTEPS)
     assert all(0.0 < v < float("inf") for pair in dependence.values() for v in pair)
+
+
+def test_grounding_loss_targets_each_objects_words_and_reaches_the_maps():
+    """The grounding loss (``--ground``) takes the map of each word of an object's phrase (size, colour,
+    shape), scores the share of it inside that object's mask, and its gradient reaches the
+    cross-attention weights that sampling uses."""
+    import numpy as np
+
+    from harness.shape_world import object_masks, sample_scene
+
+    m = train.ShapeModel(0, torch.device("cpu"))
+    grounding = train.AttentionGrounding(m)
+    rng = np.random.default_rng(3)
+    scenes = [sample_scene(rng, 64, size_word_prob=0.5) for _ in range(12)]
+    dropped = [i == 4 for i in range(12)]
+    items, tokens, masks = grounding.targets(scenes, dropped, 8)
+    assert 4 not in items.tolist()
+    for j, scene in enumerate(scenes):  # positions from the caption's own words (CLIP: BOS, then a token a word)
+        if dropped[j]:
+            continue
+        words = scene.caption.replace(",", " ,").split()
+        mine = [int(t) for i, t in zip(items.tolist(), tokens.tolist(), strict=True) if i == j]
+        expected, start = [], 0
+        for obj in scene.objects:
+            phrase = [w for w in (obj.size, obj.colour, obj.shape) if w != obj.size or
+                      f"{obj.size} {obj.colour} {obj.shape}" in scene.caption]
+            for w in phrase:
+                start = words.index(w, start) + 1
+                expected.append(start)  # word index + 1 = token position after BOS
+        assert mine == expected, (scene.caption, mine, expected)
+    cover = [object_masks(s, 8)[o] for s, d in zip(scenes, dropped, strict=True) if not d
+             for o, obj in enumerate(s.objects) for _ in range(2 + (f"{obj.size} {obj.colour}" in s.caption))]
+    assert torch.equal(masks, torch.from_numpy(np.stack(cover)))
+
+    # a map on the cells each object covers most scores 1; a flat map scores the object's share of the canvas
+    perfect = torch.full((12, 64, 77), 1e-9)
+    core = masks.flatten(1) == masks.flatten(1).amax(1, keepdim=True)
+    perfect[items, :, tokens] = core.float()
+    grounding.maps = [perfect, torch.full((12, 64, 77), 1.0 / 77)]
+    loss, share = grounding.loss(scenes, dropped, 8)
+    peak = (masks / masks.flatten(1).amax(1)[:, None, None]).flatten(1)
+    flat = float((peak.sum(1) / 64).mean())
+    assert share == pytest.approx((1.0 + flat) / 2, abs=1e-4) and flat < 0.3
+    assert float(loss) == pytest.approx((0.0 + float(((1 - peak.sum(1) / 64) ** 2).mean())) / 2, abs=1e-4)
+
+    # the gradient of the loss on the UNet's own maps reaches to_q / to_k of the cross-attention
+    from scripts.train_shape_model import scene_batch
+
+    images, batch = scene_batch(0, "diffusion", 0, 4, 64)
+    with train.OutOfPlaceResiduals():
+        loss, info = train.diffusion_loss(m, images, batch, torch.Generator().manual_seed(0), grounding, 1.0)
+    loss.backward()
+    attn2 = [mod for name, mod in m.unet.named_modules() if name.endswith("attn2")]
+    assert 0.0 < info["on_object"] < 1.0
+    assert all(a.to_k.weight.grad is not None for a in attn2[:1])
+    assert sum(float(a.to_k.weight.grad.abs().sum()) for a in attn2 if a.to_k.weight.grad is not None) > 0
+    grounding.close()
