@@ -320,6 +320,7 @@ def main(argv=None) -> int:
     print(format_table(table))
     out = {"settings": vars(args), "table": table,
            "rows": [{k: v for k, v in r.items() if k != "image"} for r in rows]}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=1))
     if args.grid:
         picture_grid(rows, Path(args.grid), methods)
