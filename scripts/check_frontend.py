@@ -47,7 +47,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from harness.workflows import EXAMPLES_DIR, example_path, select_examples
+from harness.workflows import EXAMPLES, EXAMPLES_DIR, example_path, select_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -279,6 +279,46 @@ def check_discoverability(page, url: str, out: Path) -> list[str]:
     return errors
 
 
+def check_templates(page, out: Path) -> list[str]:
+    """Errors: the template browser's view of the examples. The server lists every example file under
+    the pack's folder name, each workflow and thumbnail loads from the URL the frontend builds from the
+    file name (spaces and all), and the browser dialog shows every example's title."""
+    errors = []
+    listed = page.evaluate("async () => (await (await fetch('/api/workflow_templates')).json())")
+    mine = sorted(listed.get("ComfyUI-STORM", []))
+    if mine != sorted(EXAMPLES.values()):
+        errors.append(f"/api/workflow_templates lists {mine} for ComfyUI-STORM, expected {sorted(EXAMPLES.values())}")
+    for name in mine:
+        loaded = page.evaluate("""async (name) => {
+            const base = `/workflow_templates/ComfyUI-STORM/${name}`;
+            const wf = await fetch("/api" + base + ".json");
+            const nodes = wf.ok ? (await wf.json()).nodes.length : 0;
+            const img = new Image();
+            const size = await new Promise((done) => { img.onload = () => done(img.naturalWidth);
+                img.onerror = () => done(0); img.src = "/api" + base + ".jpg"; });
+            return [wf.status, nodes, size]; }""", name)
+        if loaded[0] != 200 or loaded[1] == 0 or loaded[2] == 0:
+            errors.append(f"template {name!r}: workflow HTTP {loaded[0]} with {loaded[1]} nodes, thumbnail width {loaded[2]}")
+    page.evaluate("async () => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    page.wait_for_timeout(3000)
+    shown = page.evaluate("(names) => names.filter((n) => document.body.innerText.includes(n))",
+                          sorted(EXAMPLES.values()))
+    page.screenshot(path=str(out / "templates.png"))
+    if not shown:  # the dialog may open on another category: the pack's own entry lists only its examples
+        page.evaluate("""() => { const el = [...document.querySelectorAll('*')].find((e) =>
+            e.children.length === 0 && e.textContent.trim() === 'ComfyUI-STORM'); el && el.click(); }""")
+        page.wait_for_timeout(2000)
+        shown = page.evaluate("(names) => names.filter((n) => document.body.innerText.includes(n))",
+                              sorted(EXAMPLES.values()))
+        page.screenshot(path=str(out / "templates.png"))
+    missing = sorted(set(EXAMPLES.values()) - set(shown))
+    if missing:
+        errors.append(f"the template dialog does not show {missing} (screenshot templates.png)")
+    page.keyboard.press("Escape")
+    page.wait_for_timeout(500)
+    return errors
+
+
 def chip_state(page, node_id: int) -> tuple[list[list], str]:
     """The token chips of a node (ref, chosen) and its subjects widget value."""
     return page.evaluate("""(id) => { const node = app.graph.getNodeById(id);
@@ -401,6 +441,11 @@ def main() -> int:
                       *found, sep="\n  ")
                 if found:
                     failed.append("discoverability")
+                found = check_templates(page, out)
+                print(f"template browser (listed, loaded, thumbnails, titles shown): {'FAIL' if found else 'ok'}",
+                      *found, sep="\n  ")
+                if found:
+                    failed.append("template browser")
                 try:
                     found = check_chips(page, url, node_defs, out, args.timeout)
                 except Exception as exc:  # noqa: BLE001 - report, go on with the examples

@@ -59,12 +59,12 @@ logger = logging.getLogger(__name__)
 #: stem in ``example_workflows/``. The frontend's template browser shows a custom-node example's file
 #: name as both its title and its description, so the name says what the example does.
 EXAMPLES: dict[str, str] = {
-    "attend_and_excite": "Attend-and-Excite - bring back a missing object",
-    "syngen": "SynGen - bind each attribute to its own noun",
-    "astar": "A-STAR - keep two objects apart and present",
-    "storm_spatial": "STORM - put one object to the left of another",
-    "aid_morph": "AID - morph smoothly between two prompts",
-    "paid_composition": "PAID - compose two concepts in one image",
+    "attend_and_excite": "Attend-and-Excite - lost objects",
+    "syngen": "SynGen - bind colours to nouns",
+    "astar": "A-STAR - keep both objects",
+    "storm_spatial": "STORM - put A left of B",
+    "aid_morph": "AID - morph two prompts",
+    "paid_composition": "PAID - compose two concepts",
 }
 EXAMPLES_DIR = REPO_ROOT / "example_workflows"
 
