@@ -20,9 +20,9 @@ from pathlib import Path
 
 from harness.host import load_pack
 from harness.workflows import EXAMPLES as FILE_STEMS
-from harness.workflows import widgets_values
+from harness.workflows import EXAMPLES_DIR, widgets_values
 
-OUT = Path(__file__).resolve().parents[1] / "example_workflows"
+OUT = EXAMPLES_DIR
 
 
 class Graph:

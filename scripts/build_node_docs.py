@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from harness.host import REPO_ROOT, load_pack
+from harness.workflows import example_files
 
 OUT = REPO_ROOT / "web" / "docs"
 README_NODES = "https://github.com/comfyui-storm/ComfyUI-STORM#nodes"
@@ -53,7 +54,7 @@ def _input_row(name: str, spec, optional: bool) -> str:
 
 def _used_in(node_id: str) -> list[str]:
     names = []
-    for path in sorted((REPO_ROOT / "example_workflows").glob("*.json")):
+    for path in example_files():
         if any(n.get("type") == node_id for n in json.loads(path.read_text())["nodes"]):
             names.append(path.name)
     return names

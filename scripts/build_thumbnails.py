@@ -71,10 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     if not SHAPE_MODEL.is_file():
         print(f"build_thumbnails: {SHAPE_MODEL} is missing; thumbnails show the shape model's images", file=sys.stderr)
         return 2
-    from harness.workflows import EXAMPLES_DIR, select_examples
+    from harness.workflows import select_examples
 
     try:
-        workflows = select_examples(sorted(EXAMPLES_DIR.glob("*.json")), args.only)
+        workflows = select_examples(args.only)
     except ValueError as e:
         print(f"build_thumbnails: {e}", file=sys.stderr)
         return 2

@@ -47,7 +47,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from harness.workflows import EXAMPLES, EXAMPLES_DIR, example_path, select_examples
+from harness.workflows import EXAMPLES, PACK_FOLDER, example_path, select_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -58,7 +58,7 @@ OUR_SCRIPT = "/extensions/ComfyUI-STORM/"  # where the server serves web/storm.j
 
 def start_server(comfyui: Path, port: int, base: Path, log_path: Path) -> subprocess.Popen:
     (base / "custom_nodes").mkdir(parents=True)
-    (base / "custom_nodes" / "ComfyUI-STORM").symlink_to(ROOT)
+    (base / "custom_nodes" / PACK_FOLDER).symlink_to(ROOT)
     (base / "custom_nodes" / "storm_test_tiny_nodes").symlink_to(ROOT / "tests" / "harness" / "tiny_nodes")
     log = open(log_path, "w")  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
@@ -285,32 +285,33 @@ def check_templates(page, out: Path) -> list[str]:
     file name (spaces and all), and the browser dialog shows every example's title."""
     errors = []
     listed = page.evaluate("async () => (await (await fetch('/api/workflow_templates')).json())")
-    mine = sorted(listed.get("ComfyUI-STORM", []))
+    mine = sorted(listed.get(PACK_FOLDER, []))
     if mine != sorted(EXAMPLES.values()):
-        errors.append(f"/api/workflow_templates lists {mine} for ComfyUI-STORM, expected {sorted(EXAMPLES.values())}")
+        errors.append(f"/api/workflow_templates lists {mine} for {PACK_FOLDER}, expected {sorted(EXAMPLES.values())}")
     for name in mine:
-        loaded = page.evaluate("""async (name) => {
-            const base = `/workflow_templates/ComfyUI-STORM/${name}`;
+        loaded = page.evaluate("""async ([pack, name]) => {
+            const base = `/workflow_templates/${pack}/${name}`;
             const wf = await fetch("/api" + base + ".json");
             const nodes = wf.ok ? (await wf.json()).nodes.length : 0;
             const img = new Image();
             const size = await new Promise((done) => { img.onload = () => done(img.naturalWidth);
                 img.onerror = () => done(0); img.src = "/api" + base + ".jpg"; });
-            return [wf.status, nodes, size]; }""", name)
+            return [wf.status, nodes, size]; }""", [PACK_FOLDER, name])
         if loaded[0] != 200 or loaded[1] == 0 or loaded[2] == 0:
             errors.append(f"template {name!r}: workflow HTTP {loaded[0]} with {loaded[1]} nodes, thumbnail width {loaded[2]}")
+    def titles_shown() -> list[str]:
+        page.screenshot(path=str(out / "templates.png"))
+        return page.evaluate("(names) => names.filter((n) => document.body.innerText.includes(n))",
+                             sorted(EXAMPLES.values()))
+
     page.evaluate("async () => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
     page.wait_for_timeout(3000)
-    shown = page.evaluate("(names) => names.filter((n) => document.body.innerText.includes(n))",
-                          sorted(EXAMPLES.values()))
-    page.screenshot(path=str(out / "templates.png"))
+    shown = titles_shown()
     if not shown:  # the dialog may open on another category: the pack's own entry lists only its examples
-        page.evaluate("""() => { const el = [...document.querySelectorAll('*')].find((e) =>
-            e.children.length === 0 && e.textContent.trim() === 'ComfyUI-STORM'); el && el.click(); }""")
+        page.evaluate("""(pack) => { const el = [...document.querySelectorAll('*')].find((e) =>
+            e.children.length === 0 && e.textContent.trim() === pack); el && el.click(); }""", PACK_FOLDER)
         page.wait_for_timeout(2000)
-        shown = page.evaluate("(names) => names.filter((n) => document.body.innerText.includes(n))",
-                              sorted(EXAMPLES.values()))
-        page.screenshot(path=str(out / "templates.png"))
+        shown = titles_shown()
     missing = sorted(set(EXAMPLES.values()) - set(shown))
     if missing:
         errors.append(f"the template dialog does not show {missing} (screenshot templates.png)")
@@ -392,7 +393,7 @@ def main() -> int:
         print("set COMFYUI_PATH to an upstream ComfyUI checkout", file=sys.stderr)
         return 2
     try:
-        examples = select_examples(sorted(EXAMPLES_DIR.glob("*.json")), args.only)
+        examples = select_examples(args.only)
     except ValueError as e:
         print(f"check_frontend: {e}", file=sys.stderr)
         return 2

@@ -80,10 +80,15 @@ def example_key(path: Path) -> str:
     return next((k for k, v in EXAMPLES.items() if v == stem), stem)
 
 
-def select_examples(paths: Iterable[Path], only: Iterable[str]) -> list[Path]:
-    """``paths`` narrowed to the examples named in ``only`` (by key or by file stem); all when empty.
+def example_files() -> list[Path]:
+    """Every example workflow file in ``example_workflows/``, sorted by name."""
+    return sorted(EXAMPLES_DIR.glob("*.json"))
+
+
+def select_examples(only: Iterable[str] = ()) -> list[Path]:
+    """The example files named in ``only`` (by key or by file stem); all when it is empty.
     An unknown name raises ValueError listing the known keys."""
-    paths, only = list(paths), set(only)
+    paths, only = example_files(), set(only)
     names = {p.stem for p in paths} | {example_key(p) for p in paths}
     unknown = only - names
     if unknown:

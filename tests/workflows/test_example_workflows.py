@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.host import REPO_ROOT
 from harness.workflows import (
     CPU_PROFILE,
     EXAMPLES,
+    example_files,
     example_key,
     example_path,
     load_ui_workflow,
@@ -22,7 +22,7 @@ from harness.workflows import (
     ui_to_api,
 )
 
-WORKFLOWS = sorted((REPO_ROOT / "example_workflows").glob("*.json"))
+WORKFLOWS = example_files()
 #: per class_type: inputs overridden so a run takes seconds on 2 CPU cores
 def ci_prompt(path: Path, runner) -> dict:
     prompt = substitute_checkpoints(ui_to_api(load_ui_workflow(path), runner.node_defs()))

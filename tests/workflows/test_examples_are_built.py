@@ -2,16 +2,17 @@
 by name, in the order of the nodes' real INPUT_TYPES, defaults from the nodes (so from storm_ops)."""
 
 from harness.host import REPO_ROOT
+from harness.workflows import EXAMPLES_DIR, example_files
 
 
 def test_the_builder_regenerates_every_example_byte_for_byte(tmp_path):
     from scripts.build_example_workflows import build_all
 
     written = build_all(tmp_path)
-    examples = sorted((REPO_ROOT / "example_workflows").glob("*.json"))
+    examples = example_files()
     assert sorted(p.name for p in written) == [p.name for p in examples]
     for path in written:
-        assert path.read_bytes() == (REPO_ROOT / "example_workflows" / path.name).read_bytes(), (
+        assert path.read_bytes() == (EXAMPLES_DIR / path.name).read_bytes(), (
             f"{path.name} is out of date: run python -m scripts.build_example_workflows")
 
 

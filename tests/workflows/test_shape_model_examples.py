@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.host import REPO_ROOT
 from harness.shape_eval import clutter, detect, is_clean
 from harness.shape_world import parse_caption
 from harness.tiny_models import arch_from_checkpoint_name
-from harness.workflows import example_key
+from harness.workflows import example_files, example_key
 from scripts import run_example
 
 
@@ -30,7 +29,7 @@ def _sd15(path) -> bool:
 #: (README, "Proof on images": STORM's transport steps and refinement at the paper's defaults)
 SPOILED = {"storm_spatial"}
 
-SD15_WORKFLOWS = [p for p in sorted((REPO_ROOT / "example_workflows").glob("*.json")) if _sd15(p)]
+SD15_WORKFLOWS = [p for p in example_files() if _sd15(p)]
 
 
 def test_the_sd15_examples_are_found():
