@@ -17,6 +17,14 @@ their ``requires_grad`` flag says):
 * ``group_norm`` / ``layer_norm``: the normalisation runs through stock autograd without its affine
   part, and ``y = n * w + b`` is applied by a function whose backward is ``dn = dy * w``.
 
+Hosts also *cast* weights per call: fp8 or bf16 weights computed in fp16/fp32 ("manual cast"), weights
+offloaded to the CPU and moved to the GPU layer by layer (low-VRAM mode). Autograd would keep every such
+cast copy alive until backward, which puts a full copy of the network back in memory. Inside the mode a
+cast of an inference tensor (``Tensor.to``, or ``copy_`` into a new tensor, as the host casts) is
+remembered by its source, and a layer that receives the cast keeps the *source* and the cast's dtype and
+device, and casts again in backward (:attr:`FrozenWeights.recast` counts these layers): the copy is freed
+as soon as the forward is done with it.
+
 Any other operation that mixes an inference tensor with a tensor that requires grad gets normal
 copies of its inference tensors (so it cannot fail); :attr:`FrozenWeights.copied` and
 :attr:`FrozenWeights.copied_bytes` count them, so a caller can tell that the fast path covered
@@ -24,6 +32,8 @@ its network. Outside the mode nothing changes; weights are never written to.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +45,23 @@ def _is_frozen(t) -> bool:
     return isinstance(t, torch.Tensor) and t.is_inference()
 
 
+class _Cast:
+    """A weight the layer holds as its inference-tensor source plus the cast the host applied to it."""
+
+    __slots__ = ("source", "dtype", "device")
+
+    def __init__(self, source: torch.Tensor, like: torch.Tensor):
+        self.source, self.dtype, self.device = source, like.dtype, like.device
+
+    def get(self) -> torch.Tensor:
+        return self.source.to(device=self.device, dtype=self.dtype)
+
+
+def _get(held):
+    """The weight a layer holds: a tensor (by reference), a :class:`_Cast` (cast again now), or None."""
+    return held.get() if isinstance(held, _Cast) else held
+
+
 def _owned(out: torch.Tensor) -> torch.Tensor:
     """A custom Function's output must not be a view (the host modifies outputs in place)."""
     return out if out._base is None else out.clone()
@@ -42,8 +69,8 @@ def _owned(out: torch.Tensor) -> torch.Tensor:
 
 class _FrozenLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.weight = weight  # by reference: an inference tensor cannot go through save_for_backward
+    def forward(ctx, x, weight, bias, held):
+        ctx.weight = held  # by reference: an inference tensor cannot go through save_for_backward
         # matmul, not F.linear: F.linear returns a view for 3-d inputs, and the host's blocks add to the
         # output in place, which autograd forbids on views made inside a custom Function
         out = torch.matmul(x, weight.t())
@@ -51,13 +78,13 @@ class _FrozenLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return grad.matmul(ctx.weight.to(grad.dtype)), None, None
+        return grad.matmul(_get(ctx.weight).to(grad.dtype)), None, None, None
 
 
 class _FrozenConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
-        ctx.weight, ctx.input_shape = weight, x.shape
+    def forward(ctx, x, weight, bias, held, stride, padding, dilation, groups):
+        ctx.weight, ctx.input_shape = held, x.shape
         ctx.conv = (stride, padding, dilation, groups)
         fn = (F.conv1d, F.conv2d, F.conv3d)[x.dim() - 3]
         return _owned(fn(x, weight, bias, stride, padding, dilation, groups))
@@ -65,27 +92,27 @@ class _FrozenConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         stride, padding, dilation, groups = ctx.conv
-        weight = ctx.weight.to(grad.dtype)
+        weight = _get(ctx.weight).to(grad.dtype)
         placeholder = grad.new_empty(1).expand(ctx.input_shape)  # only its shape is read
         dx = torch.ops.aten.convolution_backward(
             grad, placeholder, weight, None, stride, padding, dilation, False, [0] * len(stride), groups,
             [True, False, False])[0]
-        return dx, None, None, None, None, None, None
+        return dx, None, None, None, None, None, None, None
 
 
 class _FrozenAffine(torch.autograd.Function):
     """``n * weight + bias`` with constant ``weight`` / ``bias`` (broadcast against ``n``)."""
 
     @staticmethod
-    def forward(ctx, n, weight, bias):
-        ctx.weight = weight
+    def forward(ctx, n, weight, bias, held):
+        ctx.weight = held
         if weight is None:
             return n + bias
         return torch.addcmul(bias, n, weight) if bias is not None else n * weight
 
     @staticmethod
     def backward(ctx, grad):
-        return (grad * ctx.weight if ctx.weight is not None else grad), None, None
+        return (grad * _get(ctx.weight) if ctx.weight is not None else grad), None, None, None
 
 
 def _conv_params(value, n: int) -> list[int]:
@@ -97,58 +124,82 @@ def _bind(names: tuple[str, ...], args, kwargs, defaults: dict) -> dict:
     return {**defaults, **dict(zip(names, args, strict=False)), **kwargs}
 
 
-def _covered(x, weight, bias, frozen: tuple) -> bool:
+def _covered(mode, x, weight, bias, frozen: tuple) -> bool:
     """Whether a layer call takes the copy-free path: ``x`` needs a gradient, one of ``frozen`` is an
-    inference tensor, and neither ``weight`` nor ``bias`` needs a gradient of its own."""
-    return (isinstance(x, torch.Tensor) and x.requires_grad and any(_is_frozen(t) for t in frozen)
-            and all(t is None or _is_frozen(t) or not t.requires_grad for t in (weight, bias)))
+    inference tensor (or the host's cast of one), and neither ``weight`` nor ``bias`` needs a gradient."""
+    return (isinstance(x, torch.Tensor) and x.requires_grad and any(mode.constant(t) for t in frozen)
+            and all(t is None or mode.constant(t) or not t.requires_grad for t in (weight, bias)))
 
 
-def _linear(args, kwargs):
+def _linear(mode, args, kwargs):
     bound = _bind(("input", "weight", "bias"), args, kwargs, {"bias": None})
     x, weight, bias = bound["input"], bound["weight"], bound["bias"]
-    if not _covered(x, weight, bias, frozen=(weight,)):
+    if not _covered(mode, x, weight, bias, frozen=(weight,)):
         return NotImplemented
-    return _FrozenLinear.apply(x, weight, bias)
+    return _FrozenLinear.apply(x, weight, bias, mode.hold(weight))
 
 
 _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 _CONV_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
 
 
-def _conv(args, kwargs):
+def _conv(mode, args, kwargs):
     bound = _bind(_CONV_ARGS, args, kwargs, _CONV_DEFAULTS)
     x, weight, bias = bound["input"], bound["weight"], bound["bias"]
-    if not _covered(x, weight, bias, frozen=(weight,)) or isinstance(bound["padding"], str):
+    if not _covered(mode, x, weight, bias, frozen=(weight,)) or isinstance(bound["padding"], str):
         return NotImplemented
     n = weight.dim() - 2
     if x.dim() != n + 2:  # unbatched input: let stock autograd handle it
         return NotImplemented
-    return _FrozenConv.apply(x, weight, bias, _conv_params(bound["stride"], n), _conv_params(bound["padding"], n),
-                             _conv_params(bound["dilation"], n), int(bound["groups"]))
+    return _FrozenConv.apply(x, weight, bias, mode.hold(weight), _conv_params(bound["stride"], n),
+                             _conv_params(bound["padding"], n), _conv_params(bound["dilation"], n),
+                             int(bound["groups"]))
 
 
 _NORM_DEFAULTS = {"weight": None, "bias": None, "eps": 1e-5}
 
 
-def _group_norm(args, kwargs):
+def _affine(mode, n, weight, bias, shape=None):
+    """``n * weight + bias`` through :class:`_FrozenAffine`, weight and bias viewed to ``shape`` if given."""
+    def view(t):
+        return t if t is None or shape is None else t.view(shape)
+
+    held = mode.hold(weight)
+    if isinstance(held, _Cast) and shape is not None:
+        held = _ViewedCast(held, shape)
+    elif not isinstance(held, _Cast):
+        held = view(held)
+    return _FrozenAffine.apply(n, view(weight), view(bias), held)
+
+
+class _ViewedCast(_Cast):
+    """A :class:`_Cast` whose result is viewed to a broadcast shape."""
+
+    __slots__ = ("shape",)
+
+    def __init__(self, cast: _Cast, shape):
+        self.source, self.dtype, self.device, self.shape = cast.source, cast.dtype, cast.device, shape
+
+    def get(self) -> torch.Tensor:
+        return super().get().view(self.shape)
+
+
+def _group_norm(mode, args, kwargs):
     bound = _bind(("input", "num_groups", "weight", "bias", "eps"), args, kwargs, _NORM_DEFAULTS)
     x, weight, bias = bound["input"], bound["weight"], bound["bias"]
-    if not _covered(x, weight, bias, frozen=(weight, bias)):
+    if not _covered(mode, x, weight, bias, frozen=(weight, bias)):
         return NotImplemented
     n = F.group_norm(x, bound["num_groups"], None, None, bound["eps"])
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    return _FrozenAffine.apply(n, None if weight is None else weight.view(shape),
-                               None if bias is None else bias.view(shape))
+    return _affine(mode, n, weight, bias, (1, -1) + (1,) * (x.dim() - 2))
 
 
-def _layer_norm(args, kwargs):
+def _layer_norm(mode, args, kwargs):
     bound = _bind(("input", "normalized_shape", "weight", "bias", "eps"), args, kwargs, _NORM_DEFAULTS)
     x, weight, bias = bound["input"], bound["weight"], bound["bias"]
-    if not _covered(x, weight, bias, frozen=(weight, bias)):
+    if not _covered(mode, x, weight, bias, frozen=(weight, bias)):
         return NotImplemented
     n = F.layer_norm(x, bound["normalized_shape"], None, None, bound["eps"])
-    return _FrozenAffine.apply(n, weight, bias)
+    return _affine(mode, n, weight, bias)
 
 
 _HANDLERS = {
@@ -180,22 +231,62 @@ class FrozenWeights(TorchFunctionMode):
 
     Attributes:
         fast: calls that went through the copy-free functions.
+        recast: of those, calls whose weight was the host's cast of an inference tensor (cast again in
+            backward instead of kept).
         copied / copied_bytes: inference tensors copied by the fallback (operations not covered).
     """
 
     def __init__(self):
         super().__init__()
         self.fast = 0
+        self.recast = 0
         self.copied = 0
         self.copied_bytes = 0
+        #: id of a cast made in this mode -> (weak reference to it, its inference-tensor source, its version)
+        self._casts: dict[int, tuple[weakref.ref, torch.Tensor, int]] = {}
+
+    def _source(self, t) -> torch.Tensor | None:
+        """The source of ``t`` when ``t`` is an unmodified cast made in this mode (a cast the host then
+        changed in place, a LoRA added to it say, is not a cast of its source any more)."""
+        entry = self._casts.get(id(t)) if isinstance(t, torch.Tensor) else None
+        if entry is None or entry[0]() is not t or t._version != entry[2]:
+            return None
+        return entry[1]
+
+    def constant(self, t) -> bool:
+        """An inference tensor or a cast of one made in this mode: a constant of the pass."""
+        return _is_frozen(t) or self._source(t) is not None
+
+    def hold(self, weight):
+        """What a layer keeps for backward: the weight itself, or its source and cast when it is a cast."""
+        source = self._source(weight)
+        if source is None:
+            return weight
+        self.recast += 1
+        return _Cast(source, weight)
+
+    def _remember(self, cast: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        if _is_frozen(cast):  # a no-op cast returns its source: a constant already
+            return cast
+        key = id(cast)
+        self._casts[key] = (weakref.ref(cast, lambda _ref, key=key: self._casts.pop(key, None)), source,
+                            cast._version)
+        return cast
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if not torch.is_grad_enabled():
             return func(*args, **kwargs)
+        if func is torch.Tensor.to and args and _is_frozen(args[0]):
+            with torch.no_grad():  # the host casting a weight: a constant, remembered by its source
+                return self._remember(func(*args, **kwargs), args[0])
+        if func is torch.Tensor.copy_ and len(args) >= 2 and _is_frozen(args[1]) and not _is_frozen(args[0]) \
+                and not args[0].requires_grad:
+            with torch.no_grad():  # the host's other cast: empty_like(weight, ...).copy_(weight)
+                return self._remember(func(*args, **kwargs), args[1])
         handler = _HANDLERS.get(func)
         if handler is not None:
-            out = handler(args, kwargs)
+            out = handler(self, args, kwargs)
             if out is not NotImplemented:
                 self.fast += 1
                 return out

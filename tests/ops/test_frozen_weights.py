@@ -1,5 +1,8 @@
 """Input gradients through inference-tensor weights without copying them (storm_ops.frozen_weights)."""
 
+import gc
+import weakref
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -126,3 +129,85 @@ def test_no_grad_and_normal_weights_pass_through_untouched():
     y.sum().backward()
     assert lin.weight.grad is not None
     assert mode.fast == 0 and mode.copied == 0
+
+
+class CastBlock(nn.Module):
+    """Layers that cast their weights on every call, as the host's manual-cast and low-VRAM layers do:
+    ``Tensor.to`` (same device) and ``empty_like(...).copy_`` (the host's cast to another device), and
+    optionally a LoRA-style patch added in place to the cast weight."""
+
+    def __init__(self, patch: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 8, 3, padding=1)
+        self.gn = nn.GroupNorm(2, 8)
+        self.lin = nn.Linear(8, 8)
+        self.ln = nn.LayerNorm(8)
+        self.patch = patch
+        self.casts: list = []  # weak references to every cast this block made
+
+    def cast(self, t, like, copy_path=False):
+        if copy_path:
+            out = torch.empty_like(t, dtype=like.dtype)
+            out.copy_(t)
+        else:
+            out = t.to(dtype=like.dtype)
+        self.casts.append(weakref.ref(out))
+        return out
+
+    def forward(self, x):
+        w = self.cast(self.conv.weight, x)
+        if self.patch:
+            w += 0.25  # what a LoRA weight function does to the cast copy
+        h = F.conv2d(x, w, self.cast(self.conv.bias, x, copy_path=True), padding=1)
+        h = F.group_norm(h, 2, self.cast(self.gn.weight, x), self.cast(self.gn.bias, x))
+        t = h.flatten(2).transpose(1, 2)
+        t = F.linear(t, self.cast(self.lin.weight, x, copy_path=True), self.cast(self.lin.bias, x))
+        return F.layer_norm(t, (8,), self.cast(self.ln.weight, x), self.cast(self.ln.bias, x))
+
+
+def _cast_block(patch=False):
+    torch.manual_seed(2)
+    with torch.inference_mode():
+        block = CastBlock(patch)  # float32 weights, computed in float64: every weight is cast per call
+        block.load_state_dict({k: torch.randn_like(v) * 0.5 for k, v in CastBlock().state_dict().items()})
+    return block
+
+
+def test_weights_the_host_casts_per_call_are_cast_again_in_backward_not_kept():
+    block = _cast_block()
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    reference = _normal_copy_of(block)
+    with torch.inference_mode(False), torch.enable_grad():
+        xg = x.clone().requires_grad_(True)
+        with FrozenWeights() as mode:
+            out = block(xg)
+        gc.collect()
+        # every cast copy is freed once the forward is done with it: backward casts again from the source
+        assert block.casts and all(ref() is None for ref in block.casts)
+        got = torch.autograd.grad(out.square().sum(), xg)[0]
+    torch.testing.assert_close(got, _grad_of(reference, x))
+    assert mode.fast == 4 and mode.recast == 4 and mode.copied == 0
+
+
+def test_a_cast_changed_in_place_is_kept_as_it_is():
+    block = _cast_block(patch=True)
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    with torch.inference_mode(False), torch.enable_grad():
+        xg = x.clone().requires_grad_(True)
+        with FrozenWeights() as mode:
+            out = block(xg)
+        got = torch.autograd.grad(out.square().sum(), xg)[0]
+    # the patched convolution weight is no cast of its source any more: recasting it would drop the patch
+    torch.testing.assert_close(got, _grad_of(_normal_copy_of(block), x))
+    assert mode.recast == 3 and mode.copied == 0
+
+
+def _normal_copy_of(block):
+    copy = CastBlock(block.patch)
+    copy.load_state_dict({k: v.clone() for k, v in block.state_dict().items()})
+    return copy.requires_grad_(False)
+
+
+def _grad_of(block, x):
+    xg = x.clone().requires_grad_(True)
+    return torch.autograd.grad(block(xg).square().sum(), xg)[0]
