@@ -228,6 +228,12 @@ class MapRecorder:
         self._reset_pass()
         self.mode, self._grad_maps = "grad", None
 
+    def abort_grad_pass(self) -> None:
+        """Drop a gradient pass that failed part way (its partial maps hold the pass's graph)."""
+        self._reset_pass()
+        self._grad_maps = None
+        self.mode = "cfg" if self.record is not None else "off"
+
     def end_grad_pass(self) -> torch.Tensor:
         """The differentiable maps ``(B, T, h, w)`` of the pass; back to recording CFG passes."""
         maps, self._grad_maps = self._grad_maps, None

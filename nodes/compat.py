@@ -51,8 +51,12 @@ def copy_nested(value):
     return value
 
 
+#: what running out of accelerator memory raises (``torch.cuda.OutOfMemoryError`` is an alias of it)
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
 @contextlib.contextmanager
-def gradient_pass():
+def gradient_pass(offload: bool = False):
     """Context for a forward/backward pass through the host's UNet from inside a node; yields the
     :class:`FrozenWeights` mode, whose counters say whether any weight had to be copied.
 
@@ -61,10 +65,39 @@ def gradient_pass():
       to save such tensors for backward; the mode differentiates through them without copying them;
     * ``allow_mutation_on_saved_tensors()``: the fork's transformer blocks add residuals in
       place (``x += n``), which autograd otherwise rejects (upstream changed this in 0.3.40).
+    * ``offload``: every activation saved for backward is copied to CPU memory and back during
+      backward, for a pass that ran out of GPU memory. These hooks are innermost, so they take over
+      from ``allow_mutation_on_saved_tensors``'; a copy is a snapshot that later in-place changes
+      cannot reach (``save_on_cpu`` does not copy tensors already on the CPU, so it is not used).
     """
-    with torch.inference_mode(False), torch.enable_grad(), \
-            torch.autograd.graph.allow_mutation_on_saved_tensors(), FrozenWeights() as mode:
-        yield mode
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.inference_mode(False))
+        stack.enter_context(torch.enable_grad())
+        stack.enter_context(torch.autograd.graph.allow_mutation_on_saved_tensors())
+        if offload:
+            stack.enter_context(torch.autograd.graph.saved_tensors_hooks(_to_cpu_memory, _from_cpu_memory))
+        yield stack.enter_context(FrozenWeights())
+
+
+def _to_cpu_memory(tensor: torch.Tensor):
+    pinned = tensor.device.type == "cuda"
+    try:  # the same strides, so backward computes exactly what it would have (bit for bit)
+        copy = torch.empty_strided(tensor.size(), tensor.stride(), dtype=tensor.dtype, pin_memory=pinned)
+        copy.copy_(tensor, non_blocking=pinned)
+    except RuntimeError:  # overlapping strides (an expanded tensor): a dense copy
+        copy = torch.empty(tensor.size(), dtype=tensor.dtype, pin_memory=pinned)
+        copy.copy_(tensor, non_blocking=pinned)
+    return tensor.device, copy
+
+
+def _from_cpu_memory(packed) -> torch.Tensor:
+    device, copy = packed
+    return copy.to(device, non_blocking=copy.is_pinned())
+
+
+def free_accelerator_memory() -> None:
+    """Hand cached accelerator memory back after an out-of-memory error (the host's own call)."""
+    comfy.model_management.soft_empty_cache()
 
 
 def throw_if_interrupted() -> None:

@@ -33,7 +33,16 @@ from ..storm_ops.optimize import Evaluation, clip_grad_norm, guidance_step
 from ..storm_ops.prompt_identity import check_prompt_encoding, prompt_encoding
 from .architecture import DEFAULT_LAYER_SELECTION, check_conditioning_family, describe_unet
 from .attention_capture import GRAD_PASS_FLAG, AttentionHistory, MapRecorder, RunRecord, StopForward, install_patches
-from .compat import accepts_kwarg, copy_nested, gradient_pass, inpaint_blend, report_progress, throw_if_interrupted
+from .compat import (
+    OUT_OF_MEMORY,
+    accepts_kwarg,
+    copy_nested,
+    free_accelerator_memory,
+    gradient_pass,
+    inpaint_blend,
+    report_progress,
+    throw_if_interrupted,
+)
 from .errors import node_error_context
 
 log = logging.getLogger("comfyui-storm")
@@ -170,7 +179,8 @@ def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None
 
     record = RunRecord({"node": node, "model": unet.model_name, "family": unet.family,
                         "layers": [layer.label for layer in layers], "base_sampler": settings.base_sampler,
-                        "steps": num_steps, "guided_steps": sorted(guided), "weights_copied": 0})
+                        "steps": num_steps, "guided_steps": sorted(guided), "weights_copied": 0,
+                        "weights_recast": 0, "activations_offloaded": False})
     if len(conds.get("positive") or []) == 1:
         record.prompt_encoding = prompt_encoding(conds["positive"][0]["cross_attn"])
     recorder = MapRecorder(layers, record, n_tokens, stop_early=settings.stop_early)
@@ -192,13 +202,9 @@ def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None
         s_in = x.new_ones([x.shape[0]])
         evaluations = refine_cap = 0
 
-        def evaluate(z: torch.Tensor) -> Evaluation:
-            nonlocal evaluations, refine_cap
-            throw_if_interrupted()
-            if evaluations:  # a refinement iteration: the sampler's own progress stands still meanwhile
-                report_progress(evaluations, max(evaluations, refine_cap))
-            evaluations += 1
-            with gradient_pass() as frozen:
+        def gradient(z: torch.Tensor):
+            """One gradient pass: the guidance's combined loss at ``z`` and its gradient."""
+            with gradient_pass(offload=record.info["activations_offloaded"]) as frozen:
                 zg = z.detach().clone().requires_grad_(True)
                 timestep = (sigma * s_in).detach().clone()
                 z_in = inpaint_blend(model, zg, timestep, extra_args.get("denoise_mask"), grad_options)
@@ -209,11 +215,34 @@ def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None
                     pass
                 maps = recorder.end_grad_pass()
                 record.info["weights_copied"] += frozen.copied  # 0 unless a layer kind is not covered
+                record.info["weights_recast"] += frozen.recast  # layers whose host-cast weight is cast again
                 combined = guidance.combine(maps, step, num_steps, states)
                 if combined.objective.requires_grad:
-                    grad = torch.autograd.grad(combined.objective.sum(), zg)[0]
-                else:
-                    grad = torch.zeros_like(zg)
+                    return combined, torch.autograd.grad(combined.objective.sum(), zg)[0]
+                return combined, torch.zeros_like(zg)
+
+        def evaluate(z: torch.Tensor) -> Evaluation:
+            nonlocal evaluations, refine_cap
+            throw_if_interrupted()
+            if evaluations:  # a refinement iteration: the sampler's own progress stands still meanwhile
+                report_progress(evaluations, max(evaluations, refine_cap))
+            evaluations += 1
+            try:
+                combined, grad = gradient(z)
+            except OUT_OF_MEMORY:
+                if record.info["activations_offloaded"]:
+                    raise _out_of_memory(node, z) from None
+                # the pass's activations do not fit next to the model: free what the failed pass held and
+                # keep them in CPU memory for the rest of the run (slower, never a crashed run)
+                recorder.abort_grad_pass()
+                free_accelerator_memory()
+                record.info["activations_offloaded"] = True
+                log.warning("%s: out of GPU memory in the gradient pass at step %d; keeping its activations in "
+                            "CPU memory for the rest of this run (slower)", node, step)
+                try:
+                    combined, grad = gradient(z)
+                except OUT_OF_MEMORY:
+                    raise _out_of_memory(node, z) from None
             if combined.grad_norm_bound is not None:
                 # the bound is on the z-space gradient; grad_z = sqrt(1 + sigma^2) * grad_x
                 grad = clip_grad_norm(grad, combined.grad_norm_bound / math.sqrt(1.0 + float(sigma) ** 2))
@@ -238,6 +267,15 @@ def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None
     record.final_latent = x_out.detach().to("cpu", torch.float32)
     history.add(record)
     return x_out
+
+
+def _out_of_memory(node: str, z: torch.Tensor) -> StormError:
+    height, width = (int(v) * 8 for v in z.shape[-2:])
+    return StormError(
+        f"{node}: out of GPU memory in the gradient pass of attention guidance ({z.shape[0]} image(s) of about "
+        f"{width}x{height} px), even with its activations kept in CPU memory. Lower the batch size or the image "
+        "size, choose attention layers of a lower resolution, or start ComfyUI with --lowvram.",
+        input_name="attention_layers")
 
 
 def _noise_sampler(x, seed):

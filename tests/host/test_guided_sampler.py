@@ -159,6 +159,73 @@ def test_guidance_raises_the_neglected_subjects_attention(pack, nodes, setup, ar
             assert entry["terms_after"]["attend_excite"][0] < entry["terms_before"]["attend_excite"][0]
 
 
+def test_weights_the_host_casts_per_layer_are_not_kept_for_backward(nodes, encode):
+    """bf16 weights on the CPU: the host casts every weight to float32 per call ("manual cast", as for fp8
+    weights or low-VRAM offloading on a GPU). The gradient pass casts them again in backward instead of
+    keeping a float32 copy of every layer, and guidance still lowers the loss."""
+    from harness.tiny_models import build_tiny
+
+    with torch.inference_mode():
+        tm = build_tiny("sd15", dtype=torch.bfloat16)
+        tokens, pos, _ = node_output(nodes["STORM_SubjectTokens"]().run(clip=tm.clip, text="a cat and a dog",
+                                                                        subjects="cat, dog"))
+    neg = encode(tm.clip, "")
+    assert tm.model.model.manual_cast_dtype == torch.float32  # the premise: the host casts every weight
+    sampler, history = guided_sampler(nodes, ae(nodes, tokens, thresholds="0:0.999", max_refine_iters=2))
+    custom_sample(tm.model, sampler, sigmas_for(tm.model, 4), pos, neg, torch.zeros(1, 4, 16, 16))
+    record = history.latest()
+    assert record.info["weights_copied"] == 0
+    assert record.info["weights_recast"] > 0
+    first = record.log[0]
+    assert first["refine_iters"] == 2
+    assert first["terms_after"]["attend_excite"][0] < first["terms_before"]["attend_excite"][0]
+
+
+def _running_out_of_memory(pack, model, fail_passes):
+    """``model`` whose gradient passes number ``fail_passes`` (counted from 1) raise the out-of-memory error
+    a GPU raises, before the UNet runs; returns it and the list of every pass's number."""
+    passes = []
+
+    def wrapper(apply_model, args):
+        if args["c"].get("transformer_options", {}).get(pack.nodes.attention_capture.GRAD_PASS_FLAG):
+            passes.append(len(passes) + 1)
+            if passes[-1] in fail_passes:
+                raise pack.nodes.compat.OUT_OF_MEMORY("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    failing = model.clone()
+    failing.set_model_unet_function_wrapper(wrapper)
+    return failing, passes
+
+
+def test_a_gradient_pass_out_of_memory_keeps_its_activations_on_the_cpu_and_the_run_goes_on(pack, nodes, setup, caplog):
+    model, tokens, pos, neg = setup("sd15")
+    sigmas, latent = sigmas_for(model, 4), torch.zeros(1, 4, 16, 16)
+    guidance = ae(nodes, tokens, thresholds="0:0.999", max_refine_iters=2)
+    sampler, history = guided_sampler(nodes, guidance)
+    expected = custom_sample(model, sampler, sigmas, pos, neg, latent)
+    assert history.latest().info["activations_offloaded"] is False
+    failing, passes = _running_out_of_memory(pack, model, fail_passes={2})  # the first refinement iteration
+    sampler, history = guided_sampler(nodes, guidance)
+    with caplog.at_level("WARNING", logger="comfyui-storm"):
+        got = custom_sample(failing, sampler, sigmas, pos, neg, latent)
+    assert history.latest().info["activations_offloaded"] is True
+    assert "out of GPU memory in the gradient pass at step 0" in caplog.text
+    assert len(passes) == 1 + 2 + 1 + 1  # step 0: pass, failed pass and its retry, one more; step 1: one pass
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)  # the same gradients from CPU-held activations
+
+
+def test_a_gradient_pass_out_of_memory_twice_is_a_clear_error(pack, nodes, setup):
+    model, tokens, pos, neg = setup("sd15")
+    failing, passes = _running_out_of_memory(pack, model, fail_passes={1, 2})
+    sampler, _ = guided_sampler(nodes, ae(nodes, tokens))
+    with pytest.raises(Exception, match="out of GPU memory in the gradient pass of attention guidance") as info:
+        custom_sample(failing, sampler, sigmas_for(model, 4), pos, neg, torch.zeros(1, 4, 16, 16))
+    assert "STORM Guided Sampler" in str(info.value) and "--lowvram" in str(info.value)
+    assert getattr(info.value, "input_name", None) == "attention_layers"
+    assert passes == [1, 2]
+
+
 def test_progress_callback_is_called_once_per_step_in_order(nodes, setup):
     model, tokens, pos, neg = setup("sd15")
     seen = []
