@@ -20,6 +20,20 @@ architecture the variants are timed in interleaved rounds and the median is repo
 Ratios are relative to ``host``; peak CUDA memory is reported on GPUs. Tiny random models only
 show relative costs: a real SD1.5 at 512 px is ~1000x more work per pass.
 
+``--real`` uses the real-size SD1.5 and SDXL UNets (random weights, ComfyUI's PyTorch attention as on
+an NVIDIA GPU; fp16 on CUDA, fp32 on the CPU: use a small ``--size`` there) and, instead of ``guided``
+(random weights refine to the cap), times ``guided-1iter`` (one refinement iteration at step 0),
+``storm-noref`` (STORM paper mode, its Sinkhorn included) and ``aid-3frames`` (an AID sequence of 3
+frames); then prints, per guided step, the *floor* of a gradient pass (the conditional forward up to the
+projections of the last cross-attention the loss reads, then backward to the latent, nothing recorded)
+against ours (``(guided-noref - guided-off) / gradient passes``), the full pass, one refinement
+iteration, a STORM step and AID per frame. ``--memory 256,384`` adds, per architecture and size, the
+bytes autograd saves for the backward of one gradient pass (ours and the floor, bf16 on the CPU = the
+GPU's element size), its linear extrapolation to 512 px (SD1.5) and 1024 px (SDXL), and the same pass
+with weights the host casts per call (recast in backward vs kept).
+
+    python -m scripts.benchmark --real --devices cpu --steps 4 --size 256 --repeats 2 --memory 256,384
+
 ``--spatial N`` also prints the STORM relation sweep: over N seeds, how often the subject's
 attention centroid ends on the requested side of the object with and without guidance.
 
@@ -49,8 +63,10 @@ CHILD = [sys.executable, "-m", "scripts.benchmark"]
 VARIANTS = ("host", "guided-off", "guided", "guided-noref", "guided-fullpass")
 
 
-def _measure(device: str, archs: list[str], steps: int, size: int, repeats: int) -> list[dict]:
+def _measure(device: str, archs: list[str], steps: int, size: int, repeats: int, real: bool = False) -> list[dict]:
     os.environ["STORM_TEST_DEVICE"] = device
+    if real:  # the attention ComfyUI runs on an NVIDIA GPU, on every device
+        os.environ["STORM_TEST_ATTENTION"] = "pytorch"
     from harness.host import ensure_host
 
     ensure_host()
@@ -58,35 +74,61 @@ def _measure(device: str, archs: list[str], steps: int, size: int, repeats: int)
 
     rows = []
     for arch in archs:
-        rows += _measure_arch(device, arch, steps, size, repeats)
+        rows += _measure_arch(device, arch, steps, size, repeats, real)
         mm.soft_empty_cache()
     return rows
 
 
-def _measure_arch(device: str, arch: str, steps: int, size: int, repeats: int) -> list[dict]:
+class _Setup:
+    """A model and the conditionings and guidances every variant of one architecture uses."""
+
+    def __init__(self, pack, arch: str, real: bool, dtype, steps: int):
+        import torch
+
+        from harness.nodeutil import call_node, node_output
+        from harness.tiny_models import build_real_size, build_tiny, tiny_conditioning
+
+        nodes = pack.NODE_CLASS_MAPPINGS
+        with torch.inference_mode():
+            self.tm = tm = (build_real_size if real else build_tiny)(arch, dtype=dtype)
+            self.tokens, self.pos, _ = node_output(nodes["STORM_SubjectTokens"]().run(
+                clip=tm.clip, text="a cat and a dog", subjects="cat, dog"))
+            self.pos_b = tiny_conditioning(tm.clip, "a cat and a bird")
+            self.neg = tiny_conditioning(tm.clip, "")
+
+            def ae(**kw):
+                base = dict(tokens=self.tokens, step_size=20.0, start_at=0.0, end_at=0.5, thresholds="",
+                            max_refine_iters=0, smoothing=True, end_tokens="auto")
+                return nodes["STORM_AttendAndExcite"]().build(**{**base, **kw})[0]
+
+            self.full = ae(thresholds="0:0.05, 0.2:0.5, 0.4:0.8", max_refine_iters=20)
+            self.noref = ae()
+            # one refinement iteration at step 0 (a threshold no random model reaches): its cost alone
+            self.one_iter = ae(thresholds="0:0.999", max_refine_iters=1)
+            self.off = ae(step_size=0.0)
+            # only step 0 guided: one gradient pass per run (the memory of one pass)
+            self.single = ae(end_at=0.5 / steps)
+            analysis, _, self.storm_pos, _ = call_node(nodes["STORM_PromptAnalysis"], clip=tm.clip,
+                                                      text="a cat to the left of a dog", parser="auto")
+            self.storm = call_node(nodes["STORM_SpatialTransport"], analysis=analysis, mode="paper",
+                                   max_refine_iters=0)[0]
+
+
+def _measure_arch(device: str, arch: str, steps: int, size: int, repeats: int, real: bool = False) -> list[dict]:
     import comfy.sample
     import comfy.samplers
     import torch
 
     from harness.host import load_pack
-    from harness.nodeutil import node_output
-    from harness.tiny_models import build_tiny, tiny_conditioning
+    from harness.nodeutil import call_node
 
     pack = load_pack()
     nodes = pack.NODE_CLASS_MAPPINGS
     sampler_mod = pack.nodes.guided_sampler
-    with torch.inference_mode():
-        tm = build_tiny(arch)
-        tokens, pos, _ = node_output(nodes["STORM_SubjectTokens"]().run(clip=tm.clip, text="a cat and a dog",
-                                                                        subjects="cat, dog"))
-        neg = tiny_conditioning(tm.clip, "")
-        ae = nodes["STORM_AttendAndExcite"]()
-        full = ae.build(tokens=tokens, step_size=20.0, start_at=0.0, end_at=0.5, thresholds="0:0.05, 0.2:0.5, 0.4:0.8",
-                        max_refine_iters=20, smoothing=True, end_tokens="auto")[0]
-        noref = ae.build(tokens=tokens, step_size=20.0, start_at=0.0, end_at=0.5, thresholds="", max_refine_iters=0,
-                         smoothing=True, end_tokens="auto")[0]
-        off = ae.build(tokens=tokens, step_size=0.0, start_at=0.0, end_at=0.5, thresholds="", max_refine_iters=0,
-                       smoothing=True, end_tokens="auto")[0]
+    # weights as ComfyUI loads them: fp16 on a GPU; on the CPU fp32 (the host computes in fp32 there)
+    dtype = torch.float16 if device == "cuda" and real else torch.float32
+    setup = _Setup(pack, arch, real, dtype, steps)
+    tm, pos, neg = setup.tm, setup.pos, setup.neg
     latent = torch.zeros(1, 4, size // 8, size // 8)
     sigmas = comfy.samplers.KSampler(tm.model, steps=steps, device=tm.model.load_device, sampler="euler",
                                      scheduler="normal", model_options=tm.model.model_options).sigmas
@@ -96,22 +138,38 @@ def _measure_arch(device: str, arch: str, steps: int, size: int, repeats: int) -
         return comfy.sample.sample(tm.model, noise, steps, 7.5, "euler", "normal", pos, neg, latent, seed=1,
                                    disable_pbar=True)
 
-    def run_guided(guidance, stop_early=True):
+    def run_guided(guidance, stop_early=True, positive=pos):
         settings = sampler_mod.GuidedSamplerSettings(guidance, "euler", stop_early=stop_early)
         history = pack.nodes.attention_capture.AttentionHistory("benchmark", capacity=1)
         sampler = sampler_mod.make_ksampler(settings, history)
         noise = comfy.sample.prepare_noise(latent, 1)
-        out = comfy.sample.sample_custom(tm.model, noise, 7.5, sampler, sigmas, pos, neg, latent,
+        out = comfy.sample.sample_custom(tm.model, noise, 7.5, sampler, sigmas, positive, neg, latent,
                                          disable_pbar=True, seed=1)
-        return out, sum(1 + e["refine_iters"] for e in history.latest().log)
+        record = history.latest()
+        copied[0] = max(copied[0], record.info["weights_copied"])
+        return out, sum(1 + e["refine_iters"] for e in record.log)
 
+    def run_aid():  # 3 frames (A, one in-between, B) in one chunk, the node's defaults otherwise
+        return call_node(nodes["STORM_AttentionInterpolation"], model=tm.model, positive_a=pos, positive_b=setup.pos_b,
+                         negative=neg, latent_image={"samples": latent}, frames=3, seed=1, steps=steps, cfg=7.5,
+                         sampler_name="euler", scheduler="normal", chunk_size=1)
+
+    copied = [0]
     runs = {
         "host": run_host,
-        "guided-off": lambda: run_guided(off),
-        "guided": lambda: run_guided(full),
-        "guided-noref": lambda: run_guided(noref),
-        "guided-fullpass": lambda: run_guided(noref, stop_early=False),
+        "guided-off": lambda: run_guided(setup.off),
+        "guided": lambda: run_guided(setup.full),
+        "guided-noref": lambda: run_guided(setup.noref),
+        "guided-1iter": lambda: run_guided(setup.one_iter),
+        "guided-fullpass": lambda: run_guided(setup.noref, stop_early=False),
+        "storm-noref": lambda: run_guided(setup.storm, positive=setup.storm_pos),
+        "aid-3frames": run_aid,
     }
+    if real:  # random weights refine to the cap: say what one iteration costs instead
+        runs.pop("guided")
+    else:  # the tiny models' table stays as it was
+        for name in ("guided-1iter", "storm-noref", "aid-3frames"):
+            runs.pop(name)
     times = {k: [] for k in runs}
     peaks = dict.fromkeys(runs, 0)
     grad_passes = {}
@@ -129,13 +187,306 @@ def _measure_arch(device: str, arch: str, steps: int, size: int, repeats: int) -
                     torch.cuda.synchronize()
                     peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated())
                 times[name].append(time.perf_counter() - start)
-                if isinstance(result, tuple):
+                if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], int):
                     grad_passes[name] = result[1]
     base = statistics.median(times["host"])
     gpu = torch.cuda.get_device_name() if device == "cuda" else ""
-    return [{"device": device, "gpu": gpu, "arch": arch, "variant": name, "seconds": statistics.median(times[name]),
+    rows = [{"device": device, "gpu": gpu, "arch": arch, "variant": name, "seconds": statistics.median(times[name]),
              "ratio": statistics.median(times[name]) / base, "grad_passes": grad_passes.get(name, 0),
              "peak_mib": peaks[name] / 2 ** 20 if device == "cuda" else None} for name in runs]
+    if real:
+        bare = _bare_pass(pack, tm, pos, latent, sigmas[0])
+        rows.append(_floor(bare, device, repeats, steps, times, grad_passes, copied[0], arch))
+    return rows
+
+
+def _memory(device: str, arch: str, sizes: list[int]) -> list[dict]:
+    """Activation memory of one gradient pass (bytes saved for backward), ours vs the floor, at each size.
+
+    Weights in fp16 on CUDA and bf16 on the CPU: the element size ComfyUI computes in on a GPU, so the
+    CPU's byte counts are the GPU's (the loss math is fp32 on both). On CUDA also the peak allocated
+    memory of a one-step guided run and of a plain run (weights included).
+    """
+    os.environ["STORM_TEST_DEVICE"] = device
+    os.environ["STORM_TEST_ATTENTION"] = "pytorch"
+    from harness.host import ensure_host, load_pack
+
+    ensure_host()
+    import comfy.sample
+    import comfy.samplers
+    import torch
+
+    pack = load_pack()
+    sampler_mod = pack.nodes.guided_sampler
+    steps = 4
+    dtype = torch.float16 if device == "cuda" else torch.bfloat16
+    setup = _Setup(pack, arch, True, dtype, steps)
+    tm, pos, neg = setup.tm, setup.pos, setup.neg
+    # compute in the weights' dtype as on a GPU (the host would cast bf16 weights to fp32 on the CPU, and a
+    # gradient pass keeps every cast weight alive until backward: see the README's performance notes)
+    tm.model.model.manual_cast_dtype = None
+    weights = sum(p.numel() * p.element_size() for p in tm.model.model.diffusion_model.parameters())
+    rows = []
+    for size in sizes:
+        latent = torch.zeros(1, 4, size // 8, size // 8)
+        sigmas = comfy.samplers.KSampler(tm.model, steps=steps, device=tm.model.load_device, sampler="euler",
+                                         scheduler="normal", model_options=tm.model.model_options).sigmas
+        bare = _bare_pass(pack, tm, pos, latent, sigmas[0])
+        with torch.inference_mode(False), SavedBytes() as floor:
+            bare()
+
+        def one_step(latent=latent, sigmas=sigmas):
+            settings = sampler_mod.GuidedSamplerSettings(setup.single, "euler")
+            history = pack.nodes.attention_capture.AttentionHistory("benchmark", capacity=1)
+            noise = comfy.sample.prepare_noise(latent, 1)
+            comfy.sample.sample_custom(tm.model, noise, 7.5, sampler_mod.make_ksampler(settings, history), sigmas,
+                                       pos, neg, latent, disable_pbar=True, seed=1)
+            passes = sum(1 + e["refine_iters"] for e in history.latest().log)
+            if passes != 1:
+                raise RuntimeError(f"expected one gradient pass, the run made {passes}")
+
+        def plain(latent=latent):
+            noise = comfy.sample.prepare_noise(latent, 1)
+            comfy.sample.sample(tm.model, noise, steps, 7.5, "euler", "normal", pos, neg, latent, seed=1,
+                                disable_pbar=True)
+
+        peaks = {}
+        with torch.inference_mode():
+            one_step()  # warm-up (model loading)
+            with SavedBytes() as ours:
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                one_step()
+                if device == "cuda":
+                    peaks["guided"] = torch.cuda.max_memory_allocated()
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+                plain()
+                peaks["plain"] = torch.cuda.max_memory_allocated()
+        rows.append({"device": device, "arch": arch, "size": size, "dtype": str(dtype).split(".")[-1],
+                     "weights_mib": weights / 2 ** 20, "floor_saved_mib": floor.bytes / 2 ** 20,
+                     "ours_saved_mib": ours.bytes / 2 ** 20,
+                     **{f"peak_{k}_mib": v / 2 ** 20 for k, v in peaks.items()}})
+    rows += _manual_cast_memory(pack, setup, device, min(sizes), steps, weights)
+    return rows
+
+
+def _manual_cast_memory(pack, setup, device: str, size: int, steps: int, weights: int) -> list[dict]:
+    """One gradient pass's saved bytes when the host casts every weight per call to float32 (manual cast:
+    fp8/bf16 weights, low-VRAM offloading), with the cast weights cast again in backward (ours) and kept
+    as autograd keeps them (the pack before; the same code with the recast switched off)."""
+    import comfy.sample
+    import comfy.samplers
+    import torch
+
+    frozen = pack.storm_ops.frozen_weights.FrozenWeights
+    sampler_mod = pack.nodes.guided_sampler
+    tm, pos, neg = setup.tm, setup.pos, setup.neg
+    tm.model.model.manual_cast_dtype = torch.float32
+    latent = torch.zeros(1, 4, size // 8, size // 8)
+    sigmas = comfy.samplers.KSampler(tm.model, steps=steps, device=tm.model.load_device, sampler="euler",
+                                     scheduler="normal", model_options=tm.model.model_options).sigmas
+    rows = []
+    remember = frozen._remember
+    for label, patched in (("manual cast, recast", remember), ("manual cast, kept", lambda self, cast, source: cast)):
+        frozen._remember = patched
+        try:
+            with torch.inference_mode(), SavedBytes() as saved:
+                history = pack.nodes.attention_capture.AttentionHistory("benchmark", capacity=1)
+                sampler = sampler_mod.make_ksampler(sampler_mod.GuidedSamplerSettings(setup.single, "euler"), history)
+                comfy.sample.sample_custom(tm.model, comfy.sample.prepare_noise(latent, 1), 7.5, sampler, sigmas,
+                                           pos, neg, latent, disable_pbar=True, seed=1)
+        finally:
+            frozen._remember = remember
+        rows.append({"device": device, "arch": tm.arch, "size": size, "dtype": label, "weights_mib": weights / 2 ** 20,
+                     "floor_saved_mib": float("nan"), "ours_saved_mib": saved.bytes / 2 ** 20,
+                     "recast": history.latest().info["weights_recast"]})
+    return rows
+
+
+def _last_recorded_attn2(pack, base_model):
+    """The ``attn2`` module of the deepest transformer of the last layer the default selection records."""
+    arch_mod = pack.nodes.architecture
+    unet = base_model.diffusion_model
+    layers = arch_mod.describe_unet(base_model).select(arch_mod.DEFAULT_LAYER_SELECTION)
+    block, index = layers[-1].key
+    module = unet.middle_block if block == "middle" else {"input": unet.input_blocks,
+                                                           "output": unet.output_blocks}[block][index]
+    transformer = next(m for m in module.modules() if hasattr(m, "transformer_blocks"))
+    return transformer.transformer_blocks[-1].attn2
+
+
+class SavedBytes:
+    """Bytes autograd saves for backward while active (each storage once): a pass's activation memory.
+
+    On the CPU this is the only memory figure that does not depend on the allocator. The gradient pass
+    installs saved-tensor hooks of its own (``allow_mutation_on_saved_tensors``), which would hide an
+    outer hook, so while active every pack hook pushed is wrapped to count what it receives (benchmark
+    instrumentation, in the benchmark's own process). Count one gradient pass per instance: storages
+    freed by one pass can be reused by the next."""
+
+    def __init__(self):
+        self.bytes = 0
+        self._seen = set()
+
+    def _count(self, t):
+        storage = t.untyped_storage()
+        key = (storage.data_ptr(), storage.nbytes())
+        if key not in self._seen:
+            self._seen.add(key)
+            self.bytes += storage.nbytes()
+        return t
+
+    def __enter__(self):
+        import torch
+
+        autograd = torch._C._autograd
+        self._push = push = autograd._push_saved_tensors_default_hooks
+
+        def counting_push(pack, unpack):
+            push(lambda t: pack(self._count(t)), unpack)
+
+        autograd._push_saved_tensors_default_hooks = counting_push
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._count, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        self._hooks.__exit__(*exc)
+        torch._C._autograd._push_saved_tensors_default_hooks = self._push
+        self._seen.clear()
+
+
+def _bare_pass(pack, tm, pos, latent, sigma):
+    """The floor of one gradient pass: the conditional UNet forward up to the projections of the last
+    cross-attention the loss reads, then backward from a scalar of its queries to the latent; nothing
+    recorded, no loss math, no sampler around it (the host's ``apply_model`` and the same frozen-weight
+    functions as ours)."""
+    import torch
+
+    base_model = tm.model.model
+    attn2 = _last_recorded_attn2(pack, base_model)
+    device = tm.model.load_device
+    size = latent.shape[-1] * 8
+    extra = {}
+    if tm.arch == "sdxl":
+        extra["y"] = base_model.encode_adm(pooled_output=pos[0][1]["pooled_output"], width=size, height=size,
+                                           target_width=size, target_height=size).to(device)
+    context = pos[0][0].to(device)
+    noisy = (latent + torch.randn(latent.shape, generator=torch.Generator().manual_seed(0)) * sigma).to(device)
+    sigma = sigma.reshape(1).to(device)
+    captured = {}
+
+    class Stop(Exception):
+        pass
+
+    def keep_q(module, args, output):
+        captured["q"] = output
+
+    def stop(module, args, output):  # to_v runs after to_q and to_k
+        raise Stop
+
+    def run():
+        handles = [attn2.to_q.register_forward_hook(keep_q), attn2.to_v.register_forward_hook(stop)]
+        try:
+            with pack.nodes.compat.gradient_pass():
+                x = noisy.clone().requires_grad_(True)
+                try:
+                    # the host's own entry (input scaling, compute dtype), as the sampler calls it
+                    base_model.apply_model(x, sigma, c_crossattn=context, **extra)
+                    raise RuntimeError("the forward hook did not stop the pass")
+                except Stop:
+                    pass
+                return torch.autograd.grad(captured.pop("q").float().square().mean(), x)[0]
+        finally:
+            for h in handles:
+                h.remove()
+
+    tm.model.model.to(device)
+    return run
+
+
+def _floor(bare, device: str, repeats: int, steps: int, times: dict, passes: dict, copied: int, arch: str) -> dict:
+    """Per guided step: the floor of a gradient pass against ours (see the module docstring)."""
+    import torch
+
+    bare_times = []
+    for _ in range(max(repeats, 1) + 1):  # the first is a warm-up
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.inference_mode(False):
+            bare()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        bare_times.append(time.perf_counter() - start)
+    floor = statistics.median(bare_times[1:])
+    med = {k: statistics.median(v) for k, v in times.items()}
+    plain_step = med["host"] / steps
+    ours = (med["guided-noref"] - med["guided-off"]) / passes["guided-noref"]
+    return {"device": device, "arch": arch, "variant": "floor", "plain_step": plain_step, "floor_pass": floor,
+            "ours_pass": ours, "ours_vs_floor": ours / floor,
+            "fullpass_pass": (med["guided-fullpass"] - med["guided-off"]) / passes["guided-fullpass"],
+            "refine_iter": med["guided-1iter"] - med["guided-noref"],
+            "storm_pass": (med["storm-noref"] - med["guided-off"]) / passes["storm-noref"],
+            "aid_frame_vs_plain": med["aid-3frames"] / 3 / med["host"],
+            "weights_copied": copied,
+            "guided_step_vs_plain": (plain_step + ours) / plain_step,
+            "floor_step_vs_plain": (plain_step + floor) / plain_step}
+
+
+def _print_floors(floors: list[dict]) -> None:
+    print("\nper guided step (A&E, no refinement): the gradient pass's floor (conditional forward to the last "
+          "recorded cross-attention's projections + backward to the latent, nothing recorded) against ours")
+    head = (f"{'device':7} {'arch':5} {'plain step s':>12} {'floor pass s':>12} {'ours pass s':>11} {'ours/floor':>10} "
+            f"{'full pass s':>11} {'full/ours':>9} {'1 refine s':>10} {'STORM pass s':>12} {'step/plain':>10} "
+            f"{'floor/plain':>11} {'AID frame/plain':>15} {'w. copied':>9}")
+    print(head)
+    print("-" * len(head))
+    for r in floors:
+        print(f"{r['device']:7} {r['arch']:5} {r['plain_step']:12.3f} {r['floor_pass']:12.3f} {r['ours_pass']:11.3f} "
+              f"{r['ours_vs_floor']:10.2f} {r['fullpass_pass']:11.3f} {r['fullpass_pass'] / r['ours_pass']:9.2f} "
+              f"{r['refine_iter']:10.3f} {r['storm_pass']:12.3f} {r['guided_step_vs_plain']:10.2f} "
+              f"{r['floor_step_vs_plain']:11.2f} {r['aid_frame_vs_plain']:15.2f} {r['weights_copied']:9d}")
+
+
+#: the resolution each real-size architecture is used at
+NATIVE_SIZE = {"sd15": 512, "sdxl": 1024}
+
+
+def _print_memory(rows: list[dict]) -> None:
+    """The activation memory table, and its extrapolation to each architecture's native size.
+
+    Bytes saved for backward grow with the pixel count (PyTorch attention keeps no score matrix); a
+    line through the two largest measured sizes, ``saved = a + b * pixels``, gives the native size."""
+    print("\nactivation memory of one gradient pass (bytes autograd saves for backward), ours vs the floor")
+    head = (f"{'device':7} {'arch':5} {'size':>5} {'dtype':20} {'weights MiB':>11} {'floor MiB':>9} {'ours MiB':>9} "
+            f"{'ours/floor':>10} {'peak guided MiB':>15} {'peak plain MiB':>14}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        peak_g = f"{r['peak_guided_mib']:.0f}" if "peak_guided_mib" in r else "-"
+        peak_p = f"{r['peak_plain_mib']:.0f}" if "peak_plain_mib" in r else "-"
+        print(f"{r['device']:7} {r['arch']:5} {r['size']:5d} {r['dtype']:20} {r['weights_mib']:11.0f} "
+              f"{r['floor_saved_mib']:9.1f} {r['ours_saved_mib']:9.1f} {r['ours_saved_mib'] / r['floor_saved_mib']:10.2f} "
+              f"{peak_g:>15} {peak_p:>14}")
+    for (device, arch) in dict.fromkeys((r["device"], r["arch"]) for r in rows):
+        sel = sorted((r for r in rows if r["device"] == device and r["arch"] == arch and "recast" not in r),
+                     key=lambda r: r["size"])
+        if len(sel) < 2 or arch not in NATIVE_SIZE:
+            continue
+        lo, hi, native = sel[-2], sel[-1], NATIVE_SIZE[arch]
+        for key in ("floor_saved_mib", "ours_saved_mib"):
+            slope = (hi[key] - lo[key]) / (hi["size"] ** 2 - lo["size"] ** 2)
+            hi[key + "_native"] = hi[key] + slope * (native ** 2 - hi["size"] ** 2)
+        print(f"{device} {arch} at {native} px (extrapolated from {lo['size']} and {hi['size']} px): ours saves "
+              f"{hi['ours_saved_mib_native']:.0f} MiB for backward (floor {hi['floor_saved_mib_native']:.0f} MiB); "
+              f"with the {hi['dtype']} weights ({hi['weights_mib']:.0f} MiB) that is "
+              f"{(hi['ours_saved_mib_native'] + hi['weights_mib']) / 1024:.2f} GiB before the forward's transient "
+              "buffers")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,6 +496,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--size", type=int, default=256, help="image size in pixels (latent = size / 8)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--real", action="store_true",
+                        help="real-size random-weight UNets (SD1.5 860M, SDXL 2.6B parameters) instead of the tiny ones, "
+                             "plus the cost floor table; fp16 on CUDA, fp32 on the CPU (use a small --size there)")
+    parser.add_argument("--memory", default="", metavar="SIZES",
+                        help="with --real: the activation memory of one gradient pass at these image sizes (comma list, "
+                             "e.g. 256,384), extrapolated to SD1.5's 512 px and SDXL's 1024 px")
+    parser.add_argument("--memory-child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--spatial", type=int, default=0, metavar="N",
                         help="also run the STORM relation sweep over N seeds on the CPU (the issue asks for >= 16)")
     parser.add_argument("--interpolation", action="store_true", help="also run the AID smoothness and memory report")
@@ -155,10 +513,13 @@ def main(argv: list[str] | None = None) -> int:
     archs = args.archs.split(",")
 
     if args.child:
-        print(json.dumps(_measure(args.devices, archs, args.steps, args.size, args.repeats)))
+        print(json.dumps(_measure(args.devices, archs, args.steps, args.size, args.repeats, args.real)))
         return 0
     if args.spatial_child:
         print(json.dumps(_spatial(archs, args.spatial)))
+        return 0
+    if args.memory_child:
+        print(json.dumps(_memory(args.devices, args.memory_child, [int(v) for v in args.memory.split(",")])))
         return 0
     if args.interp_child:
         print(json.dumps(_interpolation(args.interp_child, args.devices)))
@@ -173,14 +534,17 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for device in devices:
         cmd = [*CHILD, "--child", "--devices", device, "--archs", args.archs, "--steps",
-               str(args.steps), "--size", str(args.size), "--repeats", str(args.repeats)]
+               str(args.steps), "--size", str(args.size), "--repeats", str(args.repeats)] + (["--real"] if args.real else [])
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if proc.returncode != 0:
             print(proc.stderr[-3000:], file=sys.stderr)
             return proc.returncode
         rows += json.loads(proc.stdout.strip().splitlines()[-1])
 
-    print(f"guided vs unguided sampling, tiny models, {args.steps} euler steps at {args.size}px, "
+    floors = [r for r in rows if r["variant"] == "floor"]
+    rows = [r for r in rows if r["variant"] != "floor"]
+    models = "real-size random-weight UNets" if args.real else "tiny models"
+    print(f"guided vs unguided sampling, {models}, {args.steps} euler steps at {args.size}px, "
           f"median of {args.repeats} interleaved rounds")
     header = f"{'device':7} {'arch':5} {'variant':16} {'seconds':>8} {'x host':>7} {'grad passes':>11} {'peak MiB':>9}"
     print(header)
@@ -196,9 +560,22 @@ def main(argv: list[str] | None = None) -> int:
                 saving = sel["guided-fullpass"]["seconds"] / sel["guided-noref"]["seconds"]
                 print(f"{device} {arch}: early stop of the gradient pass: full-pass run takes {saving:.2f}x "
                       "the time of the early-stopped run")
+    if floors:
+        _print_floors(floors)
     gpus = {r["gpu"] for r in rows if r["gpu"]}
     if gpus:
         print("GPU:", ", ".join(sorted(gpus)))
+    if args.real and args.memory:
+        memory = []
+        for device in devices:
+            for arch in archs:  # a process per model: SDXL's weights twice would not fit 24 GB
+                cmd = [*CHILD, "--memory-child", arch, "--devices", device, "--memory", args.memory]
+                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+                if proc.returncode != 0:
+                    print(proc.stderr[-3000:], file=sys.stderr)
+                    return proc.returncode
+                memory += json.loads(proc.stdout.strip().splitlines()[-1])
+        _print_memory(memory)
     if args.spatial:
         cmd = [*CHILD, "--spatial-child", "--archs", args.archs, "--spatial", str(args.spatial),
                "--devices", "cpu"]

@@ -11,7 +11,8 @@ Two real hosts are supported (never a hand-written fake):
 
 ``ensure_host()`` must run before any ``comfy`` import: it selects CPU mode
 (``comfy.cli_args.args.cpu = True``) when no CUDA device exists or ``STORM_TEST_DEVICE=cpu``,
-which ComfyUI reads once when ``comfy.model_management`` is first imported.
+which ComfyUI reads once when ``comfy.model_management`` is first imported; ``STORM_TEST_ATTENTION=pytorch``
+likewise selects the host's PyTorch attention (``--use-pytorch-cross-attention``).
 
 ``load_pack()`` imports the ComfyUI-STORM pack the way ComfyUI imports a custom-node folder
 (``spec_from_file_location`` on its ``__init__.py`` with the folder as package path), under a
@@ -45,6 +46,9 @@ PACK_MODULE_NAME = "comfyui_storm_under_test"
 
 ENV_COMFYUI_PATH = "COMFYUI_PATH"
 ENV_DEVICE = "STORM_TEST_DEVICE"
+#: ``STORM_TEST_ATTENTION=pytorch``: the host's PyTorch SDPA attention, as ComfyUI runs on an NVIDIA GPU
+#: (on the CPU it otherwise picks sub-quadratic attention, whose backward keeps every score chunk)
+ENV_ATTENTION = "STORM_TEST_ATTENTION"
 
 UPSTREAM = "upstream"
 FORK = "fork"
@@ -255,6 +259,10 @@ def _configure_device() -> bool:
                 "call harness.host.ensure_host() before importing comfy modules."
             )
         comfy.cli_args.args.cpu = True
+    if os.environ.get(ENV_ATTENTION, "").strip().lower() == "pytorch":
+        if "comfy.model_management" in sys.modules and not comfy.cli_args.args.use_pytorch_cross_attention:
+            raise HostSetupError(f"{ENV_ATTENTION}=pytorch needs ensure_host() before comfy.model_management is imported")
+        comfy.cli_args.args.use_pytorch_cross_attention = True
     return bool(comfy.cli_args.args.cpu)
 
 

@@ -282,6 +282,33 @@ def build_tiny(arch: str, *, seed: int = 0, dtype: torch.dtype = torch.float32) 
     return TinyModel(arch, model, clip, vae, spec.context_dim, spec.pooled_dim)
 
 
+#: real channel and context widths for :func:`build_real_size` (``comfy.model_detection``'s SD15 / SDXL
+#: configs: 320 model channels; CLIP-L 768, SDXL's L 768 + G 1280 = 2048 context and 1280 pooled)
+_REAL_SIZE = {
+    "sd15": ArchSpec("sd15", "SD15", {**_sd1_unet(768, linear=False), "model_channels": 320}, None,
+                     (dataclasses.replace(_SD15_L, hidden=768, heads=12),)),
+    "sdxl": ArchSpec("sdxl", "SDXL", {**_sdxl_unet(2048, 1280), "model_channels": 320}, None,
+                     (dataclasses.replace(_SDXL_L, hidden=768, heads=12),
+                      dataclasses.replace(_SDXL_G, hidden=1280, heads=20))),
+}
+
+
+def build_real_size(arch: str, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyModel:
+    """A random-weight model of the *real* UNet size of ``arch`` (``"sd15"``: 860M parameters, ``"sdxl"``:
+    2.6B), for benchmarks: the real channel widths, depths and head sizes (the host's own
+    ``unet_extra_config``), with shallow text encoders of the real hidden sizes so the conditioning has
+    the real width, and the tiny VAE. ``dtype`` as in :func:`build_tiny` (SD1.5 in fp32 takes 3.4 GB)."""
+    if arch not in _REAL_SIZE:
+        raise ValueError(f"no real-size configuration for {arch!r}; expected one of {tuple(_REAL_SIZE)}")
+    ensure_host()
+    spec = _REAL_SIZE[arch]
+    with torch.no_grad():
+        model = _build_unet(spec, seed, dtype)
+        clip = _build_clip(spec, seed)
+        vae = _build_vae(seed)
+    return TinyModel(arch, model, clip, vae, spec.context_dim, spec.pooled_dim)
+
+
 def build_tiny_unet(arch: str, *, unet_overrides: dict[str, Any] | None = None, seed: int = 0,
                     dtype: torch.dtype = torch.float32) -> Any:
     """Only the ModelPatcher of ``arch``, optionally with ``unet_config`` entries replaced.
