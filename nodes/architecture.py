@@ -43,6 +43,9 @@ LAYER_SELECTIONS = {
 }
 DEFAULT_LAYER_SELECTION = "1/32 res: down+up (A&E)"
 
+#: image pixels per latent pixel along each side (the VAE of every supported family down-samples by 8)
+PIXELS_PER_LATENT = 8
+
 #: text encoders by the width of their conditioning (= the UNet's cross-attention context width)
 TEXT_ENCODERS = {768: "SD1.x's CLIP-L", 1024: "SD2.x's OpenCLIP-H", 1280: "the SDXL refiner's CLIP-G",
                  2048: "SDXL's CLIP-L + CLIP-G"}

@@ -31,7 +31,7 @@ from ..storm_ops.errors import StormError
 from ..storm_ops.guidance import Guidance
 from ..storm_ops.optimize import Evaluation, clip_grad_norm, guidance_step
 from ..storm_ops.prompt_identity import check_prompt_encoding, prompt_encoding
-from .architecture import DEFAULT_LAYER_SELECTION, check_conditioning_family, describe_unet
+from .architecture import DEFAULT_LAYER_SELECTION, PIXELS_PER_LATENT, check_conditioning_family, describe_unet
 from .attention_capture import GRAD_PASS_FLAG, AttentionHistory, MapRecorder, RunRecord, StopForward, install_patches
 from .compat import (
     OUT_OF_MEMORY,
@@ -270,7 +270,7 @@ def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None
 
 
 def _out_of_memory(node: str, z: torch.Tensor) -> StormError:
-    height, width = (int(v) * 8 for v in z.shape[-2:])
+    height, width = (int(v) * PIXELS_PER_LATENT for v in z.shape[-2:])
     return StormError(
         f"{node}: out of GPU memory in the gradient pass of attention guidance ({z.shape[0]} image(s) of about "
         f"{width}x{height} px), even with its activations kept in CPU memory. Lower the batch size or the image "

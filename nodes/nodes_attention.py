@@ -15,7 +15,7 @@ from ..storm_ops.errors import StormError
 from ..storm_ops.losses.attend_excite import AttendExciteConfig, subject_maps
 from ..storm_ops.prompt_identity import check_prompt_encoding, untile_encoding
 from ..storm_ops.token_layout import AUTO, Subject
-from .architecture import check_conditioning_family, describe_unet
+from .architecture import PIXELS_PER_LATENT, check_conditioning_family, describe_unet
 from .attention_capture import AttentionHistory, ContinuousRecorder, install_patches, latent_run, mean_of_steps
 from .compat import folder_paths, wrap_sampling_calls
 from .errors import node_error_context, node_errors
@@ -180,7 +180,7 @@ class AttentionHeatmap:
         if image is not None:
             height, width = int(image.shape[1]), int(image.shape[2])
         else:
-            height, width = int(latent["samples"].shape[-2]) * 8, int(latent["samples"].shape[-1]) * 8
+            height, width = (int(v) * PIXELS_PER_LATENT for v in latent["samples"].shape[-2:])
         masks = normalize_maps(upsample(sel, height, width))   # (K, H, W)
         heat = colorize(masks)
         if image is not None:
