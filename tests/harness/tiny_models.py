@@ -268,8 +268,11 @@ def build_tiny(arch: str, *, seed: int = 0, dtype: torch.dtype = torch.float32) 
     """
     if arch not in ARCH_SPECS:
         raise ValueError(f"unknown tiny architecture {arch!r}; expected one of {ARCHS}")
+    return _build(ARCH_SPECS[arch], seed, dtype)
+
+
+def _build(spec: ArchSpec, seed: int, dtype: torch.dtype) -> TinyModel:
     ensure_host()
-    spec = ARCH_SPECS[arch]
     # no_grad: the fork's CLIPTextModel.__init__ copies into a leaf parameter
     # (text_projection.weight.copy_(eye)), which fails with grad mode on. It does not change
     # inference mode: inside torch.inference_mode() the weights still become inference tensors.
@@ -277,9 +280,9 @@ def build_tiny(arch: str, *, seed: int = 0, dtype: torch.dtype = torch.float32) 
         model = _build_unet(spec, seed, dtype)
         clip = _build_clip(spec, seed)
         vae = _build_vae(seed)
-    logger.debug("built tiny %s (seed %d, unet %s, inference tensors: %s)", arch, seed, dtype,
+    logger.debug("built %s (seed %d, unet %s, inference tensors: %s)", spec.name, seed, dtype,
                  torch.is_inference_mode_enabled())
-    return TinyModel(arch, model, clip, vae, spec.context_dim, spec.pooled_dim)
+    return TinyModel(spec.name, model, clip, vae, spec.context_dim, spec.pooled_dim)
 
 
 #: real channel and context widths for :func:`build_real_size` (``comfy.model_detection``'s SD15 / SDXL
@@ -300,13 +303,7 @@ def build_real_size(arch: str, *, seed: int = 0, dtype: torch.dtype = torch.floa
     the real width, and the tiny VAE. ``dtype`` as in :func:`build_tiny` (SD1.5 in fp32 takes 3.4 GB)."""
     if arch not in _REAL_SIZE:
         raise ValueError(f"no real-size configuration for {arch!r}; expected one of {tuple(_REAL_SIZE)}")
-    ensure_host()
-    spec = _REAL_SIZE[arch]
-    with torch.no_grad():
-        model = _build_unet(spec, seed, dtype)
-        clip = _build_clip(spec, seed)
-        vae = _build_vae(seed)
-    return TinyModel(arch, model, clip, vae, spec.context_dim, spec.pooled_dim)
+    return _build(_REAL_SIZE[arch], seed, dtype)
 
 
 def build_tiny_unet(arch: str, *, unet_overrides: dict[str, Any] | None = None, seed: int = 0,
