@@ -235,6 +235,15 @@ def test_progress_callback_is_called_once_per_step_in_order(nodes, setup):
     assert seen == [(i, 6) for i in range(6)]
 
 
+def _expect_interrupt(pack, run):
+    """``run()`` must end in the host's interrupt; the interrupt flag is cleared whatever happens."""
+    try:
+        with pytest.raises(pack.nodes.compat.interrupt_exception_types()):
+            run()
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
+
+
 def test_interrupt_stops_within_one_unet_pass(pack, nodes, setup):
     model, tokens, pos, neg = setup("sd15")
     calls = []
@@ -249,11 +258,8 @@ def test_interrupt_stops_within_one_unet_pass(pack, nodes, setup):
     counted = model.clone()
     counted.set_model_unet_function_wrapper(counting_wrapper)
     sampler, _ = guided_sampler(nodes, ae(nodes, tokens))
-    try:
-        with pytest.raises(pack.nodes.compat.interrupt_exception_types()):
-            custom_sample(counted, sampler, sigmas_for(model, 10), pos, neg, torch.zeros(1, 4, 16, 16))
-    finally:
-        comfy.model_management.interrupt_current_processing(False)
+    _expect_interrupt(pack, lambda: custom_sample(counted, sampler, sigmas_for(model, 10), pos, neg,
+                                                  torch.zeros(1, 4, 16, 16)))
     assert len(calls) == stop_at  # no UNet pass started after the interrupt
 
 
@@ -283,11 +289,8 @@ def test_cancel_stops_a_gradient_pass_at_the_next_layer(pack, nodes, setup):
     for key in (("input", 7), ("input", 8), ("output", 3), ("output", 4), ("output", 5)):
         counted.set_model_attn2_replace(flag_at_first_gradient_layer, *key)
     sampler, _ = guided_sampler(nodes, ae(nodes, tokens))
-    try:
-        with pytest.raises(pack.nodes.compat.interrupt_exception_types()):
-            custom_sample(counted, sampler, sigmas_for(model, 10), pos, neg, torch.zeros(1, 4, 16, 16))
-    finally:
-        comfy.model_management.interrupt_current_processing(False)
+    _expect_interrupt(pack, lambda: custom_sample(counted, sampler, sigmas_for(model, 10), pos, neg,
+                                                  torch.zeros(1, 4, 16, 16)))
     # Cancel pressed during the first layer of the first gradient pass: the pass stopped at the next
     # layer instead of running its remaining four (and their backward)
     assert layer_calls == [True], layer_calls
