@@ -60,9 +60,6 @@ ROOT = Path(__file__).resolve().parents[1]
 #: this script in a fresh process (each device and measurement runs in its own)
 CHILD = [sys.executable, "-m", "scripts.benchmark"]
 
-VARIANTS = ("host", "guided-off", "guided", "guided-noref", "guided-fullpass")
-
-
 def _measure(device: str, archs: list[str], steps: int, size: int, repeats: int, real: bool = False) -> list[dict]:
     os.environ["STORM_TEST_DEVICE"] = device
     if real:  # the attention ComfyUI runs on an NVIDIA GPU, on every device
@@ -114,9 +111,44 @@ class _Setup:
                                    max_refine_iters=0)[0]
 
 
-def _measure_arch(device: str, arch: str, steps: int, size: int, repeats: int, real: bool = False) -> list[dict]:
-    import comfy.sample
+def _schedule(tm, steps: int, size: int):
+    """The empty latent of a ``size`` px image and the host's euler/normal sigmas of ``steps`` steps."""
     import comfy.samplers
+    import torch
+
+    latent = torch.zeros(1, 4, size // 8, size // 8)
+    sigmas = comfy.samplers.KSampler(tm.model, steps=steps, device=tm.model.load_device, sampler="euler",
+                                     scheduler="normal", model_options=tm.model.model_options).sigmas
+    return latent, sigmas
+
+
+def _host_run(tm, latent, steps: int, positive, negative):
+    """The host's own sampler (``comfy.sample.sample``, euler), the baseline of every ratio."""
+    import comfy.sample
+
+    noise = comfy.sample.prepare_noise(latent, 1)
+    return comfy.sample.sample(tm.model, noise, steps, 7.5, "euler", "normal", positive, negative, latent, seed=1,
+                               disable_pbar=True)
+
+
+def _guided_run(pack, tm, guidance, latent, sigmas, positive, negative, stop_early: bool = True):
+    """STORM's guided sampler (euler) with ``guidance``: its output and the run's record."""
+    import comfy.sample
+
+    sampler_mod = pack.nodes.guided_sampler
+    settings = sampler_mod.GuidedSamplerSettings(guidance, "euler", stop_early=stop_early)
+    history = pack.nodes.attention_capture.AttentionHistory("benchmark", capacity=1)
+    noise = comfy.sample.prepare_noise(latent, 1)
+    out = comfy.sample.sample_custom(tm.model, noise, 7.5, sampler_mod.make_ksampler(settings, history), sigmas,
+                                     positive, negative, latent, disable_pbar=True, seed=1)
+    return out, history.latest()
+
+
+def _gradient_passes(record) -> int:
+    return sum(1 + e["refine_iters"] for e in record.log)
+
+
+def _measure_arch(device: str, arch: str, steps: int, size: int, repeats: int, real: bool = False) -> list[dict]:
     import torch
 
     from harness.host import load_pack
@@ -124,30 +156,19 @@ def _measure_arch(device: str, arch: str, steps: int, size: int, repeats: int, r
 
     pack = load_pack()
     nodes = pack.NODE_CLASS_MAPPINGS
-    sampler_mod = pack.nodes.guided_sampler
     # weights as ComfyUI loads them: fp16 on a GPU; on the CPU fp32 (the host computes in fp32 there)
     dtype = torch.float16 if device == "cuda" and real else torch.float32
     setup = _Setup(pack, arch, real, dtype, steps)
     tm, pos, neg = setup.tm, setup.pos, setup.neg
-    latent = torch.zeros(1, 4, size // 8, size // 8)
-    sigmas = comfy.samplers.KSampler(tm.model, steps=steps, device=tm.model.load_device, sampler="euler",
-                                     scheduler="normal", model_options=tm.model.model_options).sigmas
+    latent, sigmas = _schedule(tm, steps, size)
 
     def run_host():
-        noise = comfy.sample.prepare_noise(latent, 1)
-        return comfy.sample.sample(tm.model, noise, steps, 7.5, "euler", "normal", pos, neg, latent, seed=1,
-                                   disable_pbar=True)
+        return _host_run(tm, latent, steps, pos, neg)
 
     def run_guided(guidance, stop_early=True, positive=pos):
-        settings = sampler_mod.GuidedSamplerSettings(guidance, "euler", stop_early=stop_early)
-        history = pack.nodes.attention_capture.AttentionHistory("benchmark", capacity=1)
-        sampler = sampler_mod.make_ksampler(settings, history)
-        noise = comfy.sample.prepare_noise(latent, 1)
-        out = comfy.sample.sample_custom(tm.model, noise, 7.5, sampler, sigmas, positive, neg, latent,
-                                         disable_pbar=True, seed=1)
-        record = history.latest()
+        out, record = _guided_run(pack, tm, guidance, latent, sigmas, positive, neg, stop_early)
         copied[0] = max(copied[0], record.info["weights_copied"])
-        return out, sum(1 + e["refine_iters"] for e in record.log)
+        return out, _gradient_passes(record)
 
     def run_aid():  # 3 frames (A, one in-between, B) in one chunk, the node's defaults otherwise
         return call_node(nodes["STORM_AttentionInterpolation"], model=tm.model, positive_a=pos, positive_b=setup.pos_b,
@@ -212,12 +233,9 @@ def _memory(device: str, arch: str, sizes: list[int]) -> list[dict]:
     from harness.host import ensure_host, load_pack
 
     ensure_host()
-    import comfy.sample
-    import comfy.samplers
     import torch
 
     pack = load_pack()
-    sampler_mod = pack.nodes.guided_sampler
     steps = 4
     dtype = torch.float16 if device == "cuda" else torch.bfloat16
     setup = _Setup(pack, arch, True, dtype, steps)
@@ -228,27 +246,18 @@ def _memory(device: str, arch: str, sizes: list[int]) -> list[dict]:
     weights = sum(p.numel() * p.element_size() for p in tm.model.model.diffusion_model.parameters())
     rows = []
     for size in sizes:
-        latent = torch.zeros(1, 4, size // 8, size // 8)
-        sigmas = comfy.samplers.KSampler(tm.model, steps=steps, device=tm.model.load_device, sampler="euler",
-                                         scheduler="normal", model_options=tm.model.model_options).sigmas
+        latent, sigmas = _schedule(tm, steps, size)
         bare = _bare_pass(pack, tm, pos, latent, sigmas[0])
         with torch.inference_mode(False), SavedBytes() as floor:
             bare()
 
         def one_step(latent=latent, sigmas=sigmas):
-            settings = sampler_mod.GuidedSamplerSettings(setup.single, "euler")
-            history = pack.nodes.attention_capture.AttentionHistory("benchmark", capacity=1)
-            noise = comfy.sample.prepare_noise(latent, 1)
-            comfy.sample.sample_custom(tm.model, noise, 7.5, sampler_mod.make_ksampler(settings, history), sigmas,
-                                       pos, neg, latent, disable_pbar=True, seed=1)
-            passes = sum(1 + e["refine_iters"] for e in history.latest().log)
+            passes = _gradient_passes(_guided_run(pack, tm, setup.single, latent, sigmas, pos, neg)[1])
             if passes != 1:
                 raise RuntimeError(f"expected one gradient pass, the run made {passes}")
 
         def plain(latent=latent):
-            noise = comfy.sample.prepare_noise(latent, 1)
-            comfy.sample.sample(tm.model, noise, steps, 7.5, "euler", "normal", pos, neg, latent, seed=1,
-                                disable_pbar=True)
+            _host_run(tm, latent, steps, pos, neg)
 
         peaks = {}
         with torch.inference_mode():
@@ -276,32 +285,24 @@ def _manual_cast_memory(pack, setup, device: str, size: int, steps: int, weights
     """One gradient pass's saved bytes when the host casts every weight per call to float32 (manual cast:
     fp8/bf16 weights, low-VRAM offloading), with the cast weights cast again in backward (ours) and kept
     as autograd keeps them (the pack before; the same code with the recast switched off)."""
-    import comfy.sample
-    import comfy.samplers
     import torch
 
     frozen = pack.storm_ops.frozen_weights.FrozenWeights
-    sampler_mod = pack.nodes.guided_sampler
     tm, pos, neg = setup.tm, setup.pos, setup.neg
     tm.model.model.manual_cast_dtype = torch.float32
-    latent = torch.zeros(1, 4, size // 8, size // 8)
-    sigmas = comfy.samplers.KSampler(tm.model, steps=steps, device=tm.model.load_device, sampler="euler",
-                                     scheduler="normal", model_options=tm.model.model_options).sigmas
+    latent, sigmas = _schedule(tm, steps, size)
     rows = []
     remember = frozen._remember
     for label, patched in (("manual cast, recast", remember), ("manual cast, kept", lambda self, cast, source: cast)):
         frozen._remember = patched
         try:
             with torch.inference_mode(), SavedBytes() as saved:
-                history = pack.nodes.attention_capture.AttentionHistory("benchmark", capacity=1)
-                sampler = sampler_mod.make_ksampler(sampler_mod.GuidedSamplerSettings(setup.single, "euler"), history)
-                comfy.sample.sample_custom(tm.model, comfy.sample.prepare_noise(latent, 1), 7.5, sampler, sigmas,
-                                           pos, neg, latent, disable_pbar=True, seed=1)
+                record = _guided_run(pack, tm, setup.single, latent, sigmas, pos, neg)[1]
         finally:
             frozen._remember = remember
         rows.append({"device": device, "arch": tm.arch, "size": size, "dtype": label, "weights_mib": weights / 2 ** 20,
                      "floor_saved_mib": float("nan"), "ours_saved_mib": saved.bytes / 2 ** 20,
-                     "recast": history.latest().info["weights_recast"]})
+                     "recast": record.info["weights_recast"]})
     return rows
 
 
