@@ -46,15 +46,17 @@ def _is_frozen(t) -> bool:
 
 
 class _Cast:
-    """A weight the layer holds as its inference-tensor source plus the cast the host applied to it."""
+    """A weight the layer holds as its inference-tensor source plus the cast the host applied to it (and
+    the broadcast view the layer applies, if any)."""
 
-    __slots__ = ("source", "dtype", "device")
+    __slots__ = ("source", "dtype", "device", "shape")
 
-    def __init__(self, source: torch.Tensor, like: torch.Tensor):
-        self.source, self.dtype, self.device = source, like.dtype, like.device
+    def __init__(self, source: torch.Tensor, like: torch.Tensor, shape=None):
+        self.source, self.dtype, self.device, self.shape = source, like.dtype, like.device, shape
 
     def get(self) -> torch.Tensor:
-        return self.source.to(device=self.device, dtype=self.dtype)
+        weight = self.source.to(device=self.device, dtype=self.dtype)
+        return weight if self.shape is None else weight.view(self.shape)
 
 
 def _get(held):
@@ -164,24 +166,7 @@ def _affine(mode, n, weight, bias, shape=None):
     def view(t):
         return t if t is None or shape is None else t.view(shape)
 
-    held = mode.hold(weight)
-    if isinstance(held, _Cast) and shape is not None:
-        held = _ViewedCast(held, shape)
-    elif not isinstance(held, _Cast):
-        held = view(held)
-    return _FrozenAffine.apply(n, view(weight), view(bias), held)
-
-
-class _ViewedCast(_Cast):
-    """A :class:`_Cast` whose result is viewed to a broadcast shape."""
-
-    __slots__ = ("shape",)
-
-    def __init__(self, cast: _Cast, shape):
-        self.source, self.dtype, self.device, self.shape = cast.source, cast.dtype, cast.device, shape
-
-    def get(self) -> torch.Tensor:
-        return super().get().view(self.shape)
+    return _FrozenAffine.apply(n, view(weight), view(bias), mode.hold(weight, shape))
 
 
 def _group_norm(mode, args, kwargs):
@@ -257,13 +242,14 @@ class FrozenWeights(TorchFunctionMode):
         """An inference tensor or a cast of one made in this mode: a constant of the pass."""
         return _is_frozen(t) or self._source(t) is not None
 
-    def hold(self, weight):
-        """What a layer keeps for backward: the weight itself, or its source and cast when it is a cast."""
+    def hold(self, weight, shape=None):
+        """What a layer keeps for backward: the weight itself (viewed to ``shape`` if given), or its source
+        and cast (and view) when it is a cast."""
         source = self._source(weight)
         if source is None:
-            return weight
+            return weight if weight is None or shape is None else weight.view(shape)
         self.recast += 1
-        return _Cast(source, weight)
+        return _Cast(source, weight, shape)
 
     def _remember(self, cast: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         if _is_frozen(cast):  # a no-op cast returns its source: a constant already
