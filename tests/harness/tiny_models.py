@@ -465,7 +465,7 @@ def initialise_weights(module: torch.nn.Module, seed: int, *, keep: tuple[str, .
     """Fill every parameter of ``module`` in place with PyTorch's default initialisation.
 
     Linear/Conv: weight and bias ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (= ``kaiming_uniform_(a=sqrt(5))``);
-    GroupNorm/LayerNorm: weight 1, bias 0; Embedding: ``N(0, 1)``. Each parameter gets its own
+    GroupNorm/LayerNorm: weight 1, bias 0; RMS norms: scale 1; Embedding: ``N(0, 1)``. Each parameter gets its own
     CPU generator seeded from ``(seed, qualified name)``.
 
     Args:
@@ -524,6 +524,8 @@ def _initial_values(
         return torch.ones(shape) if param_name == "weight" else torch.zeros(shape)
     if isinstance(module, torch.nn.Embedding):
         return torch.randn(shape, generator=gen)
+    if type(module).__name__ in ("RMSNorm", "T5LayerNorm") and param_name in ("weight", "scale"):
+        return torch.ones(shape)  # the DiTs' RMS norms (MMDiT's weight, Flux's scale) and T5's
     return None
 
 

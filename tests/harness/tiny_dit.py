@@ -1,0 +1,127 @@
+"""Tiny random-weight SD3 (MMDiT) and Flux diffusion models from the host's own classes (upstream only).
+
+The first step of DiT support (issue "Beyond the UNet"): the diffusion model side only, built by
+``comfy.supported_models.SD3 / Flux`` from thin copies of the real ``unet_config`` and wrapped in a
+``ModelPatcher``, as :mod:`harness.tiny_models` does for the UNets. Text encoders are not built yet:
+callers pass context tensors of the model's context width (:attr:`TinyDiT.context_dim`).
+
+* ``sd3``: ``MMDiT`` with depth 2 (hidden 128, 2 heads of 64: the host ties both to depth), 4 joint
+  blocks, no positional-embedding table (sincos computed per size), context width 4096 (the host
+  pads CLIP-L+G to 4096 and appends T5 rows), pooled width 2048. Joint attention order: ``[context, x]``.
+* ``flux``: ``Flux`` with hidden 64, 4 heads (``axes_dim`` 4+6+6 = 16 per head), 2 double and 2 single
+  blocks, T5 width 32, CLIP-L pooled width 32, guidance embedding on. Joint attention order ``[txt, img]``.
+
+The pip fork has SD3 but no Flux, and its MMDiT passes no ``transformer_options`` to attention, so
+:func:`build_tiny_dit` raises :class:`DiTUnsupported` there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from typing import Any
+
+import torch
+
+from .host import ensure_host
+from .tiny_models import ATTN2_QK_GAIN, initialise_weights
+
+DIT_ARCHS = ("sd3", "flux")
+
+
+class DiTUnsupported(RuntimeError):
+    """The host lacks what DiT support needs (the fork: no Flux, no attention options in MMDiT)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyDiT:
+    """A tiny DiT ``ModelPatcher`` and the widths its conditioning must have."""
+
+    arch: str
+    model: Any
+    context_dim: int
+    pooled_dim: int
+    #: latent channels (16 for both families)
+    channels: int = 16
+
+
+_SD3_DEPTH = 2
+_SD3_CONFIG = {
+    "in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": _SD3_DEPTH, "num_blocks": 4,
+    "input_size": None, "adm_in_channels": 2048,
+    "context_embedder_config": {"target": "torch.nn.Linear",
+                                "params": {"in_features": 4096, "out_features": 64 * _SD3_DEPTH}},
+    "pos_embed_scaling_factor": None, "num_patches": None, "pos_embed_max_size": None,
+    "x_block_self_attn_layers": [], "qk_norm": None,
+}
+_FLUX_T5_WIDTH = 32
+_FLUX_CONFIG = {
+    "image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2,
+    "vec_in_dim": 32, "context_in_dim": _FLUX_T5_WIDTH, "hidden_size": 64, "num_heads": 4,
+    "axes_dim": [4, 6, 6], "theta": 10000, "mlp_ratio": 4.0, "depth": 2, "depth_single_blocks": 2,
+    "qkv_bias": True, "guidance_embed": True,
+}
+_SPECS = {"sd3": ("SD3", _SD3_CONFIG, 4096, 2048), "flux": ("Flux", _FLUX_CONFIG, _FLUX_T5_WIDTH, 32)}
+
+
+def dit_supported() -> str | None:
+    """None when the host can build and hook the tiny DiTs, else why not."""
+    ensure_host()
+    if importlib.util.find_spec("comfy.ldm.flux") is None:
+        return "this ComfyUI has no Flux model (the 2024 pip fork)"
+    import comfy.ldm.modules.attention as attention
+
+    if not hasattr(attention, "wrap_attn"):
+        return "this ComfyUI's attention takes no transformer_options (no optimized_attention_override)"
+    return None
+
+
+def build_tiny_dit(arch: str, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyDiT:
+    """The tiny ``arch`` (``"sd3"`` or ``"flux"``) diffusion model, weights initialised from ``seed``.
+
+    The joint-attention query/key projections are scaled by :data:`ATTN2_QK_GAIN` (SD3: the first two
+    thirds of each ``qkv`` weight; Flux: its q/k RMS-norm scales, since Flux normalises q and k) so the
+    image-to-text attention has contrast, as in :mod:`harness.tiny_models`.
+    """
+    if arch not in _SPECS:
+        raise ValueError(f"unknown tiny DiT {arch!r}; expected one of {DIT_ARCHS}")
+    reason = dit_supported()
+    if reason is not None:
+        raise DiTUnsupported(reason)
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    name, unet_config, context_dim, pooled_dim = _SPECS[arch]
+    load_device = mm.get_torch_device()
+    offload_device = mm.unet_offload_device()
+    with torch.no_grad():
+        model_config = getattr(comfy.supported_models, name)(dict(unet_config))
+        manual_cast = mm.unet_manual_cast(dtype, load_device, model_config.supported_inference_dtypes)
+        model_config.set_inference_dtype(dtype, manual_cast)
+        model = model_config.get_model({}, "", device=offload_device)
+        initialise_weights(model.diffusion_model, seed)
+        _sharpen_joint_attention(model.diffusion_model, arch, ATTN2_QK_GAIN)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    return TinyDiT(arch, patcher, context_dim, pooled_dim)
+
+
+def _sharpen_joint_attention(net: torch.nn.Module, arch: str, gain: float) -> None:
+    for name, sub in net.named_modules():
+        if arch == "sd3" and name.endswith(".attn") and hasattr(sub, "qkv"):
+            rows = sub.qkv.weight.shape[0] // 3
+            sub.qkv.weight[: 2 * rows].mul_(gain)
+        elif arch == "flux" and hasattr(sub, "query_norm") and hasattr(sub, "key_norm"):
+            sub.query_norm.scale.mul_(gain)
+            sub.key_norm.scale.mul_(gain)
+
+
+def dit_conditioning(tiny: TinyDiT, tokens: int, *, seed: int = 0) -> list:
+    """A CONDITIONING of ``tokens`` random context rows of the model's width and a random pooled vector
+    (what a text encoder would give; Flux also gets the host's default guidance 3.5)."""
+    gen = torch.Generator().manual_seed(seed)
+    cond = torch.randn(1, tokens, tiny.context_dim, generator=gen)
+    extra: dict[str, Any] = {"pooled_output": torch.randn(1, tiny.pooled_dim, generator=gen)}
+    if tiny.arch == "flux":
+        extra["guidance"] = 3.5
+    return [[cond, extra]]
