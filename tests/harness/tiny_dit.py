@@ -2,8 +2,10 @@
 
 The first step of DiT support (issue "Beyond the UNet"): the diffusion model side only, built by
 ``comfy.supported_models.SD3 / Flux`` from thin copies of the real ``unet_config`` and wrapped in a
-``ModelPatcher``, as :mod:`harness.tiny_models` does for the UNets. Text encoders are not built yet:
-callers pass context tensors of the model's context width (:attr:`TinyDiT.context_dim`).
+``ModelPatcher``, as :mod:`harness.tiny_models` does for the UNets, and a real ``comfy.sd.CLIP`` with the
+host's tokenizers and text-encoder classes at thin widths (through the host's ``<name>_model_config``
+options): SD3 with CLIP-L and CLIP-G (T5 off: the host pads the CLIP features to 4096, so a T5 beside
+them must be 4096 wide), Flux with CLIP-L (pooled only) and a thin T5 (its 256 rows are the context).
 
 * ``sd3``: ``MMDiT`` with depth 2 (hidden 128, 2 heads of 64: the host ties both to depth), 4 joint
   blocks, no positional-embedding table (sincos computed per size), context width 4096 (the host
@@ -41,6 +43,7 @@ class TinyDiT:
     model: Any
     context_dim: int
     pooled_dim: int
+    clip: Any = None
     #: latent channels (16 for both families)
     channels: int = 16
 
@@ -62,6 +65,34 @@ _FLUX_CONFIG = {
     "qkv_bias": True, "guidance_embed": True,
 }
 _SPECS = {"sd3": ("SD3", _SD3_CONFIG, 4096, 2048), "flux": ("Flux", _FLUX_CONFIG, _FLUX_T5_WIDTH, 32)}
+
+
+def _clip_config(hidden: int, heads: int) -> dict[str, Any]:
+    return {"hidden_size": hidden, "intermediate_size": 4 * hidden, "num_attention_heads": heads,
+            "num_hidden_layers": 3, "projection_dim": hidden}
+
+
+#: thin text encoders by the host's model names; SD3's pooled width = L 1024 + G 1024 = the UNet's 2048
+_TEXT = {
+    "sd3": {"clip_l_model_config": _clip_config(1024, 4), "clip_g_model_config": _clip_config(1024, 4)},
+    "flux": {"clip_l_model_config": _clip_config(32, 2),
+             "t5xxl_model_config": {"d_model": _FLUX_T5_WIDTH, "num_layers": 2, "num_heads": 2, "d_kv": 16,
+                                    "d_ff": 64}},
+}
+
+
+def _build_clip(arch: str, seed: int) -> Any:
+    import comfy.sd
+    import comfy.supported_models_base
+    from comfy.text_encoders import flux, sd3_clip
+
+    if arch == "sd3":
+        target = comfy.supported_models_base.ClipTarget(sd3_clip.SD3Tokenizer, sd3_clip.sd3_clip(t5=False))
+    else:
+        target = comfy.supported_models_base.ClipTarget(flux.FluxTokenizer, flux.flux_clip())
+    clip = comfy.sd.CLIP(target=target, model_options=dict(_TEXT[arch]))
+    initialise_weights(clip.cond_stage_model, seed + 1, keep=("logit_scale",))
+    return clip
 
 
 def dit_supported() -> str | None:
@@ -102,8 +133,9 @@ def build_tiny_dit(arch: str, *, seed: int = 0, dtype: torch.dtype = torch.float
         model = model_config.get_model({}, "", device=offload_device)
         initialise_weights(model.diffusion_model, seed)
         _sharpen_joint_attention(model.diffusion_model, arch, ATTN2_QK_GAIN)
+        clip = _build_clip(arch, seed)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
-    return TinyDiT(arch, patcher, context_dim, pooled_dim)
+    return TinyDiT(arch, patcher, context_dim, pooled_dim, clip)
 
 
 def _sharpen_joint_attention(net: torch.nn.Module, arch: str, gain: float) -> None:

@@ -84,3 +84,30 @@ def test_text_rows_come_first_in_the_joint_attention(dit):
         first[label] = calls[0][0]
     assert not torch.equal(first["a"][..., :TEXT_ROWS, :], first["b"][..., :TEXT_ROWS, :])
     assert torch.equal(first["a"][..., TEXT_ROWS:, :], first["b"][..., TEXT_ROWS:, :])
+
+
+def test_the_hosts_text_encoders_condition_the_tiny_dit(dit):
+    """The host's CLIPTextEncode path on the thin encoders: SD3 gives 77 CLIP rows padded to 4096 features
+    and the L+G pooled vector; Flux 256 T5 rows (min length) and the CLIP-L pooled vector. T5 has no start
+    token, ends the prompt with ``</s>`` (1) and pads with 0 (what Subject Tokens will have to place)."""
+    from harness.tiny_models import tiny_conditioning
+
+    text = "a red circle and a blue square"
+    with torch.inference_mode():
+        cond = tiny_conditioning(dit.clip, text)
+        rows = 77 if dit.arch == "sd3" else 256
+        assert cond[0][0].shape == (1, rows, dit.context_dim)
+        assert cond[0][1]["pooled_output"].shape == (1, dit.pooled_dim)
+        streams = dit.clip.tokenizer.tokenize_with_weights(text, return_word_ids=True)
+    if "t5xxl" in streams:
+        ids = [t for t, _, _ in streams["t5xxl"][0]]
+        end = ids.index(1)
+        # the T5 tokenizer's minimum length: 77 for SD3 (tokenised even with T5 off), 256 for Flux
+        assert len(ids) == (256 if dit.arch == "flux" else 77)
+        assert 0 < end < 20 and set(ids[end + 1:]) == {0} and 1 not in ids[:end]
+    negative = tiny_conditioning(dit.clip, "")
+    if dit.arch == "flux":
+        for c in (cond, negative):
+            c[0][1]["guidance"] = 3.5
+    out = _sample(dit.model, cond, negative)
+    assert torch.isfinite(out).all()
