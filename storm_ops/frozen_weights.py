@@ -14,7 +14,7 @@ their ``requires_grad`` flag says):
 
 * ``linear``: ``y = x W^T + b``, ``dx = dy W``;
 * ``conv1d/2d/3d``: ``dx`` is the transposed convolution of ``dy`` with ``W``;
-* ``group_norm`` / ``layer_norm``: the normalisation runs through stock autograd without its affine
+* ``group_norm`` / ``layer_norm`` / ``rms_norm``: the normalisation runs through stock autograd without its affine
   part, and ``y = n * w + b`` is applied by a function whose backward is ``dn = dy * w``.
 
 Hosts also *cast* weights per call: fp8 or bf16 weights computed in fp16/fp32 ("manual cast"), weights
@@ -187,6 +187,15 @@ def _layer_norm(mode, args, kwargs):
     return _affine(mode, n, weight, bias)
 
 
+def _rms_norm(mode, args, kwargs):
+    bound = _bind(("input", "normalized_shape", "weight", "eps"), args, kwargs, {"weight": None, "eps": None})
+    x, weight = bound["input"], bound["weight"]
+    if not _covered(mode, x, weight, None, frozen=(weight,)):
+        return NotImplemented
+    n = F.rms_norm(x, bound["normalized_shape"], None, bound["eps"])
+    return _affine(mode, n, weight, None)
+
+
 _HANDLERS = {
     F.linear: _linear,
     F.conv1d: _conv,
@@ -194,6 +203,7 @@ _HANDLERS = {
     F.conv3d: _conv,
     F.group_norm: _group_norm,
     F.layer_norm: _layer_norm,
+    F.rms_norm: _rms_norm,  # the DiTs' q/k norms (Flux, SD3.5)
 }
 
 

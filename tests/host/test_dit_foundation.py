@@ -111,3 +111,20 @@ def test_the_hosts_text_encoders_condition_the_tiny_dit(dit):
             c[0][1]["guidance"] = 3.5
     out = _sample(dit.model, cond, negative)
     assert torch.isfinite(out).all()
+
+
+def test_a_gradient_reaches_the_latent_through_the_stock_blocks(dit, pack):
+    """Guidance needs d(loss)/d(latent) through the host's blocks. Inside the pack's gradient pass (frozen
+    weights, mutation of saved tensors allowed) both families give a finite, non-zero latent gradient."""
+    with torch.inference_mode():
+        cond = dit_conditioning(dit, TEXT_ROWS, seed=1)
+    base = dit.model.model
+    extra = {"y": cond[0][1]["pooled_output"]}
+    if dit.arch == "flux":
+        extra["guidance"] = torch.tensor([3.5])
+    with pack.nodes.compat.gradient_pass() as frozen:
+        x = torch.randn(LATENT, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+        out = base.apply_model(x, torch.tensor([0.8]), c_crossattn=cond[0][0], **extra)
+        grad = torch.autograd.grad(out.square().mean(), x)[0]
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    assert frozen.copied == 0, frozen.copied

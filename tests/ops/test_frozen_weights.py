@@ -95,6 +95,7 @@ def test_gradient_is_right_for_each_covered_operation_in_float64():
         "conv2d": lambda x: F.conv2d(x, w_conv, None, stride=2, padding=(1, 0), dilation=1, groups=2),
         "group_norm": lambda x: F.group_norm(F.conv2d(x, w_conv.clone(), groups=2), 3, w_norm, b_norm),
         "layer_norm": lambda x: F.layer_norm(x.flatten(2)[..., :6], (6,), w_norm, bias=b_norm),
+        "rms_norm": lambda x: F.rms_norm(x.flatten(2)[..., :6], (6,), w_norm, eps=1e-6),
     }
     for name, fn in cases.items():
         x = torch.randn(2, 4, 7, 7, dtype=torch.float64, requires_grad=True)
