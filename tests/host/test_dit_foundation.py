@@ -122,9 +122,19 @@ def test_a_gradient_reaches_the_latent_through_the_stock_blocks(dit, pack):
     extra = {"y": cond[0][1]["pooled_output"]}
     if dit.arch == "flux":
         extra["guidance"] = torch.tensor([3.5])
+    def loss(x):  # of the network's own prediction: apply_model returns x - sigma * prediction (flow)
+        denoised = base.apply_model(x, torch.tensor([0.8]), c_crossattn=cond[0][0], **extra)
+        return (denoised - x).double().square().mean()
+
+    x0 = torch.randn(LATENT, generator=torch.Generator().manual_seed(0))
     with pack.nodes.compat.gradient_pass() as frozen:
-        x = torch.randn(LATENT, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
-        out = base.apply_model(x, torch.tensor([0.8]), c_crossattn=cond[0][0], **extra)
-        grad = torch.autograd.grad(out.square().mean(), x)[0]
+        x = x0.clone().requires_grad_(True)
+        grad = torch.autograd.grad(loss(x), x)[0]
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
     assert frozen.copied == 0, frozen.copied
+    # the gradient is the loss' slope: a central difference along the gradient's own direction agrees
+    direction = grad / grad.norm()
+    eps = 1e-2
+    with torch.inference_mode():
+        slope = (loss(x0 + eps * direction) - loss(x0 - eps * direction)) / (2 * eps)
+    torch.testing.assert_close(slope.float(), (grad * direction).sum().float(), rtol=2e-2, atol=1e-6)
