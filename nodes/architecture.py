@@ -1,5 +1,11 @@
 """Which cross-attention layers a model has, and which ones to record.
 
+DiT models (SD3's MMDiT, Flux) have no cross-attention: every block runs one *joint* attention over
+the text rows followed by the image patches (Esser et al. 2024, eq. 6 and Fig. 2a; Flux.1 the same in
+its double- and single-stream blocks). Its image-to-text part plays the cross-attention's role; each
+joint block is described as a :class:`CrossAttentionLayer` keyed ``("joint", i)`` at the level of the
+patch size (patch 2 = one halving of the latent), and every block is recorded.
+
 Layers are chosen by UNet *level* (number of downsamplings), read off the model's own modules,
 never by absolute map size, so any resolution and aspect ratio works. Attend-and-Excite's
 "16x16 at 512 px" layers of SD1.5 (input 7, 8; output 3, 4, 5) are level 2 = 1/32 of the pixel
@@ -14,6 +20,7 @@ from dataclasses import dataclass
 import comfy.supported_models as supported
 
 from ..storm_ops.errors import StormError
+from .compat import JOINT_ATTENTION_OVERRIDE
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,13 @@ _FAMILIES = (  # order matters: subclasses first
     ("sdxl", "SDXL"),
     ("sd2", "SD20"),
     ("sd1", "SD15"),
+    ("sd3", "SD3"),
+    ("flux", "Flux"),
 )
+#: DiT families with joint text-image attention
+DIT_FAMILIES = ("sd3", "flux")
+#: the patch key of a DiT block's joint attention
+JOINT = "joint"
 
 
 @dataclass(frozen=True)
@@ -67,10 +80,16 @@ class UNetInfo:
     model_name: str
     layers: tuple[CrossAttentionLayer, ...]
 
+    @property
+    def is_dit(self) -> bool:
+        return self.family in DIT_FAMILIES
+
     def select(self, selection: str = DEFAULT_LAYER_SELECTION, node: str = "STORM") -> tuple[CrossAttentionLayer, ...]:
         if selection not in LAYER_SELECTIONS:
             raise StormError(f"{node}: unknown attention layer selection {selection!r}; "
                              f"choose one of {list(LAYER_SELECTIONS)}", input_name="attention_layers")
+        if self.is_dit:  # the selections name UNet levels; a DiT's maps are recorded from every joint block
+            return self.layers
         level, with_middle = LAYER_SELECTIONS[selection]
         levels = sorted({layer.level for layer in self.layers})
         if level not in levels:  # shallow UNets: use the deepest level that has cross-attention
@@ -111,6 +130,42 @@ def model_family(model_config) -> str:
     return "unet"
 
 
+def _joint_blocks(net, family: str) -> tuple[int, int, int] | None:
+    """``(blocks, heads, context width)`` of a DiT's joint attention, None when it is not one we know."""
+    if family == "sd3" and hasattr(net, "joint_blocks") and hasattr(net, "context_embedder"):
+        return len(net.joint_blocks), net.joint_blocks[0].x_block.attn.num_heads, net.context_embedder.in_features
+    if family == "flux" and hasattr(net, "double_blocks") and hasattr(net, "txt_in"):
+        return len(net.double_blocks) + len(net.single_blocks), net.num_heads, net.txt_in.in_features
+    return None
+
+
+def describe_model(base_model, node: str = "STORM") -> UNetInfo:
+    """The attention layers of a UNet (:func:`describe_unet`) or the joint blocks of an SD3 or Flux DiT.
+
+    Raises :class:`StormError` naming ``node`` for other architectures, and for DiTs on a ComfyUI that
+    does not let the pack observe their attention.
+    """
+    config = getattr(base_model, "model_config", None)
+    family = model_family(config)
+    if family not in DIT_FAMILIES:
+        return describe_unet(base_model, node)
+    model_name = type(config).__name__
+    found = _joint_blocks(base_model.diffusion_model, family)
+    if found is None:
+        raise StormError(f"{node}: the {model_name} model has no joint attention blocks the pack knows",
+                         input_name="model")
+    if not JOINT_ATTENTION_OVERRIDE:
+        raise StormError(f"{node}: this ComfyUI does not let custom nodes observe the attention of {model_name} "
+                         "models (it has no optimized_attention_override); update ComfyUI to record DiT attention",
+                         input_name="model")
+    blocks, heads, width = found
+    patch = getattr(base_model.diffusion_model, "patch_size", 2)
+    patch = patch[-1] if isinstance(patch, (tuple, list)) else patch
+    level = max(int(patch).bit_length() - 1, 0)  # patch 2**n = n halvings of the latent
+    return UNetInfo(family, model_name, tuple(CrossAttentionLayer((JOINT, i), level, 1, heads, width)
+                                              for i in range(blocks)))
+
+
 def describe_unet(base_model, node: str = "STORM") -> UNetInfo:
     """Introspect ``base_model`` (a ComfyUI ``BaseModel``) for its cross-attention layers.
 
@@ -121,10 +176,11 @@ def describe_unet(base_model, node: str = "STORM") -> UNetInfo:
     model_name = type(config).__name__ if config is not None else type(base_model).__name__
     unet = getattr(base_model, "diffusion_model", None)
     if unet is None or not hasattr(unet, "input_blocks") or not hasattr(unet, "output_blocks"):
+        dit = (" (SD3 and Flux attention maps: STORM Attention Recorder; guiding them is not supported yet)"
+               if model_family(config) in DIT_FAMILIES else "")
         raise StormError(
-            f"{node}: the model {model_name} is not a UNet with cross-attention; attention guidance "
-            "supports SD1.x, SD2.x and SDXL checkpoints (DiT models such as SD3 and Flux are not supported)",
-            input_name="model")
+            f"{node}: the model {model_name} is not a UNet with cross-attention; this node supports SD1.x, "
+            f"SD2.x and SDXL checkpoints{dit}", input_name="model")
     layers: list[CrossAttentionLayer] = []
     level = 0
     for i, block in enumerate(unet.input_blocks):

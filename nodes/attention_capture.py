@@ -101,19 +101,23 @@ def mean_of_steps(steps: list[tuple[float, torch.Tensor]]) -> torch.Tensor:
 
 
 def latent_match_error(stored: torch.Tensor, given: torch.Tensor) -> float:
-    """Scale-invariant relative distance between a run's final latent and a LATENT's samples.
+    """Affine-invariant relative distance between a run's final latent and a LATENT's samples.
 
-    The host divides the sampler's output by the VAE scale factor, so ``given = stored / s``.
-    Returns ``min_a ||a * given - stored|| / ||stored||`` (``inf`` for mismatched shapes).
+    The host maps the sampler's output to the LATENT's format: it divides by the VAE's scale factor
+    (SD1.x, SDXL) and adds a shift (SD3, Flux), so ``given = stored / s + t``. Returns
+    ``min_{a,b} ||a * given + b - stored|| / ||stored||`` (``inf`` for mismatched shapes).
     """
     if stored.shape != given.shape:
         return float("inf")
     s, g = stored.double().flatten(), given.double().cpu().flatten()
-    gg = float(g @ g)
-    if gg == 0.0:
-        return 0.0 if float(s @ s) == 0.0 else float("inf")
-    a = float(g @ s) / gg
-    return float((a * g - s).norm() / s.norm().clamp_min(1e-30))
+    gc = g - g.mean()
+    gg = float(gc @ gc)
+    a = float(gc @ (s - s.mean())) / gg if gg > 0 else 0.0
+    residual = s - s.mean() - a * gc
+    norm = float(s.norm())
+    if norm == 0.0:
+        return 0.0 if float(residual.norm()) == 0.0 else float("inf")
+    return float(residual.norm()) / norm
 
 
 #: the key of a LATENT dict that names the run which produced its samples

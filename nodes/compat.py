@@ -23,6 +23,10 @@ log = logging.getLogger("comfyui-storm")
 # Upstream (>= 0.3.59) wraps kernels with ``wrap_attn`` and accepts ``transformer_options``;
 # the fork's kernels take ``(q, k, v, heads, mask=None, attn_precision=None)`` only.
 _KERNELS_TAKE_OPTIONS = hasattr(comfy_attention, "wrap_attn")
+#: DiT joint attention can be observed only where the kernels call
+#: ``transformer_options["optimized_attention_override"]`` (upstream >= 0.3.59; the fork's MMDiT does
+#: not even pass the options to its kernel, and the fork has no Flux)
+JOINT_ATTENTION_OVERRIDE = _KERNELS_TAKE_OPTIONS
 
 
 def host_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,

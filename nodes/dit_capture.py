@@ -1,75 +1,91 @@
-"""Recording image-to-text attention of DiT models (SD3 MMDiT, Flux) through ``optimized_attention_override``.
+"""Recording the image-to-text attention of DiT models (SD3's MMDiT, Flux) into a :class:`MapRecorder`.
 
-PROTOTYPE (branch wip-dit): not wired to any node yet.
-
-Both families run one *joint* attention per block over ``[text rows, image rows]`` (MMDiT: context then x;
-Flux: txt then img, in double and single blocks alike). The override receives every call with the
-host's kernel; it computes the fp32 softmax of the conditional image queries against all keys, keeps
-the columns of the text rows (the share of each image patch's attention that goes to each text token:
-a joint softmax, so a row sums to less than 1) and calls the kernel unchanged, so recording never
-changes the image.
+Both families run one *joint* attention per block over ``[text rows, image rows]`` (MMDiT: context then
+x, Esser et al. 2024 eq. 6; Flux: txt then img, in double and single blocks alike). The host calls
+``transformer_options["optimized_attention_override"]`` with every attention call and its kernel; the
+tap hands the image queries and the text keys of each joint call to the recorder, which takes their
+softmax over the text rows only: the image-to-text attention a cross-attention layer would have, with
+one column per conditioning row, so every map consumer (heatmaps, losses) reads DiT maps like UNet maps.
+Then it calls the kernel (or an override installed before it) unchanged, so recording never changes
+the image.
 """
 
 from __future__ import annotations
 
-import torch
 from einops import rearrange
 
+from .architecture import JOINT
+from .attention_capture import GRAD_PASS_FLAG, MapRecorder, StopForward
 
-class JointAttentionRecorder:
-    """Per sampler step, the text-column maps ``(B, T, h, w)`` averaged over heads and joint calls.
 
-    ``text_rows``: rows of the conditioning (the prompt's context length); ``grid``: the image patch grid
-    ``(h, w)`` (latent size / patch size). Calls whose key length is not ``text_rows + h * w`` (SD3.5-Medium's
-    image-only self-attention) are passed through unrecorded.
+class JointAttentionTap:
+    """The ``optimized_attention_override`` that feeds ``recorder`` (closure-free: ``clone()`` deep-copies
+    ``model_options`` on some hosts, and :meth:`__deepcopy__` keeps this one object).
+
+    :meth:`begin_call` must run before every model call (the MODEL's UNet function wrapper): it gives the
+    text row count and the latent size, and restarts the block count. A call whose key length is not
+    ``text rows + image rows`` (SD3.5's image-only self-attention) passes through unrecorded.
     """
 
-    def __init__(self, text_rows: int, grid: tuple[int, int]):
-        self.text_rows, self.grid = text_rows, grid
-        self.steps: list[tuple[float, torch.Tensor]] = []
-        self._sum: torch.Tensor | None = None
-        self._calls = 0
-        self._sigma: float | None = None
+    def __init__(self, recorder: MapRecorder, patch_size: int, previous=None):
+        self.recorder, self.patch_size, self.previous = recorder, patch_size, previous
+        self._text_rows: int | None = None
+        self._latent_shape: tuple[int, ...] | None = None
+        self._block = 0
 
-    def __deepcopy__(self, memo):  # ModelPatcher.clone deep-copies model_options: keep one recorder
+    def __deepcopy__(self, memo):
         return self
 
+    def begin_call(self, text_rows: int | None, latent_shape) -> None:
+        """A model call starts: ``text_rows`` of conditioning (None: nothing to record) on ``latent_shape``."""
+        self._text_rows = None if text_rows is None else int(text_rows)
+        self._latent_shape, self._block = tuple(latent_shape), 0
+
+    def _image_rows(self) -> int:
+        p = self.patch_size
+        return -(-self._latent_shape[-2] // p) * -(-self._latent_shape[-1] // p)
+
     def __call__(self, func, *args, **kwargs):
-        q, k = args[0], args[1]
-        heads = args[3] if len(args) > 3 else kwargs.get("heads")
-        options = kwargs.get("transformer_options") or {}
-        image_rows = self.grid[0] * self.grid[1]
-        if k.shape[-2 if kwargs.get("skip_reshape") else 1] == self.text_rows + image_rows:
-            self._observe(q, k, heads, bool(kwargs.get("skip_reshape")), options)
+        if self._text_rows is not None and len(args) >= 2:
+            self._observe(args, kwargs)
+        if self.previous is not None:
+            return self.previous(func, *args, **kwargs)
         return func(*args, **kwargs)
 
-    def _observe(self, q, k, heads, heads_first: bool, options: dict) -> None:
-        if not heads_first:
-            q = rearrange(q, "b n (h d) -> b h n d", h=heads)
-            k = rearrange(k, "b n (h d) -> b h n d", h=heads)
-        cond_or_uncond = list(options.get("cond_or_uncond", [0]))
-        chunk = q.shape[0] // len(cond_or_uncond)
-        rows = [r for i, c in enumerate(cond_or_uncond) if c == 0 for r in range(i * chunk, (i + 1) * chunk)]
-        if not rows:
+    def _observe(self, args, kwargs) -> None:
+        q, k = args[0], args[1]
+        heads = args[3] if len(args) > 3 else kwargs.get("heads")
+        heads_first = bool(kwargs.get("skip_reshape"))  # Flux: (B, H, L, d); MMDiT: (B, L, H * d)
+        length = k.shape[-2] if heads_first else k.shape[1]
+        if heads is None or length != self._text_rows + self._image_rows():
             return
-        q, k = q[rows].detach().float(), k[rows].detach().float()
-        logits = q[:, :, self.text_rows:] @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
-        to_text = torch.softmax(logits, dim=-1)[..., : self.text_rows].mean(1)  # (B, image rows, T)
-        sigmas = options.get("sigmas")
-        sigma = float(sigmas.flatten()[0]) if isinstance(sigmas, torch.Tensor) else float("nan")
-        if sigma != self._sigma and self._sum is not None:
-            self._flush()
-        self._sigma = sigma
-        self._sum = to_text if self._sum is None else self._sum + to_text
-        self._calls += 1
+        t = self._text_rows
+        if heads_first:
+            q_img = rearrange(q[:, :, t:], "b h n d -> b n (h d)")
+            k_txt = rearrange(k[:, :, :t], "b h n d -> b n (h d)")
+        else:
+            q_img, k_txt = q[:, t:], k[:, :t]
+        options = kwargs.get("transformer_options") or {}
+        extra = {"cond_or_uncond": options.get("cond_or_uncond", [0]), "sigmas": options.get("sigmas"),
+                 "n_heads": heads, "original_shape": self._latent_shape,
+                 GRAD_PASS_FLAG: options.get(GRAD_PASS_FLAG, False)}
+        key = (JOINT, self._block)
+        self._block += 1
+        if self.recorder.observe(key, q_img, k_txt, extra):
+            raise StopForward
 
-    def _flush(self) -> None:
-        h, w = self.grid
-        maps = rearrange(self._sum / self._calls, "b (h w) t -> b t h w", h=h, w=w)
-        self.steps.append((self._sigma, maps.to("cpu", torch.float16)))
-        self._sum, self._calls = None, 0
 
-    def finish(self) -> list[tuple[float, torch.Tensor]]:
-        if self._sum is not None:
-            self._flush()
-        return self.steps
+def install_joint_tap(model_options: dict, recorder: MapRecorder, patch_size: int) -> JointAttentionTap:
+    """Install a :class:`JointAttentionTap` for ``recorder`` in ``model_options`` (already a private copy),
+    chained to the override that was there."""
+    transformer_options = model_options.setdefault("transformer_options", {})
+    tap = JointAttentionTap(recorder, patch_size, transformer_options.get("optimized_attention_override"))
+    transformer_options["optimized_attention_override"] = tap
+    return tap
+
+
+def context_rows(args: dict) -> int | None:
+    """The text rows of a model call (the UNet function wrapper's ``args``)."""
+    context = args.get("c", {}).get("c_crossattn")
+    return None if context is None else int(context.shape[1])
+

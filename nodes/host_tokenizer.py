@@ -1,4 +1,9 @@
-"""Token layouts built with the host's own CLIP tokenizer (the columns of its conditioning)."""
+"""Token layouts built with the host's own tokenizers (the columns of its conditioning).
+
+UNet families condition on CLIP columns only. SD3 conditions on its CLIP columns followed by T5
+rows, Flux on T5 rows alone (its CLIP-L gives only the pooled vector); either text encoder of SD3 may
+be left out. Which streams a conditioning holds is read off its row count (see
+:func:`conditioning_layout`)."""
 
 from __future__ import annotations
 
@@ -11,8 +16,12 @@ from ..storm_ops.prompt_identity import prompt_encoding
 from ..storm_ops.token_layout import TokenLayout
 from .compat import encode_prompt
 
-# Tokenizer keys in the dict returned by clip.tokenize(): SD1 "l", SD2 "h", SDXL "g" + "l".
+# Tokenizer keys in the dict returned by clip.tokenize(): SD1 "l", SD2 "h", SDXL "g" + "l"; SD3 "l" + "g"
+# + "t5xxl", Flux "l" + "t5xxl".
 _PREFERRED_KEYS = ("l", "h", "g")
+_CLIP_KEYS = frozenset(_PREFERRED_KEYS)
+#: the T5 stream of DiT conditionings, and the name its rows get in a layout
+_T5_KEY, _T5_NAME = "t5xxl", "T5"
 
 
 def _sd_tokenizer(clip, key: str):
@@ -25,7 +34,7 @@ def _sd_tokenizer(clip, key: str):
                      input_name="clip")
 
 
-def prompt_layout(clip, text: str) -> TokenLayout:
+def _clip_layout(clip, tokens: dict) -> TokenLayout:
     """Tokenise ``text`` with the host's tokenizer.
 
     The columns are exactly those of the conditioning the same CLIP encodes from ``text``
@@ -34,7 +43,6 @@ def prompt_layout(clip, text: str) -> TokenLayout:
     every one pads with its end token (SD-1.x's CLIP-L), else ``"words"`` (SD-2.x's OpenCLIP pads
     with 0, and so does SDXL's CLIP-G half).
     """
-    tokens = clip.tokenize(text)
     key = next((k for k in _PREFERRED_KEYS if k in tokens), next(iter(tokens)))
     sd_tok = _sd_tokenizer(clip, key)
     hf_tok = sd_tok.tokenizer
@@ -48,8 +56,44 @@ def prompt_layout(clip, text: str) -> TokenLayout:
     layout = TokenLayout.from_ids(ids, clip_vocab_decoder(inv_vocab), start_id=getattr(sd_tok, "start_token", None),
                                   end_id=getattr(sd_tok, "end_token", None),
                                   chunk_length=len(tokens[key][0]),
-                                  end_tokens="sd1" if all(_sd_tokenizer(clip, k).pad_with_end for k in tokens) else "words")
+                                  end_tokens="sd1" if all(_sd_tokenizer(clip, k).pad_with_end
+                                                          for k in tokens if k in _CLIP_KEYS) else "words")
     return layout
+
+
+def _t5_layout(clip, tokens: dict) -> TokenLayout:
+    sd_tok = _sd_tokenizer(clip, _T5_KEY)
+    inv_vocab = getattr(sd_tok, "inv_vocab", None) or {v: k for k, v in sd_tok.tokenizer.get_vocab().items()}
+    pieces = [inv_vocab.get(item[0], f"<{item[0]}>") if isinstance(item[0], int) else None
+              for chunk in tokens[_T5_KEY] for item in chunk]
+    return TokenLayout.from_sentencepiece(pieces, end_piece=inv_vocab[sd_tok.end_token], name=_T5_NAME)
+
+
+def prompt_layout(clip, text: str, rows: int | None = None) -> TokenLayout:
+    """Tokenise ``text`` with the host's tokenizers: the CLIP columns, or with ``rows`` (the row count
+    of the prompt's conditioning) the streams of a DiT conditioning (:func:`conditioning_layout`)."""
+    tokens = clip.tokenize(text)
+    if rows is None or _T5_KEY not in tokens:
+        return _clip_layout(clip, tokens)
+    return conditioning_layout(clip, tokens, rows)
+
+
+def conditioning_layout(clip, tokens: dict, rows: int) -> TokenLayout:
+    """The layout of a DiT conditioning of ``rows`` rows: CLIP then T5 (SD3), T5 alone (Flux, or SD3
+    without its CLIP encoders) or CLIP alone (SD3 without T5), whichever has that many rows. When CLIP
+    and T5 have the same length, the text encoder decides: without a loaded T5 the rows are CLIP's."""
+    t5 = _t5_layout(clip, tokens)
+    has_clip = any(k in tokens for k in _CLIP_KEYS)
+    clip_layout = _clip_layout(clip, {k: v for k, v in tokens.items() if k in _CLIP_KEYS}) if has_clip else None
+    t5_loaded = getattr(getattr(clip, "cond_stage_model", None), _T5_KEY, None) is not None
+    candidates = ([clip_layout.with_stream(t5)] if clip_layout is not None else []) + \
+        ([t5, clip_layout] if t5_loaded or clip_layout is None else [clip_layout, t5])
+    for layout in candidates:
+        if layout is not None and layout.length == rows:
+            return layout
+    raise StormError(f"the prompt's conditioning has {rows} rows, but its tokens make "
+                     f"{' or '.join(str(c.length) for c in candidates if c is not None)}: this text encoder "
+                     "lays out its conditioning in a way the pack does not know", input_name="clip")
 
 
 class _SD1TokenizerOnly:
@@ -80,6 +124,6 @@ def text_layout(text: str) -> TokenLayout:
 def encode_with_layout(clip, text: str) -> tuple[TokenLayout, list]:
     """Encode ``text`` like CLIP Text Encode; returns its layout (carrying the encoding, so samplers
     and the visualiser can check that a conditioning is this prompt's) and the CONDITIONING."""
-    layout = prompt_layout(clip, text)
     _, conditioning = encode_prompt(clip, text)
+    layout = prompt_layout(clip, text, rows=int(conditioning[0][0].shape[-2]))
     return replace(layout, encoding=prompt_encoding(conditioning[0][0])), conditioning

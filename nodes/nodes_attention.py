@@ -15,9 +15,10 @@ from ..storm_ops.errors import StormError
 from ..storm_ops.losses.attend_excite import AttendExciteConfig, subject_maps
 from ..storm_ops.prompt_identity import check_prompt_encoding, untile_encoding
 from ..storm_ops.token_layout import AUTO, Subject
-from .architecture import PIXELS_PER_LATENT, check_conditioning_family, describe_unet
+from .architecture import PIXELS_PER_LATENT, check_conditioning_family, describe_model
 from .attention_capture import AttentionHistory, ContinuousRecorder, install_patches, latent_run, mean_of_steps
 from .compat import folder_paths, wrap_sampling_calls
+from .dit_capture import context_rows, install_joint_tap
 from .errors import node_error_context, node_errors
 from .heatmap_render import (
     RUNS,
@@ -57,7 +58,8 @@ class AttentionRecorder:
     DESCRIPTION = (
         "Records the cross-attention maps of the selected layers while any sampler (KSampler, "
         "SamplerCustom, ...) runs the returned model, without changing the image. Connect the attention "
-        "output and the sampler's latent to STORM Attention Heatmap.")
+        "output and the sampler's latent to STORM Attention Heatmap. SD3 and Flux: the image-to-text part "
+        "of every block's joint attention is recorded (the layer selection applies to UNets).")
     CATEGORY = "STORM/attention"
     FUNCTION = "patch"
     RETURN_TYPES = ("MODEL", "STORM_ATTENTION")
@@ -68,20 +70,24 @@ class AttentionRecorder:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "The diffusion model to record (SD1.x, SD2.x or SDXL)."}),
+            "model": ("MODEL", {"tooltip": "The diffusion model to record (SD1.x, SD2.x, SDXL, SD3 or Flux)."}),
             "attention_layers": LAYERS_INPUT,
         }}
 
     @node_errors(NODE_NAME)
     def patch(self, model, attention_layers):
-        unet = describe_unet(model.model, self.NODE_NAME)
+        unet = describe_model(model.model, self.NODE_NAME)
         layers = unet.select(attention_layers, self.NODE_NAME)
         history = AttentionHistory(self.NODE_NAME)
         recorder = ContinuousRecorder(layers, history, {
             "node": self.NODE_NAME, "model": unet.model_name, "family": unet.family,
             "layers": [layer.label for layer in layers]})
         patched = model.clone()
-        install_patches(patched.model_options, recorder, layers)
+        tap = None
+        if unet.is_dit:
+            tap = install_joint_tap(patched.model_options, recorder, 2 ** layers[0].level)
+        else:
+            install_patches(patched.model_options, recorder, layers)
 
         def storm_record_final(args):
             recorder.on_denoised(args["denoised"], args.get("sigma"))
@@ -95,6 +101,8 @@ class AttentionRecorder:
             if context is not None:  # fail with a clear message, not the host's shape error
                 with node_error_context(self.NODE_NAME):
                     check_conditioning_family(self.NODE_NAME, unet, {"positive or negative": [context]})
+            if tap is not None:
+                tap.begin_call(context_rows(args), args["input"].shape)
             out = previous(apply_model, args) if previous is not None else \
                 apply_model(args["input"], args["timestep"], **args["c"])
             recorder.on_context(args)  # after the pass: a new run's record exists by then

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from .host import ensure_host
-from .tiny_models import ATTN2_QK_GAIN, initialise_weights
+from .tiny_models import ATTN2_QK_GAIN, build_vae, initialise_weights
 
 DIT_ARCHS = ("sd3", "flux")
 
@@ -44,6 +44,8 @@ class TinyDiT:
     context_dim: int
     pooled_dim: int
     clip: Any = None
+    #: a tiny 16-channel ``AutoencoderKL`` (8x down-sampling), so workflows can decode
+    vae: Any = None
     #: latent channels (16 for both families)
     channels: int = 16
 
@@ -134,8 +136,9 @@ def build_tiny_dit(arch: str, *, seed: int = 0, dtype: torch.dtype = torch.float
         initialise_weights(model.diffusion_model, seed)
         _sharpen_joint_attention(model.diffusion_model, arch, ATTN2_QK_GAIN)
         clip = _build_clip(arch, seed)
+        vae = build_vae(seed, channels=16)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
-    return TinyDiT(arch, patcher, context_dim, pooled_dim, clip)
+    return TinyDiT(arch, patcher, context_dim, pooled_dim, clip, vae)
 
 
 def _sharpen_joint_attention(net: torch.nn.Module, arch: str, gain: float) -> None:

@@ -279,7 +279,7 @@ def _build(spec: ArchSpec, seed: int, dtype: torch.dtype) -> TinyModel:
     with torch.no_grad():
         model = _build_unet(spec, seed, dtype)
         clip = _build_clip(spec, seed)
-        vae = _build_vae(seed)
+        vae = build_vae(seed)
     logger.debug("built %s (seed %d, unet %s, inference tensors: %s)", spec.name, seed, dtype,
                  torch.is_inference_mode_enabled())
     return TinyModel(spec.name, model, clip, vae, spec.context_dim, spec.pooled_dim)
@@ -332,8 +332,12 @@ SHAPE_MODEL_SIZE = 128
 
 
 def arch_from_checkpoint_name(ckpt_name: str) -> str:
-    """``"sdxl"`` if the name contains "xl", ``"sd2"`` if it contains "sd2"/"v2", else ``"sd15"``."""
+    """``"sd3"`` / ``"flux"`` if the name contains it (tiny DiTs, :mod:`harness.tiny_dit`), ``"sdxl"`` if it
+    contains "xl", ``"sd2"`` if it contains "sd2"/"v2", else ``"sd15"``."""
     name = ckpt_name.lower()
+    for dit in ("sd3", "flux"):
+        if dit in name:
+            return dit
     if "xl" in name:
         return "sdxl"
     if "sd2" in name or "v2" in name:
@@ -630,12 +634,15 @@ def _tiny_sdxl_clip_class() -> type:
     return TinySDXLClipModel
 
 
-def _build_vae(seed: int) -> Any:
+def build_vae(seed: int, channels: int = 4) -> Any:
+    """The tiny ``AutoencoderKL`` with ``channels`` latent channels (SD1.x/SDXL 4, SD3/Flux 16)."""
     import comfy.ldm.models.autoencoder
     import comfy.sd
 
-    params = {"ddconfig": dict(_VAE_DDCONFIG), "embed_dim": 4}
+    params = {"ddconfig": {**_VAE_DDCONFIG, "z_channels": channels}, "embed_dim": channels}
     template = comfy.ldm.models.autoencoder.AutoencoderKL(**params)
     initialise_weights(template, seed + 2)
     state_dict = {k: v.detach().clone() for k, v in template.state_dict().items()}
-    return comfy.sd.VAE(sd=state_dict, config={"params": params})
+    vae = comfy.sd.VAE(sd=state_dict, config={"params": params})
+    vae.latent_channels = channels  # what the host reads to check a latent (it sets it from the config only for 4)
+    return vae

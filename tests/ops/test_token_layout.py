@@ -10,7 +10,7 @@ from storm_ops.clip_vocab import clip_piece_text, clip_vocab_decoder
 from storm_ops.errors import StormError
 from storm_ops.prompt_identity import check_prompt_encoding, untile_encoding
 from storm_ops.subjects import count_word, find_word, resolve_subjects
-from storm_ops.token_layout import END, PAD, START, WORD, TokenLayout
+from storm_ops.token_layout import END, PAD, START, WORD, PromptTokens, TokenLayout
 
 CAT_DOG = ["a</w>", "cat</w>", "and</w>", "a</w>", "dog</w>"]
 
@@ -159,3 +159,58 @@ def test_untile_encoding_recovers_only_a_repeated_prompt():
     assert untile_encoding(torch.cat([enc, enc + 1]), 77) is None
     assert untile_encoding(enc, 77) is enc
     assert untile_encoding(torch.randn(100, 4), 77) is None
+
+
+# ---------------------------------------------------------------------- DiT streams (T5 rows)
+SP = "\u2581"
+#: "a cat, and a dog" as T5's sentencepiece writes it ("a" is the mark alone, then "a")
+T5_CAT_DOG = [SP, "a", f"{SP}cat", ",", f"{SP}and", SP, "a", f"{SP}dog", "</s>"] + ["<pad>"] * 68
+
+
+def test_sentencepiece_stream_groups_pieces_into_words_by_the_boundary_mark():
+    t5 = TokenLayout.from_sentencepiece(T5_CAT_DOG, end_piece="</s>", name="T5")
+    assert t5.length == 77 and t5.end_tokens == "words"
+    assert [p.kind for p in t5.pieces[:10]] == [WORD] * 8 + [END, PAD]
+    # punctuation is a word of its own, as in CLIP, so "cat" names the word T5 writes "cat" + ","
+    assert [(w.text, w.positions) for w in t5.words] == [
+        ("a", (0, 1)), ("cat", (2,)), (",", (3,)), ("and", (4,)), ("a", (5, 6)), ("dog", (7,))]
+    assert [s.positions for s in resolve_subjects(t5, "cat, dog")] == [(2,), (7,)]
+
+
+def test_a_further_stream_adds_each_words_columns_from_every_stream():
+    clip = layout_of(["a</w>", "cat</w>", ",</w>", "and</w>", "a</w>", "dog</w>"], pad_id=0)
+    t5 = TokenLayout.from_sentencepiece(T5_CAT_DOG, end_piece="</s>", name="T5")
+    both = clip.with_stream(t5)
+    assert both.length == 154 and both.streams == (("T5", 77),) and both.num_chunks == 1
+    # words are the first stream's, each with its columns in T5 (matched by letters and digits)
+    assert [(w.text, w.positions) for w in both.words] == [
+        ("a", (1, 77, 78)), ("cat", (2, 79)), (",", (3,)), ("and", (4, 81)), ("a", (5, 82, 83)),
+        ("dog", (6, 84))]
+    assert [s.positions for s in resolve_subjects(both, "cat, dog#1")] == [(2, 79), (6, 84)]
+    assert both.describe().splitlines() == ["CLIP: 1:a 2:cat 3:, 4:and 5:a 6:dog",
+                                            "T5: 77:- 78:a 79:cat 80:, 81:and 82:- 83:a 84:dog"]
+    assert "CLIP 1 x 77 + T5 77" in PromptTokens("a cat, and a dog", both, ()).describe()
+    # the softmax over tokens keeps every stream's words; "sd1" drops only the CLIP chunk's ends
+    words = both.softmax_mask("words")
+    assert words.nonzero().flatten().tolist() == [1, 2, 3, 4, 5, 6] + list(range(77, 85))
+    sd1 = both.softmax_mask("sd1")
+    assert sd1[1:76].all() and not sd1[0] and not sd1[76] and sd1[77:85].all() and not sd1[85:].any()
+
+
+def test_word_matching_skips_what_one_tokenizer_splits_or_drops():
+    clip = layout_of(["a</w>", "red</w>", "tira", "misu</w>", "near</w>", "a</w>", "mug</w>"], pad_id=0)
+    t5 = TokenLayout.from_sentencepiece([f"{SP}a", f"{SP}red", f"{SP}tiramisu", f"{SP}mug", "</s>", "<pad>"],
+                                        end_piece="</s>", name="T5")
+    both = clip.with_stream(t5)  # T5 "lost" the word "near" and "a": the rest still lines up
+    assert {w.text: w.positions for w in both.words} == {
+        "a": (6,), "red": (2, 78), "tiramisu": (3, 4, 79), "near": (5,), "mug": (7, 80)}
+
+
+def test_stream_validation():
+    clip = layout_of(CAT_DOG)
+    with pytest.raises(StormError, match="stream starts"):
+        TokenLayout(clip.pieces, streams=(("T5", 200),))
+    with pytest.raises(StormError, match="whole number"):
+        TokenLayout(clip.pieces + clip.pieces[:5], streams=(("T5", 80),))
+    with pytest.raises(StormError, match="one stream"):
+        clip.with_stream(clip.with_stream(TokenLayout.from_sentencepiece(["</s>", "<pad>", "<pad>"], end_piece="</s>", name="T5")))

@@ -3,7 +3,8 @@
 Example workflows use the core ``CheckpointLoaderSimple``; ``harness.workflows.substitute_checkpoints``
 swaps it for ``STORMTest_TinyCheckpointLoader`` (same ``ckpt_name`` input, same outputs) so the
 workflows run on CPU in seconds. The architecture comes from the checkpoint name:
-contains ``"xl"`` -> SDXL, contains ``"sd2"`` / ``"v2"`` -> SD2.x, anything else -> SD1.5. The name of
+contains ``"sd3"`` / ``"flux"`` -> a tiny SD3 / Flux DiT (current ComfyUI only), ``"xl"`` -> SDXL,
+contains ``"sd2"`` / ``"v2"`` -> SD2.x, anything else -> SD1.5. The name of
 the shipped shape model (``storm_shapes_sd15.safetensors``) loads that trained model instead.
 
 ComfyUI imports this folder as a top-level custom-node module, so the harness is imported by
@@ -20,6 +21,7 @@ _TESTS_DIR = str(Path(__file__).resolve().parents[2])
 if _TESTS_DIR not in sys.path:
     sys.path.append(_TESTS_DIR)
 
+from harness.tiny_dit import DIT_ARCHS, build_tiny_dit  # noqa: E402
 from harness.tiny_models import SHAPE_MODEL, arch_from_checkpoint_name, build_tiny, load_trained  # noqa: E402
 
 
@@ -33,7 +35,7 @@ class STORMTest_TinyCheckpointLoader:
                 "ckpt_name": ("STRING", {
                     "default": "tiny_sd15.safetensors",
                     "tooltip": "Checkpoint name; only used to pick the architecture "
-                               "(\"xl\" -> SDXL, \"sd2\"/\"v2\" -> SD2.x, else SD1.5), except "
+                               "(\"sd3\"/\"flux\" -> SD3/Flux DiT, \"xl\" -> SDXL, \"sd2\"/\"v2\" -> SD2.x, else SD1.5), except "
                                f"{SHAPE_MODEL.name}, which loads the trained shape model.",
                 }),
             }
@@ -54,7 +56,11 @@ class STORMTest_TinyCheckpointLoader:
                 raise FileNotFoundError(f"the shape model {SHAPE_MODEL} is missing (git lfs? a partial clone?)")
             tiny = load_trained(SHAPE_MODEL)
             return (tiny.model, tiny.clip, tiny.vae)
-        tiny = build_tiny(arch_from_checkpoint_name(ckpt_name), seed=0)
+        arch = arch_from_checkpoint_name(ckpt_name)
+        if arch in DIT_ARCHS:
+            tiny = build_tiny_dit(arch, seed=0)
+        else:
+            tiny = build_tiny(arch, seed=0)
         return (tiny.model, tiny.clip, tiny.vae)
 
 

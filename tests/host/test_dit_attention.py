@@ -1,0 +1,157 @@
+"""Attention maps of DiT models (SD3's MMDiT, Flux) through the pack's nodes, on tiny models (upstream only).
+
+The Attention Recorder records the image-to-text part of every block's joint attention; Subject Tokens
+finds the prompt's words in every text stream of the conditioning (SD3: CLIP then T5 rows; Flux: T5
+rows), and the Attention Heatmap shows them, as for a UNet.
+"""
+
+import comfy.sample
+import pytest
+import torch
+
+from harness.nodeutil import call_node, node_output
+from harness.tiny_dit import DIT_ARCHS, build_tiny_dit, dit_supported
+
+pytestmark = pytest.mark.skipif(dit_supported() is not None, reason=str(dit_supported()))
+
+LATENT = (1, 16, 8, 12)  # 64 x 96 px: 4 x 6 patches of 2 x 2
+STEPS = 3
+#: text rows of "a cat and a dog": SD3 (T5 off in the tiny model) its 77 CLIP columns, Flux 256 T5 rows
+ROWS = {"sd3": 77, "flux": 256}
+
+
+@pytest.fixture(scope="module", params=DIT_ARCHS)
+def dit(request):
+    with torch.inference_mode():
+        return build_tiny_dit(request.param)
+
+
+@pytest.fixture(scope="module")
+def prompt(dit, nodes):
+    with torch.inference_mode():
+        tokens, positive, _ = call_node(nodes["STORM_SubjectTokens"], clip=dit.clip, text="a cat and a dog",
+                                        subjects="cat, dog")
+        negative = node_output(nodes["CLIPTextEncode"]().encode(clip=dit.clip, text="")) \
+            if "CLIPTextEncode" in nodes else None
+    if negative is None:
+        from harness.tiny_models import tiny_conditioning
+        with torch.inference_mode():
+            negative = tiny_conditioning(dit.clip, "")
+    else:
+        negative = negative[0]
+    return tokens, positive, negative
+
+
+def _sample(model, positive, negative, seed=3):
+    latent = torch.zeros(LATENT)
+    with torch.inference_mode():
+        return comfy.sample.sample(model, comfy.sample.prepare_noise(latent, seed), STEPS, 3.0, "euler", "simple",
+                                   positive, negative, latent, seed=seed, disable_pbar=True)
+
+
+def test_subject_tokens_find_the_words_in_the_rows_of_the_conditioning(dit, prompt):
+    tokens, positive, _ = prompt
+    assert positive[0][0].shape[1] == tokens.layout.length == ROWS[dit.arch]
+    cat, dog = tokens.subjects
+    if dit.arch == "flux":  # T5 alone: "a" is the boundary mark and "a"; no start token
+        assert tokens.layout.streams == () and tokens.layout.name == "T5"
+        assert (cat.positions, dog.positions) == ((2,), (6,))
+    else:
+        assert (cat.positions, dog.positions) == ((2,), (5,))
+
+
+def test_sd3_with_clip_and_t5_rows_finds_each_word_in_both_streams(host):
+    """SD3's usual conditioning: 77 CLIP columns then the T5 rows; each word has its columns in both (the
+    real tokenizers; a 4096-wide T5 is too big for a test, so only the layout is built)."""
+    from harness.host import load_pack
+    from harness.tiny_dit import build_tiny_dit
+
+    pack = load_pack()
+    with torch.inference_mode():
+        clip = build_tiny_dit("sd3").clip
+    layout = pack.nodes.host_tokenizer.prompt_layout(clip, "A red crown, and a golden strawberry", rows=154)
+    assert layout.streams == (("T5", 77),) and layout.length == 154
+    assert layout.describe().splitlines() == [
+        "CLIP: 1:a 2:red 3:crown 4:, 5:and 6:a 7:golden 8:strawberry",
+        "T5: 77:A 78:red 79:crown 80:, 81:and 82:- 83:a 84:golden 85:strawberry"]  # T5 keeps case, splits "a"
+    assert [(w.text, w.positions) for w in layout.words] == [
+        ("a", (1, 77)), ("red", (2, 78)), ("crown", (3, 79)), (",", (4,)), ("and", (5, 81)), ("a", (6, 82, 83)),
+        ("golden", (7, 84)), ("strawberry", (8, 85))]
+    with pytest.raises(Exception, match="conditioning has 100 rows"):
+        pack.nodes.host_tokenizer.prompt_layout(clip, "a cat", rows=100)
+
+
+def _capturing(model, calls):
+    """``model`` with an override that keeps every joint call's inputs, then runs the recorder's override
+    (so the recorder also sees a chained override and must pass it on)."""
+    options = model.clone().model_options
+    recorder_tap = options["transformer_options"]["optimized_attention_override"]
+
+    def capture(func, *args, **kwargs):
+        calls.append((args[0].detach().clone(), args[1].detach().clone(),
+                      args[3] if len(args) > 3 else kwargs["heads"], bool(kwargs.get("skip_reshape")),
+                      list(kwargs["transformer_options"]["cond_or_uncond"])))
+        return recorder_tap(func, *args, **kwargs)
+
+    patched = model.clone()
+    patched.model_options["transformer_options"]["optimized_attention_override"] = capture
+    return patched
+
+
+def _expected_first_step(calls, rows, blocks, grid):
+    """Step 1's map from the raw joint calls: the conditional image queries' softmax over the text keys
+    only, averaged over heads and blocks, as (1, T, h, w)."""
+    total = 0
+    for q, k, heads, heads_first, cond_or_uncond in calls[:blocks]:
+        if not heads_first:
+            q = q.reshape(q.shape[0], q.shape[1], heads, -1).transpose(1, 2)
+            k = k.reshape(k.shape[0], k.shape[1], heads, -1).transpose(1, 2)
+        i = cond_or_uncond.index(0)
+        qi, ki = q[i:i + 1, :, rows:].float(), k[i:i + 1, :, :rows].float()
+        total = total + torch.softmax(qi @ ki.transpose(-1, -2) * qi.shape[-1] ** -0.5, -1).mean(1)
+    return (total / blocks).transpose(1, 2).reshape(1, rows, *grid)
+
+
+def test_the_recorder_records_image_to_text_attention_and_leaves_the_sample_unchanged(dit, prompt, nodes):
+    tokens, positive, negative = prompt
+    plain = _sample(dit.model, positive, negative)
+    with torch.inference_mode():
+        model, attention = call_node(nodes["STORM_AttentionRecorder"], model=dit.model)
+    calls = []
+    recorded = _sample(_capturing(model, calls), positive, negative)
+    assert torch.equal(recorded, plain)  # recording calls the host's kernel unchanged
+    record = attention.latest()
+    rows, grid = ROWS[dit.arch], (LATENT[2] // 2, LATENT[3] // 2)
+    assert record.info["family"] == dit.arch and len(record.info["layers"]) == 4
+    assert [tuple(m.shape) for _, m in record.step_maps] == [(1, rows, *grid)] * STEPS
+    first = record.step_maps[0][1].float()
+    torch.testing.assert_close(first.sum(1), torch.ones(1, *grid), atol=2e-3, rtol=0)  # a softmax over the text
+    torch.testing.assert_close(first, _expected_first_step(calls, rows, 4, grid), atol=2e-3, rtol=0)
+
+
+def test_the_heatmap_shows_each_subject_of_a_dit_run(dit, prompt, nodes):
+    tokens, positive, negative = prompt
+    with torch.inference_mode():
+        model, attention = call_node(nodes["STORM_AttentionRecorder"], model=dit.model)
+    samples = _sample(model, positive, negative)
+    with torch.inference_mode():
+        grid, overlay, masks, log = call_node(nodes["STORM_AttentionHeatmap"], attention=attention,
+                                              latent={"samples": samples}, tokens=tokens)
+    assert masks.shape == (2, LATENT[2] * 8, LATENT[3] * 8) and grid.shape[-1] == 3
+    assert float(masks.amax()) == pytest.approx(1.0) and not torch.equal(masks[0], masks[1])
+    assert log == "no guided steps in this run"
+
+
+def test_guidance_nodes_say_dits_are_not_guided_yet(dit, nodes, prompt):
+    tokens, positive, negative = prompt
+    with torch.inference_mode():
+        (guidance,) = call_node(nodes["STORM_AttendAndExcite"], tokens=tokens)
+        with pytest.raises(Exception, match="not a UNet.*SD3 and Flux attention maps: STORM Attention Recorder"):
+            call_node(nodes["STORM_GuidedKSampler"], model=dit.model, guidance=guidance, positive=positive,
+                      negative=negative, latent_image={"samples": torch.zeros(LATENT)})
+
+
+def test_an_old_comfyui_gets_a_clear_error_for_dits(dit, pack, monkeypatch):
+    monkeypatch.setattr(pack.nodes.architecture, "JOINT_ATTENTION_OVERRIDE", False)
+    with pytest.raises(Exception, match="update ComfyUI"):
+        pack.nodes.architecture.describe_model(dit.model.model, "STORM Attention Recorder")
