@@ -155,3 +155,16 @@ def test_an_old_comfyui_gets_a_clear_error_for_dits(dit, pack, monkeypatch):
     monkeypatch.setattr(pack.nodes.architecture, "JOINT_ATTENTION_OVERRIDE", False)
     with pytest.raises(Exception, match="update ComfyUI"):
         pack.nodes.architecture.describe_model(dit.model.model, "STORM Attention Recorder")
+
+
+def test_prompt_analysis_binds_words_in_the_t5_rows(dit, nodes):
+    if dit.arch != "flux":
+        pytest.skip("the tiny SD3 has CLIP rows only")
+    with torch.inference_mode():
+        analysis, tokens, conditioning, _ = call_node(nodes["STORM_PromptAnalysis"], clip=dit.clip,
+                                                      text="a red crown and a golden strawberry", parser="rules")
+    assert conditioning[0][0].shape[1] == tokens.layout.length == 256
+    bound = {b.noun.name: [m.name for m in b.modifiers] for b in analysis.bindings}
+    assert bound == {"crown": ["red"], "strawberry": ["golden"]}
+    # T5 writes each "a" as the boundary mark then "a": 0:▁ 1:a 2:red 3:crown 4:and 5:▁ 6:a 7:golden 8:strawberry
+    assert [e.positions for e in analysis.entities] == [(3,), (8,)]

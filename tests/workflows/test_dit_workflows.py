@@ -54,4 +54,4 @@ def test_heatmaps_of_a_tiny_dit_through_the_executor(arch, runner):
     assert [o.shape for o in overlays] == [(64, 96, 3)] * 2
     assert not np.array_equal(overlays[0], overlays[1])  # each subject its own map
     payload = ui["storm_maps"][0]
-    assert len(payload["steps"]) == 4  # one map per sampler step
+    assert len(payload["sigmas"]) == 4 and (payload["height"], payload["width"]) == (4, 6)  # per step, per patch
