@@ -176,8 +176,8 @@ def describe_unet(base_model, node: str = "STORM") -> UNetInfo:
     model_name = type(config).__name__ if config is not None else type(base_model).__name__
     unet = getattr(base_model, "diffusion_model", None)
     if unet is None or not hasattr(unet, "input_blocks") or not hasattr(unet, "output_blocks"):
-        dit = (" (SD3 and Flux attention maps: STORM Attention Recorder; guiding them is not supported yet)"
-               if model_family(config) in DIT_FAMILIES else "")
+        dit = (" (SD3 and Flux work with the Attention Recorder and the guided samplers, not with attention "
+               "interpolation)" if model_family(config) in DIT_FAMILIES else "")
         raise StormError(
             f"{node}: the model {model_name} is not a UNet with cross-attention; this node supports SD1.x, "
             f"SD2.x and SDXL checkpoints{dit}", input_name="model")

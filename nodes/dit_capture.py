@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from einops import rearrange
 
-from .architecture import JOINT
-from .attention_capture import GRAD_PASS_FLAG, MapRecorder, StopForward
+from .architecture import JOINT, CrossAttentionLayer, UNetInfo
+from .attention_capture import GRAD_PASS_FLAG, MapRecorder, StopForward, install_patches
 
 
 class JointAttentionTap:
@@ -89,3 +89,23 @@ def context_rows(args: dict) -> int | None:
     context = args.get("c", {}).get("c_crossattn")
     return None if context is None else int(context.shape[1])
 
+
+
+def install_recording(model_options: dict, recorder: MapRecorder, layers: tuple[CrossAttentionLayer, ...],
+                      model: UNetInfo) -> dict:
+    """Make ``model_options`` (a private copy) feed ``recorder`` from ``layers``: ``attn2`` patches on a
+    UNet; on a DiT the joint-attention tap, told each model call's text rows and latent size by a model
+    function wrapper (chained to the one that was there)."""
+    if not model.is_dit:
+        return install_patches(model_options, recorder, layers)
+    tap = install_joint_tap(model_options, recorder, 2 ** layers[0].level)
+    previous = model_options.get("model_function_wrapper")
+
+    def storm_joint_call(apply_model, args):
+        tap.begin_call(context_rows(args), args["input"].shape)
+        if previous is not None:
+            return previous(apply_model, args)
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    model_options["model_function_wrapper"] = storm_joint_call
+    return model_options

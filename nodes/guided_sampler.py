@@ -13,8 +13,11 @@ are the host's own k-diffusion functions, called over segments of the schedule:
   and resume higher order after the guidance window; ancestral samplers draw their noise from
   one generator for the whole run.
 
-Step sizes are the papers' (diffusers latent ``z``); ComfyUI samples ``x = x0 + sigma * eps``
-with ``z = x / sqrt(1 + sigma^2)``, so ``z <- z - a * grad_z`` is ``x <- x - a (1 + sigma^2) grad_x``.
+Step sizes are the papers' (diffusers latent ``z``, what the network reads). ComfyUI's samplers move
+``x``, and the network reads ``z = s x`` with the scale ``s`` of the model's own sampling
+(``model_sampling.calculate_input``): ``1 / sqrt(1 + sigma^2)`` for the noise-prediction models of
+SD1.x/SDXL (``x = x0 + sigma * eps``), 1 for rectified-flow models such as SD3 and Flux. So
+``z <- z - a * grad_z`` is ``x <- x - a / s^2 * grad_x`` (``a (1 + sigma^2) grad_x`` for SD1.x/SDXL).
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ from ..storm_ops.errors import StormError
 from ..storm_ops.guidance import Guidance
 from ..storm_ops.optimize import Evaluation, clip_grad_norm, guidance_step
 from ..storm_ops.prompt_identity import check_prompt_encoding, prompt_encoding
-from .architecture import DEFAULT_LAYER_SELECTION, PIXELS_PER_LATENT, check_conditioning_family, describe_unet
-from .attention_capture import GRAD_PASS_FLAG, AttentionHistory, MapRecorder, RunRecord, StopForward, install_patches
+from .architecture import DEFAULT_LAYER_SELECTION, PIXELS_PER_LATENT, check_conditioning_family, describe_model
+from .attention_capture import GRAD_PASS_FLAG, AttentionHistory, MapRecorder, RunRecord, StopForward
 from .compat import (
     OUT_OF_MEMORY,
     accepts_kwarg,
@@ -43,6 +46,7 @@ from .compat import (
     report_progress,
     throw_if_interrupted,
 )
+from .dit_capture import install_recording
 from .errors import node_error_context
 
 log = logging.getLogger("comfyui-storm")
@@ -158,7 +162,7 @@ def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None
     node = settings.node
     num_steps = len(sigmas) - 1
     base_model = model.inner_model.inner_model
-    unet = describe_unet(base_model, node)
+    unet = describe_model(base_model, node)
     layers = unet.select(settings.attention_layers, node)
     guidance = settings.guidance
     guidance.check_windows(num_steps)
@@ -184,7 +188,7 @@ def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None
     if len(conds.get("positive") or []) == 1:
         record.prompt_encoding = prompt_encoding(conds["positive"][0]["cross_attn"])
     recorder = MapRecorder(layers, record, n_tokens, stop_early=settings.stop_early)
-    model_options = install_patches(copy_nested(extra_args.get("model_options", {})), recorder, layers)
+    model_options = install_recording(copy_nested(extra_args.get("model_options", {})), recorder, layers, unet)
     extra_args["model_options"] = model_options
     grad_options = {**model_options,
                     "transformer_options": {**model_options["transformer_options"], GRAD_PASS_FLAG: True}}
@@ -244,8 +248,8 @@ def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None
                 except OUT_OF_MEMORY:
                     raise _out_of_memory(node, z) from None
             if combined.grad_norm_bound is not None:
-                # the bound is on the z-space gradient; grad_z = sqrt(1 + sigma^2) * grad_x
-                grad = clip_grad_norm(grad, combined.grad_norm_bound / math.sqrt(1.0 + float(sigma) ** 2))
+                # the bound is on the z-space gradient; grad_z = grad_x / s
+                grad = clip_grad_norm(grad, combined.grad_norm_bound * input_scale(base_model, sigma))
             refine_cap = combined.max_refine_iters
             return Evaluation(combined.objective.detach(), grad.detach(), combined.satisfied,
                               combined.max_refine_iters, combined.term_losses, combined.metrics)
@@ -256,7 +260,7 @@ def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None
     for start, stop, is_guided in segments:
         if is_guided:
             sigma = float(sigmas[start])
-            x_out, report = guidance_step(x_out, evaluate_at(start), multiplier=1.0 + sigma ** 2)
+            x_out, report = guidance_step(x_out, evaluate_at(start), multiplier=input_scale(base_model, sigma) ** -2)
             entry = _log_entry(start, sigma, report)
             record.log.append(entry)
             for reason in report.skipped:
@@ -267,6 +271,13 @@ def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None
     record.final_latent = x_out.detach().to("cpu", torch.float32)
     history.add(record)
     return x_out
+
+
+def input_scale(base_model, sigma) -> float:
+    """``s`` with ``z = s x``: how the model's sampling scales the sampler's latent at ``sigma`` before the
+    network reads it (see the module docstring)."""
+    sigma = torch.as_tensor(float(sigma), dtype=torch.float64).reshape(1)
+    return float(base_model.model_sampling.calculate_input(sigma, torch.ones(1, dtype=torch.float64)))
 
 
 def _out_of_memory(node: str, z: torch.Tensor) -> StormError:

@@ -16,9 +16,9 @@ from ..storm_ops.losses.attend_excite import AttendExciteConfig, subject_maps
 from ..storm_ops.prompt_identity import check_prompt_encoding, untile_encoding
 from ..storm_ops.token_layout import AUTO, Subject
 from .architecture import PIXELS_PER_LATENT, check_conditioning_family, describe_model
-from .attention_capture import AttentionHistory, ContinuousRecorder, install_patches, latent_run, mean_of_steps
+from .attention_capture import AttentionHistory, ContinuousRecorder, latent_run, mean_of_steps
 from .compat import folder_paths, wrap_sampling_calls
-from .dit_capture import context_rows, install_joint_tap
+from .dit_capture import install_recording
 from .errors import node_error_context, node_errors
 from .heatmap_render import (
     RUNS,
@@ -83,11 +83,7 @@ class AttentionRecorder:
             "node": self.NODE_NAME, "model": unet.model_name, "family": unet.family,
             "layers": [layer.label for layer in layers]})
         patched = model.clone()
-        tap = None
-        if unet.is_dit:
-            tap = install_joint_tap(patched.model_options, recorder, 2 ** layers[0].level)
-        else:
-            install_patches(patched.model_options, recorder, layers)
+        install_recording(patched.model_options, recorder, layers, unet)
 
         def storm_record_final(args):
             recorder.on_denoised(args["denoised"], args.get("sigma"))
@@ -101,8 +97,6 @@ class AttentionRecorder:
             if context is not None:  # fail with a clear message, not the host's shape error
                 with node_error_context(self.NODE_NAME):
                     check_conditioning_family(self.NODE_NAME, unet, {"positive or negative": [context]})
-            if tap is not None:
-                tap.begin_call(context_rows(args), args["input"].shape)
             out = previous(apply_model, args) if previous is not None else \
                 apply_model(args["input"], args["timestep"], **args["c"])
             recorder.on_context(args)  # after the pass: a new run's record exists by then

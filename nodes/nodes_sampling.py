@@ -7,7 +7,7 @@ import comfy.samplers
 import comfy.utils
 
 from ..storm_ops.errors import StormError
-from .architecture import DEFAULT_LAYER_SELECTION, LAYER_SELECTIONS, check_conditioning_family, describe_unet
+from .architecture import DEFAULT_LAYER_SELECTION, LAYER_SELECTIONS, check_conditioning_family, describe_model
 from .attention_capture import AttentionHistory, tag_latent
 from .compat import latent_preview_callback
 from .errors import node_errors
@@ -106,7 +106,7 @@ class GuidedKSampler:
         settings = GuidedSamplerSettings(guidance, sampler_name, attention_layers, self.NODE_NAME)
         # the checks sample_guided repeats for SamplerCustom, made here before any model is loaded
         guidance.check_windows(steps)
-        unet = describe_unet(model.model, self.NODE_NAME)
+        unet = describe_model(model.model, self.NODE_NAME)
         check_conditioning_family(self.NODE_NAME, unet, {"positive": [c[0] for c in positive],
                                                          "negative": [c[0] for c in negative]})
         if guidance.terms and guidance.layout is not None and len(positive) == 1:

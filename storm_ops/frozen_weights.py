@@ -215,6 +215,14 @@ def _tensors(values):
             yield from (t for t in v if isinstance(t, torch.Tensor))
 
 
+def _unview(out):
+    if isinstance(out, torch.Tensor):
+        return out.detach() if out._is_view() else out
+    if isinstance(out, (tuple, list)) and any(isinstance(v, torch.Tensor) and v._is_view() for v in out):
+        return type(out)(_unview(v) for v in out)
+    return out
+
+
 class FrozenWeights(TorchFunctionMode):
     """Run a forward pass whose backward needs gradients of the input only, through inference-tensor
     weights, without copying them (see the module docstring). Use outside ``torch.inference_mode()``::
@@ -291,7 +299,11 @@ class FrozenWeights(TorchFunctionMode):
             return func(*args, **kwargs)
         if not any(t.requires_grad and not t.is_inference() for t in tensors):
             with torch.no_grad():  # constants only (e.g. keys from the prompt): nothing to differentiate
-                return func(*args, **kwargs)
+                out = func(*args, **kwargs)
+            # a view made under no_grad may not be changed in place under grad (Flux adds its image-dependent
+            # attention into the text stream with `txt +=` on the chunks of a constant modulation); a detached
+            # tensor shares the storage without being such a view
+            return _unview(out)
         args, kwargs = self._copy(args), {k: self._copy([v])[0] for k, v in kwargs.items()}
         return func(*args, **kwargs)
 

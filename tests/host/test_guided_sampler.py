@@ -7,7 +7,7 @@ import comfy.utils
 import pytest
 import torch
 
-from harness.nodeutil import node_output
+from harness.nodeutil import node_output, weakest_subject_attention
 
 LAYERS = "1/32 res: down+up (A&E)"
 THRESHOLDS = "0:0.05, 0.2:0.5, 0.4:0.8"
@@ -126,16 +126,6 @@ def test_short_schedules_guide_every_step_inside_the_window(pack, nodes, setup, 
     assert history.latest().info["guided_steps"] == guided
 
 
-def _min_subject_attention(pack, record, tokens):
-    ae_mod = pack.storm_ops.losses.attend_excite
-    cfg = ae_mod.AttendExciteConfig()  # "auto": the tokens' own end-token convention
-    values = []
-    for _, maps in record.step_maps:
-        sub = ae_mod.subject_maps(maps.float(), tokens.layout, tokens.subjects, cfg)
-        values.append(float(ae_mod.max_attention(sub).min()))
-    return values
-
-
 @pytest.mark.parametrize("arch", ["sd15", "sdxl"])
 def test_guidance_raises_the_neglected_subjects_attention(pack, nodes, setup, arch):
     """Same seed and noise: the most neglected subject's smoothed max attention is higher with guidance."""
@@ -149,8 +139,8 @@ def test_guidance_raises_the_neglected_subjects_attention(pack, nodes, setup, ar
             custom_sample(model, sampler, sigmas, pos, neg, latent, seed=seed)
             runs[label] = history.latest()
         window = range(5)  # end_at 0.5 of 10 steps
-        off = _min_subject_attention(pack, runs["off"], tokens)
-        on = _min_subject_attention(pack, runs["on"], tokens)
+        off = weakest_subject_attention(pack, runs["off"], tokens)
+        on = weakest_subject_attention(pack, runs["on"], tokens)
         assert sum(on[i] for i in window) / 5 > sum(off[i] for i in window) / 5 + 0.02, (seed, off, on)
         assert runs["on"].info["guided_steps"] == [0, 1, 2, 3, 4]
         assert runs["on"].info["weights_copied"] == 0  # every layer of the host's UNet is on the copy-free path

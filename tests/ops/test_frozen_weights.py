@@ -120,6 +120,24 @@ def test_uncovered_operations_fall_back_to_copies_and_are_counted():
     assert mode.copied == 1 and mode.copied_bytes == 12
 
 
+def test_a_constant_layer_output_can_take_an_in_place_update_that_needs_a_gradient():
+    """Flux's text stream: ``txt = txt_in(context)`` is a constant (a linear layer with bias on a 3-d input
+    returns a view of its 2-d result), then ``txt += f(image)`` needs a gradient. Stock autograd allows it,
+    so the mode must too, and get the gradient right."""
+    with torch.inference_mode():
+        weight = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+        bias = torch.tensor([0.5, -0.5])
+    context = torch.ones(1, 3, 2)
+    x = torch.tensor([[[0.5, -1.0]]], requires_grad=True)
+    with FrozenWeights():
+        txt = F.linear(context, weight, bias)
+        txt += x.square()
+        loss = (txt * txt).sum()
+    (grad,) = torch.autograd.grad(loss, x)
+    expected = 3 * 2 * (torch.tensor([[[3.5, 6.5]]]) + x.detach().square()) * 2 * x.detach()
+    torch.testing.assert_close(grad, expected)
+
+
 def test_no_grad_and_normal_weights_pass_through_untouched():
     lin = nn.Linear(3, 3)
     x = torch.randn(2, 3, requires_grad=True)
