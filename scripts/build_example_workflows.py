@@ -333,7 +333,78 @@ def paid_composition(defs: Mapping[str, Mapping], out: Path) -> None:
     g.save("paid_composition", out)
 
 
-EXAMPLES = (attend_and_excite, syngen, astar, storm_spatial, aid_morph, paid_composition)
+def dit_latent(g: Graph, pos=(380, 620), size=1024) -> dict:
+    return g.node("EmptySD3LatentImage", pos, (320, 110), [size, size, 1], outputs=[("LATENT", "LATENT")])
+
+
+def subject_tokens(g: Graph, ckpt: dict, text: str, subjects: str) -> dict:
+    tok = g.node("STORM_SubjectTokens", (380, 60), (400, 330), {"text": text, "subjects": subjects},
+                 inputs=[("clip", "CLIP")],
+                 outputs=[("tokens", "STORM_TOKENS"), ("conditioning", "CONDITIONING"), ("tokenization", "STRING")],
+                 title="STORM Subject Tokens (positive prompt)")
+    g.link(ckpt, 1, tok, 0)
+    return tok
+
+
+def sd35_attend_and_excite(defs: Mapping[str, Mapping], out: Path) -> None:
+    g = Graph(defs)
+    ckpt = checkpoint(g, "sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors")
+    tok = subject_tokens(g, ckpt, "a cat and a dog", "cat, dog")
+    neg = negative(g, ckpt)
+    lat = dit_latent(g)
+    ae = g.node("STORM_AttendAndExcite", (830, 40), (360, 330), {},
+                inputs=[("tokens", "STORM_TOKENS"), ("guidance", "STORM_GUIDANCE")], outputs=[("guidance", "STORM_GUIDANCE")])
+    g.link(tok, 0, ae, 0)
+    ks = g.node("STORM_GuidedKSampler", (1240, 120), (340, 330),
+                {"seed": 42, "steps": 28, "cfg": 4.5, "sampler_name": "euler", "scheduler": "sgm_uniform"},
+                inputs=[("model", "MODEL"), ("guidance", "STORM_GUIDANCE"), ("positive", "CONDITIONING"),
+                        ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
+                outputs=[("latent", "LATENT"), ("attention", "STORM_ATTENTION")])
+    for slot, src in enumerate([(ckpt, 0), (ae, 0), (tok, 1), (neg, 0), (lat, 0)]):
+        g.link(*src, ks, slot)
+    decode_save_heatmaps(g, ckpt, (ks, 0), (ks, 1), (tok, 0), 1630, "sd35_attend_and_excite")
+    g.note((20, 330), (330, 300),
+           "Attend-and-Excite on SD3.5 (a DiT) with ComfyUI-STORM.\n\n"
+           "The maps are the image-to-text part of every block's joint attention; Subject Tokens finds the "
+           "words in the CLIP columns and in the T5 rows.\n\n"
+           "SD3.5's usual sampling: 28 steps, cfg 4.5, sgm_uniform. The A&E settings are the paper's (for "
+           "SD1.4's UNet), not yet calibrated for SD3.5: raise the step size if the weakest subject's "
+           "attention barely moves in the log. Needs a current ComfyUI.")
+    g.save("sd35_attend_and_excite", out)
+
+
+def flux_heatmaps(defs: Mapping[str, Mapping], out: Path) -> None:
+    g = Graph(defs)
+    ckpt = checkpoint(g, "flux1-dev-fp8.safetensors")
+    tok = subject_tokens(g, ckpt, "a cat and a dog", "cat, dog")
+    fg = g.node("FluxGuidance", (830, 420), (320, 60), [3.5], inputs=[("conditioning", "CONDITIONING")],
+                outputs=[("CONDITIONING", "CONDITIONING")])
+    g.link(tok, 1, fg, 0)
+    neg = g.node("CLIPTextEncode", (380, 440), (400, 130), [""], inputs=[("clip", "CLIP")],
+                 outputs=[("CONDITIONING", "CONDITIONING")], title="CLIP Text Encode (unused at cfg 1)")
+    g.link(ckpt, 1, neg, 0)
+    lat = dit_latent(g)
+    rec = g.node("STORM_AttentionRecorder", (830, 60), (360, 100), {}, inputs=[("model", "MODEL")],
+                 outputs=[("model", "MODEL"), ("attention", "STORM_ATTENTION")])
+    g.link(ckpt, 0, rec, 0)
+    ks = g.node("KSampler", (1240, 120), (340, 330), [42, "fixed", 20, 1.0, "euler", "simple", 1.0],
+                inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                        ("latent_image", "LATENT")],
+                outputs=[("LATENT", "LATENT")])
+    for slot, src in enumerate([(rec, 0), (fg, 0), (neg, 0), (lat, 0)]):
+        g.link(*src, ks, slot)
+    decode_save_heatmaps(g, ckpt, (ks, 0), (rec, 1), (tok, 0), 1630, "flux_heatmaps")
+    g.note((20, 330), (330, 260),
+           "Attention heatmaps of Flux (a DiT) with ComfyUI-STORM.\n\n"
+           "STORM Attention Recorder records the image-to-text part of every block's joint attention while "
+           "the core KSampler runs (Flux: cfg 1 with FluxGuidance); STORM Attention Heatmap shows each "
+           "subject's map, found in Flux's T5 rows. The image is unchanged by recording. Needs a current "
+           "ComfyUI.")
+    g.save("flux_heatmaps", out)
+
+
+EXAMPLES = (attend_and_excite, syngen, astar, storm_spatial, aid_morph, paid_composition, sd35_attend_and_excite,
+            flux_heatmaps)
 
 
 def build_all(out: Path = OUT) -> list[Path]:

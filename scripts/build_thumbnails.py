@@ -4,7 +4,9 @@ ComfyUI's frontend lists a custom node pack's ``example_workflows/*.json`` in it
 and shows ``<name>.jpg`` beside each as its thumbnail. Each thumbnail is made from a real run of the
 workflow on the shipped shape model (``scripts.run_example``: shape prompts of the same construction,
 128 px): a 2 x 2 grid of 128 px tiles; the saved image first, then the heatmap overlays the workflow
-saves (one per subject), or, for a sequence, frames spread over it.
+saves (one per subject), or, for a sequence, frames spread over it. The pack ships no trained DiT, so
+the SD3 and Flux examples run on the tests' tiny random-weight models (current ComfyUI only), and
+their thumbnails say so on a banner.
 
     python -m scripts.build_thumbnails                # every example
     python -m scripts.build_thumbnails --only syngen  # one
@@ -18,8 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageDraw
 
+from harness.workflows import needs_dit
 from scripts import run_example
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +60,10 @@ def thumbnail(workflow: Path, target: Path) -> Path:
         for i, path in enumerate(tiles):
             with Image.open(path) as image:
                 grid.paste(image.convert("RGB").resize((TILE, TILE)), ((i % 2) * TILE, (i // 2) * TILE))
+    if needs_dit(workflow):
+        draw = ImageDraw.Draw(grid)
+        draw.rectangle((0, TILE - 9, 2 * TILE, TILE + 9), fill=(32, 32, 32))
+        draw.text((6, TILE - 6), "random-weight tiny model: noise", fill=(240, 240, 240))
     grid.save(target, quality=90)
     return target
 

@@ -65,6 +65,8 @@ EXAMPLES: dict[str, str] = {
     "storm_spatial": "STORM - put A left of B",
     "aid_morph": "AID - morph two prompts",
     "paid_composition": "PAID - compose two concepts",
+    "sd35_attend_and_excite": "SD3.5 - lost objects, heatmaps",
+    "flux_heatmaps": "Flux - attention heatmaps",
 }
 EXAMPLES_DIR = REPO_ROOT / "example_workflows"
 
@@ -78,6 +80,15 @@ def example_key(path: Path) -> str:
     """The key in :data:`EXAMPLES` of an example workflow's file (its stem if it is not listed)."""
     stem = Path(path).stem
     return next((k for k, v in EXAMPLES.items() if v == stem), stem)
+
+
+def needs_dit(path: Path) -> bool:
+    """Whether an example workflow loads a DiT checkpoint (SD3, Flux: current ComfyUI only)."""
+    from .tiny_models import arch_from_checkpoint_name
+
+    nodes = json.loads(Path(path).read_text())["nodes"]
+    return any(n["type"] == "CheckpointLoaderSimple" and arch_from_checkpoint_name(n["widgets_values"][0]) in ("sd3", "flux")
+               for n in nodes)
 
 
 def example_files() -> list[Path]:
@@ -105,6 +116,7 @@ TINY_LOADER = "STORMTest_TinyCheckpointLoader"
 #: (image size and step count only; every other value is the workflow's own)
 CPU_PROFILE = {
     "EmptyLatentImage": {"width": 128, "height": 128},
+    "EmptySD3LatentImage": {"width": 128, "height": 128},
     "STORM_GuidedKSampler": {"steps": 8},
     "STORM_AttentionInterpolation": {"steps": 6},
     "KSampler": {"steps": 8},
