@@ -88,8 +88,8 @@ def empty_latent(g: Graph, pos=(380, 620), size=512) -> dict:
     return g.node("EmptyLatentImage", pos, (320, 110), [size, size, 1], outputs=[("LATENT", "LATENT")])
 
 
-def guided_ksampler(g: Graph, pos, seed=42) -> dict:
-    return g.node("STORM_GuidedKSampler", pos, (340, 330), {"seed": seed},
+def guided_ksampler(g: Graph, pos, seed=42, **widgets) -> dict:
+    return g.node("STORM_GuidedKSampler", pos, (340, 330), {"seed": seed, **widgets},
                   inputs=[("model", "MODEL"), ("guidance", "STORM_GUIDANCE"), ("positive", "CONDITIONING"),
                           ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
                   outputs=[("latent", "LATENT"), ("attention", "STORM_ATTENTION")])
@@ -118,24 +118,39 @@ def decode_save_heatmaps(g: Graph, ckpt: dict, latent_src: tuple[dict, int], att
     g.link(heat, 1, preview, 0)
 
 
-# --------------------------------------------------------------------------------- workflows
-def attend_and_excite(defs: Mapping[str, Mapping], out: Path) -> None:
-    g = Graph(defs)
-    ckpt = checkpoint(g)
-    tok = g.node("STORM_SubjectTokens", (380, 60), (400, 330), {"text": "a cat and a dog", "subjects": "cat, dog"},
+def dit_latent(g: Graph, pos=(380, 620), size=1024) -> dict:
+    return g.node("EmptySD3LatentImage", pos, (320, 110), [size, size, 1], outputs=[("LATENT", "LATENT")])
+
+
+def subject_tokens(g: Graph, ckpt: dict, text: str, subjects: str) -> dict:
+    tok = g.node("STORM_SubjectTokens", (380, 60), (400, 330), {"text": text, "subjects": subjects},
                  inputs=[("clip", "CLIP")],
                  outputs=[("tokens", "STORM_TOKENS"), ("conditioning", "CONDITIONING"), ("tokenization", "STRING")],
                  title="STORM Subject Tokens (positive prompt)")
     g.link(ckpt, 1, tok, 0)
+    return tok
+
+
+def attend_excite_graph(g: Graph, ckpt: dict, latent, prefix: str, **sampler) -> None:
+    """Subject Tokens -> Attend-and-Excite (the paper's defaults) -> Guided KSampler (``sampler`` widgets) ->
+    decoded image and heatmaps; ``latent(g)`` adds the empty latent."""
+    tok = subject_tokens(g, ckpt, "a cat and a dog", "cat, dog")
     neg = negative(g, ckpt)
-    lat = empty_latent(g)
-    ae = g.node("STORM_AttendAndExcite", (830, 40), (360, 330), {},  # the paper's defaults
+    lat = latent(g)
+    ae = g.node("STORM_AttendAndExcite", (830, 40), (360, 330), {},
                 inputs=[("tokens", "STORM_TOKENS"), ("guidance", "STORM_GUIDANCE")], outputs=[("guidance", "STORM_GUIDANCE")])
     g.link(tok, 0, ae, 0)
-    ks = guided_ksampler(g, (1240, 120))
+    ks = guided_ksampler(g, (1240, 120), **sampler)
     for slot, src in enumerate([(ckpt, 0), (ae, 0), (tok, 1), (neg, 0), (lat, 0)]):
         g.link(*src, ks, slot)
-    decode_save_heatmaps(g, ckpt, (ks, 0), (ks, 1), (tok, 0), 1630, "attend_and_excite")
+    decode_save_heatmaps(g, ckpt, (ks, 0), (ks, 1), (tok, 0), 1630, prefix)
+
+
+# --------------------------------------------------------------------------------- workflows
+def attend_and_excite(defs: Mapping[str, Mapping], out: Path) -> None:
+    g = Graph(defs)
+    ckpt = checkpoint(g)
+    attend_excite_graph(g, ckpt, empty_latent, "attend_and_excite")
     g.note((20, 330), (330, 260),
            "Attend-and-Excite (Chefer et al. 2023) with ComfyUI-STORM.\n\n"
            "1. Write the prompt in 'STORM Subject Tokens' and list its subject words (e.g. 'cat, dog').\n"
@@ -333,36 +348,11 @@ def paid_composition(defs: Mapping[str, Mapping], out: Path) -> None:
     g.save("paid_composition", out)
 
 
-def dit_latent(g: Graph, pos=(380, 620), size=1024) -> dict:
-    return g.node("EmptySD3LatentImage", pos, (320, 110), [size, size, 1], outputs=[("LATENT", "LATENT")])
-
-
-def subject_tokens(g: Graph, ckpt: dict, text: str, subjects: str) -> dict:
-    tok = g.node("STORM_SubjectTokens", (380, 60), (400, 330), {"text": text, "subjects": subjects},
-                 inputs=[("clip", "CLIP")],
-                 outputs=[("tokens", "STORM_TOKENS"), ("conditioning", "CONDITIONING"), ("tokenization", "STRING")],
-                 title="STORM Subject Tokens (positive prompt)")
-    g.link(ckpt, 1, tok, 0)
-    return tok
-
-
 def sd35_attend_and_excite(defs: Mapping[str, Mapping], out: Path) -> None:
     g = Graph(defs)
     ckpt = checkpoint(g, "sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors")
-    tok = subject_tokens(g, ckpt, "a cat and a dog", "cat, dog")
-    neg = negative(g, ckpt)
-    lat = dit_latent(g)
-    ae = g.node("STORM_AttendAndExcite", (830, 40), (360, 330), {},
-                inputs=[("tokens", "STORM_TOKENS"), ("guidance", "STORM_GUIDANCE")], outputs=[("guidance", "STORM_GUIDANCE")])
-    g.link(tok, 0, ae, 0)
-    ks = g.node("STORM_GuidedKSampler", (1240, 120), (340, 330),
-                {"seed": 42, "steps": 28, "cfg": 4.5, "sampler_name": "euler", "scheduler": "sgm_uniform"},
-                inputs=[("model", "MODEL"), ("guidance", "STORM_GUIDANCE"), ("positive", "CONDITIONING"),
-                        ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
-                outputs=[("latent", "LATENT"), ("attention", "STORM_ATTENTION")])
-    for slot, src in enumerate([(ckpt, 0), (ae, 0), (tok, 1), (neg, 0), (lat, 0)]):
-        g.link(*src, ks, slot)
-    decode_save_heatmaps(g, ckpt, (ks, 0), (ks, 1), (tok, 0), 1630, "sd35_attend_and_excite")
+    attend_excite_graph(g, ckpt, dit_latent, "sd35_attend_and_excite", steps=28, cfg=4.5, sampler_name="euler",
+                        scheduler="sgm_uniform")
     g.note((20, 330), (330, 300),
            "Attend-and-Excite on SD3.5 (a DiT) with ComfyUI-STORM.\n\n"
            "The maps are the image-to-text part of every block's joint attention; Subject Tokens finds the "
