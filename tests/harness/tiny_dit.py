@@ -109,8 +109,10 @@ def dit_supported() -> str | None:
     return None
 
 
-def build_tiny_dit(arch: str, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyDiT:
-    """The tiny ``arch`` (``"sd3"`` or ``"flux"``) diffusion model, weights initialised from ``seed``.
+def build_tiny_dit(arch: str, *, seed: int = 0, dtype: torch.dtype = torch.float32,
+                   config: dict[str, Any] | None = None) -> TinyDiT:
+    """The tiny ``arch`` (``"sd3"`` or ``"flux"``) diffusion model, weights initialised from ``seed``;
+    ``config`` overrides entries of its ``unet_config`` (e.g. SD3.5-Medium's ``x_block_self_attn_layers``).
 
     The joint-attention query/key projections are scaled by :data:`ATTN2_QK_GAIN` (SD3: the first two
     thirds of each ``qkv`` weight; Flux: its q/k RMS-norm scales, since Flux normalises q and k) so the
@@ -129,7 +131,7 @@ def build_tiny_dit(arch: str, *, seed: int = 0, dtype: torch.dtype = torch.float
     load_device = mm.get_torch_device()
     offload_device = mm.unet_offload_device()
     with torch.no_grad():
-        model_config = getattr(comfy.supported_models, name)(dict(unet_config))
+        model_config = getattr(comfy.supported_models, name)({**unet_config, **(config or {})})
         manual_cast = mm.unet_manual_cast(dtype, load_device, model_config.supported_inference_dtypes)
         model_config.set_inference_dtype(dtype, manual_cast)
         model = model_config.get_model({}, "", device=offload_device)

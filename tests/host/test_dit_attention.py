@@ -127,6 +127,27 @@ def test_the_recorder_records_image_to_text_attention_and_leaves_the_sample_unch
     torch.testing.assert_close(first, _expected_first_step(calls, rows, 4, grid), atol=2e-3, rtol=0)
 
 
+def test_sd35_image_only_self_attention_is_not_recorded(nodes):
+    """SD3.5-Medium's blocks also run an attention over the image rows alone (``x_block_self_attn``); the
+    recorder takes only the joint calls: one per block, each a softmax over the text rows."""
+    with torch.inference_mode():
+        dit = build_tiny_dit("sd3", config={"x_block_self_attn_layers": [0, 2]})
+        tokens, positive, _ = call_node(nodes["STORM_SubjectTokens"], clip=dit.clip, text="a cat and a dog",
+                                        subjects="cat, dog")
+        negative = tiny_conditioning(dit.clip, "")
+        model, attention = call_node(nodes["STORM_AttentionRecorder"], model=dit.model)
+    assert sum(b.x_block.x_block_self_attn for b in dit.model.model.diffusion_model.joint_blocks) == 2
+    calls = []
+    _sample(_capturing(model, calls), positive, negative)
+    rows, grid = ROWS["sd3"], (LATENT[2] // 2, LATENT[3] // 2)
+    assert len(calls) == STEPS * (4 + 2)  # 4 joint calls and 2 image-only calls per step
+    record = attention.latest()
+    assert len(record.step_maps) == STEPS
+    joint = [c for c in calls if c[1].shape[1] == rows + grid[0] * grid[1]]
+    first = record.step_maps[0][1].float()
+    torch.testing.assert_close(first, _expected_first_step(joint, rows, 4, grid), atol=2e-3, rtol=0)
+
+
 def test_the_heatmap_shows_each_subject_of_a_dit_run(dit, prompt, nodes):
     tokens, positive, negative = prompt
     with torch.inference_mode():
