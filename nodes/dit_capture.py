@@ -19,8 +19,8 @@ from .attention_capture import GRAD_PASS_FLAG, MapRecorder, StopForward, install
 
 
 class JointAttentionTap:
-    """The ``optimized_attention_override`` that feeds ``recorder`` (closure-free: ``clone()`` deep-copies
-    ``model_options`` on some hosts, and :meth:`__deepcopy__` keeps this one object).
+    """The ``optimized_attention_override`` that feeds ``recorder``. ``clone()`` deep-copies ``model_options``
+    on some hosts; :meth:`__deepcopy__` keeps this one object, whose per-call state the wrapper sets.
 
     :meth:`begin_call` must run before every model call (the MODEL's UNet function wrapper): it gives the
     text row count and the latent size, and restarts the block count. A call whose key length is not
@@ -88,7 +88,6 @@ def context_rows(args: dict) -> int | None:
     """The text rows of a model call (the UNet function wrapper's ``args``)."""
     context = args.get("c", {}).get("c_crossattn")
     return None if context is None else int(context.shape[1])
-
 
 
 def install_recording(model_options: dict, recorder: MapRecorder, layers: tuple[CrossAttentionLayer, ...],
