@@ -26,9 +26,9 @@ from typing import Any
 import torch
 
 from .host import ensure_host
-from .tiny_models import ATTN2_QK_GAIN, build_vae, initialise_weights
+from .tiny_models import ATTN2_QK_GAIN, DIT_ARCHS, build_vae, initialise_weights
 
-DIT_ARCHS = ("sd3", "flux")
+__all__ = ["DIT_ARCHS", "DiTUnsupported", "TinyDiT", "build_tiny_dit", "dit_conditioning", "dit_supported"]
 
 
 class DiTUnsupported(RuntimeError):

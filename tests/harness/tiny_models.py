@@ -331,11 +331,15 @@ SHAPE_MODEL = Path(__file__).resolve().parents[2] / "models" / "storm_shapes_sd1
 SHAPE_MODEL_SIZE = 128
 
 
+#: the tiny DiT architectures (:mod:`harness.tiny_dit` builds them), as checkpoint names name them
+DIT_ARCHS = ("sd3", "flux")
+
+
 def arch_from_checkpoint_name(ckpt_name: str) -> str:
     """``"sd3"`` / ``"flux"`` if the name contains it (tiny DiTs, :mod:`harness.tiny_dit`), ``"sdxl"`` if it
     contains "xl", ``"sd2"`` if it contains "sd2"/"v2", else ``"sd15"``."""
     name = ckpt_name.lower()
-    for dit in ("sd3", "flux"):
+    for dit in DIT_ARCHS:
         if dit in name:
             return dit
     if "xl" in name:

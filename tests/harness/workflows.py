@@ -82,13 +82,19 @@ def example_key(path: Path) -> str:
     return next((k for k, v in EXAMPLES.items() if v == stem), stem)
 
 
-def needs_dit(path: Path) -> bool:
-    """Whether an example workflow loads a DiT checkpoint (SD3, Flux: current ComfyUI only)."""
+def checkpoint_archs(path: Path) -> list[str]:
+    """The tiny architecture each ``CheckpointLoaderSimple`` of a UI-format workflow names (in node order)."""
     from .tiny_models import arch_from_checkpoint_name
 
     nodes = json.loads(Path(path).read_text())["nodes"]
-    return any(n["type"] == "CheckpointLoaderSimple" and arch_from_checkpoint_name(n["widgets_values"][0]) in ("sd3", "flux")
-               for n in nodes)
+    return [arch_from_checkpoint_name(n["widgets_values"][0]) for n in nodes if n["type"] == "CheckpointLoaderSimple"]
+
+
+def needs_dit(path: Path) -> bool:
+    """Whether an example workflow loads a DiT checkpoint (SD3, Flux: current ComfyUI only)."""
+    from .tiny_models import DIT_ARCHS
+
+    return any(arch in DIT_ARCHS for arch in checkpoint_archs(path))
 
 
 def example_files() -> list[Path]:

@@ -15,14 +15,13 @@ from PIL import Image
 
 from harness.shape_eval import clutter, detect, is_clean
 from harness.shape_world import parse_caption
-from harness.tiny_models import arch_from_checkpoint_name
-from harness.workflows import example_files, example_key
+from harness.workflows import checkpoint_archs, example_files, example_key
 from scripts import run_example
 
 
 def _sd15(path) -> bool:
-    loaders = [n for n in json.loads(path.read_text())["nodes"] if n["type"] == "CheckpointLoaderSimple"]
-    return bool(loaders) and all(arch_from_checkpoint_name(n["widgets_values"][0]) == "sd15" for n in loaders)
+    archs = checkpoint_archs(path)
+    return bool(archs) and all(arch == "sd15" for arch in archs)
 
 
 #: examples whose method, at its default settings, turns the shape model's image into coloured noise
