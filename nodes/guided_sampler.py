@@ -201,7 +201,8 @@ def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None
         base_kwargs["noise_sampler"] = _noise_sampler(x, extra_args.get("seed"))
     states: dict = {}
 
-    def evaluate_at(step: int):
+    def evaluate_at(step: int, scale: float):
+        """The evaluation of guided step ``step``; ``scale`` is :func:`input_scale` at its sigma."""
         sigma = sigmas[step]
         s_in = x.new_ones([x.shape[0]])
         evaluations = refine_cap = 0
@@ -249,7 +250,7 @@ def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None
                     raise _out_of_memory(node, z) from None
             if combined.grad_norm_bound is not None:
                 # the bound is on the z-space gradient; grad_z = grad_x / s
-                grad = clip_grad_norm(grad, combined.grad_norm_bound * input_scale(base_model, sigma))
+                grad = clip_grad_norm(grad, combined.grad_norm_bound * scale)
             refine_cap = combined.max_refine_iters
             return Evaluation(combined.objective.detach(), grad.detach(), combined.satisfied,
                               combined.max_refine_iters, combined.term_losses, combined.metrics)
@@ -260,7 +261,8 @@ def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None
     for start, stop, is_guided in segments:
         if is_guided:
             sigma = float(sigmas[start])
-            x_out, report = guidance_step(x_out, evaluate_at(start), multiplier=input_scale(base_model, sigma) ** -2)
+            scale = input_scale(base_model, sigma)
+            x_out, report = guidance_step(x_out, evaluate_at(start, scale), multiplier=scale ** -2)
             entry = _log_entry(start, sigma, report)
             record.log.append(entry)
             for reason in report.skipped:

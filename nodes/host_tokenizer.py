@@ -35,7 +35,7 @@ def _sd_tokenizer(clip, key: str):
 
 
 def _clip_layout(clip, tokens: dict) -> TokenLayout:
-    """Tokenise ``text`` with the host's tokenizer.
+    """The CLIP columns of ``tokens`` (what ``clip.tokenize(text)`` returned; other streams' keys are ignored).
 
     The columns are exactly those of the conditioning the same CLIP encodes from ``text``
     (chunks of 77, words never split across chunks unless longer than the host's limit). The
@@ -57,7 +57,7 @@ def _clip_layout(clip, tokens: dict) -> TokenLayout:
                                   end_id=getattr(sd_tok, "end_token", None),
                                   chunk_length=len(tokens[key][0]),
                                   end_tokens="sd1" if all(_sd_tokenizer(clip, k).pad_with_end
-                                                          for k in tokens if k in _CLIP_KEYS) else "words")
+                                                          for k in tokens if k in _CLIP_KEYS or k == key) else "words")
     return layout
 
 
@@ -84,7 +84,7 @@ def conditioning_layout(clip, tokens: dict, rows: int) -> TokenLayout:
     and T5 have the same length, the text encoder decides: without a loaded T5 the rows are CLIP's."""
     t5 = _t5_layout(clip, tokens)
     has_clip = any(k in tokens for k in _CLIP_KEYS)
-    clip_layout = _clip_layout(clip, {k: v for k, v in tokens.items() if k in _CLIP_KEYS}) if has_clip else None
+    clip_layout = _clip_layout(clip, tokens) if has_clip else None
     t5_loaded = getattr(getattr(clip, "cond_stage_model", None), _T5_KEY, None) is not None
     candidates = ([clip_layout.with_stream(t5)] if clip_layout is not None else []) + \
         ([t5, clip_layout] if t5_loaded or clip_layout is None else [clip_layout, t5])

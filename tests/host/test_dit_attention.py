@@ -20,6 +20,8 @@ LATENT = (1, 16, 8, 12)  # 64 x 96 px: 4 x 6 patches of 2 x 2
 STEPS = 3
 #: text rows of "a cat and a dog": SD3 (T5 off in the tiny model) its 77 CLIP columns, Flux 256 T5 rows
 ROWS = {"sd3": 77, "flux": 256}
+#: the cfg each family is sampled with in these tests (Flux is guidance-distilled: cfg 1)
+CFG = {"sd3": 4.0, "flux": 1.0}
 #: A&E step sizes for the tiny models' test (not a calibrated default: the paper's 20 is for SD1.4's UNet)
 STEP_SIZE = {"sd3": 40.0, "flux": 80.0}
 
@@ -165,9 +167,8 @@ def _guided(nodes, dit, tokens, positive, negative, step_size, seed=5, steps=6):
     with torch.inference_mode():
         (guidance,) = call_node(nodes["STORM_AttendAndExcite"], tokens=tokens, step_size=step_size, start_at=0.0,
                                 end_at=1.0, thresholds="", max_refine_iters=0)
-        cfg = 1.0 if dit.arch == "flux" else 4.0
         out, attention = call_node(nodes["STORM_GuidedKSampler"], model=dit.model, guidance=guidance, seed=seed,
-                                   steps=steps, cfg=cfg, sampler_name="euler", scheduler="simple", positive=positive,
+                                   steps=steps, cfg=CFG[dit.arch], sampler_name="euler", scheduler="simple", positive=positive,
                                    negative=negative, latent_image={"samples": torch.zeros(LATENT)})
     return out["samples"], attention.latest()
 
@@ -175,10 +176,9 @@ def _guided(nodes, dit, tokens, positive, negative, step_size, seed=5, steps=6):
 def test_guided_ksampler_off_equals_the_host_sampler_on_a_dit(dit, nodes, prompt):
     tokens, positive, negative = prompt
     samples, record = _guided(nodes, dit, tokens, positive, negative, step_size=0.0)
-    cfg = 1.0 if dit.arch == "flux" else 4.0
     with torch.inference_mode():
         noise = comfy.sample.prepare_noise(torch.zeros(LATENT), 5)
-        reference = comfy.sample.sample(dit.model, noise, 6, cfg, "euler", "simple", positive, negative,
+        reference = comfy.sample.sample(dit.model, noise, 6, CFG[dit.arch], "euler", "simple", positive, negative,
                                         torch.zeros(LATENT), seed=5, disable_pbar=True)
     assert torch.equal(samples, reference)
     assert len(record.step_maps) == 6 and record.info["family"] == dit.arch
@@ -208,7 +208,7 @@ def test_binding_and_spatial_guidance_run_on_a_dit(dit, nodes, method):
         (guidance,) = call_node(node, analysis=analysis)
         negative = tiny_conditioning(dit.clip, "")
         _, attention = call_node(nodes["STORM_GuidedKSampler"], model=dit.model, guidance=guidance, seed=1, steps=4,
-                                 cfg=1.0 if dit.arch == "flux" else 4.0, sampler_name="euler", scheduler="simple",
+                                 cfg=CFG[dit.arch], sampler_name="euler", scheduler="simple",
                                  positive=positive, negative=negative, latent_image={"samples": torch.zeros(LATENT)})
     log = attention.latest().log
     assert log and all(e["updates"] >= 1 and "skipped" not in e for e in log)
