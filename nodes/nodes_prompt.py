@@ -6,9 +6,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..storm_ops.nlp import check_pipeline_name
+from ..storm_ops.overrides import (
+    parse_binding_override,
+    parse_relation_override,
+    split_binding_override,
+    split_relation_override,
+)
 from ..storm_ops.parsed_prompt import PromptAnalysis
-from ..storm_ops.prompt_analysis import PARSERS, analyze_prompt, parse_binding_override, split_binding_override
-from ..storm_ops.relations import parse_relation_override, split_relation_override
+from ..storm_ops.prompt_analysis import PARSERS, analyze_prompt
 from ..storm_ops.subjects import check_subject_spec, resolve_subjects
 from ..storm_ops.token_layout import PromptTokens
 from .errors import node_errors

@@ -7,7 +7,7 @@ from ..storm_ops.guidance import DEFAULT_WEIGHT, StepSize, StepWindow, parse_thr
 from ..storm_ops.losses import transport_core
 from ..storm_ops.losses.transport import MODES, transport_term
 from ..storm_ops.losses.transport_core import TransportConfig
-from ..storm_ops.relations import validate_relations
+from ..storm_ops.overrides import validate_relations
 from ..storm_ops.token_layout import AUTO
 from .errors import node_errors
 from .nodes_binding import subject_masks

@@ -6,7 +6,8 @@ first noun as the subject: "laptop" reads as "top", "bright" as "right", and
 parse, whole words only: the relation word ("left", "above", "next"), the noun its phrase attaches
 to (the subject, found through verbs, relative clauses and coordinated prepositions) and the noun
 after "of"/"to" (the object). Chains ("a cat left of a dog left of a bird") give one relation per
-phrase. Without a parser, and for users' overrides, the same phrases are matched on the words.
+phrase. Without a parser, and for users' overrides (:mod:`.relation_overrides`), the same phrases are
+matched on the words.
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .errors import StormError
-from .parsed_prompt import OPPOSITE, PromptAnalysis, SpatialRelation
-from .subjects import parse_word_reference, resolve_word
-from .token_layout import Subject, TokenLayout
+from .parsed_prompt import PromptAnalysis, SpatialRelation
+from .token_layout import Subject
 
 #: Prepositions that are a relation on their own ("a bird above a tree").
 PREPOSITIONS = {"above": "above", "over": "above", "atop": "above", "below": "below", "under": "below",
@@ -381,120 +380,6 @@ def rule_relations(words: Sequence[str], nouns: Sequence[tuple[int, Subject]]
 
 
 # ---------------------------------------------------------------------------- user overrides
-_DETERMINERS = ("a", "an", "the")
-_FORMS = "left of, right of, above, below, near (also: to the left of, on top of, over, under, beneath, next to, beside)"
-
-
-def parse_relation_override(text: str, layout: TokenLayout) -> tuple[SpatialRelation, ...]:
-    """Relations written by a user: ``"cat left of dog; bird above cat"`` (also ``,`` or new lines
-    between relations, chains ``"cat left of dog left of bird"``, ``"dog#2"`` for occurrences).
-
-    Raises
-    ------
-    StormError
-        ``input_name="relations"``: no relation word, a missing subject or object, a word that is
-        not in the prompt, or a set that :func:`validate_relations` rejects.
-    """
-    relations = [SpatialRelation(resolve_word(layout, left, input_name="relations"), relation,
-                                 resolve_word(layout, right, input_name="relations"))
-                 for left, relation, right in split_relation_override(text)]
-    validate_relations(relations)
-    return tuple(relations)
-
-
-def split_relation_override(text: str) -> list[tuple[str, str, str]]:
-    """The relations of a relations text as ``(subject, relation, object)`` words, before they are
-    looked up in the prompt (see :func:`parse_relation_override`; needs no prompt).
-
-    Raises
-    ------
-    StormError
-        ``input_name="relations"``: no relation word, a depth relation, a missing subject or
-        object, or a word with an occurrence below 1 (``"dog#0"``).
-    """
-    out = []
-    for clause in (c.strip() for c in text.replace("\n", ";").replace(",", ";").split(";")):
-        if not clause:
-            continue
-        words = clause.split()
-        found = match_phrases(words, OVERRIDE_PHRASES)
-        if not found:
-            raise StormError(f"{clause!r} has no relation word; write 'subject relation object' with one of: {_FORMS}",
-                             input_name="relations")
-        bounds = [0, *(b for s, e, _ in found for b in (s, e)), len(words)]
-        parts = [words[bounds[i]:bounds[i + 1]] for i in range(0, len(bounds), 2)]
-        for k, (start, end, relation) in enumerate(found):
-            phrase = " ".join(words[start:end])
-            if relation is None:
-                raise StormError(f"{phrase!r} (depth) is not supported; use one of: {_FORMS}", input_name="relations")
-            left, right = _strip(parts[k]), _strip(parts[k + 1])
-            if not left or not right:
-                raise StormError(f"{clause!r}: the relation {phrase!r} needs an object on each side "
-                                 f"({'before' if not left else 'after'} it), e.g. 'cat {phrase} dog'",
-                                 input_name="relations")
-            for word in (left, right):
-                parse_word_reference(word, input_name="relations")
-            out.append((left, relation, right))
-    return out
-
-
-def _strip(words: list[str]) -> str:
-    while words and words[0].lower() in _DETERMINERS:
-        words = words[1:]
-    return " ".join(words)
-
-
-def validate_relations(relations: Sequence[SpatialRelation]) -> None:
-    """Reject relation sets STORM cannot satisfy.
-
-    Raises
-    ------
-    StormError
-        ``input_name="relations"``, naming the words: a relation without a subject or object, a
-        relation between an object and itself (one object only), or contradictory relations
-        ("cat left of dog" with "dog left of cat" or "cat right of dog"; any cycle).
-    """
-    for r in relations:
-        if not r.subject.positions or not r.object.positions:
-            missing = "object" if not r.object.positions else "subject"
-            raise StormError(f"the relation '{r.describe()}' has no {missing} tokens", input_name="relations")
-        if set(r.subject.positions) & set(r.object.positions):
-            raise StormError(f"'{r.describe()}' relates '{r.subject.name}' to itself: a spatial relation needs "
-                             f"two different objects of the prompt", input_name="relations")
-    for axis in ("left", "above"):
-        edges: dict[tuple[int, ...], list[tuple[tuple[int, ...], SpatialRelation]]] = {}
-        for r in relations:
-            if r.relation in (axis, OPPOSITE[axis]):
-                a, b = (r.subject, r.object) if r.relation == axis else (r.object, r.subject)
-                edges.setdefault(a.positions, []).append((b.positions, r))
-        cycle = _find_cycle(edges)
-        if cycle:
-            raise StormError("contradictory relations: " + " and ".join(f"'{r.describe()}'" for r in cycle)
-                             + "; remove one of them", input_name="relations")
-
-
-def _find_cycle(edges) -> list[SpatialRelation] | None:
-    """A cycle of the directed graph ``edges`` (node -> [(node, relation)]), as its relations."""
-    done: set = set()
-
-    def visit(node, path: list, rels: list):
-        for nxt, rel in edges.get(node, ()):
-            if nxt in path:
-                return rels[path.index(nxt):] + [rel]
-            if nxt not in done:
-                found = visit(nxt, [*path, nxt], [*rels, rel])
-                if found:
-                    return found
-        done.add(node)
-        return None
-
-    for node in list(edges):
-        found = None if node in done else visit(node, [node], [])
-        if found:
-            return found
-    return None
-
-
 def relation_modifiers(analysis: PromptAnalysis, relation: SpatialRelation
                        ) -> tuple[tuple[Subject, ...], tuple[Subject, ...]]:
     """The modifiers bound to a relation's subject and object (STORM's adjective per noun)."""

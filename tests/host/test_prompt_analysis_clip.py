@@ -99,7 +99,7 @@ SPATIAL = [
 def ops(pack):
     """The pack's own storm_ops modules (class identities differ from a top-level import)."""
     name = f"{pack.__name__}.storm_ops"
-    return {m: importlib.import_module(f"{name}.{m}") for m in ("nlp", "prompt_analysis", "relations")}
+    return {m: importlib.import_module(f"{name}.{m}") for m in ("nlp", "overrides", "prompt_analysis", "relations")}
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,7 @@ def test_modifier_sets_and_their_columns(analyze, arch, text, expected):
 def test_spatial_relations_roles_and_columns(analyze, ops, arch, text, expected):
     a = analyze(arch, text)
     assert relations_of(a) == expected, a.describe()
-    ops["relations"].validate_relations(a.relations)
+    ops["overrides"].validate_relations(a.relations)
     assert not {"left", "right", "top", "side", "bottom", "front"} & {e.name for e in a.entities}
 
 

@@ -8,14 +8,9 @@ from harness.prompt_layout import pieces_layout
 from storm_ops import nlp
 from storm_ops.errors import StormError
 from storm_ops.nlp import NoParserError
-from storm_ops.prompt_analysis import (
-    FALLBACK_NOTE,
-    analyze_parsed,
-    analyze_prompt,
-    analyze_rules,
-    is_attribute,
-    parse_binding_override,
-)
+from storm_ops.noun_phrases import is_attribute
+from storm_ops.overrides import parse_binding_override
+from storm_ops.prompt_analysis import FALLBACK_NOTE, analyze_parsed, analyze_prompt, analyze_rules
 
 
 def doc_of(spec):

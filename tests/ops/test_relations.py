@@ -4,9 +4,10 @@ import pytest
 from test_prompt_analysis import analyze, clip_of
 
 from storm_ops.errors import StormError
+from storm_ops.overrides import parse_relation_override, validate_relations
 from storm_ops.parsed_prompt import SpatialRelation
 from storm_ops.prompt_analysis import analyze_rules
-from storm_ops.relations import match_phrases, parse_relation_override, relation_modifiers, validate_relations
+from storm_ops.relations import match_phrases, relation_modifiers
 from storm_ops.token_layout import Subject
 
 
@@ -153,8 +154,7 @@ def test_validation_accepts_consistent_sets():
 
 
 def test_relation_and_binding_syntax_is_checked_without_a_prompt():
-    from storm_ops.prompt_analysis import split_binding_override
-    from storm_ops.relations import split_relation_override
+    from storm_ops.overrides import split_binding_override, split_relation_override
 
     assert split_relation_override("the cat to the left of a dog; bird above cat#2") == [
         ("cat", "left", "dog"), ("bird", "above", "cat#2")]
