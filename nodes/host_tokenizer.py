@@ -110,15 +110,53 @@ class _SD1TokenizerOnly:
         return {"l": self.tokenizer.clip_l.tokenize_with_weights(text)}
 
 
-@functools.lru_cache(maxsize=1)
-def _tokenizer_only() -> _SD1TokenizerOnly:
-    return _SD1TokenizerOnly()  # loaded once per process (the vocabulary takes ~0.3 s), like the spaCy pipeline
+class _DiTTokenizerOnly:
+    """The same for a DiT family: the host's own tokenizer class of that family (CLIP and T5), no encoders."""
+
+    def __init__(self, family: str):
+        import importlib
+
+        module, name = _DIT_TOKENIZERS[family]
+        try:
+            self.tokenizer = getattr(importlib.import_module(module), name)()
+        except (ImportError, AttributeError):
+            raise StormError(f"this ComfyUI has no {family} tokenizer ({module}.{name}); update ComfyUI",
+                             input_name="clip") from None
+
+    def tokenize(self, text: str) -> dict:
+        return self.tokenizer.tokenize_with_weights(text)
 
 
-def text_layout(text: str) -> TokenLayout:
-    """The layout of ``text`` under SD1.x/SDXL's CLIP tokenizer, without a loaded model (for the UI's
-    token chips; the nodes use the model's own tokenizer)."""
-    return prompt_layout(_tokenizer_only(), text)
+#: the host's tokenizer class of each DiT family (module, class)
+_DIT_TOKENIZERS = {"sd3": ("comfy.text_encoders.sd3_clip", "SD3Tokenizer"),
+                   "flux": ("comfy.text_encoders.flux", "FluxTokenizer")}
+#: the streams of a DiT family's conditioning when all its text encoders are loaded, in order (a
+#: conditioning with fewer encoders is laid out by :func:`conditioning_layout` from its row count)
+DIT_STREAMS = {"sd3": ("CLIP", _T5_NAME), "flux": (_T5_NAME,)}
+
+
+@functools.lru_cache(maxsize=len(_DIT_TOKENIZERS) + 1)
+def _tokenizer_only(family: str | None = None) -> _SD1TokenizerOnly | _DiTTokenizerOnly:
+    # loaded once per process and family (the vocabularies take ~0.3-1 s), like the spaCy pipeline
+    return _SD1TokenizerOnly() if family is None else _DiTTokenizerOnly(family)
+
+
+def text_layout(text: str, family: str | None = None) -> TokenLayout:
+    """The layout of ``text`` without a loaded model (for the UI's token chips; the nodes use the model's own
+    tokenizer): SD1.x/SDXL's CLIP columns, or for ``family`` ``"sd3"`` / ``"flux"`` the rows of that
+    family's conditioning (:data:`DIT_STREAMS`: SD3's CLIP columns then its T5 rows, Flux's T5 rows)."""
+    if family is not None and family not in DIT_STREAMS:
+        raise StormError(f"unknown model family {family!r}; expected one of {sorted(DIT_STREAMS)} or none",
+                         input_name="family")
+    clip = _tokenizer_only(family)
+    if family is None:
+        return prompt_layout(clip, text)
+    tokens = clip.tokenize(text)
+    streams = {"CLIP": _clip_layout, _T5_NAME: _t5_layout}
+    first, *rest = (streams[name](clip, tokens) for name in DIT_STREAMS[family])
+    for other in rest:
+        first = first.with_stream(other)
+    return first
 
 
 def encode_with_layout(clip, text: str) -> tuple[TokenLayout, list]:

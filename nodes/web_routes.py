@@ -5,9 +5,13 @@ versions that read a node's ``SEARCH_ALIASES`` put them into ``/object_info`` th
 ones (0.3.64 and the pip fork do not) ``web/storm.js`` fills them in from here, so node search finds
 "morph" or "placement" on every host. The node classes are the one owner of the aliases.
 
-``GET /storm/tokens?text=...``: ``{"words": [{"text", "positions", "ref"}, ...]}``, the prompt's words
-under SD1.x/SDXL's CLIP tokenizer with their columns and the reference a subject list uses for them
+``GET /storm/tokens?text=...[&family=sd3|flux]``: ``{"words": [{"text", "positions", "ref", "streams"}, ...],
+"columns", "streams", "family"}``, the prompt's words with their columns and the reference a subject list uses for them
 (``storm_ops.subjects.word_references``): the token chips of STORM Subject Tokens and Prompt Analysis.
+Without ``family`` the columns are SD1.x/SDXL's CLIP columns; with it, the rows of an SD3 or Flux
+conditioning (``streams``: each word's columns per stream, e.g. ``[["CLIP", [2]], ["T5", [79]]]``;
+``columns``: the layout's summary, e.g. ``"CLIP 1 x 77 + T5 77"``; ``streams``: their names). The browser reads the family off the
+loader that feeds the node's ``clip`` input.
 
 Routes are added only when a server is running (not when the executor or the tests load the pack).
 """
@@ -22,12 +26,16 @@ TOKENS_ROUTE = "/storm/tokens"
 MAX_TEXT = 4000
 
 
-def prompt_tokens(text: str) -> dict:
-    """What :data:`TOKENS_ROUTE` returns for ``text``."""
+def prompt_tokens(text: str, family: str | None = None) -> dict:
+    """What :data:`TOKENS_ROUTE` returns for ``text`` (``family``: ``"sd3"``, ``"flux"`` or None for CLIP)."""
     from ..storm_ops.subjects import word_references
     from .host_tokenizer import text_layout
 
-    return {"words": word_references(text_layout(text[:MAX_TEXT]))}
+    layout = text_layout(text[:MAX_TEXT], family or None)
+    words = [{**word, "streams": [[name, list(cols)] for name, cols in layout.by_stream(word["positions"])]}
+             for word in word_references(layout)]
+    return {"words": words, "columns": layout.columns_summary(), "family": family or "clip",
+            "streams": [layout.name] + [name for name, _ in layout.streams]}
 
 
 def node_info(mappings: dict) -> dict:
@@ -55,7 +63,7 @@ def register_routes(mappings: dict) -> bool:
     @instance.routes.get(TOKENS_ROUTE)
     async def storm_tokens(request):
         try:
-            return web.json_response(prompt_tokens(request.query.get("text", "")))
+            return web.json_response(prompt_tokens(request.query.get("text", ""), request.query.get("family")))
         except Exception as exc:  # noqa: BLE001 - the chips are a preview: report, never break the page
             return web.json_response({"words": [], "error": f"{type(exc).__name__}: {exc}"}, status=400)
 

@@ -366,6 +366,39 @@ def check_chips(page, url: str, node_defs: dict, out: Path, timeout: float) -> l
     return errors
 
 
+def chip_texts(page, node_id: int) -> tuple[list[str], str]:
+    """The token chips' labels of a node and the caption before them (the streams on SD3/Flux)."""
+    return page.evaluate("""(id) => { const box = app.graph.getNodeById(id).widgets
+            .find((w) => w.name === "storm_chips").element;
+        return [[...box.querySelectorAll(".storm-chip")].map((c) => c.textContent),
+                box.querySelector(".storm-chip-columns")?.textContent ?? ""]; }""", node_id)
+
+
+#: per DiT example: the chips of "a cat and a dog" and their caption, read off the example's checkpoint
+#: name (SD3: 77 CLIP columns then T5 rows, where T5 writes "a" as the boundary mark then "a"; Flux: T5 rows)
+DIT_CHIPS = {
+    "sd35_attend_and_excite": (["a 1 · 77+78", "cat 2 · 79", "and 3 · 80", "a 4 · 81+82", "dog 5 · 83"],
+                               "SD3 (CLIP · T5)"),
+    "flux_heatmaps": (["a 0+1", "cat 2", "and 3", "a 4+5", "dog 6"], "Flux (T5)"),
+}
+
+
+def check_dit_chips(page, node_defs: dict, out: Path) -> list[str]:
+    """Token chips of Subject Tokens in the SD3.5 and Flux examples show the rows of that family's
+    conditioning (the family read off the loader feeding the node's clip input)."""
+    errors = []
+    for key, expected in DIT_CHIPS.items():
+        workflow = tiny_version(json.loads(example_path(key).read_text()), node_defs)
+        node_id = next(n["id"] for n in workflow["nodes"] if n["type"] == "STORM_SubjectTokens")
+        page.evaluate("async (wf) => { await app.loadGraphData(wf); }", workflow)
+        page.wait_for_timeout(2000)
+        found = chip_texts(page, node_id)
+        if tuple(found) != expected:
+            errors.append(f"{key}: chips {found[0]} with caption {found[1]!r}, expected {expected[0]} with {expected[1]!r}")
+        page.screenshot(path=str(out / f"chips-{key}.png"))
+    return errors
+
+
 def split_errors(errors: list[str], noted: set[str]) -> tuple[list[str], list[str]]:
     """(messages from our extension, other errors not noted before: first line, once per run)."""
     ours = [e for e in errors if OUR_SCRIPT in e or "STORM.ui" in e]
@@ -455,6 +488,14 @@ def main() -> int:
                       *found, sep="\n  ")
                 if found:
                     failed.append("token chips")
+                try:
+                    found = check_dit_chips(page, node_defs, out)
+                except Exception as exc:  # noqa: BLE001 - report, go on with the examples
+                    found = [f"{type(exc).__name__}: {exc}"]
+                print(f"token chips on SD3.5 and Flux (the rows of their conditioning): {'FAIL' if found else 'ok'}",
+                      *found, sep="\n  ")
+                if found:
+                    failed.append("DiT token chips")
                 for path in examples:
                     seen = len(errors)
                     try:

@@ -222,6 +222,12 @@ class TokenLayout:
             return chunks
         return " + ".join([f"{self.name} {chunks}"] + [f"{n} {hi - lo}" for n, lo, hi in self._stream_ranges()[1:]])
 
+    def by_stream(self, positions) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        """``positions`` grouped by the stream that holds them, as ``(stream name, columns)`` in stream order
+        (streams holding none are left out): ``(("CLIP", (2,)), ("T5", (79,)))``."""
+        return tuple((name, cols) for name, lo, hi in self._stream_ranges()
+                     if (cols := tuple(p for p in positions if lo <= p < hi)))
+
     def _stream_ranges(self) -> list[tuple[str, int, int]]:
         bounds = [(self.name, 0)] + list(self.streams) + [("", self.length)]
         return [(name, lo, bounds[i + 1][1]) for i, (name, lo) in enumerate(bounds[:-1])]

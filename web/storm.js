@@ -56,8 +56,48 @@ function showText(node, text) {
 
 // Token chips: the prompt's words as the model's CLIP tokenizer splits them (the pack's route
 // /storm/tokens), shown while the user types; a click adds the word to `subjects` or removes it.
+// For SD3 and Flux the chips show the rows of that family's conditioning (CLIP then T5 rows; T5 rows),
+// the family read off the loader that feeds the node's `clip` input.
 const CHIP_NODES = new Set(["STORM_SubjectTokens", "STORM_PromptAnalysis"]);
 const CHIPS = "storm_chips";
+const FAMILY_NAMES = { sd3: "SD3", flux: "Flux" };
+
+// The DiT family of the CLIP a node reads ("sd3", "flux"), or "" for SD1.x/SDXL's CLIP columns: the
+// loader at the other end of its `clip` input (through reroutes). Triple CLIP Loader is SD3 with T5; a
+// Dual CLIP Loader says its type (SD3 only when one of its files is a T5); a checkpoint says it in its
+// file name ("sd3.5_large_fp8_scaled", "flux1-dev"). Anything else (a single CLIP Loader could be CLIP or T5) keeps
+// the CLIP columns; the node's tokenization output after a run always lists the real ones.
+function clipFamily(node) {
+  let source = node;
+  let slot = source.findInputSlot?.("clip") ?? -1;
+  for (let hop = 0; hop < 16; hop++) {
+    if (slot < 0) return "";
+    source = source.getInputNode?.(slot);
+    if (!source) return "";
+    if (source.type !== "Reroute") break;
+    slot = 0;
+  }
+  const value = (name) => String(source.widgets?.find((w) => w.name === name)?.value ?? "").toLowerCase();
+  if (source.type === "TripleCLIPLoader") return "sd3";
+  if (source.type === "DualCLIPLoader") {
+    const type = value("type");
+    if (type === "flux") return "flux";
+    return type === "sd3" && [value("clip_name1"), value("clip_name2")].some((n) => n.includes("t5")) ? "sd3" : "";
+  }
+  const checkpoint = value("ckpt_name");
+  if (/flux/.test(checkpoint)) return "flux";
+  if (/sd3|sd_3|stable-diffusion-3/.test(checkpoint)) {
+    // "sd3_medium_incl_clips": CLIP-L and CLIP-G without T5, so only the CLIP columns
+    return checkpoint.includes("incl_clips") && !checkpoint.includes("t5") ? "" : "sd3";
+  }
+  return "";
+}
+
+function chipColumns(word) {
+  return (word.streams?.length ? word.streams.map(([, cols]) => cols.join("+")) : [word.positions.join("+")]).join(
+    " · ",
+  );
+}
 
 function subjectItems(value) {
   return String(value ?? "")
@@ -92,16 +132,27 @@ function renderChips(node) {
   if (!widget) return;
   const items = subjectItems(node.widgets?.find((w) => w.name === "subjects")?.value);
   const box = widget.element;
+  // which streams a chip's columns are (inline, so the chips keep their two lines): "SD3 (CLIP · T5)"
+  const caption = document.createElement("span");
+  caption.className = "storm-chip-columns";
+  caption.textContent = node.stormFamily ? `${FAMILY_NAMES[node.stormFamily]} (${node.stormStreams.join(" · ")})` : "";
+  caption.title = `the rows of this model family's conditioning: ${node.stormColumns ?? ""}`;
+  Object.assign(caption.style, { font: "10px monospace", color: "#999", margin: "3px 4px 1px 2px" });
   box.replaceChildren(
+    ...(node.stormFamily ? [caption] : []),
     ...(node.stormWords ?? []).map((word) => {
       const chip = document.createElement("button");
       const chosen = isChosen(word, items);
       chip.className = "storm-chip" + (chosen ? " storm-chip-chosen" : "");
       chip.dataset.ref = word.ref;
       chip.type = "button";
-      chip.title = `${word.ref}: column${word.positions.length > 1 ? "s" : ""} ${word.positions.join(", ")}` +
+      const streams = node.stormFamily && word.streams?.length ? word.streams : null;
+      const columns = streams
+        ? streams.map(([name, cols]) => `${cols.join(", ")} (${name})`).join(", ")
+        : word.positions.join(", ");
+      chip.title = `${word.ref}: column${word.positions.length > 1 ? "s" : ""} ${columns}` +
         (chosen ? " (a subject: click to remove)" : " (click to make it a subject)");
-      chip.textContent = `${word.text} ${word.positions.join("+")}`;
+      chip.textContent = `${word.text} ${streams ? chipColumns(word) : word.positions.join("+")}`;
       Object.assign(chip.style, {
         font: "11px monospace",
         padding: "1px 5px",
@@ -123,15 +174,22 @@ function renderChips(node) {
 
 async function refreshChips(node) {
   const text = node.widgets?.find((w) => w.name === "text")?.value ?? "";
-  if (node.stormChipText === text) return renderChips(node);
-  node.stormChipText = text;
+  const family = clipFamily(node);
+  const key = `${family}\n${text}`;
+  if (node.stormChipKey === key) return renderChips(node);
+  node.stormChipKey = key;
   try {
-    const response = await api.fetchApi(`/storm/tokens?text=${encodeURIComponent(text)}`);
+    const query = `text=${encodeURIComponent(text)}` + (family ? `&family=${family}` : "");
+    const response = await api.fetchApi(`/storm/tokens?${query}`);
     const reply = await response.json();
-    if (node.stormChipText !== text) return; // typed on meanwhile
+    if (node.stormChipKey !== key) return; // typed on meanwhile
     node.stormWords = reply.words ?? [];
+    node.stormFamily = family && reply.family === family ? family : "";
+    node.stormColumns = reply.columns;
+    node.stormStreams = reply.streams ?? [];
   } catch (error) {
     node.stormWords = [];
+    node.stormFamily = "";
   }
   renderChips(node);
 }
@@ -159,6 +217,12 @@ function addChips(node) {
   node.onConfigure = function () {
     const result = configure?.apply(this, arguments);
     later();
+    return result;
+  };
+  const connections = node.onConnectionsChange;
+  node.onConnectionsChange = function () {
+    const result = connections?.apply(this, arguments);
+    later(); // another loader on `clip` may be another family
     return result;
   };
   later();

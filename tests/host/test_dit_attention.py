@@ -112,6 +112,30 @@ def _expected_first_step(calls, rows, blocks, grid):
     return (total / blocks).transpose(1, 2).reshape(1, rows, *grid)
 
 
+@pytest.mark.parametrize("family", DIT_ARCHS)
+def test_token_chips_of_a_dit_family_show_the_rows_of_its_conditioning(pack, family):
+    """The UI's chips for a prompt fed to an SD3 or Flux loader (route /storm/tokens?family=..., no model
+    loaded) give each word the rows the node finds in that family's full conditioning (SD3: CLIP + T5
+    rows; Flux: T5 rows), grouped by stream."""
+    text = "a cat and a tiramisu, (red:1.2) dog"
+    with torch.inference_mode():
+        clip = build_tiny_dit(family).clip
+    rows = {"sd3": 77 + 77, "flux": 256}[family]  # a short prompt's rows with every text encoder loaded
+    node_layout = pack.nodes.host_tokenizer.prompt_layout(clip, text, rows=rows)
+    reply = pack.nodes.web_routes.prompt_tokens(text, family)
+    words = [w for w in node_layout.words if any(c.isalnum() for c in w.text)]
+    assert [(w["text"], w["positions"]) for w in reply["words"]] == [(w.text, list(w.positions)) for w in words]
+    assert reply["columns"] == node_layout.columns_summary()
+    cat = next(w for w in reply["words"] if w["text"] == "cat")
+    if family == "sd3":
+        assert reply["columns"] == "CLIP 1 x 77 + T5 77" and cat["streams"] == [["CLIP", [2]], ["T5", [79]]]
+        assert reply["streams"] == ["CLIP", "T5"]
+    else:
+        assert reply["columns"] == "1 x 256" and cat["streams"] == [["T5", [2]]] and reply["streams"] == ["T5"]
+    with pytest.raises(Exception, match="unknown model family"):
+        pack.nodes.web_routes.prompt_tokens(text, "sdxl")
+
+
 def test_the_recorder_records_image_to_text_attention_and_leaves_the_sample_unchanged(dit, prompt, nodes):
     tokens, positive, negative = prompt
     plain = _sample(dit.model, positive, negative)

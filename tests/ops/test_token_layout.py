@@ -190,6 +190,9 @@ def test_a_further_stream_adds_each_words_columns_from_every_stream():
     assert both.describe().splitlines() == ["CLIP: 1:a 2:cat 3:, 4:and 5:a 6:dog",
                                             "T5: 77:- 78:a 79:cat 80:, 81:and 82:- 83:a 84:dog"]
     assert "CLIP 1 x 77 + T5 77" in PromptTokens("a cat, and a dog", both, ()).describe()
+    # a word's columns per stream (the UI's chips): streams holding none are left out
+    assert both.by_stream((2, 79)) == (("CLIP", (2,)), ("T5", (79,)))
+    assert both.by_stream((80,)) == (("T5", (80,)),) and clip.by_stream((2,)) == (("CLIP", (2,)),)
     # the softmax over tokens keeps every stream's words; "sd1" drops only the CLIP chunk's ends
     words = both.softmax_mask("words")
     assert words.nonzero().flatten().tolist() == [1, 2, 3, 4, 5, 6] + list(range(77, 85))
