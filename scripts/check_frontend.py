@@ -396,6 +396,22 @@ def check_dit_chips(page, node_defs: dict, out: Path) -> list[str]:
         if tuple(found) != expected:
             errors.append(f"{key}: chips {found[0]} with caption {found[1]!r}, expected {expected[0]} with {expected[1]!r}")
         page.screenshot(path=str(out / f"chips-{key}.png"))
+    # the family follows the loader connected to `clip`: Dual CLIP Loader of type flux gives T5 rows; of
+    # type sd3 without a T5 file, CLIP columns (no caption); Triple CLIP Loader, SD3 with T5
+    for loader, widgets, caption in (("DualCLIPLoader", {"type": "flux"}, "Flux (T5)"),
+                                     ("DualCLIPLoader", {"type": "sd3", "clip_name1": "clip_l.safetensors",
+                                                         "clip_name2": "clip_g.safetensors"}, ""),
+                                     ("TripleCLIPLoader", {}, "SD3 (CLIP · T5)")):
+        page.evaluate("""([id, type, values]) => { const node = app.graph.getNodeById(id);
+            const loader = LiteGraph.createNode(type);
+            for (const [name, value] of Object.entries(values)) loader.widgets.find((w) => w.name === name).value = value;
+            app.graph.add(loader);
+            loader.connect(0, node, node.findInputSlot("clip")); }""", [node_id, loader, widgets])
+        page.wait_for_timeout(1500)
+        found = chip_texts(page, node_id)
+        if found[1] != caption:
+            errors.append(f"with a {loader} {widgets} on clip: caption {found[1]!r}, expected {caption!r} "
+                          f"(chips {found[0]})")
     return errors
 
 
