@@ -20,8 +20,9 @@ architecture the variants are timed in interleaved rounds and the median is repo
 Ratios are relative to ``host``; peak CUDA memory is reported on GPUs. Tiny random models only
 show relative costs: a real SD1.5 at 512 px is ~1000x more work per pass.
 
-``--real`` uses the real-size SD1.5 and SDXL UNets (random weights, ComfyUI's PyTorch attention as on
-an NVIDIA GPU; fp16 on CUDA, fp32 on the CPU: use a small ``--size`` there) and, instead of ``guided``
+``--real`` uses the real-size SD1.5 and SDXL UNets, and with ``--archs sd35m`` SD3.5 Medium's MMDiT-X
+(random weights, ComfyUI's PyTorch attention as on an NVIDIA GPU; fp16 on CUDA, fp32 on the CPU: use a
+small ``--size`` there; SD3.5 needs a current ComfyUI, ``COMFYUI_PATH``) and, instead of ``guided``
 (random weights refine to the cap), times ``guided-1iter`` (one refinement iteration at step 0),
 ``storm-noref`` (STORM paper mode, its Sinkhorn included) and ``aid-3frames`` (an AID sequence of 3
 frames); then prints, per guided step, the *floor* of a gradient pass (the conditional forward up to the
@@ -33,6 +34,8 @@ GPU's element size), its linear extrapolation to 512 px (SD1.5) and 1024 px (SDX
 with weights the host casts per call (recast in backward vs kept).
 
     python -m scripts.benchmark --real --devices cpu --steps 4 --size 256 --repeats 2 --memory 256,384
+    python -m scripts.benchmark --real --archs sd35m --devices cpu --steps 3 --size 256 --repeats 1 \
+        --memory 128,192,256 --memory-dtype float32      # SD3.5 Medium on a CPU without fast bf16
 
 ``--spatial N`` also prints the STORM relation sweep: over N seeds, how often the subject's
 attention centroid ends on the requested side of the object with and without guidance.
@@ -59,6 +62,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 #: this script in a fresh process (each device and measurement runs in its own)
 CHILD = [sys.executable, "-m", "scripts.benchmark"]
+#: the real-size DiT configurations (``--real`` only): SD3.5 Medium (:func:`harness.tiny_dit.build_real_size_dit`)
+DIT = ("sd35m",)
 
 def _measure(device: str, archs: list[str], steps: int, size: int, repeats: int, real: bool = False) -> list[dict]:
     os.environ["STORM_TEST_DEVICE"] = device
@@ -83,11 +88,18 @@ class _Setup:
         import torch
 
         from harness.nodeutil import call_node, node_output
+        from harness.tiny_dit import build_real_size_dit
         from harness.tiny_models import build_real_size, build_tiny, tiny_conditioning
 
         nodes = pack.NODE_CLASS_MAPPINGS
+        self.arch = arch
         with torch.inference_mode():
-            self.tm = tm = (build_real_size if real else build_tiny)(arch, dtype=dtype)
+            if arch in DIT:
+                if not real:
+                    raise SystemExit(f"{arch} is a real-size configuration only: add --real")
+                self.tm = tm = build_real_size_dit(dtype=dtype)
+            else:
+                self.tm = tm = (build_real_size if real else build_tiny)(arch, dtype=dtype)
             self.tokens, self.pos, _ = node_output(nodes["STORM_SubjectTokens"]().run(
                 clip=tm.clip, text="a cat and a dog", subjects="cat, dog"))
             self.pos_b = tiny_conditioning(tm.clip, "a cat and a bird")
@@ -116,7 +128,7 @@ def _schedule(tm, steps: int, size: int):
     import comfy.samplers
     import torch
 
-    latent = torch.zeros(1, 4, size // 8, size // 8)
+    latent = torch.zeros(1, tm.channels, size // 8, size // 8)
     sigmas = comfy.samplers.KSampler(tm.model, steps=steps, device=tm.model.load_device, sampler="euler",
                                      scheduler="normal", model_options=tm.model.model_options).sigmas
     return latent, sigmas
@@ -188,6 +200,8 @@ def _measure_arch(device: str, arch: str, steps: int, size: int, repeats: int, r
     }
     if real:  # random weights refine to the cap: say what one iteration costs instead
         runs.pop("guided")
+        if arch in DIT:  # AID refuses DiTs (README)
+            runs.pop("aid-3frames")
     else:  # the tiny models' table stays as it was
         for name in ("guided-1iter", "storm-noref", "aid-3frames"):
             runs.pop(name)
@@ -221,12 +235,14 @@ def _measure_arch(device: str, arch: str, steps: int, size: int, repeats: int, r
     return rows
 
 
-def _memory(device: str, arch: str, sizes: list[int]) -> list[dict]:
+def _memory(device: str, arch: str, sizes: list[int], dtype_name: str = "auto") -> list[dict]:
     """Activation memory of one gradient pass (bytes saved for backward), ours vs the floor, at each size.
 
     Weights in fp16 on CUDA and bf16 on the CPU: the element size ComfyUI computes in on a GPU, so the
-    CPU's byte counts are the GPU's (the loss math is fp32 on both). On CUDA also the peak allocated
-    memory of a one-step guided run and of a plain run (weights included).
+    CPU's byte counts are the GPU's (the loss math is fp32 on both). ``dtype_name="float32"`` computes in
+    fp32 instead, for CPUs without bf16 arithmetic (without AVX-512 a bf16 matrix product runs hundreds of
+    times slower than fp32): then the network's saved activations take twice a GPU's bytes. On CUDA also
+    the peak allocated memory of a one-step guided run and of a plain run (weights included).
     """
     os.environ["STORM_TEST_DEVICE"] = device
     os.environ["STORM_TEST_ATTENTION"] = "pytorch"
@@ -237,7 +253,7 @@ def _memory(device: str, arch: str, sizes: list[int]) -> list[dict]:
 
     pack = load_pack()
     steps = 4
-    dtype = torch.float16 if device == "cuda" else torch.bfloat16
+    dtype = {"auto": torch.float16 if device == "cuda" else torch.bfloat16, "float32": torch.float32}[dtype_name]
     setup = _Setup(pack, arch, True, dtype, steps)
     tm, pos, neg = setup.tm, setup.pos, setup.neg
     # compute in the weights' dtype as on a GPU (the host would cast bf16 weights to fp32 on the CPU, and a
@@ -277,7 +293,8 @@ def _memory(device: str, arch: str, sizes: list[int]) -> list[dict]:
                      "weights_mib": weights / 2 ** 20, "floor_saved_mib": floor.bytes / 2 ** 20,
                      "ours_saved_mib": ours.bytes / 2 ** 20,
                      **{f"peak_{k}_mib": v / 2 ** 20 for k, v in peaks.items()}})
-    rows += _manual_cast_memory(pack, setup, device, min(sizes), steps, weights)
+    if dtype != torch.float32:  # float32 weights are not cast per call: nothing to compare
+        rows += _manual_cast_memory(pack, setup, device, min(sizes), steps, weights)
     return rows
 
 
@@ -300,7 +317,7 @@ def _manual_cast_memory(pack, setup, device: str, size: int, steps: int, weights
                 record = _guided_run(pack, tm, setup.single, latent, sigmas, pos, neg)[1]
         finally:
             frozen._remember = remember
-        rows.append({"device": device, "arch": tm.arch, "size": size, "dtype": label, "weights_mib": weights / 2 ** 20,
+        rows.append({"device": device, "arch": setup.arch, "size": size, "dtype": label, "weights_mib": weights / 2 ** 20,
                      "floor_saved_mib": float("nan"), "ours_saved_mib": saved.bytes / 2 ** 20,
                      "recast": record.info["weights_recast"]})
     return rows
@@ -362,20 +379,21 @@ class SavedBytes:
 
 
 def _bare_pass(pack, tm, pos, latent, sigma):
-    """The floor of one gradient pass: the conditional UNet forward up to the projections of the last
-    cross-attention the loss reads, then backward from a scalar of its queries to the latent; nothing
-    recorded, no loss math, no sampler around it (the host's ``apply_model`` and the same frozen-weight
-    functions as ours)."""
+    """The floor of one gradient pass: the conditional forward up to the query projection of the last
+    cross-attention the loss reads (a DiT: its last joint attention), then backward from a scalar of those
+    queries to the latent; nothing recorded, no loss math, no sampler around it (the host's
+    ``apply_model`` and the same frozen-weight functions as ours)."""
     import torch
 
     base_model = tm.model.model
-    attn2 = _last_recorded_attn2(pack, base_model)
     device = tm.model.load_device
     size = latent.shape[-1] * 8
     extra = {}
     if tm.arch == "sdxl":
         extra["y"] = base_model.encode_adm(pooled_output=pos[0][1]["pooled_output"], width=size, height=size,
                                            target_width=size, target_height=size).to(device)
+    elif tm.arch == "sd3":
+        extra["y"] = pos[0][1]["pooled_output"].to(device)
     context = pos[0][0].to(device)
     noisy = (latent + torch.randn(latent.shape, generator=torch.Generator().manual_seed(0)) * sigma).to(device)
     sigma = sigma.reshape(1).to(device)
@@ -390,15 +408,37 @@ def _bare_pass(pack, tm, pos, latent, sigma):
     def stop(module, args, output):  # to_v runs after to_q and to_k
         raise Stop
 
+    def last_joint_call(blocks: int, joint_keys: int):
+        """An attention override that stops the pass at the ``blocks``-th joint call (``joint_keys`` keys;
+        SD3.5's image-only self-attention has fewer), keeping its queries."""
+        seen = [0]
+
+        def override(func, *args, **kwargs):
+            if args[1].shape[1] == joint_keys:
+                seen[0] += 1
+                if seen[0] == blocks:
+                    captured["q"] = args[0]
+                    raise Stop
+            return func(*args, **kwargs)
+        return override
+
     def run():
-        handles = [attn2.to_q.register_forward_hook(keep_q), attn2.to_v.register_forward_hook(stop)]
+        handles = []
+        if tm.arch == "sd3":
+            blocks = len(pack.nodes.architecture.describe_model(base_model).layers)
+            image_rows = (latent.shape[-2] // 2) * (latent.shape[-1] // 2)
+            extra["transformer_options"] = {
+                "optimized_attention_override": last_joint_call(blocks, context.shape[1] + image_rows)}
+        else:
+            attn2 = _last_recorded_attn2(pack, base_model)
+            handles = [attn2.to_q.register_forward_hook(keep_q), attn2.to_v.register_forward_hook(stop)]
         try:
             with pack.nodes.compat.gradient_pass():
                 x = noisy.clone().requires_grad_(True)
                 try:
                     # the host's own entry (input scaling, compute dtype), as the sampler calls it
                     base_model.apply_model(x, sigma, c_crossattn=context, **extra)
-                    raise RuntimeError("the forward hook did not stop the pass")
+                    raise RuntimeError("the pass was not stopped at the last recorded attention")
                 except Stop:
                     pass
                 return torch.autograd.grad(captured.pop("q").float().square().mean(), x)[0]
@@ -433,7 +473,7 @@ def _floor(bare, device: str, repeats: int, steps: int, times: dict, passes: dic
             "fullpass_pass": (med["guided-fullpass"] - med["guided-off"]) / passes["guided-fullpass"],
             "refine_iter": med["guided-1iter"] - med["guided-noref"],
             "storm_pass": (med["storm-noref"] - med["guided-off"]) / passes["storm-noref"],
-            "aid_frame_vs_plain": med["aid-3frames"] / 3 / med["host"],
+            "aid_frame_vs_plain": med["aid-3frames"] / 3 / med["host"] if "aid-3frames" in med else float("nan"),
             "weights_copied": copied,
             "guided_step_vs_plain": (plain_step + ours) / plain_step,
             "floor_step_vs_plain": (plain_step + floor) / plain_step}
@@ -455,7 +495,7 @@ def _print_floors(floors: list[dict]) -> None:
 
 
 #: the resolution each real-size architecture is used at
-NATIVE_SIZE = {"sd15": 512, "sdxl": 1024}
+NATIVE_SIZE = {"sd15": 512, "sdxl": 1024, "sd35m": 1024}
 
 
 def _print_memory(rows: list[dict]) -> None:
@@ -493,16 +533,21 @@ def _print_memory(rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", default="auto", help="comma list of cpu,cuda (default: cpu + cuda if present)")
-    parser.add_argument("--archs", default="sd15,sdxl")
+    parser.add_argument("--archs", default="sd15,sdxl",
+                        help="comma list of sd15, sdxl (tiny or --real) and sd35m (--real only, current ComfyUI)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--size", type=int, default=256, help="image size in pixels (latent = size / 8)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--real", action="store_true",
-                        help="real-size random-weight UNets (SD1.5 860M, SDXL 2.6B parameters) instead of the tiny ones, "
+                        help="real-size random-weight models (SD1.5 860M, SDXL 2.6B, SD3.5 Medium 2.5B parameters) "
+                             "instead of the tiny ones, "
                              "plus the cost floor table; fp16 on CUDA, fp32 on the CPU (use a small --size there)")
     parser.add_argument("--memory", default="", metavar="SIZES",
                         help="with --real: the activation memory of one gradient pass at these image sizes (comma list, "
                              "e.g. 256,384), extrapolated to SD1.5's 512 px and SDXL's 1024 px")
+    parser.add_argument("--memory-dtype", default="auto", choices=("auto", "float32"),
+                        help="with --memory: auto = fp16 on CUDA, bf16 on the CPU (a GPU's bytes); float32 for CPUs "
+                             "without fast bf16 (the network's activations then take twice a GPU's bytes)")
     parser.add_argument("--memory-child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--spatial", type=int, default=0, metavar="N",
                         help="also run the STORM relation sweep over N seeds on the CPU (the issue asks for >= 16)")
@@ -520,7 +565,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_spatial(archs, args.spatial)))
         return 0
     if args.memory_child:
-        print(json.dumps(_memory(args.devices, args.memory_child, [int(v) for v in args.memory.split(",")])))
+        print(json.dumps(_memory(args.devices, args.memory_child, [int(v) for v in args.memory.split(",")],
+                                 args.memory_dtype)))
         return 0
     if args.interp_child:
         print(json.dumps(_interpolation(args.interp_child, args.devices)))
@@ -544,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
 
     floors = [r for r in rows if r["variant"] == "floor"]
     rows = [r for r in rows if r["variant"] != "floor"]
-    models = "real-size random-weight UNets" if args.real else "tiny models"
+    models = "real-size random-weight models" if args.real else "tiny models"
     print(f"guided vs unguided sampling, {models}, {args.steps} euler steps at {args.size}px, "
           f"median of {args.repeats} interleaved rounds")
     header = f"{'device':7} {'arch':5} {'variant':16} {'seconds':>8} {'x host':>7} {'grad passes':>11} {'peak MiB':>9}"
@@ -570,7 +616,8 @@ def main(argv: list[str] | None = None) -> int:
         memory = []
         for device in devices:
             for arch in archs:  # a process per model: SDXL's weights twice would not fit 24 GB
-                cmd = [*CHILD, "--memory-child", arch, "--devices", device, "--memory", args.memory]
+                cmd = [*CHILD, "--memory-child", arch, "--devices", device, "--memory", args.memory,
+                       "--memory-dtype", args.memory_dtype]
                 proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
                 if proc.returncode != 0:
                     print(proc.stderr[-3000:], file=sys.stderr)

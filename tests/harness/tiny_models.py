@@ -244,6 +244,7 @@ class TinyModel:
         vae: ``comfy.sd.VAE``; ``decode`` maps ``(B, 4, h, w)`` to ``(B, 8h, 8w, 3)``.
         context_dim: width of the cross-attention context (sum of the encoders' hidden sizes).
         pooled_dim: width of ``pooled_output`` fed to the UNet (SDXL), else None.
+        channels: latent channels (4; :class:`harness.tiny_dit.TinyDiT` has 16).
     """
 
     arch: str
@@ -252,6 +253,7 @@ class TinyModel:
     vae: Any
     context_dim: int
     pooled_dim: int | None
+    channels: int = 4
 
 
 def build_tiny(arch: str, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyModel:
