@@ -24,6 +24,8 @@ trained model follows its prompt.
     python -m scripts.train_shape_model --stage vae --minutes 12 --work train-run/
     python -m scripts.train_shape_model --stage diffusion --minutes 40 --work train-run/
     python -m scripts.train_shape_model --export models/storm_shapes_sd15.safetensors --work train-run/
+    python -m scripts.train_shape_model --stage diffusion --init-from models/storm_shapes_sd15.safetensors \
+        --work next-cycle/     # a further cycle on the shipped weights (their training state is not kept)
 
 Runs on the CPU (2 cores suffice) and uses a GPU when one is present.
 """
@@ -300,6 +302,37 @@ def load_state(path: Path, m: ShapeModel, opt: torch.optim.Optimizer | None) -> 
     return meta
 
 
+def load_checkpoint(path: Path, m: ShapeModel) -> dict:
+    """The weights of an exported checkpoint (``--export``: fp16, SD1.5 key layout) into ``m``, strictly; returns
+    the training record it carries. A cycle started from it has fresh Adam moments and fp32 weights rounded
+    to fp16 once, so it does not match one resumed from the state the file was exported from."""
+    from safetensors import safe_open
+
+    from harness.tiny_models import CHECKPOINT_PREFIXES
+
+    with safe_open(str(path), framework="pt") as f:
+        record = json.loads((f.metadata() or {}).get("training", "{}"))
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    for name, mod in m.modules().items():
+        prefix = CHECKPOINT_PREFIXES[name]
+        mod.load_state_dict({k[len(prefix):]: v.float() for k, v in tensors.items() if k.startswith(prefix)})
+    record.setdefault("steps", {})
+    record.setdefault("seconds", {})
+    record["initialised_from"] = path.name
+    return record
+
+
+def _new_cycle(meta: dict, stage: str) -> dict:
+    """``meta`` for a new run of ``stage`` on weights that were trained before (fresh optimizer): a stage
+    that ran before keeps its record in ``history``."""
+    meta.pop("adam_step", None)
+    if stage in meta["steps"]:
+        meta.setdefault("history", []).append(
+            {"stage": stage, "steps": meta["steps"][stage], "seconds": meta["seconds"].get(stage),
+             "recipe": meta.get("recipe", {}).get(stage)})
+    return meta
+
+
 def rescale_latent(m: ShapeModel, seed: int, size: int, batch: int = 64) -> float:
     """Scale the VAE latent so that ``latent * 0.18215`` has unit standard deviation; returns the factor.
 
@@ -339,15 +372,17 @@ def train(args) -> int:
               for mod in trainable]
     opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.0)
     meta = {"seed": args.seed, "size": args.size, "batch": args.batch, "steps": {}, "seconds": {}}
-    if state_path.exists():
+    if args.init_from:
+        if args.resume or state_path.exists():
+            print(f"train: --init-from starts a new state, but {'--resume was given' if args.resume else f'{work} holds one'}",
+                  file=sys.stderr)
+            return 2
+        meta = _new_cycle(load_checkpoint(Path(args.init_from), m), stage)
+    elif state_path.exists():
         meta = load_state(state_path, m, opt if args.resume else None)
         if not args.resume:  # a new stage (or a new cycle of one) starts from the saved weights, fresh optimizer
             opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.0)
-            meta.pop("adam_step", None)
-            if stage in meta["steps"]:  # a new cycle of a stage that ran before: keep its record
-                meta.setdefault("history", []).append(
-                    {"stage": stage, "steps": meta["steps"][stage], "seconds": meta["seconds"].get(stage),
-                     "recipe": meta.get("recipe", {}).get(stage)})
+            meta = _new_cycle(meta, stage)
     elif stage == "diffusion":
         print("train: the diffusion stage needs a trained VAE (run --stage vae first)", file=sys.stderr)
         return 2
@@ -455,6 +490,9 @@ def main(argv=None) -> int:
     parser.add_argument("--save-every", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue the stage from the saved state")
+    parser.add_argument("--init-from", metavar="CHECKPOINT",
+                        help="start a new state (in an empty --work) from an exported checkpoint's weights, e.g. "
+                             "models/storm_shapes_sd15.safetensors, with a fresh optimizer")
     parser.add_argument("--finish", action="store_true", help="vae: rescale the latent even if steps remain")
     parser.add_argument("--cpu", action="store_true", help="ignore a GPU")
     args = parser.parse_args(argv)

@@ -39,6 +39,18 @@ def test_train_resume_export_and_load(tmp_path, nodes):
     assert any(k.startswith("model.diffusion_model.") for k in keys)
     assert any(k.startswith("cond_stage_model.") for k in keys)
     assert any(k.startswith("first_stage_model.") for k in keys)
+    # a new cycle from the exported file (the state is not in git): its weights, its record, a fresh optimizer
+    again = str(tmp_path / "again")
+    assert train.main(["--stage", "diffusion", "--steps", "1", "--init-from", str(out), *common]) == 2  # a state exists
+    run("--stage", "diffusion", "--steps", "1", "--init-from", str(out), *common[2:], "--work", again)
+    with safe_open(str(tmp_path / "again" / "state.safetensors"), framework="pt") as f, \
+            safe_open(str(out), framework="pt") as exported:
+        meta = json.loads(f.metadata()["meta"])
+        vae_key = next(k for k in exported.keys() if k.startswith("first_stage_model."))  # frozen in this stage
+        assert torch.equal(f.get_tensor("vae." + vae_key[len("first_stage_model."):]),
+                           exported.get_tensor(vae_key).float())
+    assert meta["steps"] == {"vae": 2, "diffusion": 1} and meta["initialised_from"] == "model.safetensors"
+    assert meta["history"][-1]["steps"] == 3 and meta["adam_step"] == 1 and meta["latent_rescale"] > 0
     with torch.inference_mode():
         tiny = load_trained(out)
         tokens, positive, _ = call_node(nodes["STORM_SubjectTokens"], clip=tiny.clip, text="a red circle",
