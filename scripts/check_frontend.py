@@ -383,6 +383,17 @@ DIT_CHIPS = {
 }
 
 
+def poll_chips(page, node_id: int, done, seconds: float = 20.0) -> tuple[list[str], str]:
+    """:func:`chip_texts` once ``done(found)`` holds, or after ``seconds`` (the first request of a family loads
+    its tokenizers: T5's takes seconds on a busy CPU)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        found = chip_texts(page, node_id)
+        if done(found) or time.monotonic() > deadline:
+            return found
+        page.wait_for_timeout(250)
+
+
 def check_dit_chips(page, node_defs: dict, out: Path) -> list[str]:
     """Token chips of Subject Tokens in the SD3.5 and Flux examples show the rows of that family's
     conditioning (the family read off the loader feeding the node's clip input)."""
@@ -391,8 +402,7 @@ def check_dit_chips(page, node_defs: dict, out: Path) -> list[str]:
         workflow = tiny_version(json.loads(example_path(key).read_text()), node_defs)
         node_id = next(n["id"] for n in workflow["nodes"] if n["type"] == "STORM_SubjectTokens")
         page.evaluate("async (wf) => { await app.loadGraphData(wf); }", workflow)
-        page.wait_for_timeout(2000)
-        found = chip_texts(page, node_id)
+        found = poll_chips(page, node_id, lambda f, expected=expected: tuple(f) == expected)
         if tuple(found) != expected:
             errors.append(f"{key}: chips {found[0]} with caption {found[1]!r}, expected {expected[0]} with {expected[1]!r}")
         page.screenshot(path=str(out / f"chips-{key}.png"))
@@ -407,8 +417,7 @@ def check_dit_chips(page, node_defs: dict, out: Path) -> list[str]:
             for (const [name, value] of Object.entries(values)) loader.widgets.find((w) => w.name === name).value = value;
             app.graph.add(loader);
             loader.connect(0, node, node.findInputSlot("clip")); }""", [node_id, loader, widgets])
-        page.wait_for_timeout(1500)
-        found = chip_texts(page, node_id)
+        found = poll_chips(page, node_id, lambda f, caption=caption: f[1] == caption and bool(f[0]))
         if found[1] != caption:
             errors.append(f"with a {loader} {widgets} on clip: caption {found[1]!r}, expected {caption!r} "
                           f"(chips {found[0]})")
