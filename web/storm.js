@@ -93,12 +93,6 @@ function clipFamily(node) {
   return "";
 }
 
-function chipColumns(word) {
-  return (word.streams?.length ? word.streams.map(([, cols]) => cols.join("+")) : [word.positions.join("+")]).join(
-    " · ",
-  );
-}
-
 function subjectItems(value) {
   return String(value ?? "")
     .split(",")
@@ -152,7 +146,8 @@ function renderChips(node) {
         : word.positions.join(", ");
       chip.title = `${word.ref}: column${word.positions.length > 1 ? "s" : ""} ${columns}` +
         (chosen ? " (a subject: click to remove)" : " (click to make it a subject)");
-      chip.textContent = `${word.text} ${streams ? chipColumns(word) : word.positions.join("+")}`;
+      const label = streams ? streams.map(([, cols]) => cols.join("+")).join(" · ") : word.positions.join("+");
+      chip.textContent = `${word.text} ${label}`;
       Object.assign(chip.style, {
         font: "11px monospace",
         padding: "1px 5px",
