@@ -48,6 +48,7 @@ from .compat import (
 )
 from .dit_capture import install_recording
 from .errors import node_error_context
+from .heatmap_render import refinement_hint
 
 log = logging.getLogger("comfyui-storm")
 
@@ -271,6 +272,9 @@ def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None
         x_out = base_fn(checked, x_out, sigmas[start:stop + 1], extra_args=extra_args, callback=offset_cb,
                         disable=disable if len(segments) == 1 else True, **base_kwargs)
     record.final_latent = x_out.detach().to("cpu", torch.float32)
+    hint = refinement_hint(record.log)
+    if hint:
+        log.warning("%s: %s", node, hint)
     history.add(record)
     return x_out
 
@@ -318,6 +322,9 @@ def _log_entry(step: int, sigma: float, report) -> dict:
         "refine_iters_per_sample": [int(v) for v in report.sample_refine_iters],
         "updates": report.updates,
     }
+    if report.refine_cap:
+        entry["refine_cap"] = report.refine_cap
+        entry["threshold_reached"] = [bool(v) for v in report.last.satisfied]
     for key, value in report.last.metrics.items():
         entry[key] = _floats(value)
     if report.skipped:

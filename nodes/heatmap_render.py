@@ -96,10 +96,38 @@ def format_log(log: list[dict]) -> str:
             + (f" refined x{refined} -> {_fmt(e['terms_after'][name])}" if refined else "")
             for name in e["terms_before"])
         updated = e["updates"] > refined
+        missed = [i for i, ok in enumerate(e.get("threshold_reached", ())) if not ok]
+        if missed:
+            terms += f" (threshold not reached{'' if len(e['threshold_reached']) == 1 else f' by sample(s) {missed}'})"
         skipped = f"; SKIPPED: {'; '.join(e['skipped'])}" if e.get("skipped") else ""
         lines.append(f"step {e['step']} (sigma {e['sigma']:.3f}): {terms}; "
                      f"{'updated' if updated else 'not updated'}{skipped}")
+    hint = refinement_hint(log)
+    if hint:
+        lines.append(hint[0].upper() + hint[1:])
     return "\n".join(lines)
+
+
+def refinement_hint(log: list[dict]) -> str | None:
+    """A warning for a run whose refinement never reached its threshold for some sample at any step that
+    allowed refinement (each such step then ran to its cap), with the remedy; None otherwise.
+
+    A&E's thresholds (Chefer et al. 2023, Sec. 3.3) were set for SD1.4's maps. Where a model's maps cannot
+    reach them, every refinement loop runs to its cap, and that many updates can turn the image into
+    coloured noise (measured on the pack's shape model: README, "Proof on images")."""
+    steps = [e for e in log if e.get("refine_cap")]
+    if not steps:
+        return None
+    never = [i for i in range(len(steps[0]["threshold_reached"]))
+             if not any(e["threshold_reached"][i] for e in steps)]
+    if not never:
+        return None
+    who = "" if len(steps[0]["threshold_reached"]) == 1 else f" of sample(s) {never}"
+    return (f"the refinement never reached the threshold{who} at any of its {len(steps)} step(s) "
+            f"(step(s) {[e['step'] for e in steps]}, up to {max(e['refine_cap'] for e in steps)} iterations each): "
+            "the thresholds may be out of reach of this model's attention maps, and that many updates can "
+            "spoil the image. If it looks spoiled, lower max_refine_iters (0 turns refinement off; the "
+            "regular guided updates stay) or lower the thresholds.")
 
 
 def _fmt(values) -> str:

@@ -126,7 +126,7 @@ class AttentionHeatmap:
         "All selected tokens side by side, labelled.",
         "One heatmap per token blended over the input image (or alone without one).",
         "One mask per token: the normalised map at image resolution.",
-        "Guidance log of the run: losses per guided step before -> after, refinement, skipped updates.",
+        "Guidance log of the run: losses per guided step before -> after, refinement (and thresholds it did not reach), skipped updates.",
     )
 
     @classmethod

@@ -60,6 +60,9 @@ class StepReport:
     skipped: list[str] = field(default_factory=list)
     #: refinement updates each sample received (``(B,)`` int); ``refine_iters`` is the batch's maximum
     sample_refine_iters: torch.Tensor | None = None
+    #: the refinement cap this step ran under (0: no refinement was allowed); where it is > 0,
+    #: ``last.satisfied`` says which samples reached their threshold
+    refine_cap: int = 0
 
 
 def clip_grad_norm(grad: torch.Tensor, max_norm: float | torch.Tensor) -> torch.Tensor:
@@ -157,6 +160,7 @@ def guidance_step(z: torch.Tensor, evaluate: Callable[[torch.Tensor], Evaluation
     report = StepReport(first=ev, last=ev,
                         sample_refine_iters=torch.zeros(z.shape[0], dtype=torch.long, device=z.device))
     cap = ev.max_refine_iters if refine else 0
+    report.refine_cap = cap
     while report.refine_iters < cap and not bool(ev.satisfied.all()):
         todo = ~ev.satisfied
         z, applied = apply_update(z, ev, multiplier, only=todo)

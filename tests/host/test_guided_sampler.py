@@ -265,6 +265,36 @@ def test_progress_moves_during_refinement(nodes, setup, monkeypatch):
     assert shown == [(1, 3), (2, 3), (3, 3)]
 
 
+def test_a_threshold_never_reached_is_reported_with_the_remedy(pack, nodes, setup, caplog):
+    """Refinement that never reaches its threshold runs every loop to its cap, which spoiled the shape model's
+    images (README, "Proof on images"): the run says so, in the console and in the heatmap's log, with the
+    remedy; a reachable threshold and refinement turned off say nothing."""
+    model, tokens, pos, neg = setup("sd15")
+    format_log = pack.nodes.heatmap_render.format_log
+    said = {}
+    for label, kw in (("unreachable", dict(thresholds="0:0.999, 0.3:0.999", max_refine_iters=2)),
+                      ("reached", dict(thresholds="0:0.0", max_refine_iters=2)),
+                      ("once", dict(thresholds="0:0.0, 0.3:0.999", max_refine_iters=2)),
+                      ("off", dict(thresholds="0:0.999", max_refine_iters=0))):
+        caplog.clear()
+        sampler, history = guided_sampler(nodes, ae(nodes, tokens, **kw))
+        with caplog.at_level("WARNING", logger="comfyui-storm"):
+            custom_sample(model, sampler, sigmas_for(model, 6), pos, neg, torch.zeros(2, 4, 16, 16))
+        said[label] = ([r.getMessage() for r in caplog.records if "threshold" in r.getMessage()],
+                       format_log(history.latest().log))
+    warnings, text = said["unreachable"]
+    assert len(warnings) == 1, warnings
+    assert "never reached the threshold of sample(s) [0, 1] at any of its 2 step(s)" in warnings[0]
+    assert "lower max_refine_iters" in warnings[0] and warnings[0].startswith("STORM Guided Sampler")
+    assert text.count("refined x2 -> ") == 2 and text.count("(threshold not reached by sample(s) [0, 1])") == 2
+    assert "The refinement never reached the threshold" in text
+    for label in ("reached", "off"):
+        assert said[label][0] == [] and "threshold not reached" not in said[label][1], label
+    # reached at step 0, not at step 2: that step's line says so, the run gives no warning
+    assert said["once"][0] == [] and said["once"][1].count("threshold not reached") == 1
+    assert "never reached" not in said["once"][1]
+
+
 def test_cancel_stops_a_gradient_pass_at_the_next_layer(pack, nodes, setup):
     model, tokens, pos, neg = setup("sd15")
     layer_calls = []
