@@ -339,10 +339,7 @@ class ContinuousRecorder(MapRecorder):
     """A recorder living in a patched MODEL, used by whatever sampler runs it.
 
     Each sampling call gets its own :class:`RunRecord` in ``history``: :meth:`begin_run` is called
-    around every call where the host has sampling wrappers (``OUTER_SAMPLE``, current ComfyUI).
-    Hosts without them (the pip fork) fall back to starting a run when the noise level goes up
-    (every run starts at its highest sigma); that misses only a run that starts at or below the
-    last sigma of an interrupted one. The run's final latent is taken from the CFG-combined
+    at the start of every call by the host's ``OUTER_SAMPLE`` sampling wrapper. The run's final latent is taken from the CFG-combined
     prediction of its last step (what every sampler returns when the schedule ends at sigma 0),
     so the visualiser can match the run to the LATENT a host sampler returns.
     """
@@ -352,29 +349,17 @@ class ContinuousRecorder(MapRecorder):
         self.mode = "cfg"
         self.history = history
         self.info = info
-        self._last_sigma: float | None = None
-        self._runs_from_host = False
-
-    def _new_record(self) -> None:
-        self.record = RunRecord(self.info)
-        self.history.add(self.record)
 
     def begin_run(self) -> None:
         """A sampling call starts (from the host's sampling wrapper): a new record, no state carried over."""
-        self._runs_from_host = True
         self._reset_pass()
-        self._recorded_sigma = self._last_sigma = None
-        self._new_record()
-
-    def _maybe_start_run(self, sigma: float) -> None:
-        if self.record is None or (not self._runs_from_host and self._last_sigma is not None
-                                   and sigma > self._last_sigma):
-            self._new_record()
-        self._last_sigma = sigma
+        self._recorded_sigma = None
+        self.record = RunRecord(self.info)
+        self.history.add(self.record)
 
     def observe(self, key, q, k, extra_options):
-        if 0 in extra_options.get("cond_or_uncond", [0]) and not extra_options.get(GRAD_PASS_FLAG):
-            self._maybe_start_run(current_sigma(extra_options))
+        if self.record is None:  # the model ran outside a sampling call (no OUTER_SAMPLE wrapper around it)
+            self.begin_run()
         return super().observe(key, q, k, extra_options)
 
     def on_context(self, args: dict) -> None:

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                     inputs[key] = args.seed
     (out / "prompt_api.json").write_text(json.dumps(prompt, indent=1))
 
-    print(f"host: ComfyUI {host.name} {host.version}; workflow {Path(args.workflow).name}; "
+    print(f"host: ComfyUI {host.version}; workflow {Path(args.workflow).name}; "
           f"{'shape model' if shapes else 'random-weight model'}; {args.size}px, {args.steps} steps")
     for old, new in replaced:
         print(f"  prompt {old!r} -> {new!r}")

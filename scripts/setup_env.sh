@@ -1,53 +1,58 @@
 #!/usr/bin/env bash
-# Create (or update) the project's virtual environment in .venv with everything the tests and the
-# headless example need: torch, a real ComfyUI host, the pack's requirements and the test tools.
+# Create (or update) a virtual environment with a real ComfyUI host and everything the tests, the
+# headless example and the browser check need; print the host's path and the environment's path (two
+# lines on stdout; the log goes to stderr).
 #
-#   bash scripts/setup_env.sh            # host = pip fork comfyui==0.0.1
-#   COMFYUI_PATH=/path/to/ComfyUI bash scripts/setup_env.sh   # host = that upstream checkout
+#   bash scripts/setup_env.sh                                 # the newest host of ../shared/hosts (0.33.0)
+#   STORM_HOST=0.3.64 bash scripts/setup_env.sh               # another host of ../shared/hosts
+#   COMFYUI_PATH=/path/to/ComfyUI bash scripts/setup_env.sh   # your own ComfyUI source tree
+#                                                             # (git clone https://github.com/Comfy-Org/ComfyUI)
 #
-# Environment: PYTHON (default python3), STORM_VENV (default .venv), STORM_TF_VENV (default
-# "$STORM_VENV-transformers-latest": newest transformers for the tokenizer version test), TORCH_SPEC (default
-# "torch==2.14.1 torchvision==0.29.1"; both ComfyUI executors import torchvision).
+# The host's own requirements.txt is installed as a fresh install resolves it (comfy-kitchen,
+# comfy-aimdo, the newest transformers, its frontend), except torch, torchvision and torchaudio:
+# TORCH_SPEC (default "torch==2.14.1 torchvision==0.29.1", the CPU-capable releases on this machine) and
+# torchaudio 2.11.1 without its pin on torch 2.11 (ComfyUI 0.33 imports torchaudio in comfy.sd).
+# Environment: PYTHON (default python3), STORM_VENV (default .venv-<host version>), STORM_HOSTS_DIR (where
+# ../shared/hosts trees are unpacked; default ~/.cache/comfyui-hosts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
-VENV="${STORM_VENV:-.venv}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
 
+if [ -z "${COMFYUI_PATH:-}" ]; then
+  unpack=../shared/hosts/unpack
+  if [ ! -x "$unpack" ]; then
+    echo "[setup] set COMFYUI_PATH to a ComfyUI source tree (git clone https://github.com/Comfy-Org/ComfyUI)" >&2
+    exit 2
+  fi
+  COMFYUI_PATH=$("$unpack" "${STORM_HOST:-0.33.0}" "${STORM_HOSTS_DIR:-$HOME/.cache/comfyui-hosts}")
+fi
+COMFYUI_PATH=$(cd "$COMFYUI_PATH" && pwd)
+[ -f "$COMFYUI_PATH/comfy/samplers.py" ] || { echo "COMFYUI_PATH=$COMFYUI_PATH is not a ComfyUI source tree" >&2; exit 2; }
+version=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$COMFYUI_PATH/comfyui_version.py")
+VENV="${STORM_VENV:-.venv-$version}"
+
 if [ ! -x "$VENV/bin/python" ]; then
-  echo "[setup] creating $VENV"
+  echo "[setup] creating $VENV for ComfyUI $version" >&2
   "$PYTHON" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
-
-if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
-  echo "[setup] installing $TORCH_SPEC"
+if "$VENV/bin/python" -c "import importlib.util,sys; s=importlib.util.find_spec('comfy'); sys.exit(0 if s and s.origin else 1)" 2>/dev/null; then
+  echo "[setup] $VENV has a 'comfy' package installed (the 2024 pip package comfyui==0.0.1?) that would shadow" \
+       "the ComfyUI source tree; use a new STORM_VENV" >&2
+  exit 2
+fi
+if ! "$VENV/bin/python" -c "import torch, torchvision, torchaudio" 2>/dev/null; then
+  echo "[setup] installing $TORCH_SPEC and torchaudio" >&2
   # shellcheck disable=SC2086
   "${PIP[@]}" $TORCH_SPEC
+  "${PIP[@]}" --no-deps torchaudio==2.11.1
 fi
-
-if [ -n "${COMFYUI_PATH:-}" ]; then
-  echo "[setup] host: upstream ComfyUI at $COMFYUI_PATH"
-  [ -f "$COMFYUI_PATH/comfy/samplers.py" ] || { echo "COMFYUI_PATH=$COMFYUI_PATH is not a ComfyUI checkout" >&2; exit 2; }
-  if "$VENV/bin/python" -c "import importlib.util,sys; sys.exit(0 if importlib.util.find_spec('comfy') and importlib.util.find_spec('comfy').origin else 1)" 2>/dev/null; then
-    echo "[setup] the pip fork is installed in $VENV and would shadow the checkout; use another STORM_VENV" >&2
-    exit 2
-  fi
-  "${PIP[@]}" -r tests/requirements-host-upstream.txt
-else
-  echo "[setup] host: pip fork comfyui==0.0.1"
-  "${PIP[@]}" --no-deps comfyui==0.0.1
-  "${PIP[@]}" -r tests/requirements-host-fork.txt
-fi
-"${PIP[@]}" -r requirements.txt -r tests/requirements-test.txt
-
-# A second, tokenizer-only environment with the newest transformers (what a fresh ComfyUI install
-# takes), for tests/host/test_tokenizer_versions.py: the pip fork cannot import transformers 5.
-TF_VENV="${STORM_TF_VENV:-$VENV-transformers-latest}"
-if [ ! -x "$TF_VENV/bin/python" ]; then
-  echo "[setup] creating $TF_VENV (newest transformers, tokenizers only)"
-  "$PYTHON" -m venv "$TF_VENV"
-fi
-"$TF_VENV/bin/python" -m pip install --disable-pip-version-check -q --upgrade "transformers>=5"
-echo "[setup] done: $("$VENV/bin/python" -c 'import torch, sys, transformers; print("python", sys.version.split()[0], "torch", torch.__version__, "transformers", transformers.__version__)')"
-echo "[setup] tokenizer check environment: transformers $("$TF_VENV/bin/python" -c 'import transformers; print(transformers.__version__)' 2>/dev/null)"
+host_requirements=$(mktemp)
+trap 'rm -f "$host_requirements"' EXIT
+grep -vE '^\s*(torch|torchvision|torchaudio)\s*$' "$COMFYUI_PATH/requirements.txt" >"$host_requirements"
+echo "[setup] ComfyUI $version's requirements, the pack's and the test tools" >&2
+"${PIP[@]}" -r "$host_requirements" -r requirements.txt -r tests/requirements-test.txt
+echo "[setup] done: $("$VENV/bin/python" -c 'import torch, sys, transformers; print("python", sys.version.split()[0], "torch", torch.__version__, "transformers", transformers.__version__)'), ComfyUI $version" >&2
+echo "$COMFYUI_PATH"
+echo "$VENV"

@@ -11,7 +11,7 @@ Import it with ``tests/`` on ``sys.path`` (pytest: ``-o pythonpath=tests`` or
 The developer scripts (``python -m scripts.NAME``) import it through the ``scripts`` package, which
 loads this folder as ``harness`` without putting ``tests/`` on ``sys.path``.
 
-Host selection: ``COMFYUI_PATH=<ComfyUI checkout>`` -> upstream, else the pip fork ``comfyui==0.0.1``.
+Host selection: ``COMFYUI_PATH=<ComfyUI source tree>`` (required).
 CPU mode is used when CUDA is unavailable or ``STORM_TEST_DEVICE=cpu``.
 
 Nothing here imports ``comfy`` at import time; :func:`harness.host.ensure_host` must run first

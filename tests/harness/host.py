@@ -1,13 +1,11 @@
 """Select, configure and import the ComfyUI host that the tests run against.
 
-Two real hosts are supported (never a hand-written fake):
-
-* **upstream** - a git checkout of Comfy-Org/ComfyUI (v0.3.64 in CI), selected by the environment
-  variable ``COMFYUI_PATH=<checkout>``. The checkout is put at ``sys.path[0]`` before anything
-  imports ``comfy``; its ``comfy`` is a *namespace* package, so a regular ``comfy`` package
-  installed in the same environment (the pip fork) would shadow it - use a separate venv.
-* **fork** - the pip package ``comfyui==0.0.1`` (``import comfy`` resolves to site-packages,
-  executor in ``comfy.cmd.execution``), used when ``COMFYUI_PATH`` is unset or empty.
+The host is a real upstream ComfyUI source tree (never a hand-written fake), named by the environment
+variable ``COMFYUI_PATH=<tree>``: a git checkout of Comfy-Org/ComfyUI, or a tree unpacked by
+``../shared/hosts/unpack VERSION`` (CI runs 0.33.0 and 0.3.64). The tree is put at ``sys.path[0]``
+before anything imports ``comfy``; its ``comfy`` is a *namespace* package, so a regular ``comfy``
+package installed in the same environment (the 2024 pip package ``comfyui==0.0.1``) would shadow it,
+which :func:`ensure_host` refuses.
 
 ``ensure_host()`` must run before any ``comfy`` import: it selects CPU mode
 (``comfy.cli_args.args.cpu = True``) when no CUDA device exists or ``STORM_TEST_DEVICE=cpu``,
@@ -24,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -50,9 +47,6 @@ ENV_DEVICE = "STORM_TEST_DEVICE"
 #: (on the CPU it otherwise picks sub-quadratic attention, whose backward keeps every score chunk)
 ENV_ATTENTION = "STORM_TEST_ATTENTION"
 
-UPSTREAM = "upstream"
-FORK = "fork"
-
 
 class HostSetupError(RuntimeError):
     """The requested ComfyUI host cannot be used (bad path, wrong import order, shadowing)."""
@@ -63,24 +57,19 @@ class HostInfo:
     """The ComfyUI host imported in this process.
 
     Attributes:
-        name: ``"upstream"`` (git checkout from ``COMFYUI_PATH``) or ``"fork"`` (pip package).
-        version: ComfyUI version string (``comfyui_version.__version__`` / package metadata).
-        path: upstream: the checkout root; fork: the directory of the installed ``comfy`` package.
+        version: ComfyUI version string (``comfyui_version.__version__``).
+        path: the source tree's root.
         cpu: True when ComfyUI was put in CPU mode.
     """
 
-    name: str
     version: str
     path: Path
     cpu: bool
 
     @property
-    def is_upstream(self) -> bool:
-        return self.name == UPSTREAM
-
-    @property
-    def is_fork(self) -> bool:
-        return self.name == FORK
+    def version_tuple(self) -> tuple[int, ...]:
+        """``version`` as numbers (``"0.33.0"`` -> ``(0, 33, 0)``), for tests that name a host version."""
+        return tuple(int(part) for part in self.version.split(".") if part.isdigit())
 
 
 _host: HostInfo | None = None
@@ -93,28 +82,29 @@ def ensure_host() -> HostInfo:
     ``tiny_nodes`` loaded by a real server), that host is adopted as it is.
 
     Raises:
-        HostSetupError: ``COMFYUI_PATH`` does not point at a ComfyUI checkout, ``comfy`` comes from
-            somewhere else than the selected host, or CPU mode can no longer be selected.
+        HostSetupError: ``COMFYUI_PATH`` is unset or does not point at a ComfyUI tree, ``comfy`` comes from
+            somewhere else than that tree, or CPU mode can no longer be selected.
     """
     global _host
     if _host is not None:
         return _host
 
-    checkout = _upstream_checkout_from_env()
+    checkout = _checkout_from_env()
     if "comfy.model_management" in sys.modules:
         info = _adopt_running_host(checkout)
     else:
-        if checkout is not None:
-            _put_checkout_first_on_path(checkout)
+        if checkout is None:
+            raise HostSetupError(
+                f"{ENV_COMFYUI_PATH} is not set: point it at a ComfyUI source tree (a git clone of "
+                f"https://github.com/Comfy-Org/ComfyUI, or COMFYUI_PATH=$(../shared/hosts/unpack 0.33.0)); "
+                f"bash scripts/run_tests.sh sets it for you.")
+        _put_checkout_first_on_path(checkout)
         _check_comfy_origin(checkout)
         cpu = _configure_device()
         importlib.import_module("comfy.model_management")
-        if checkout is not None:
-            _import_checkout_utils_first(checkout)
-            info = HostInfo(UPSTREAM, _upstream_version(checkout), checkout, cpu)
-        else:
-            info = HostInfo(FORK, _fork_version(), comfy_package_dir(), cpu)
-    logger.info("ComfyUI host: %s %s at %s (cpu=%s)", info.name, info.version, info.path, info.cpu)
+        _import_checkout_utils_first(checkout)
+        info = HostInfo(_host_version(checkout), checkout, cpu)
+    logger.info("ComfyUI host %s at %s (cpu=%s)", info.version, info.path, info.cpu)
     _host = info
     return info
 
@@ -156,8 +146,8 @@ def load_pack() -> ModuleType:
 # host selection helpers
 
 
-def _upstream_checkout_from_env() -> Path | None:
-    """The checkout named by ``COMFYUI_PATH``, validated; None when the variable is unset/empty."""
+def _checkout_from_env() -> Path | None:
+    """The tree named by ``COMFYUI_PATH``, validated; None when the variable is unset/empty."""
     raw = os.environ.get(ENV_COMFYUI_PATH, "").strip()
     if not raw:
         return None
@@ -166,8 +156,8 @@ def _upstream_checkout_from_env() -> Path | None:
     missing = [r for r in required if not (path / r).is_file()]
     if missing:
         raise HostSetupError(
-            f"{ENV_COMFYUI_PATH}={raw!r} is not a ComfyUI checkout ({path} lacks {', '.join(missing)}). "
-            f"Unset it to use the pip fork, or point it at a git checkout of Comfy-Org/ComfyUI."
+            f"{ENV_COMFYUI_PATH}={raw!r} is not a ComfyUI source tree ({path} lacks {', '.join(missing)}); "
+            f"point it at a git clone of https://github.com/Comfy-Org/ComfyUI."
         )
     return path
 
@@ -179,31 +169,24 @@ def _put_checkout_first_on_path(checkout: Path) -> None:
     sys.path.insert(0, entry)
 
 
-def _check_comfy_origin(checkout: Path | None) -> None:
-    """Fail early when ``comfy`` would not come from the selected host."""
+def _check_comfy_origin(checkout: Path) -> None:
+    """Fail early when ``comfy`` would not come from the selected tree."""
     spec = importlib.util.find_spec("comfy")
     if spec is None:
-        where = f"the checkout {checkout}" if checkout else "this environment (pip install comfyui==0.0.1)"
-        raise HostSetupError(f"no importable 'comfy' package in {where}")
+        raise HostSetupError(f"no importable 'comfy' package in the tree {checkout}")
     locations = [Path(p).resolve() for p in (spec.submodule_search_locations or [])]
-    if checkout is not None:
-        if (checkout / "comfy") not in locations or spec.origin not in (None, "namespace"):
-            raise HostSetupError(
-                f"'comfy' resolves to {spec.origin or locations}, not to {checkout / 'comfy'}: a regular "
-                f"'comfy' package (e.g. the pip fork) shadows the checkout's namespace package, or "
-                f"'comfy' was imported before ensure_host(). Use a venv without the fork."
-            )
-    elif spec.origin in (None, "namespace"):
+    if (checkout / "comfy") not in locations or spec.origin not in (None, "namespace"):
         raise HostSetupError(
-            f"'comfy' is a namespace package ({locations}); set {ENV_COMFYUI_PATH} to use a checkout "
-            f"or install the pip fork (comfyui==0.0.1)."
+            f"'comfy' resolves to {spec.origin or locations}, not to {checkout / 'comfy'}: a regular "
+            f"'comfy' package (e.g. the 2024 pip package comfyui==0.0.1) shadows the tree's namespace package, "
+            f"or 'comfy' was imported before ensure_host(). Use a virtual environment without it."
         )
 
 
 def _import_checkout_utils_first(checkout: Path) -> None:
-    """Import the checkout's top-level ``utils`` package as upstream ``main.py`` does.
+    """Import the tree's top-level ``utils`` package as upstream ``main.py`` does.
 
-    Upstream ``nodes.py`` inserts ``<checkout>/comfy`` at ``sys.path[0]`` when imported; from then
+    Upstream ``nodes.py`` inserts ``<tree>/comfy`` at ``sys.path[0]`` when imported; from then
     on ``import utils`` would find ``comfy/utils.py`` and e.g. ``comfy_extras/nodes_images.py``
     (``from utils.install_util import ...``) fails to import. ``main.py`` imports
     ``utils.extra_config`` before ``nodes``; so do we.
@@ -222,23 +205,21 @@ def _adopt_running_host(checkout: Path | None) -> HostInfo:
     import comfy.model_management as mm
 
     cpu = mm.cpu_state == mm.CPUState.CPU
-    if getattr(comfy, "__file__", None):  # a regular package: the pip fork
-        if checkout is not None:
-            raise HostSetupError(
-                f"{ENV_COMFYUI_PATH}={checkout} but 'comfy' was already imported from {comfy.__file__}")
-        return HostInfo(FORK, _fork_version(), comfy_package_dir(), cpu)
+    if getattr(comfy, "__file__", None):
+        raise HostSetupError(f"'comfy' was imported from the regular package {comfy.__file__} (the 2024 pip "
+                             f"package comfyui==0.0.1?), not from a ComfyUI source tree")
     root = Path(list(comfy.__path__)[0]).resolve().parent
     if checkout is not None and root != checkout:
         raise HostSetupError(f"{ENV_COMFYUI_PATH}={checkout} but 'comfy' was already imported from {root}")
     utils = sys.modules.get("utils")
     if utils is not None and Path(getattr(utils, "__file__", "") or "").resolve() != root / "utils" / "__init__.py":
-        logger.warning("top-level 'utils' is %s, not the checkout's package; comfy_extras that import "
+        logger.warning("top-level 'utils' is %s, not the tree's package; comfy_extras that import "
                        "utils.install_util will fail (import order differs from main.py)", utils)
-    return HostInfo(UPSTREAM, _upstream_version(root), root, cpu)
+    return HostInfo(_host_version(root), root, cpu)
 
 
 def comfy_package_dir() -> Path:
-    """The ``comfy`` package folder (upstream's is a namespace package without ``__file__``)."""
+    """The ``comfy`` package folder (a namespace package without ``__file__``)."""
     import comfy
 
     return Path(list(comfy.__path__)[0]).resolve()
@@ -266,17 +247,10 @@ def _configure_device() -> bool:
     return bool(comfy.cli_args.args.cpu)
 
 
-def _upstream_version(checkout: Path) -> str:
+def _host_version(checkout: Path) -> str:
     try:
         module = importlib.import_module("comfyui_version")
     except ImportError:
         logger.warning("no comfyui_version module in %s", checkout)
         return "unknown"
     return str(getattr(module, "__version__", "unknown"))
-
-
-def _fork_version() -> str:
-    try:
-        return importlib.metadata.version("comfyui")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"

@@ -1,4 +1,4 @@
-"""Tiny random-weight SD3 (MMDiT) and Flux diffusion models from the host's own classes (upstream only).
+"""Tiny random-weight SD3 (MMDiT) and Flux diffusion models from the host's own classes.
 
 The first step of DiT support (issue "Beyond the UNet"): the diffusion model side only, built by
 ``comfy.supported_models.SD3 / Flux`` from thin copies of the real ``unet_config`` and wrapped in a
@@ -12,15 +12,11 @@ them must be 4096 wide), Flux with CLIP-L (pooled only) and a thin T5 (its 256 r
   pads CLIP-L+G to 4096 and appends T5 rows), pooled width 2048. Joint attention order: ``[context, x]``.
 * ``flux``: ``Flux`` with hidden 64, 4 heads (``axes_dim`` 4+6+6 = 16 per head), 2 double and 2 single
   blocks, T5 width 32, CLIP-L pooled width 32, guidance embedding on. Joint attention order ``[txt, img]``.
-
-The pip fork has SD3 but no Flux, and its MMDiT passes no ``transformer_options`` to attention, so
-:func:`build_tiny_dit` raises :class:`DiTUnsupported` there.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from typing import Any
 
 import torch
@@ -28,12 +24,7 @@ import torch
 from .host import ensure_host
 from .tiny_models import ATTN2_QK_GAIN, DIT_ARCHS, build_vae, initialise_weights
 
-__all__ = ["DIT_ARCHS", "SD35_MEDIUM", "DiTUnsupported", "TinyDiT", "build_real_size_dit", "build_tiny_dit",
-           "dit_conditioning", "dit_supported"]
-
-
-class DiTUnsupported(RuntimeError):
-    """The host lacks what DiT support needs (the fork: no Flux, no attention options in MMDiT)."""
+__all__ = ["DIT_ARCHS", "SD35_MEDIUM", "TinyDiT", "build_real_size_dit", "build_tiny_dit", "dit_conditioning"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,18 +99,6 @@ def _build_clip(arch: str, seed: int) -> Any:
     return clip
 
 
-def dit_supported() -> str | None:
-    """None when the host can build and hook the tiny DiTs, else why not."""
-    ensure_host()
-    if importlib.util.find_spec("comfy.ldm.flux") is None:
-        return "this ComfyUI has no Flux model (the 2024 pip fork)"
-    import comfy.ldm.modules.attention as attention
-
-    if not hasattr(attention, "wrap_attn"):
-        return "this ComfyUI's attention takes no transformer_options (no optimized_attention_override)"
-    return None
-
-
 def build_tiny_dit(arch: str, *, seed: int = 0, dtype: torch.dtype = torch.float32,
                    config: dict[str, Any] | None = None) -> TinyDiT:
     """The tiny ``arch`` (``"sd3"`` or ``"flux"``) diffusion model, weights initialised from ``seed``;
@@ -131,9 +110,7 @@ def build_tiny_dit(arch: str, *, seed: int = 0, dtype: torch.dtype = torch.float
     """
     if arch not in _SPECS:
         raise ValueError(f"unknown tiny DiT {arch!r}; expected one of {DIT_ARCHS}")
-    reason = dit_supported()
-    if reason is not None:
-        raise DiTUnsupported(reason)
+    ensure_host()
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models
@@ -142,7 +119,7 @@ def build_tiny_dit(arch: str, *, seed: int = 0, dtype: torch.dtype = torch.float
     load_device = mm.get_torch_device()
     offload_device = mm.unet_offload_device()
     with torch.no_grad():
-        model_config = getattr(comfy.supported_models, name)({**unet_config, **(config or {})})
+        model_config = getattr(comfy.supported_models, name)({**unet_config, **_host_fields(arch), **(config or {})})
         manual_cast = mm.unet_manual_cast(dtype, load_device, model_config.supported_inference_dtypes)
         model_config.set_inference_dtype(dtype, manual_cast)
         model = model_config.get_model({}, "", device=offload_device)
@@ -167,8 +144,25 @@ def _sharpen_joint_attention(net: torch.nn.Module, arch: str, gain: float) -> No
             rows = sub.qkv.weight.shape[0] // 3
             sub.qkv.weight[: 2 * rows].mul_(gain)
         elif arch == "flux" and hasattr(sub, "query_norm") and hasattr(sub, "key_norm"):
-            sub.query_norm.scale.mul_(gain)
-            sub.key_norm.scale.mul_(gain)
+            _norm_weight(sub.query_norm).mul_(gain)
+            _norm_weight(sub.key_norm).mul_(gain)
+
+
+def _norm_weight(norm: torch.nn.Module) -> torch.Tensor:
+    """An RMS norm's gain: ``scale`` in Flux's own RMSNorm (0.3.64), ``weight`` in the host's shared
+    ``operations.RMSNorm`` (0.33 and later)."""
+    weight = getattr(norm, "scale", None)
+    return norm.weight if weight is None else weight
+
+
+def _host_fields(arch: str) -> dict[str, Any]:
+    """``unet_config`` entries a newer host requires: ``FluxParams.txt_ids_dims`` (0.33 and later; the
+    host's ``model_detection`` sets ``[]`` for Flux.1)."""
+    if arch != "flux":
+        return {}
+    from comfy.ldm.flux.model import FluxParams
+
+    return {"txt_ids_dims": []} if "txt_ids_dims" in {f.name for f in dataclasses.fields(FluxParams)} else {}
 
 
 def dit_conditioning(tiny: TinyDiT, tokens: int, *, seed: int = 0) -> list:

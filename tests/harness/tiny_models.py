@@ -275,9 +275,8 @@ def build_tiny(arch: str, *, seed: int = 0, dtype: torch.dtype = torch.float32) 
 
 def _build(spec: ArchSpec, seed: int, dtype: torch.dtype) -> TinyModel:
     ensure_host()
-    # no_grad: the fork's CLIPTextModel.__init__ copies into a leaf parameter
-    # (text_projection.weight.copy_(eye)), which fails with grad mode on. It does not change
-    # inference mode: inside torch.inference_mode() the weights still become inference tensors.
+    # no_grad: the initialisation writes into leaf parameters. It does not change inference mode:
+    # inside torch.inference_mode() the weights still become inference tensors.
     with torch.no_grad():
         model = _build_unet(spec, seed, dtype)
         clip = _build_clip(spec, seed)
@@ -381,31 +380,15 @@ def load_trained(path: str | Path, *, arch: str = "sd15") -> TinyModel:
 
 
 def tiny_conditioning(clip: Any, text: str) -> list:
-    """Encode ``text`` exactly as the host's ``CLIPTextEncode`` node does.
-
-    Upstream calls ``clip.encode_from_tokens_scheduled(tokens)``; the fork (whose ``CLIP`` has no
-    such method) ``clip.encode_from_tokens(tokens, return_pooled=True)``.
+    """Encode ``text`` exactly as the host's ``CLIPTextEncode`` node does
+    (``clip.encode_from_tokens_scheduled(clip.tokenize(text))``).
 
     Returns:
         CONDITIONING ``[[cond, {"pooled_output": pooled, ...}]]`` with ``cond`` of shape
         ``(1, 77*k, context_dim)`` (``k`` = number of 75-token chunks) and ``pooled`` of shape
         ``(1, hidden of the last encoder)`` (what SDXL feeds into ``y``).
     """
-    tokens = clip.tokenize(text)
-    if hasattr(clip, "encode_from_tokens_scheduled"):
-        return _encode_upstream(clip, tokens)
-    return _encode_fork(clip, tokens)
-
-
-def _encode_upstream(clip: Any, tokens: Any) -> list:
-    # upstream nodes.CLIPTextEncode.encode (v0.3.64)
-    return clip.encode_from_tokens_scheduled(tokens)
-
-
-def _encode_fork(clip: Any, tokens: Any) -> list:
-    # fork comfy/nodes/base_nodes.py CLIPTextEncode.encode
-    cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
-    return [[cond, {"pooled_output": pooled}]]
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
 
 
 # --------------------------------------------------------------------------------------------
@@ -583,21 +566,15 @@ def _build_clip(spec: ArchSpec, seed: int) -> Any:
 
 
 def _clip_modules() -> dict[str, Any]:
-    """The host's text-encoder modules (SD2's lives in ``comfy.text_encoders`` upstream)."""
-    sd1 = importlib.import_module("comfy.sd1_clip")
-    sdxl = importlib.import_module("comfy.sdxl_clip")
-    try:
-        sd2 = importlib.import_module("comfy.text_encoders.sd2_clip")  # upstream
-    except ImportError:
-        sd2 = importlib.import_module("comfy.sd2_clip")  # fork
-    return {"sd1": sd1, "sd2": sd2, "sdxl": sdxl}
+    """The host's text-encoder modules."""
+    return {"sd1": importlib.import_module("comfy.sd1_clip"), "sd2": importlib.import_module("comfy.text_encoders.sd2_clip"),
+            "sdxl": importlib.import_module("comfy.sdxl_clip")}
 
 
 def _encoder_factory(enc: TextEncoderSpec, modules: dict[str, Any]) -> Callable[..., torch.nn.Module]:
     """A constructor ``(device, dtype, **host_kwargs) -> SDClipModel`` for a thin encoder.
 
-    The host wrappers call it with ``model_options`` (upstream) or ``textmodel_json_config``
-    (fork); only ``model_options`` is forwarded (the config is ours).
+    The host wrappers call it with ``model_options``; only that is forwarded (the config is ours).
     """
     sd1 = modules["sd1"]
     config_dir = {"l": sd1, "g": modules["sdxl"], "h": modules["sd2"]}[enc.key]

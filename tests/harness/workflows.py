@@ -12,22 +12,20 @@
   prompts with the host's ``validate_prompt`` and executes them with **one** ``PromptExecutor`` per
   process, so queueing several prompts shows the host's caching exactly as a server would.
 
-Host differences (each lives in ``_UpstreamHost`` / ``_ForkHost``), upstream 0.3.64 vs fork 0.0.1:
+The host's entry points (all in ``_Host``):
 
-* base directory: ``args.base_directory`` / ``args.cwd``, set before ``folder_paths`` /
-  ``comfy.cmd.folder_paths`` is first imported; input/output/temp are also set with the setters.
-* nodes: upstream ``nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False)`` then
+* base directory: ``args.base_directory``, set before ``folder_paths`` is first imported;
+  input/output/temp are also set with the setters.
+* nodes: ``nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False)`` then
   ``await nodes.load_custom_node(<folder>, ...)`` per pack (the same call ``init_external_custom_nodes``
-  makes); fork ``comfy.nodes.package.import_all_nodes_in_workspace()`` (core, extras, entry points and
-  the vanilla loader over ``<base>/custom_nodes``; runs once per process).
-* validation: upstream ``await execution.validate_prompt(prompt_id, prompt, None)``; fork
-  ``comfy.cmd.execution.validate_prompt(prompt)`` (sync, no id).
-* executor: upstream ``execution.PromptExecutor(server, cache_type=CacheType.CLASSIC)``, UI outputs in
-  ``executor.history_result["outputs"]``; fork ``comfy.cmd.execution.PromptExecutor(server)``, UI outputs
-  in ``executor.outputs_ui``.
+  makes).
+* validation: ``await execution.validate_prompt(prompt_id, prompt, None)``.
+* executor: ``execution.PromptExecutor(server, cache_type=CacheType.CLASSIC, ...)`` with the cache
+  arguments ``main.py`` passes (0.3.64: ``cache_size``; 0.33: ``cache_args``), UI outputs in
+  ``executor.history_result["outputs"]``.
 
 The runner is process-global because the hosts' node registries, ``folder_paths`` and custom-node
-modules are process-global. ``PromptExecutor.execute`` runs ``asyncio.run`` upstream, so do not call
+modules are process-global. ``PromptExecutor.execute`` runs ``asyncio.run``, so do not call
 :meth:`WorkflowRunner.run` from inside a running event loop.
 """
 
@@ -39,7 +37,6 @@ import contextlib
 import dataclasses
 import importlib
 import inspect
-import io
 import json
 import logging
 import os
@@ -91,7 +88,7 @@ def checkpoint_archs(path: Path) -> list[str]:
 
 
 def needs_dit(path: Path) -> bool:
-    """Whether an example workflow loads a DiT checkpoint (SD3, Flux: current ComfyUI only)."""
+    """Whether an example workflow loads a DiT checkpoint (SD3, Flux)."""
     from .tiny_models import DIT_ARCHS
 
     return any(arch in DIT_ARCHS for arch in checkpoint_archs(path))
@@ -584,7 +581,7 @@ class WorkflowRunner:
         _link_folder(self.custom_nodes_dir / PACK_FOLDER, REPO_ROOT)
         _link_folder(self.custom_nodes_dir / TINY_NODES_FOLDER, TINY_NODES_DIR)
 
-        self._host = _UpstreamHost() if self.host.is_upstream else _ForkHost()
+        self._host = _Host()
         self._host.prepare_folders(base)
         pack_dirs = [self.custom_nodes_dir / PACK_FOLDER, self.custom_nodes_dir / TINY_NODES_FOLDER]
         self._host.load_nodes(self.custom_nodes_dir, pack_dirs)
@@ -594,7 +591,7 @@ class WorkflowRunner:
         self.executor = self._host.make_executor(self.server)
         self._node_defs: dict[str, dict] | None = None
         WorkflowRunner._instantiated = True
-        logger.info("workflow runner ready (%s %s), base dir %s", self.host.name, self.host.version, base)
+        logger.info("workflow runner ready (ComfyUI %s), base dir %s", self.host.version, base)
 
     @property
     def output_dir(self) -> Path:
@@ -751,30 +748,7 @@ def _link_folder(link: Path, target: Path) -> None:
 
 
 # ============================================================================================
-# host adapters: every host-specific call lives here
-
-
-class _HostAdapter:
-    def prepare_folders(self, base: Path) -> None:
-        raise NotImplementedError
-
-    def folder_paths(self) -> Any:
-        raise NotImplementedError
-
-    def load_nodes(self, custom_nodes_dir: Path, pack_dirs: list[Path]) -> None:
-        raise NotImplementedError
-
-    def class_mappings(self) -> Mapping[str, type]:
-        raise NotImplementedError
-
-    def make_executor(self, server: HeadlessServer) -> Any:
-        raise NotImplementedError
-
-    def validate(self, prompt_id: str, prompt: dict) -> tuple[bool, Any, list, dict]:
-        raise NotImplementedError
-
-    def ui_outputs(self, executor: Any) -> dict[str, dict]:
-        raise NotImplementedError
+# the host's own entry points: every host call lives here
 
 
 def _redirect_folders(folder_paths: Any, base: Path) -> None:
@@ -786,8 +760,8 @@ def _redirect_folders(folder_paths: Any, base: Path) -> None:
         folder_paths.set_user_directory(str(base / "user"))
 
 
-class _UpstreamHost(_HostAdapter):
-    """Upstream ComfyUI git checkout (v0.3.64)."""
+class _Host:
+    """The host calls the runner makes (ComfyUI 0.3.64 to 0.33 and later)."""
 
     def prepare_folders(self, base: Path) -> None:
         import comfy.cli_args
@@ -810,7 +784,7 @@ class _UpstreamHost(_HostAdapter):
                 ok = asyncio.run(nodes.load_custom_node(str(path), base_node_names, module_parent="custom_nodes"))
             if not ok:
                 raise PackImportError(f"ComfyUI could not import {path}:\n" + "\n".join(records))
-            logger.info("upstream loaded custom nodes from %s", path)
+            logger.info("loaded custom nodes from %s", path)
 
     def class_mappings(self) -> Mapping[str, type]:
         return importlib.import_module("nodes").NODE_CLASS_MAPPINGS
@@ -819,8 +793,9 @@ class _UpstreamHost(_HostAdapter):
         execution = importlib.import_module("execution")
         params = inspect.signature(execution.PromptExecutor).parameters
         kwargs: dict[str, Any] = {"cache_type": execution.CacheType.CLASSIC}
-        if "cache_args" in params:  # newer upstream replaced cache_size by cache_args
-            kwargs["cache_args"] = {"lru": 0, "ram": 0}
+        if "cache_args" in params:  # 0.33 replaced cache_size by cache_args; the keys main.py
+            # passes (0.33 reads "ram_inactive" at every prompt)
+            kwargs["cache_args"] = {"lru": 0, "ram": 0, "ram_inactive": 0}
         return execution.PromptExecutor(server, **kwargs)
 
     def validate(self, prompt_id: str, prompt: dict) -> tuple[bool, Any, list, dict]:
@@ -833,58 +808,6 @@ class _UpstreamHost(_HostAdapter):
 
     def ui_outputs(self, executor: Any) -> dict[str, dict]:
         return dict(getattr(executor, "history_result", {}).get("outputs", {}))
-
-
-class _ForkHost(_HostAdapter):
-    """pip package ``comfyui==0.0.1``."""
-
-    def prepare_folders(self, base: Path) -> None:
-        import comfy.cli_args
-
-        if "comfy.cmd.folder_paths" not in sys.modules:
-            comfy.cli_args.args.cwd = str(base)
-        fp = self.folder_paths()
-        if Path(fp.base_path).resolve() != base:
-            logger.warning("comfy.cmd.folder_paths was imported before the runner (base %s); models/ "
-                           "and user/ stay there", fp.base_path)
-            fp.add_model_folder_path("custom_nodes", str(base / "custom_nodes"))
-        _redirect_folders(fp, base)
-
-    def folder_paths(self) -> Any:
-        return importlib.import_module("comfy.cmd.folder_paths")
-
-    def load_nodes(self, custom_nodes_dir: Path, pack_dirs: list[Path]) -> None:
-        package = importlib.import_module("comfy.nodes.package")
-        stdout = io.StringIO()
-        with _captured_logs() as records, contextlib.redirect_stdout(stdout):
-            package.import_all_nodes_in_workspace(vanilla_custom_nodes=True, raise_on_failure=False)
-        printed = stdout.getvalue()
-        if printed.strip():
-            logger.debug("fork node loader output:\n%s", printed)
-        for path in pack_dirs:
-            if f"Cannot import {path} module" in printed:
-                raise PackImportError(f"ComfyUI could not import {path}:\n{printed}\n" + "\n".join(records))
-            if path.name not in sys.modules:
-                raise PackImportError(
-                    f"{path} was not imported: the fork's node registry was initialised before the "
-                    f"runner configured {custom_nodes_dir}")
-            logger.info("fork loaded custom nodes from %s", path)
-
-    def class_mappings(self) -> Mapping[str, type]:
-        package = importlib.import_module("comfy.nodes.package")
-        return package.import_all_nodes_in_workspace().NODE_CLASS_MAPPINGS
-
-    def make_executor(self, server: HeadlessServer) -> Any:
-        execution = importlib.import_module("comfy.cmd.execution")
-        return execution.PromptExecutor(server)
-
-    def validate(self, prompt_id: str, prompt: dict) -> tuple[bool, Any, list, dict]:
-        execution = importlib.import_module("comfy.cmd.execution")
-        ok, error, outputs, node_errors = execution.validate_prompt(prompt)
-        return bool(ok), error, list(outputs), dict(node_errors or {})
-
-    def ui_outputs(self, executor: Any) -> dict[str, dict]:
-        return {str(k): v for k, v in executor.outputs_ui.items()}
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""Host tier: the real ComfyUI ``comfy.*`` modules (COMFYUI_PATH checkout, else the pip fork),
+"""Host tier: the real ComfyUI ``comfy.*`` modules (the ``COMFYUI_PATH`` source tree),
 tiny SD1.5/SDXL-topology models and the pack loaded the way ComfyUI loads it.
 
 Everything a test does with the host runs under ``torch.inference_mode()``, as ComfyUI's

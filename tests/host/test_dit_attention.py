@@ -1,5 +1,4 @@
-"""Attention maps and guidance of DiT models (SD3's MMDiT, Flux) through the pack's nodes, on tiny models
-(upstream only).
+"""Attention maps and guidance of DiT models (SD3's MMDiT, Flux) through the pack's nodes, on tiny models.
 
 The Attention Recorder and the guided samplers record the image-to-text part of every block's joint
 attention; Subject Tokens finds the prompt's words in every text stream of the conditioning (SD3: CLIP
@@ -11,10 +10,8 @@ import pytest
 import torch
 
 from harness.nodeutil import call_node, weakest_subject_attention
-from harness.tiny_dit import DIT_ARCHS, build_tiny_dit, dit_supported
+from harness.tiny_dit import DIT_ARCHS, build_tiny_dit
 from harness.tiny_models import tiny_conditioning
-
-pytestmark = pytest.mark.skipif(dit_supported() is not None, reason=str(dit_supported()))
 
 LATENT = (1, 16, 8, 12)  # 64 x 96 px: 4 x 6 patches of 2 x 2
 STEPS = 3
@@ -244,12 +241,6 @@ def test_attention_interpolation_refuses_a_dit_clearly(dit, nodes, prompt):
     with torch.inference_mode(), pytest.raises(Exception, match="not with attention interpolation"):
         call_node(nodes["STORM_AttentionInterpolation"], model=dit.model, positive_a=positive, positive_b=positive,
                   negative=negative, latent_image={"samples": torch.zeros(LATENT)}, frames=2, steps=2)
-
-
-def test_an_old_comfyui_gets_a_clear_error_for_dits(dit, pack, monkeypatch):
-    monkeypatch.setattr(pack.nodes.architecture, "JOINT_ATTENTION_OVERRIDE", False)
-    with pytest.raises(Exception, match="update ComfyUI"):
-        pack.nodes.architecture.describe_model(dit.model.model, "STORM Attention Recorder")
 
 
 def test_prompt_analysis_binds_words_in_the_t5_rows(dit, nodes):

@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.tiny_dit import DIT_ARCHS, dit_supported
+from harness.tiny_dit import DIT_ARCHS
 from harness.workflows import substitute_checkpoints
-
-pytestmark = pytest.mark.skipif(dit_supported() is not None, reason=str(dit_supported()))
 
 #: checkpoint name (it picks the tiny architecture), KSampler cfg and scheduler as each family is run
 FAMILIES = {"sd3": ("sd3.5_medium.safetensors", 4.5, "sgm_uniform"), "flux": ("flux1-dev.safetensors", 1.0, "simple")}

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.tiny_dit import dit_supported
 from harness.workflows import (
     CPU_PROFILE,
     EXAMPLES,
@@ -19,7 +18,6 @@ from harness.workflows import (
     example_key,
     example_path,
     load_ui_workflow,
-    needs_dit,
     substitute_checkpoints,
     ui_to_api,
 )
@@ -65,8 +63,6 @@ def test_workflow_is_valid_ui_format(path):
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[example_key(p) for p in WORKFLOWS])
 def test_workflow_runs_in_the_host_executor(path, runner):
-    if needs_dit(path) and dit_supported() is not None:
-        pytest.skip(f"a DiT example: {dit_supported()}")
     prompt = ci_prompt(path, runner)
     result = runner.run(prompt)
     result.raise_for_error()
