@@ -15,15 +15,19 @@ their ``requires_grad`` flag says):
 * ``linear``: ``y = x W^T + b``, ``dx = dy W``;
 * ``conv1d/2d/3d``: ``dx`` is the transposed convolution of ``dy`` with ``W``;
 * ``group_norm`` / ``layer_norm`` / ``rms_norm``: the normalisation runs through stock autograd without its affine
-  part, and ``y = n * w + b`` is applied by a function whose backward is ``dn = dy * w``.
+  part, and ``y = n * w + b`` is applied by a function whose backward is ``dn = dy * w``;
+* ``x * c`` with a constant tensor ``c`` (a weight's scale): ``dx = dy * c``, summed over broadcast dimensions.
 
-Hosts also *cast* weights per call: fp8 or bf16 weights computed in fp16/fp32 ("manual cast"), weights
-offloaded to the CPU and moved to the GPU layer by layer (low-VRAM mode). Autograd would keep every such
-cast copy alive until backward, which puts a full copy of the network back in memory. Inside the mode a
-cast of an inference tensor (``Tensor.to``, or ``copy_`` into a new tensor, as the host casts) is
-remembered by its source, and a layer that receives the cast keeps the *source* and the cast's dtype and
-device, and casts again in backward (:attr:`FrozenWeights.recast` counts these layers): the copy is freed
-as soon as the forward is done with it.
+Hosts also *derive* the weights a layer computes with on every call: fp8 or bf16 weights cast to
+fp16/fp32 ("manual cast"), weights offloaded to the CPU and moved to the GPU layer by layer (low-VRAM
+mode), quantized weights dequantized and multiplied by their scale. Autograd would keep every such copy
+alive until backward, which puts a full copy of the network back in memory. Inside the mode every tensor
+computed from constants alone (inference tensors, and tensors so computed) is a constant too, remembered
+by its *recipe*: the operation and its constant arguments (a cast: ``Tensor.to``, or ``copy_`` into a new
+tensor, as the host casts). A layer that receives such a weight keeps the recipe and computes the weight
+again in backward (:attr:`FrozenWeights.recast` counts these layers): the copy is freed as soon as the
+forward is done with it. A derived tensor changed in place (a LoRA added to a cast, say) is no longer
+what its recipe gives, and is kept as it is.
 
 Any other operation that mixes an inference tensor with a tensor that requires grad gets normal
 copies of its inference tensors (so it cannot fail); :attr:`FrozenWeights.copied` and
@@ -45,23 +49,51 @@ def _is_frozen(t) -> bool:
     return isinstance(t, torch.Tensor) and t.is_inference()
 
 
-class _Cast:
-    """A weight the layer holds as its inference-tensor source plus the cast the host applied to it (and
-    the broadcast view the layer applies, if any)."""
+class _Recipe:
+    """How to compute a constant again: ``func(*args, **kwargs)`` under ``no_grad``, where every tensor
+    argument is an inference tensor (held by reference: the host's weights) or the recipe of a constant."""
 
-    __slots__ = ("source", "dtype", "device", "shape")
+    __slots__ = ("func", "args", "kwargs")
 
-    def __init__(self, source: torch.Tensor, like: torch.Tensor, shape=None):
-        self.source, self.dtype, self.device, self.shape = source, like.dtype, like.device, shape
+    def __init__(self, func, args, kwargs):
+        self.func, self.args, self.kwargs = func, args, kwargs
 
     def get(self) -> torch.Tensor:
-        weight = self.source.to(device=self.device, dtype=self.dtype)
+        args = [_computed(a) for a in self.args]
+        kwargs = {k: _computed(v) for k, v in self.kwargs.items()}
+        with torch.no_grad():
+            return self.func(*args, **kwargs)
+
+
+def _computed(value):
+    if isinstance(value, _Recipe):
+        return value.get()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_computed(v) for v in value)
+    return value
+
+
+def _cast_like(source: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The host's other cast, ``empty_like(weight, ...).copy_(weight)``, computed again."""
+    return source.to(device=device, dtype=dtype)
+
+
+class _Held:
+    """A weight a layer holds as the recipe of a constant (and the broadcast view the layer applies, if any)."""
+
+    __slots__ = ("recipe", "shape")
+
+    def __init__(self, recipe: _Recipe, shape=None):
+        self.recipe, self.shape = recipe, shape
+
+    def get(self) -> torch.Tensor:
+        weight = self.recipe.get()
         return weight if self.shape is None else weight.view(self.shape)
 
 
 def _get(held):
-    """The weight a layer holds: a tensor (by reference), a :class:`_Cast` (cast again now), or None."""
-    return held.get() if isinstance(held, _Cast) else held
+    """The weight a layer holds: a tensor (by reference), a :class:`_Held` (computed again now), or None."""
+    return held.get() if isinstance(held, _Held) else held
 
 
 def _owned(out: torch.Tensor) -> torch.Tensor:
@@ -115,6 +147,19 @@ class _FrozenAffine(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return (grad * _get(ctx.weight) if ctx.weight is not None else grad), None, None, None
+
+
+class _FrozenScale(torch.autograd.Function):
+    """``x * c`` with a constant tensor ``c`` (broadcast either way): ``dx = sum-to-x's-shape(dy * c)``."""
+
+    @staticmethod
+    def forward(ctx, x, c, held):
+        ctx.held, ctx.shape, ctx.dtype = held, x.shape, x.dtype
+        return x * c
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (grad * _get(ctx.held)).sum_to_size(ctx.shape).to(ctx.dtype), None, None
 
 
 def _conv_params(value, n: int) -> list[int]:
@@ -196,7 +241,23 @@ def _rms_norm(mode, args, kwargs):
     return _affine(mode, n, weight, None)
 
 
+def _scale(mode, args, kwargs):
+    if len(args) != 2 or kwargs:
+        return NotImplemented
+    x, c = args
+    if not isinstance(c, torch.Tensor) or not mode.constant(c):
+        x, c = c, x  # c * x
+    if not (isinstance(x, torch.Tensor) and isinstance(c, torch.Tensor) and x.requires_grad and mode.constant(c)
+            and not x.is_complex() and not c.is_complex()):
+        return NotImplemented
+    return _FrozenScale.apply(x, c, mode.hold(c))
+
+
 _HANDLERS = {
+    torch.mul: _scale,  # a constant scale (the scaled-fp8 layers' `input * scale_weight`)
+    torch.Tensor.mul: _scale,
+    torch.Tensor.__mul__: _scale,
+    torch.Tensor.__rmul__: _scale,
     F.linear: _linear,
     F.conv1d: _conv,
     F.conv2d: _conv,
@@ -213,6 +274,12 @@ def _tensors(values):
             yield v
         elif isinstance(v, (list, tuple)):
             yield from (t for t in v if isinstance(t, torch.Tensor))
+
+
+def _in_place(func, kwargs) -> bool:
+    """Whether ``func`` writes into a tensor it was given (``add_``, ``__iadd__``, ``out=``)."""
+    name = getattr(func, "__name__", "")
+    return "out" in kwargs or name.endswith("_") and not name.endswith("__") or name.startswith("__i")
 
 
 def _unview(out):
@@ -234,8 +301,8 @@ class FrozenWeights(TorchFunctionMode):
 
     Attributes:
         fast: calls that went through the copy-free functions.
-        recast: of those, calls whose weight was the host's cast of an inference tensor (cast again in
-            backward instead of kept).
+        recast: of those, calls whose weight was computed from constants (the host's cast, its dequantization:
+            computed again in backward instead of kept).
         copied / copied_bytes: inference tensors copied by the fallback (operations not covered).
     """
 
@@ -245,49 +312,58 @@ class FrozenWeights(TorchFunctionMode):
         self.recast = 0
         self.copied = 0
         self.copied_bytes = 0
-        #: id of a cast made in this mode -> (weak reference to it, its inference-tensor source, its version)
-        self._casts: dict[int, tuple[weakref.ref, torch.Tensor, int]] = {}
+        #: id of a constant computed in this mode -> (weak reference to it, its recipe, its version)
+        self._derived: dict[int, tuple[weakref.ref, _Recipe, int]] = {}
 
-    def _source(self, t) -> torch.Tensor | None:
-        """The source of ``t`` when ``t`` is an unmodified cast made in this mode (a cast the host then
-        changed in place, a LoRA added to it say, is not a cast of its source any more)."""
-        entry = self._casts.get(id(t)) if isinstance(t, torch.Tensor) else None
-        if entry is None or entry[0]() is not t or t._version != entry[2]:
-            return None
+    def _recipe(self, t) -> _Recipe | None:
+        """The recipe of ``t`` when ``t`` is an unchanged constant computed in this mode (one the host then
+        changed in place, a LoRA added to a cast say, is not what its recipe gives any more, and one made to
+        require a gradient is a variable)."""
+        entry = self._derived.get(id(t)) if isinstance(t, torch.Tensor) else None
+        if entry is None or entry[0]() is not t or t._version != entry[2] or t.requires_grad:
+            return None  # (a copy of the latent made with `.requires_grad_()` is the variable, no constant)
         return entry[1]
 
     def constant(self, t) -> bool:
-        """An inference tensor or a cast of one made in this mode: a constant of the pass."""
-        return _is_frozen(t) or self._source(t) is not None
+        """An inference tensor or a constant computed from such in this mode."""
+        return _is_frozen(t) or self._recipe(t) is not None
 
     def hold(self, weight, shape=None):
-        """What a layer keeps for backward: the weight itself (viewed to ``shape`` if given), or its source
-        and cast (and view) when it is a cast."""
-        source = self._source(weight)
-        if source is None:
+        """What a layer keeps for backward: the weight itself (viewed to ``shape`` if given), or its recipe
+        (and view) when it is a computed constant."""
+        recipe = self._recipe(weight)
+        if recipe is None:
             return weight if weight is None or shape is None else weight.view(shape)
         self.recast += 1
-        return _Cast(source, weight, shape)
+        return _Held(recipe, shape)
 
-    def _remember(self, cast: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-        if _is_frozen(cast):  # a no-op cast returns its source: a constant already
-            return cast
-        key = id(cast)
-        self._casts[key] = (weakref.ref(cast, lambda _ref, key=key: self._casts.pop(key, None)), source,
-                            cast._version)
-        return cast
+    def _as_recipe_args(self, value):
+        """``value`` with every computed constant replaced by its recipe (inference tensors stay)."""
+        if isinstance(value, torch.Tensor):
+            return self._recipe(value) or value
+        if isinstance(value, (list, tuple)):
+            return type(value)(self._as_recipe_args(v) for v in value)
+        return value
+
+    def _remember(self, out, func, args, kwargs):
+        """Remember ``out`` (a tensor computed from constants alone) by its recipe; returns it."""
+        if not isinstance(out, torch.Tensor) or _is_frozen(out):  # a no-op cast returns its source: a constant
+            return out
+        recipe = _Recipe(func, self._as_recipe_args(args), {k: self._as_recipe_args(v) for k, v in kwargs.items()})
+        key = id(out)
+        self._derived[key] = (weakref.ref(out, lambda _ref, key=key: self._derived.pop(key, None)), recipe,
+                              out._version)
+        return out
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if not torch.is_grad_enabled():
             return func(*args, **kwargs)
-        if func is torch.Tensor.to and args and _is_frozen(args[0]):
-            with torch.no_grad():  # the host casting a weight: a constant, remembered by its source
-                return self._remember(func(*args, **kwargs), args[0])
-        if func is torch.Tensor.copy_ and len(args) >= 2 and _is_frozen(args[1]) and not _is_frozen(args[0]) \
-                and not args[0].requires_grad:
+        if func is torch.Tensor.copy_ and len(args) >= 2 and self.constant(args[1]) and not _is_frozen(args[0]) \
+                and not args[0].requires_grad and args[0].shape == args[1].shape:
             with torch.no_grad():  # the host's other cast: empty_like(weight, ...).copy_(weight)
-                return self._remember(func(*args, **kwargs), args[1])
+                out = func(*args, **kwargs)
+            return self._remember(out, _cast_like, (args[1],), {"dtype": out.dtype, "device": out.device})
         handler = _HANDLERS.get(func)
         if handler is not None:
             out = handler(self, args, kwargs)
@@ -295,15 +371,21 @@ class FrozenWeights(TorchFunctionMode):
                 self.fast += 1
                 return out
         tensors = list(_tensors(args)) + list(_tensors(kwargs.values()))
+        if tensors and all(self.constant(t) for t in tensors):
+            # constants only (a cast of a weight, its dequantization, keys from the prompt): nothing to
+            # differentiate, and the result is a constant again
+            with torch.no_grad():
+                out = _unview(func(*args, **kwargs))
+            # a view made under no_grad may not be changed in place under grad (Flux adds its image-dependent
+            # attention into the text stream with `txt +=` on the chunks of a constant modulation); a detached
+            # tensor shares the storage without being such a view. In-place operations are not recipes: the
+            # version check already tells that their target changed.
+            return out if _in_place(func, kwargs) else self._remember(out, func, args, kwargs)
         if not any(t.is_inference() for t in tensors):
             return func(*args, **kwargs)
         if not any(t.requires_grad and not t.is_inference() for t in tensors):
-            with torch.no_grad():  # constants only (e.g. keys from the prompt): nothing to differentiate
-                out = func(*args, **kwargs)
-            # a view made under no_grad may not be changed in place under grad (Flux adds its image-dependent
-            # attention into the text stream with `txt +=` on the chunks of a constant modulation); a detached
-            # tensor shares the storage without being such a view
-            return _unview(out)
+            with torch.no_grad():  # constants and tensors that need no gradient: nothing to differentiate
+                return _unview(func(*args, **kwargs))
         args, kwargs = self._copy(args), {k: self._copy([v])[0] for k, v in kwargs.items()}
         return func(*args, **kwargs)
 

@@ -96,6 +96,8 @@ def test_gradient_is_right_for_each_covered_operation_in_float64():
         "group_norm": lambda x: F.group_norm(F.conv2d(x, w_conv.clone(), groups=2), 3, w_norm, b_norm),
         "layer_norm": lambda x: F.layer_norm(x.flatten(2)[..., :6], (6,), w_norm, bias=b_norm),
         "rms_norm": lambda x: F.rms_norm(x.flatten(2)[..., :6], (6,), w_norm, eps=1e-6),
+        "scale": lambda x: x * w_norm[:4].reshape(4, 1, 1),
+        "scale of a broadcast input": lambda x: w_conv[:, :1] * x[:1, :1, :3, :3],
     }
     for name, fn in cases.items():
         x = torch.randn(2, 4, 7, 7, dtype=torch.float64, requires_grad=True)
@@ -114,9 +116,9 @@ def test_uncovered_operations_fall_back_to_copies_and_are_counted():
         scale = torch.full((3,), 2.0)
     x = torch.ones(3, requires_grad=True)
     with FrozenWeights() as mode:
-        y = (x * scale).sum()  # mul saves `scale` for x's gradient
+        y = (x / scale).sum()  # div saves `scale` for x's gradient
     (grad,) = torch.autograd.grad(y, x)
-    assert grad.tolist() == [2.0, 2.0, 2.0]
+    assert grad.tolist() == [0.5, 0.5, 0.5]
     assert mode.copied == 1 and mode.copied_bytes == 12
 
 
@@ -230,3 +232,44 @@ def _normal_copy_of(block):
 def _grad_of(block, x):
     xg = x.clone().requires_grad_(True)
     return torch.autograd.grad(block(xg).square().sum(), xg)[0]
+
+
+def test_a_weight_computed_from_constants_is_computed_again_in_backward_not_kept():
+    """A "scaled fp8" layer: ``linear(x, w8.to(x.dtype) * scale)``. The scaled weight is a constant of the
+    pass (made from the stored weight and its scale alone): the layer keeps how to compute it, not the copy."""
+    torch.manual_seed(3)
+    with torch.inference_mode():
+        weight = torch.randn(8, 6) * 0.3
+        scale = weight.abs().max() / 448.0
+        stored = (weight / scale).to(torch.float8_e4m3fn)
+    made: list = []
+
+    def layer(x):
+        w = stored.to(x.dtype) * scale.to(x.dtype)
+        made.append(weakref.ref(w))
+        return F.linear(x, w)
+
+    x = torch.randn(3, 6, dtype=torch.float64)
+    with torch.inference_mode(False), torch.enable_grad():
+        xg = x.clone().requires_grad_(True)
+        with FrozenWeights() as mode:
+            out = layer(xg)
+        gc.collect()
+        assert made and made[0]() is None  # freed after the forward
+        got = torch.autograd.grad(out.square().sum(), xg)[0]
+    dense = stored.to(torch.float64) * scale.double()
+    torch.testing.assert_close(got, 2 * (x @ dense.T) @ dense)
+    assert mode.fast == 1 and mode.recast == 1 and mode.copied == 0
+
+
+def test_a_copy_of_a_constant_made_to_require_a_gradient_is_the_variable():
+    """The guided sampler's own first step: ``z.detach().clone().requires_grad_()`` of the host's (inference)
+    latent, inside the mode. It is computed from a constant, but it is the variable: never a constant."""
+    with torch.inference_mode():
+        z = torch.randn(2, 3)
+        weight = torch.randn(4, 3)
+    with torch.inference_mode(False), torch.enable_grad(), FrozenWeights():
+        zg = z.detach().clone().requires_grad_(True)
+        loss = F.linear(zg * 2.0, weight).square().sum()
+        (grad,) = torch.autograd.grad(loss, zg)
+    torch.testing.assert_close(grad, 8 * (z @ weight.T) @ weight)
