@@ -1,7 +1,17 @@
 """ComfyUI glue: the only package of ComfyUI-STORM that imports ``comfy``.
 
-Node ids are permanent (``STORM_*``); display names may change.
+Node ids are permanent (``STORM_*``); display names may change. On a host the pack cannot run on, the
+import fails with a message that says why (ComfyUI prints it and lists the pack as failed).
 """
+
+import logging
+
+from .compat import host_supported, isolation_notice
+
+if host_supported() is not None:
+    raise ImportError(host_supported())
+if isolation_notice() is not None:
+    logging.getLogger("comfyui-storm").warning(isolation_notice())
 
 from .nodes_aid import AttentionInterpolation, SelectFrame
 from .nodes_attention import AttentionHeatmap, AttentionRecorder, SaveAttention

@@ -24,7 +24,7 @@ from ..storm_ops.aid_schedule import lerp, slerp, warmup_steps
 from ..storm_ops.errors import StormError
 from .architecture import check_conditioning_family, describe_unet
 from .attention_capture import AttentionHistory, MapRecorder, RunRecord, install_patches
-from .compat import host_attention, latent_preview_callback, throw_if_interrupted
+from .compat import host_attention, latent_preview_callback, require_model, throw_if_interrupted
 
 MODES = {"fused outer": ("outer", True), "fused inner": ("inner", True), "outer": ("outer", False),
          "inner": ("inner", False)}
@@ -148,7 +148,7 @@ def sample_sequence(model, positive_a, positive_b, negative, guide, latent: dict
         raise StormError(f"the latent has a batch of {samples.shape[0]}; give a single latent (the frames are "
                          "the batch)", input_name="latent_image")
     samples = comfy.sample.fix_empty_latent_channels(model, samples) if hasattr(comfy.sample, "fix_empty_latent_channels") else samples
-    unet = describe_unet(model.model, settings.node)
+    unet = describe_unet(require_model(model, settings.node).model, settings.node)
     check_conditioning_family(settings.node, unet, {
         name: [c[0] for c in cond] for name, cond in
         (("positive_a", positive_a), ("positive_b", positive_b), ("negative", negative), ("guide", guide or []))})

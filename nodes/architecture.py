@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import comfy.supported_models as supported
 
 from ..storm_ops.errors import StormError
-from .compat import JOINT_ATTENTION_OVERRIDE
 
 
 @dataclass(frozen=True)
@@ -153,10 +152,6 @@ def describe_model(base_model, node: str = "STORM") -> UNetInfo:
     found = _joint_blocks(base_model.diffusion_model, family)
     if found is None:
         raise StormError(f"{node}: the {model_name} model has no joint attention blocks the pack knows",
-                         input_name="model")
-    if not JOINT_ATTENTION_OVERRIDE:
-        raise StormError(f"{node}: this ComfyUI does not let custom nodes observe the attention of {model_name} "
-                         "models (it has no optimized_attention_override); update ComfyUI to record DiT attention",
                          input_name="model")
     blocks, heads, width = found
     patch = getattr(base_model.diffusion_model, "patch_size", 2)

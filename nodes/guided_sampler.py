@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass
 
 import comfy.k_diffusion.sampling as k_sampling
+import comfy.model_patcher
 import comfy.samplers
 import torch
 
@@ -35,19 +36,18 @@ from ..storm_ops.guidance import Guidance
 from ..storm_ops.optimize import Evaluation, clip_grad_norm, guidance_step
 from ..storm_ops.prompt_identity import check_prompt_encoding, prompt_encoding
 from .architecture import DEFAULT_LAYER_SELECTION, PIXELS_PER_LATENT, check_conditioning_family, describe_model
-from .attention_capture import GRAD_PASS_FLAG, AttentionHistory, MapRecorder, RunRecord, StopForward
+from .attention_capture import AttentionHistory, MapRecorder, RunRecord, StopForward
 from .compat import (
     OUT_OF_MEMORY,
     accepts_kwarg,
-    copy_nested,
     free_accelerator_memory,
-    gradient_pass,
     inpaint_blend,
     report_progress,
     throw_if_interrupted,
 )
 from .dit_capture import install_recording
 from .errors import node_error_context
+from .gradient_pass import gradient_options, gradient_pass
 from .heatmap_render import refinement_hint
 
 log = logging.getLogger("comfyui-storm")
@@ -189,10 +189,11 @@ def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None
     if len(conds.get("positive") or []) == 1:
         record.prompt_encoding = prompt_encoding(conds["positive"][0]["cross_attn"])
     recorder = MapRecorder(layers, record, n_tokens, stop_early=settings.stop_early)
-    model_options = install_recording(copy_nested(extra_args.get("model_options", {})), recorder, layers, unet)
+    # the host hands samplers a copy of the patcher's options; one more keeps a caller's own from our patches
+    model_options = install_recording(comfy.model_patcher.create_model_options_clone(extra_args.get("model_options", {})),
+                                      recorder, layers, unet)
     extra_args["model_options"] = model_options
-    grad_options = {**model_options,
-                    "transformer_options": {**model_options["transformer_options"], GRAD_PASS_FLAG: True}}
+    grad_options = gradient_options(model_options)
 
     checked = _CheckedModel(model)
     base_fn = base_sampler_function(settings.base_sampler)
@@ -210,7 +211,7 @@ def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None
 
         def gradient(z: torch.Tensor):
             """One gradient pass: the guidance's combined loss at ``z`` and its gradient."""
-            with gradient_pass(offload=record.info["activations_offloaded"]) as frozen:
+            with gradient_pass(offload=record.info["activations_offloaded"], net=base_model.diffusion_model) as frozen:
                 zg = z.detach().clone().requires_grad_(True)
                 timestep = (sigma * s_in).detach().clone()
                 z_in = inpaint_blend(model, zg, timestep, extra_args.get("denoise_mask"), grad_options)
@@ -296,8 +297,7 @@ def _out_of_memory(node: str, z: torch.Tensor) -> StormError:
 
 
 def _noise_sampler(x, seed):
-    fn = k_sampling.default_noise_sampler
-    return fn(x, seed=seed) if accepts_kwarg(fn, "seed") else fn(x)
+    return k_sampling.default_noise_sampler(x, seed=seed)
 
 
 def _offset_callback(callback, offset: int):

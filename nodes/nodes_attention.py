@@ -17,7 +17,7 @@ from ..storm_ops.prompt_identity import check_prompt_encoding, untile_encoding
 from ..storm_ops.token_layout import AUTO, Subject
 from .architecture import PIXELS_PER_LATENT, check_conditioning_family, describe_model
 from .attention_capture import AttentionHistory, ContinuousRecorder, latent_run, mean_of_steps
-from .compat import folder_paths, wrap_sampling_calls
+from .compat import folder_paths, require_model, wrap_sampling_calls
 from .dit_capture import install_recording
 from .errors import node_error_context, node_errors
 from .heatmap_render import (
@@ -76,7 +76,7 @@ class AttentionRecorder:
 
     @node_errors(NODE_NAME)
     def patch(self, model, attention_layers):
-        unet = describe_model(model.model, self.NODE_NAME)
+        unet = describe_model(require_model(model, self.NODE_NAME).model, self.NODE_NAME)
         layers = unet.select(attention_layers, self.NODE_NAME)
         history = AttentionHistory(self.NODE_NAME)
         recorder = ContinuousRecorder(layers, history, {

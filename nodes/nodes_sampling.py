@@ -9,7 +9,7 @@ import comfy.utils
 from ..storm_ops.errors import StormError
 from .architecture import DEFAULT_LAYER_SELECTION, LAYER_SELECTIONS, check_conditioning_family, describe_model
 from .attention_capture import AttentionHistory, tag_latent
-from .compat import latent_preview_callback
+from .compat import latent_preview_callback, require_model
 from .errors import node_errors
 from .guided_sampler import BASE_SAMPLERS, GuidedSamplerSettings, check_positive, make_ksampler
 
@@ -82,7 +82,7 @@ class GuidedKSampler:
         from .widgets import float_input, int_input
 
         return {"required": {
-            "model": ("MODEL", {"tooltip": "The diffusion model (SD1.x, SD2.x or SDXL)."}),
+            "model": ("MODEL", {"tooltip": "The diffusion model (SD1.x, SD2.x, SDXL, SD3 or Flux)."}),
             "guidance": GUIDANCE_INPUT,
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                              "tooltip": "Noise seed."}),
@@ -106,7 +106,7 @@ class GuidedKSampler:
         settings = GuidedSamplerSettings(guidance, sampler_name, attention_layers, self.NODE_NAME)
         # the checks sample_guided repeats for SamplerCustom, made here before any model is loaded
         guidance.check_windows(steps)
-        unet = describe_model(model.model, self.NODE_NAME)
+        unet = describe_model(require_model(model, self.NODE_NAME).model, self.NODE_NAME)
         check_conditioning_family(self.NODE_NAME, unet, {"positive": [c[0] for c in positive],
                                                          "negative": [c[0] for c in negative]})
         if guidance.terms and guidance.layout is not None and len(positive) == 1:

@@ -433,7 +433,7 @@ def _bare_pass(pack, tm, pos, latent, sigma):
             attn2 = _last_recorded_attn2(pack, base_model)
             handles = [attn2.to_q.register_forward_hook(keep_q), attn2.to_v.register_forward_hook(stop)]
         try:
-            with pack.nodes.compat.gradient_pass():
+            with pack.nodes.gradient_pass.gradient_pass():
                 x = noisy.clone().requires_grad_(True)
                 try:
                     # the host's own entry (input scaling, compute dtype), as the sampler calls it

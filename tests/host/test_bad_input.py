@@ -38,6 +38,31 @@ def test_model_without_cross_attention(nodes, prompt):
         nodes["STORM_AttentionRecorder"]().patch(model=model, attention_layers=LAYERS)
 
 
+class _IsolatedModelProxy:
+    """What a process-isolated custom node receives for a MODEL: a stand-in for an object in another process."""
+
+    def __getattr__(self, name):
+        raise RuntimeError(f"remote attribute {name!r} is not available here")
+
+
+def test_a_model_from_process_isolated_nodes_is_refused_by_name(nodes, prompt):
+    _, _, pos, neg, guidance = prompt
+    proxy = _IsolatedModelProxy()
+    message = r"input 'model':.*not ComfyUI's ModelPatcher.*without custom-node isolation"
+    with pytest.raises(Exception, match="STORM Guided KSampler: " + message):
+        ksample(nodes, proxy, guidance, pos, neg)
+    with pytest.raises(Exception, match="STORM Attention Recorder: " + message):
+        nodes["STORM_AttentionRecorder"]().patch(model=proxy, attention_layers=LAYERS)
+
+
+def test_the_isolation_overlay_is_named_when_the_pack_loads(pack, monkeypatch):
+    compat = pack.nodes.compat
+    monkeypatch.delenv(compat.ISOLATION_OVERLAY, raising=False)
+    assert compat.isolation_notice() is None
+    monkeypatch.setenv(compat.ISOLATION_OVERLAY, "vendor.sandbox")
+    assert "'vendor.sandbox'" in compat.isolation_notice() and "own process" in compat.isolation_notice()
+
+
 def test_positive_prompt_of_another_length(nodes, prompt, encode):
     tm, _, _, neg, guidance = prompt
     long_positive = encode(tm.clip, ", ".join(["a cat and a dog"] * 30))

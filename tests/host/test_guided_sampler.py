@@ -377,7 +377,7 @@ def test_gradient_pass_through_inference_weights_equals_one_through_normal_copie
         out = unet(xg, t, context=context, **extra)
         return torch.autograd.grad(out.square().mean(), xg)[0]
 
-    with pack.nodes.compat.gradient_pass() as mode:
+    with pack.nodes.gradient_pass.gradient_pass() as mode:
         got = gradient()
     assert mode.copied == 0 and mode.fast > 100
     swapped = []
