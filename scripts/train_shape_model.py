@@ -97,6 +97,14 @@ class ShapeModel:
         sigmas = tiny.model.model.model_sampling.sigmas.float()
         self.alphas_cumprod = (1.0 / (1.0 + sigmas ** 2)).to(device)  # sigma^2 = (1 - a) / a
 
+    def trainable(self, stage: str) -> list[torch.nn.Module]:
+        """The modules ``stage`` trains, their parameters made to require gradients, every other one frozen
+        (the host builds its diffusion model frozen since ComfyUI 0.33)."""
+        trained = [self.vae] if stage == "vae" else [self.unet, self.text]
+        for mod in self.modules().values():
+            mod.requires_grad_(any(mod is t for t in trained))
+        return trained
+
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"vae": self.vae, "unet": self.unet, "text": self.text}
 
@@ -362,12 +370,8 @@ def train(args) -> int:
     m = ShapeModel(args.seed, device)
     stage = args.stage
     state_path = work / "state.safetensors"
-    trainable = [m.vae] if stage == "vae" else [m.unet, m.text]
-    for mod in m.modules().values():
-        mod.requires_grad_(False)
+    trainable = m.trainable(stage)
     params = [p for mod in trainable for p in mod.parameters()]
-    for p in params:
-        p.requires_grad_(True)
     groups = [{"params": list(mod.parameters()), "lr_scale": args.text_lr_scale if mod is m.text else 1.0}
               for mod in trainable]
     opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.0)

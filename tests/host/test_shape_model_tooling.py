@@ -113,6 +113,7 @@ def test_grounding_loss_targets_each_objects_words_and_reaches_the_maps():
     from scripts.train_shape_model import scene_batch
 
     images, batch = scene_batch(0, "diffusion", 0, 4, 64)
+    m.trainable("diffusion")
     with train.OutOfPlaceResiduals():
         loss, info = train.diffusion_loss(m, images, batch, torch.Generator().manual_seed(0), grounding, 1.0)
     loss.backward()
