@@ -121,15 +121,20 @@ def subjects_of(spec) -> str:
 
 
 class Runner:
-    """Samples and judges one (method, prompt, seed batch) at a time on the loaded model."""
+    """Samples and judges one (method, prompt, seed batch) at a time on the loaded model.
 
-    def __init__(self, model_path: str, steps: int, size: int, cfg: float, sampler: str):
+    ``loss_defaults`` replace the defaults of those inputs in every loss node that has them (a method's own
+    ``~`` options still win), e.g. ``{"max_refine_iters": 1}`` for a quick dry run of the whole benchmark."""
+
+    def __init__(self, model_path: str, steps: int, size: int, cfg: float, sampler: str,
+                 loss_defaults: dict | None = None):
         from harness.host import ensure_host, load_pack
         from harness.tiny_models import load_trained
 
         ensure_host()
         self.pack = load_pack()
         self.nodes = self.pack.NODE_CLASS_MAPPINGS
+        self.loss_defaults = dict(loss_defaults or {})
         with torch.inference_mode():
             self.tiny = load_trained(model_path)
         self.steps, self.size, self.cfg, self.sampler = steps, size, cfg, sampler
@@ -140,6 +145,14 @@ class Runner:
         # one untimed run first: the first sampling call pays for loading and allocation
         self.run("attend_excite", "pair", prompt_sets()["pair"][0], 0, 2)
 
+    def _loss(self, node: str, **inputs):
+        """A loss node's guidance, with :attr:`loss_defaults` for the inputs it declares."""
+        from harness.nodeutil import call_node
+
+        cls = self.nodes[node]
+        declared = {k for group in cls.INPUT_TYPES().values() for k in group}
+        return call_node(cls, **{**{k: v for k, v in self.loss_defaults.items() if k in declared}, **inputs})[0]
+
     def guidance(self, method: str, spec):
         from harness.nodeutil import call_node
 
@@ -149,21 +162,21 @@ class Runner:
         if method == "plain":
             return self.pack.storm_ops.guidance.Guidance(), positive, tokens
         if method == "attend_excite":
-            return call_node(n["STORM_AttendAndExcite"], tokens=tokens, **options)[0], positive, tokens
+            return self._loss("STORM_AttendAndExcite", tokens=tokens, **options), positive, tokens
         if method == "astar":
-            return call_node(n["STORM_AStar"], tokens=tokens, **options)[0], positive, tokens
+            return self._loss("STORM_AStar", tokens=tokens, **options), positive, tokens
         analysis, _, positive, _ = call_node(n["STORM_PromptAnalysis"], clip=clip, text=spec.text, parser="auto")
         if method == "syngen":
-            return call_node(n["STORM_SynGen"], analysis=analysis, **options)[0], positive, tokens
+            return self._loss("STORM_SynGen", analysis=analysis, **options), positive, tokens
         if method == "syngen_entropy":
             options = {"lambda_entropy": 0.005, **options}
-            return call_node(n["STORM_SynGen"], analysis=analysis, **options)[0], positive, tokens
+            return self._loss("STORM_SynGen", analysis=analysis, **options), positive, tokens
         if method in ("storm_paper", "storm_reference"):
             mode = method.split("_")[1]
-            return call_node(n["STORM_SpatialTransport"], analysis=analysis, mode=mode, **options)[0], positive, tokens
+            return self._loss("STORM_SpatialTransport", analysis=analysis, mode=mode, **options), positive, tokens
         if method == "attend_excite+storm":
-            ae = call_node(n["STORM_AttendAndExcite"], tokens=tokens)[0]
-            return call_node(n["STORM_SpatialTransport"], analysis=analysis, guidance=ae, **options)[0], positive, tokens
+            ae = self._loss("STORM_AttendAndExcite", tokens=tokens)
+            return self._loss("STORM_SpatialTransport", analysis=analysis, guidance=ae, **options), positive, tokens
         raise ValueError(method)
 
     def run(self, method: str, kind: str, spec, seed: int, batch: int) -> list[dict]:
@@ -212,7 +225,7 @@ class Runner:
         attention = self.pack.storm_ops.attention
         maps = record.mean_maps(tokens.layout.length)
         sel = attention.select_token_maps(maps, [s.positions for s in tokens.subjects])
-        return torch.nn.functional.interpolate(sel.float(), size=(height, width), mode="bilinear").numpy()
+        return torch.nn.functional.interpolate(sel.float().cpu(), size=(height, width), mode="bilinear").numpy()
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -256,6 +269,8 @@ def picture_grid(rows: list[dict], path: Path, methods: list[str], per_kind: int
     """Rows: a few (prompt, seed) of each kind; columns: the methods, same noise."""
     from PIL import Image, ImageDraw
 
+    if not rows:
+        return
     keys = []
     for kind in SUCCESS:
         ks = list(dict.fromkeys((r["prompt"], r["seed"], r["index"]) for r in rows if r["kind"] == kind))
@@ -280,6 +295,42 @@ def picture_grid(rows: list[dict], path: Path, methods: list[str], per_kind: int
     grid.save(path)
 
 
+def chosen_methods(kind: str, targeted: bool, methods: list[str], extra: list[str]) -> list[str]:
+    """The methods run on prompts of ``kind``: its targets (``--targeted``) or ``methods``, then ``extra``, each once
+    and only where it applies."""
+    chosen = list(TARGETS[kind]) if targeted else methods
+    return [m for m in dict.fromkeys(chosen + extra) if kind in METHODS[parse_method(m)[0]]]
+
+
+def schedule(kinds: list[str], methods: list[str], extra: list[str], targeted: bool, prompts: int) -> list[tuple]:
+    """``(kind, prompt, method)`` of every sampling run, in the order they run: plain sampling of every prompt
+    first, then the methods, taking each kind's methods in turn (its first, every kind's second, ...), so that a
+    run cut short by a deadline has compared each kind's first methods with plain sampling."""
+    sets = prompt_sets()
+    per_kind = [[(kind, spec, m) for m in chosen_methods(kind, targeted, methods, extra) for spec in sets[kind][:prompts]]
+                for kind in kinds]
+    plain = [run for runs in per_kind for run in runs if run[2] == "plain"]
+    rest = [[run for run in runs if run[2] != "plain"] for runs in per_kind]
+    return plain + [runs[i] for i in range(max(map(len, rest), default=0)) for runs in rest if i < len(runs)]
+
+
+def run_benchmark(runner: Runner, kinds: list[str], methods: list[str], extra: list[str], targeted: bool,
+                  prompts: int, seed: int, samples: int, deadline: float | None = None) -> tuple[list[dict], bool]:
+    """Every (kind, prompt, method) sampling run in :func:`schedule`'s order; ``(rows, complete)``. With a
+    ``deadline`` (``time.monotonic()``) no run starts after it, and ``complete`` says whether every run was made."""
+    for m in methods + extra:
+        parse_method(m)  # an unknown method or a malformed option fails before any sampling
+    rows = []
+    t0 = time.perf_counter()
+    for kind, spec, method in schedule(kinds, methods, extra, targeted, prompts):
+        if deadline is not None and time.monotonic() >= deadline:
+            print(f"shape benchmark: out of time before {kind}: {spec.text}: {method}", file=sys.stderr)
+            return rows, False
+        rows += runner.run(method, kind, spec, seed, samples)
+        print(f"{kind}: {spec.text}: {method} done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    return rows, True
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="models/storm_shapes_sd15.safetensors")
@@ -299,23 +350,20 @@ def main(argv=None) -> int:
     parser.add_argument("--sampler", default="euler")
     parser.add_argument("--json", default="shape-benchmark.json")
     parser.add_argument("--grid", help="write a before/after picture grid (PNG) here")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="start no sampling run after this many minutes (the table covers the runs made)")
     args = parser.parse_args(argv)
-    runner = Runner(args.model, args.steps, args.size, args.cfg, args.sampler)
     kinds = args.kinds.split(",")
     methods = [m for m in args.methods.split(",") if m]
     extra = [m for m in args.extra.split(",") if m]
     for m in methods + extra:
-        parse_method(m)  # an unknown method or a malformed option fails before any sampling
-    sets = prompt_sets()
-    rows = []
-    t0 = time.perf_counter()
-    for kind in kinds:
-        chosen = list(TARGETS[kind]) if args.targeted else methods
-        chosen = [m for m in dict.fromkeys(chosen + extra) if kind in METHODS[parse_method(m)[0]]]
-        for spec in sets[kind][: args.prompts]:
-            for method in chosen:
-                rows += runner.run(method, kind, spec, args.seed, args.samples)
-                print(f"{kind}: {spec.text}: {method} done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+        parse_method(m)  # an unknown method or a malformed option fails before the model loads
+    deadline = None if args.minutes is None else time.monotonic() + args.minutes * 60
+    runner = Runner(args.model, args.steps, args.size, args.cfg, args.sampler)
+    rows, complete = run_benchmark(runner, kinds, methods, extra, args.targeted, args.prompts, args.seed,
+                                   args.samples, deadline)
+    if not complete:
+        print("shape benchmark: --minutes ran out; the table covers the runs made", file=sys.stderr)
     table = summarise(rows)
     print(format_table(table))
     out = {"settings": vars(args), "table": table,
