@@ -72,8 +72,6 @@ class Profile:
     real_steps: int
     real_repeats: int
     real_size: int | None  # None: each architecture's native size
-    refine_cap: int | None = None  # a cap on every loss' refinement iterations (None: the methods' defaults)
-    real_one_process: bool = False  # all architectures in one process (no isolation of their peak memory)
 
 
 #: a lent H100: 200 s of training (the tiny UNet is launch-bound there: a larger batch costs little), 170 s of
@@ -82,12 +80,11 @@ class Profile:
 GPU = Profile(seconds=540, train_seconds=200, shape_seconds=170, real_seconds=140, size=256, vae_batch=32,
               diffusion_batch=64, calibration_steps=12, vae_share=0.2, vae_steps_max=3000, diffusion_steps_max=None,
               workers=12, samples=64, shape_steps=20, real_steps=4, real_repeats=1, real_size=None)
-#: the dry run: every stage and method at toy size, refinement capped at one iteration, the real stage's
-#: architectures in one process; its budgets only stop a hang
+#: the dry run: the same stages, methods and processes at toy size (one compute thread per process); its budgets
+#: only stop a hang (it takes about 1.5 minutes on 2 CPU cores)
 DRY = Profile(seconds=900, train_seconds=150, shape_seconds=300, real_seconds=400, size=64, vae_batch=2,
               diffusion_batch=2, calibration_steps=3, vae_share=0.2, vae_steps_max=3, diffusion_steps_max=3,
-              workers=0, samples=2, shape_steps=4, real_steps=4, real_repeats=1, real_size=64, refine_cap=1,
-              real_one_process=True)
+              workers=0, samples=2, shape_steps=4, real_steps=4, real_repeats=1, real_size=64)
 #: the diffusion stage's recipe (models/README.md): lr, warm-up, text encoder's rate; the VAE's lr
 DIFFUSION_RECIPE = {"lr": 5e-4, "warmup": 200, "text_lr_scale": 10.0}
 VAE_LR = 2e-3
@@ -261,8 +258,7 @@ def stage_shape(args, p: Profile, seconds: float, model: Path, result: dict, out
     from scripts import shape_benchmark as sb
 
     deadline = time.monotonic() + seconds
-    runner = sb.Runner(str(model), p.shape_steps, args.shape_size or p.size, 5.0, "euler",
-                       loss_defaults=None if p.refine_cap is None else {"max_refine_iters": p.refine_cap})
+    runner = sb.Runner(str(model), p.shape_steps, args.shape_size or p.size, 5.0, "euler")
     kinds = list(sb.SUCCESS)
     parsers = {}
     import torch
@@ -275,7 +271,7 @@ def stage_shape(args, p: Profile, seconds: float, model: Path, result: dict, out
             parsers[spec.text] = analysis.method
     result["settings"] = {"model": str(model), "size": runner.size, "steps": p.shape_steps, "cfg": 5.0,
                           "sampler": "euler", "samples": p.samples, "seed": 0, "prompts": 1, "targeted": True,
-                          "extra": list(SHAPE_EXTRA), "prompt_analysis": parsers, "loss_defaults": runner.loss_defaults}
+                          "extra": list(SHAPE_EXTRA), "prompt_analysis": parsers}
     rows, complete = sb.run_benchmark(runner, kinds, [], list(SHAPE_EXTRA), True, 1, 0, p.samples, deadline)
     result["complete"] = complete
     result["table"] = sb.summarise(rows)
@@ -300,16 +296,13 @@ def stage_real(args, p: Profile, seconds: float, result: dict) -> None:
     archs = [a for a in REAL_ARCHS if a[0] in args.archs.split(",") and a[0] not in done]
     if done:
         log(f"real: measured already: {', '.join(sorted(done))}")
-    # one process per architecture (its own peak memory and time limit), or, in a dry run, one for all
-    groups = [archs] if p.real_one_process and archs else [[a] for a in archs]
-    for i, group in enumerate(groups):
-        names = ",".join(a for a, _, _ in group)
+    for i, (names, native, share) in enumerate(archs):  # one process each: its own peak memory and time limit
         left = deadline - time.monotonic()
-        budget = left * sum(s for _, _, s in group) / sum(s for g in groups[i:] for _, _, s in g)
+        budget = left * share / sum(s for _, _, s in archs[i:])
         if budget < 5:
             result["errors"][names] = "no time left"
             continue
-        size = p.real_size or group[0][1]
+        size = p.real_size or native
         cmd = ["--child", "--devices", device, "--archs", names, "--steps", str(p.real_steps), "--size", str(size),
                "--repeats", str(p.real_repeats), "--real", "--flux-units", ",".join(map(str, benchmark.FLUX_UNITS))]
         if args.dry_run:
@@ -382,10 +375,8 @@ def markdown(evidence: dict) -> str:
     if real.get("rows"):
         from scripts.benchmark import arch_label
 
-        processes = ("all architectures in one process" if evidence.get("profile", {}).get("real_one_process")
-                     else "each architecture in its own process")
         lines += ["", "## Real-size costs", "",
-                  f"Random weights, {processes}; `plain` is the host's own sampler in the same process. flux/K: K units "
+                  "Random weights, each architecture in its own process; `plain` is the host's own sampler in the same process. flux/K: K units "
                   "of (1 double + 2 single) real-size blocks; flux/19*: extrapolated per unit (Flux.1-dev has 19).",
                   "", "| arch | size | dtype | variant | seconds | plain seconds | x plain | grad passes | peak MiB | "
                   "plain peak MiB |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -481,6 +472,9 @@ def main(argv=None) -> int:
         parser.error(f"--skip takes {', '.join(STAGES)}")
     if args.dry_run:
         os.environ["STORM_TEST_DEVICE"] = "cpu"
+        # one compute thread per process (children too): toy sizes gain nothing from more, and on a CPU shared
+        # with other work, threads that wait for each other's time slices made each step 10-100x slower
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
     if args.device_image_check:
         import scripts
         from harness.device_image import blocked

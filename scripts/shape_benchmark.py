@@ -121,20 +121,15 @@ def subjects_of(spec) -> str:
 
 
 class Runner:
-    """Samples and judges one (method, prompt, seed batch) at a time on the loaded model.
+    """Samples and judges one (method, prompt, seed batch) at a time on the loaded model."""
 
-    ``loss_defaults`` replace the defaults of those inputs in every loss node that has them (a method's own
-    ``~`` options still win), e.g. ``{"max_refine_iters": 1}`` for a quick dry run of the whole benchmark."""
-
-    def __init__(self, model_path: str, steps: int, size: int, cfg: float, sampler: str,
-                 loss_defaults: dict | None = None):
+    def __init__(self, model_path: str, steps: int, size: int, cfg: float, sampler: str):
         from harness.host import ensure_host, load_pack
         from harness.tiny_models import load_trained
 
         ensure_host()
         self.pack = load_pack()
         self.nodes = self.pack.NODE_CLASS_MAPPINGS
-        self.loss_defaults = dict(loss_defaults or {})
         with torch.inference_mode():
             self.tiny = load_trained(model_path)
         self.steps, self.size, self.cfg, self.sampler = steps, size, cfg, sampler
@@ -145,14 +140,6 @@ class Runner:
         # one untimed run first: the first sampling call pays for loading and allocation
         self.run("attend_excite", "pair", prompt_sets()["pair"][0], 0, 2)
 
-    def _loss(self, node: str, **inputs):
-        """A loss node's guidance, with :attr:`loss_defaults` for the inputs it declares."""
-        from harness.nodeutil import call_node
-
-        cls = self.nodes[node]
-        declared = {k for group in cls.INPUT_TYPES().values() for k in group}
-        return call_node(cls, **{**{k: v for k, v in self.loss_defaults.items() if k in declared}, **inputs})[0]
-
     def guidance(self, method: str, spec):
         from harness.nodeutil import call_node
 
@@ -162,21 +149,21 @@ class Runner:
         if method == "plain":
             return self.pack.storm_ops.guidance.Guidance(), positive, tokens
         if method == "attend_excite":
-            return self._loss("STORM_AttendAndExcite", tokens=tokens, **options), positive, tokens
+            return call_node(n["STORM_AttendAndExcite"], tokens=tokens, **options)[0], positive, tokens
         if method == "astar":
-            return self._loss("STORM_AStar", tokens=tokens, **options), positive, tokens
+            return call_node(n["STORM_AStar"], tokens=tokens, **options)[0], positive, tokens
         analysis, _, positive, _ = call_node(n["STORM_PromptAnalysis"], clip=clip, text=spec.text, parser="auto")
         if method == "syngen":
-            return self._loss("STORM_SynGen", analysis=analysis, **options), positive, tokens
+            return call_node(n["STORM_SynGen"], analysis=analysis, **options)[0], positive, tokens
         if method == "syngen_entropy":
             options = {"lambda_entropy": 0.005, **options}
-            return self._loss("STORM_SynGen", analysis=analysis, **options), positive, tokens
+            return call_node(n["STORM_SynGen"], analysis=analysis, **options)[0], positive, tokens
         if method in ("storm_paper", "storm_reference"):
             mode = method.split("_")[1]
-            return self._loss("STORM_SpatialTransport", analysis=analysis, mode=mode, **options), positive, tokens
+            return call_node(n["STORM_SpatialTransport"], analysis=analysis, mode=mode, **options)[0], positive, tokens
         if method == "attend_excite+storm":
-            ae = self._loss("STORM_AttendAndExcite", tokens=tokens)
-            return self._loss("STORM_SpatialTransport", analysis=analysis, guidance=ae, **options), positive, tokens
+            ae = call_node(n["STORM_AttendAndExcite"], tokens=tokens)[0]
+            return call_node(n["STORM_SpatialTransport"], analysis=analysis, guidance=ae, **options)[0], positive, tokens
         raise ValueError(method)
 
     def run(self, method: str, kind: str, spec, seed: int, batch: int) -> list[dict]:
