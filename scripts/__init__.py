@@ -4,11 +4,16 @@ Importing this package makes the test harness (``tests/harness``) importable as 
 name the tests give it (pytest puts ``tests/`` on ``sys.path``). The package is loaded from its
 folder, the way the harness loads the pack, so no folder is added to ``sys.path`` and nothing else
 under ``tests/`` becomes importable.
+
+``STORM_BLOCK_IMPORTS=name,name,...`` makes importing those top-level packages fail in this process (and,
+through the environment, in the processes it starts): a check on a CPU that a run needs nothing that a lent
+GPU machine lacks (``harness.device_image``; ``python -m scripts.gpu_evidence --device-image-check``).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -31,4 +36,13 @@ def _import_harness() -> None:
         raise
 
 
+def block_imports() -> None:
+    """``None`` in ``sys.modules`` is Python's own marker of a module that must not be imported: ``import`` raises
+    ModuleNotFoundError and ``importlib.util.find_spec`` answers None, as for a package that is not installed."""
+    for name in os.environ.get("STORM_BLOCK_IMPORTS", "").split(","):
+        if name and name not in sys.modules:
+            sys.modules[name] = None
+
+
+block_imports()
 _import_harness()

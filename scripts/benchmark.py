@@ -20,9 +20,11 @@ architecture the variants are timed in interleaved rounds and the median is repo
 Ratios are relative to ``host``; peak CUDA memory is reported on GPUs. Tiny random models only
 show relative costs: a real SD1.5 at 512 px is ~1000x more work per pass.
 
-``--real`` uses the real-size SD1.5 and SDXL UNets, and with ``--archs sd35m`` SD3.5 Medium's MMDiT-X
-(random weights, ComfyUI's PyTorch attention as on an NVIDIA GPU; fp16 on CUDA, fp32 on the CPU: use a
-small ``--size`` there; SD3.5 needs a current ComfyUI, ``COMFYUI_PATH``) and, instead of ``guided``
+``--real`` uses the real-size SD1.5 and SDXL UNets, with ``--archs sd35m`` SD3.5 Medium's MMDiT-X, and with
+``--archs flux`` one and two units of Flux.1-dev's real-size blocks (1 double- + 2 single-stream blocks each, from
+the host's own model detection), extrapolated per unit to its 19 units (random weights, ComfyUI's PyTorch
+attention as on an NVIDIA GPU; fp16 on CUDA (Flux bf16), fp32 on the CPU: use a small ``--size`` there; SD3.5 and
+Flux need a current ComfyUI, ``COMFYUI_PATH``; ``--toy-widths`` runs the same on the tiny models) and, instead of ``guided``
 (random weights refine to the cap), times ``guided-1iter`` (one refinement iteration at step 0),
 ``storm-noref`` (STORM paper mode, its Sinkhorn included) and ``aid-3frames`` (an AID sequence of 3
 frames); then prints, per guided step, the *floor* of a gradient pass (the conditional forward up to the
@@ -63,9 +65,15 @@ ROOT = Path(__file__).resolve().parents[1]
 #: this script in a fresh process (each device and measurement runs in its own)
 CHILD = [sys.executable, "-m", "scripts.benchmark"]
 #: the real-size DiT configurations (``--real`` only): SD3.5 Medium (:func:`harness.tiny_dit.build_real_size_dit`)
-DIT = ("sd35m",)
+#: and Flux.1-dev, measured on a few of its real-size blocks (:func:`harness.tiny_dit.build_flux_blocks`)
+DIT = ("sd35m", "flux")
+#: Flux is measured with this many units of (1 double- + 2 single-stream blocks) and extrapolated per unit to
+#: Flux.1-dev's 19 (19 double + 38 single blocks): run time and memory are affine in the number of blocks
+FLUX_UNITS = (1, 3)
 
-def _measure(device: str, archs: list[str], steps: int, size: int, repeats: int, real: bool = False) -> list[dict]:
+
+def _measure(device: str, archs: list[str], steps: int, size: int, repeats: int, real: bool = False,
+             toy: bool = False, flux_units: tuple[int, ...] = FLUX_UNITS) -> list[dict]:
     os.environ["STORM_TEST_DEVICE"] = device
     if real:  # the attention ComfyUI runs on an NVIDIA GPU, on every device
         os.environ["STORM_TEST_ATTENTION"] = "pytorch"
@@ -76,19 +84,65 @@ def _measure(device: str, archs: list[str], steps: int, size: int, repeats: int,
 
     rows = []
     for arch in archs:
-        rows += _measure_arch(device, arch, steps, size, repeats, real)
-        mm.soft_empty_cache()
+        for units in (flux_units if arch == "flux" else (None,)):
+            rows += _measure_arch(device, arch, steps, size, repeats, real, toy=toy, units=units)
+            mm.unload_all_models()  # the next model's peak memory must not include this one's weights
+            mm.soft_empty_cache()
     return rows
+
+
+def run_child(args: list[str], timeout: float | None = None):
+    """This script in a fresh process with ``args``; the JSON of its last output line. Raises RuntimeError with the
+    end of its error output when it fails, ``subprocess.TimeoutExpired`` when it runs past ``timeout`` seconds."""
+    proc = subprocess.run([*CHILD, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def extrapolate_units(rows: list[dict], target: int) -> list[dict]:
+    """Rows measured on a few units of blocks (``row["units"]``), extrapolated per unit to ``target`` units along the
+    line through the two largest unit counts of each (device, arch, variant): times and peak memory are affine in
+    the number of blocks (the embedders, sampler and loss once, every block's weights, activations and maps once
+    per block). Ratios are recomputed from the extrapolated figures. Marked ``"extrapolated_from"``."""
+    out = []
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("units") is not None:
+            groups.setdefault((r["device"], r["arch"], r["variant"]), []).append(r)
+    linear = ("seconds", "peak_mib", "plain_step", "floor_pass", "ours_pass", "fullpass_pass", "refine_iter",
+              "storm_pass")
+    for sel in groups.values():
+        sel = sorted(sel, key=lambda r: r["units"])
+        if len(sel) < 2:
+            continue
+        lo, hi = sel[-2], sel[-1]
+        row = dict(hi)
+        for k in linear:
+            if isinstance(hi.get(k), (int, float)) and isinstance(lo.get(k), (int, float)):
+                slope = (hi[k] - lo[k]) / (hi["units"] - lo["units"])
+                row[k] = hi[k] + slope * (target - hi["units"])
+        row["units"], row["extrapolated_from"] = target, [lo["units"], hi["units"]]
+        out.append(row)
+    host = {(r["device"], r["arch"]): r["seconds"] for r in out if r["variant"] == "host"}
+    for r in out:
+        if r["variant"] == "floor":
+            r["ours_vs_floor"] = r["ours_pass"] / r["floor_pass"]
+            r["guided_step_vs_plain"] = (r["plain_step"] + r["ours_pass"]) / r["plain_step"]
+            r["floor_step_vs_plain"] = (r["plain_step"] + r["floor_pass"]) / r["plain_step"]
+        elif (r["device"], r["arch"]) in host:
+            r["ratio"] = r["seconds"] / host[(r["device"], r["arch"])]
+    return out
 
 
 class _Setup:
     """A model and the conditionings and guidances every variant of one architecture uses."""
 
-    def __init__(self, pack, arch: str, real: bool, dtype, steps: int):
+    def __init__(self, pack, arch: str, real: bool, dtype, steps: int, toy: bool = False, units: int | None = None):
         import torch
 
         from harness.nodeutil import call_node, node_output
-        from harness.tiny_dit import build_real_size_dit
+        from harness.tiny_dit import FLUX_DEV, FLUX_TOY, build_flux_blocks, build_real_size_dit, build_tiny_dit
         from harness.tiny_models import build_real_size, build_tiny, tiny_conditioning
 
         nodes = pack.NODE_CLASS_MAPPINGS
@@ -97,9 +151,14 @@ class _Setup:
             if arch in DIT:
                 if not real:
                     raise SystemExit(f"{arch} is a real-size configuration only: add --real")
-                self.tm = tm = build_real_size_dit(dtype=dtype)
+                if arch == "flux":  # ``units`` x (1 double + 2 single blocks) of Flux.1-dev (or of its thin copy)
+                    self.tm = tm = build_flux_blocks(FLUX_TOY if toy else FLUX_DEV, units, 2 * units, dtype=dtype)
+                elif toy:  # the tiny SD3 with an image-only self-attention block, as SD3.5 Medium has
+                    self.tm = tm = build_tiny_dit("sd3", dtype=dtype, config={"x_block_self_attn_layers": [0]})
+                else:
+                    self.tm = tm = build_real_size_dit(dtype=dtype)
             else:
-                self.tm = tm = (build_real_size if real else build_tiny)(arch, dtype=dtype)
+                self.tm = tm = (build_real_size if real and not toy else build_tiny)(arch, dtype=dtype)
             self.tokens, self.pos, _ = node_output(nodes["STORM_SubjectTokens"]().run(
                 clip=tm.clip, text="a cat and a dog", subjects="cat, dog"))
             self.pos_b = tiny_conditioning(tm.clip, "a cat and a bird")
@@ -160,7 +219,8 @@ def _gradient_passes(record) -> int:
     return sum(1 + e["refine_iters"] for e in record.log)
 
 
-def _measure_arch(device: str, arch: str, steps: int, size: int, repeats: int, real: bool = False) -> list[dict]:
+def _measure_arch(device: str, arch: str, steps: int, size: int, repeats: int, real: bool = False,
+                  toy: bool = False, units: int | None = None) -> list[dict]:
     import torch
 
     from harness.host import load_pack
@@ -168,9 +228,10 @@ def _measure_arch(device: str, arch: str, steps: int, size: int, repeats: int, r
 
     pack = load_pack()
     nodes = pack.NODE_CLASS_MAPPINGS
-    # weights as ComfyUI loads them: fp16 on a GPU; on the CPU fp32 (the host computes in fp32 there)
-    dtype = torch.float16 if device == "cuda" and real else torch.float32
-    setup = _Setup(pack, arch, real, dtype, steps)
+    # weights as ComfyUI loads them: fp16 on a GPU (Flux: bf16, its released files' type); on the CPU fp32 (the
+    # host computes in fp32 there)
+    dtype = ((torch.bfloat16 if arch == "flux" else torch.float16) if device == "cuda" and real else torch.float32)
+    setup = _Setup(pack, arch, real, dtype, steps, toy=toy, units=units)
     tm, pos, neg = setup.tm, setup.pos, setup.neg
     latent, sigmas = _schedule(tm, steps, size)
 
@@ -215,23 +276,26 @@ def _measure_arch(device: str, arch: str, steps: int, size: int, repeats: int, r
             for name, fn in runs.items():
                 if device == "cuda":
                     torch.cuda.synchronize()
-                    torch.cuda.reset_peak_memory_stats()
+                PeakMemory.reset(device)
                 start = time.perf_counter()
                 result = fn()
                 if device == "cuda":
                     torch.cuda.synchronize()
-                    peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated())
                 times[name].append(time.perf_counter() - start)
+                peaks[name] = max(peaks[name], PeakMemory.read(device) or 0)
                 if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], int):
                     grad_passes[name] = result[1]
     base = statistics.median(times["host"])
     gpu = torch.cuda.get_device_name() if device == "cuda" else ""
     rows = [{"device": device, "gpu": gpu, "arch": arch, "variant": name, "seconds": statistics.median(times[name]),
              "ratio": statistics.median(times[name]) / base, "grad_passes": grad_passes.get(name, 0),
-             "peak_mib": peaks[name] / 2 ** 20 if device == "cuda" else None} for name in runs]
+             "peak_mib": peaks[name] / 2 ** 20 if peaks[name] else None, "peak_kind": PeakMemory.kind(device)}
+            for name in runs]
     if real:
         bare = _bare_pass(pack, tm, pos, latent, sigmas[0])
         rows.append(_floor(bare, device, repeats, steps, times, grad_passes, copied[0], arch))
+    for r in rows:
+        r.update(size=size, steps=steps, dtype=str(dtype).split(".")[-1], units=units, toy=toy)
     return rows
 
 
@@ -335,6 +399,43 @@ def _last_recorded_attn2(pack, base_model):
     return transformer.transformer_blocks[-1].attn2
 
 
+class PeakMemory:
+    """The peak memory of this process while a variant runs: on CUDA the peak of allocated memory
+    (``torch.cuda.max_memory_allocated``: weights, activations, maps, nothing cached), on a Linux CPU the peak
+    resident set size (``VmHWM``, reset by writing 5 to ``/proc/self/clear_refs``: the interpreter, weights and
+    everything else the process holds). None where neither can be read."""
+
+    @staticmethod
+    def kind(device: str) -> str:
+        return "cuda max allocated" if device == "cuda" else "peak RSS"
+
+    @staticmethod
+    def reset(device: str) -> None:
+        if device == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+    @staticmethod
+    def read(device: str) -> int | None:
+        if device == "cuda":
+            import torch
+
+            return torch.cuda.max_memory_allocated()
+        try:
+            with open("/proc/self/status") as f:
+                line = next(v for v in f if v.startswith("VmHWM:"))
+        except (OSError, StopIteration):
+            return None
+        return int(line.split()[1]) * 1024
+
+
 class SavedBytes:
     """Bytes autograd saves for backward while active (each storage once): a pass's activation memory.
 
@@ -394,6 +495,9 @@ def _bare_pass(pack, tm, pos, latent, sigma):
                                            target_width=size, target_height=size).to(device)
     elif tm.arch == "sd3":
         extra["y"] = pos[0][1]["pooled_output"].to(device)
+    elif tm.arch == "flux":
+        extra["y"] = pos[0][1]["pooled_output"].to(device)
+        extra["guidance"] = torch.tensor([pos[0][1].get("guidance", 3.5)], device=device)
     context = pos[0][0].to(device)
     noisy = (latent + torch.randn(latent.shape, generator=torch.Generator().manual_seed(0)) * sigma).to(device)
     sigma = sigma.reshape(1).to(device)
@@ -408,13 +512,14 @@ def _bare_pass(pack, tm, pos, latent, sigma):
     def stop(module, args, output):  # to_v runs after to_q and to_k
         raise Stop
 
-    def last_joint_call(blocks: int, joint_keys: int):
-        """An attention override that stops the pass at the ``blocks``-th joint call (``joint_keys`` keys;
-        SD3.5's image-only self-attention has fewer), keeping its queries."""
+    def last_joint_call(blocks: int, joint_keys: int, key_dim: int):
+        """An attention override that stops the pass at the ``blocks``-th joint call (``joint_keys`` keys along
+        dimension ``key_dim`` of ``k``: (B, L, H*D) in MMDiT, (B, H, L, D) in Flux; SD3.5's image-only
+        self-attention has fewer), keeping its queries."""
         seen = [0]
 
         def override(func, *args, **kwargs):
-            if args[1].shape[1] == joint_keys:
+            if args[1].shape[key_dim] == joint_keys:
                 seen[0] += 1
                 if seen[0] == blocks:
                     captured["q"] = args[0]
@@ -424,11 +529,11 @@ def _bare_pass(pack, tm, pos, latent, sigma):
 
     def run():
         handles = []
-        if tm.arch == "sd3":
+        if tm.arch in ("sd3", "flux"):  # every joint block is recorded (Flux: double and single blocks)
             blocks = len(pack.nodes.architecture.describe_model(base_model).layers)
             image_rows = (latent.shape[-2] // 2) * (latent.shape[-1] // 2)
-            extra["transformer_options"] = {
-                "optimized_attention_override": last_joint_call(blocks, context.shape[1] + image_rows)}
+            extra["transformer_options"] = {"optimized_attention_override": last_joint_call(
+                blocks, context.shape[1] + image_rows, 2 if tm.arch == "flux" else 1)}
         else:
             attn2 = _last_recorded_attn2(pack, base_model)
             handles = [attn2.to_q.register_forward_hook(keep_q), attn2.to_v.register_forward_hook(stop)]
@@ -479,16 +584,23 @@ def _floor(bare, device: str, repeats: int, steps: int, times: dict, passes: dic
             "floor_step_vs_plain": (plain_step + floor) / plain_step}
 
 
+def arch_label(row: dict) -> str:
+    """``sd15``; a Flux row ``flux/K`` (K units of blocks measured) or ``flux/19*`` (extrapolated)."""
+    if row.get("units") is None:
+        return row["arch"]
+    return f"{row['arch']}/{row['units']}{'*' if row.get('extrapolated_from') else ''}"
+
+
 def _print_floors(floors: list[dict]) -> None:
     print("\nper guided step (A&E, no refinement): the gradient pass's floor (conditional forward to the last "
           "recorded cross-attention's projections + backward to the latent, nothing recorded) against ours")
-    head = (f"{'device':7} {'arch':5} {'plain step s':>12} {'floor pass s':>12} {'ours pass s':>11} {'ours/floor':>10} "
+    head = (f"{'device':7} {'arch':8} {'plain step s':>12} {'floor pass s':>12} {'ours pass s':>11} {'ours/floor':>10} "
             f"{'full pass s':>11} {'full/ours':>9} {'1 refine s':>10} {'STORM pass s':>12} {'step/plain':>10} "
             f"{'floor/plain':>11} {'AID frame/plain':>15} {'w. copied':>9}")
     print(head)
     print("-" * len(head))
     for r in floors:
-        print(f"{r['device']:7} {r['arch']:5} {r['plain_step']:12.3f} {r['floor_pass']:12.3f} {r['ours_pass']:11.3f} "
+        print(f"{r['device']:7} {arch_label(r):8} {r['plain_step']:12.3f} {r['floor_pass']:12.3f} {r['ours_pass']:11.3f} "
               f"{r['ours_vs_floor']:10.2f} {r['fullpass_pass']:11.3f} {r['fullpass_pass'] / r['ours_pass']:9.2f} "
               f"{r['refine_iter']:10.3f} {r['storm_pass']:12.3f} {r['guided_step_vs_plain']:10.2f} "
               f"{r['floor_step_vs_plain']:11.2f} {r['aid_frame_vs_plain']:15.2f} {r['weights_copied']:9d}")
@@ -534,7 +646,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", default="auto", help="comma list of cpu,cuda (default: cpu + cuda if present)")
     parser.add_argument("--archs", default="sd15,sdxl",
-                        help="comma list of sd15, sdxl (tiny or --real) and sd35m (--real only, current ComfyUI)")
+                        help="comma list of sd15, sdxl (tiny or --real), sd35m and flux (--real only, current ComfyUI; "
+                             "flux: a few real-size blocks, extrapolated per block)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--size", type=int, default=256, help="image size in pixels (latent = size / 8)")
     parser.add_argument("--repeats", type=int, default=3)
@@ -554,12 +667,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interpolation", action="store_true", help="also run the AID smoothness and memory report")
     parser.add_argument("--interp-child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--toy-widths", action="store_true",
+                        help="with --real: the same measurements on the tiny models (SD3.5: the tiny SD3, Flux: its "
+                             "thin copy), for a dry run of the real-size code path on a CPU")
+    parser.add_argument("--flux-units", default=",".join(map(str, FLUX_UNITS)), metavar="K1,K2",
+                        help="with --real --archs flux: measure Flux with these numbers of (1 double + 2 single) "
+                             "blocks and extrapolate per unit to Flux.1-dev's 19")
     parser.add_argument("--spatial-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     archs = args.archs.split(",")
 
+    flux_units = tuple(int(v) for v in args.flux_units.split(","))
     if args.child:
-        print(json.dumps(_measure(args.devices, archs, args.steps, args.size, args.repeats, args.real)))
+        print(json.dumps(_measure(args.devices, archs, args.steps, args.size, args.repeats, args.real,
+                                  toy=args.toy_widths, flux_units=flux_units)))
         return 0
     if args.spatial_child:
         print(json.dumps(_spatial(archs, args.spatial)))
@@ -580,26 +701,34 @@ def main(argv: list[str] | None = None) -> int:
         devices = args.devices.split(",")
     rows = []
     for device in devices:
-        cmd = [*CHILD, "--child", "--devices", device, "--archs", args.archs, "--steps",
-               str(args.steps), "--size", str(args.size), "--repeats", str(args.repeats)] + (["--real"] if args.real else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-        if proc.returncode != 0:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            return proc.returncode
-        rows += json.loads(proc.stdout.strip().splitlines()[-1])
+        cmd = ["--child", "--devices", device, "--archs", args.archs, "--steps", str(args.steps), "--size",
+               str(args.size), "--repeats", str(args.repeats), "--flux-units", args.flux_units]
+        cmd += (["--real"] if args.real else []) + (["--toy-widths"] if args.toy_widths else [])
+        try:
+            rows += run_child(cmd)
+        except RuntimeError as e:
+            print(e, file=sys.stderr)
+            return 1
+    if "flux" in archs:
+        from harness.tiny_dit import FLUX_DEV
+
+        rows += extrapolate_units(rows, FLUX_DEV.double)
 
     floors = [r for r in rows if r["variant"] == "floor"]
     rows = [r for r in rows if r["variant"] != "floor"]
     models = "real-size random-weight models" if args.real else "tiny models"
     print(f"guided vs unguided sampling, {models}, {args.steps} euler steps at {args.size}px, "
           f"median of {args.repeats} interleaved rounds")
-    header = f"{'device':7} {'arch':5} {'variant':16} {'seconds':>8} {'x host':>7} {'grad passes':>11} {'peak MiB':>9}"
+    header = f"{'device':7} {'arch':8} {'variant':16} {'seconds':>8} {'x host':>7} {'grad passes':>11} {'peak MiB':>9}"
     print(header)
     print("-" * len(header))
     for r in rows:
         peak = f"{r['peak_mib']:.0f}" if r["peak_mib"] is not None else "-"
-        print(f"{r['device']:7} {r['arch']:5} {r['variant']:16} {r['seconds']:8.3f} {r['ratio']:7.2f} "
+        print(f"{r['device']:7} {arch_label(r):8} {r['variant']:16} {r['seconds']:8.3f} {r['ratio']:7.2f} "
               f"{r['grad_passes']:11d} {peak:>9}")
+    if "flux" in archs:
+        print(f"flux/K: Flux with K units of (1 double + 2 single) real-size blocks; flux/19* extrapolated per unit "
+              f"from {' and '.join(map(str, flux_units[-2:]))} units")
     for device in devices:
         for arch in archs:
             sel = {r["variant"]: r for r in rows if r["device"] == device and r["arch"] == arch}
@@ -616,6 +745,9 @@ def main(argv: list[str] | None = None) -> int:
         memory = []
         for device in devices:
             for arch in archs:  # a process per model: SDXL's weights twice would not fit 24 GB
+                if arch == "flux":
+                    print("--memory: Flux is measured per block in the timing table (peak MiB on CUDA), not here")
+                    continue
                 cmd = [*CHILD, "--memory-child", arch, "--devices", device, "--memory", args.memory,
                        "--memory-dtype", args.memory_dtype]
                 proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)

@@ -212,7 +212,7 @@ class Runner:
         attention = self.pack.storm_ops.attention
         maps = record.mean_maps(tokens.layout.length)
         sel = attention.select_token_maps(maps, [s.positions for s in tokens.subjects])
-        return torch.nn.functional.interpolate(sel.float(), size=(height, width), mode="bilinear").numpy()
+        return torch.nn.functional.interpolate(sel.float().cpu(), size=(height, width), mode="bilinear").numpy()
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -256,6 +256,8 @@ def picture_grid(rows: list[dict], path: Path, methods: list[str], per_kind: int
     """Rows: a few (prompt, seed) of each kind; columns: the methods, same noise."""
     from PIL import Image, ImageDraw
 
+    if not rows:
+        return
     keys = []
     for kind in SUCCESS:
         ks = list(dict.fromkeys((r["prompt"], r["seed"], r["index"]) for r in rows if r["kind"] == kind))
@@ -280,6 +282,42 @@ def picture_grid(rows: list[dict], path: Path, methods: list[str], per_kind: int
     grid.save(path)
 
 
+def chosen_methods(kind: str, targeted: bool, methods: list[str], extra: list[str]) -> list[str]:
+    """The methods run on prompts of ``kind``: its targets (``--targeted``) or ``methods``, then ``extra``, each once
+    and only where it applies."""
+    chosen = list(TARGETS[kind]) if targeted else methods
+    return [m for m in dict.fromkeys(chosen + extra) if kind in METHODS[parse_method(m)[0]]]
+
+
+def schedule(kinds: list[str], methods: list[str], extra: list[str], targeted: bool, prompts: int) -> list[tuple]:
+    """``(kind, prompt, method)`` of every sampling run, in the order they run: plain sampling of every prompt
+    first, then the methods, taking each kind's methods in turn (its first, every kind's second, ...), so that a
+    run cut short by a deadline has compared each kind's first methods with plain sampling."""
+    sets = prompt_sets()
+    per_kind = [[(kind, spec, m) for m in chosen_methods(kind, targeted, methods, extra) for spec in sets[kind][:prompts]]
+                for kind in kinds]
+    plain = [run for runs in per_kind for run in runs if run[2] == "plain"]
+    rest = [[run for run in runs if run[2] != "plain"] for runs in per_kind]
+    return plain + [runs[i] for i in range(max(map(len, rest), default=0)) for runs in rest if i < len(runs)]
+
+
+def run_benchmark(runner: Runner, kinds: list[str], methods: list[str], extra: list[str], targeted: bool,
+                  prompts: int, seed: int, samples: int, deadline: float | None = None) -> tuple[list[dict], bool]:
+    """Every (kind, prompt, method) sampling run in :func:`schedule`'s order; ``(rows, complete)``. With a
+    ``deadline`` (``time.monotonic()``) no run starts after it, and ``complete`` says whether every run was made."""
+    for m in methods + extra:
+        parse_method(m)  # an unknown method or a malformed option fails before any sampling
+    rows = []
+    t0 = time.perf_counter()
+    for kind, spec, method in schedule(kinds, methods, extra, targeted, prompts):
+        if deadline is not None and time.monotonic() >= deadline:
+            print(f"shape benchmark: out of time before {kind}: {spec.text}: {method}", file=sys.stderr)
+            return rows, False
+        rows += runner.run(method, kind, spec, seed, samples)
+        print(f"{kind}: {spec.text}: {method} done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    return rows, True
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="models/storm_shapes_sd15.safetensors")
@@ -299,23 +337,20 @@ def main(argv=None) -> int:
     parser.add_argument("--sampler", default="euler")
     parser.add_argument("--json", default="shape-benchmark.json")
     parser.add_argument("--grid", help="write a before/after picture grid (PNG) here")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="start no sampling run after this many minutes (the table covers the runs made)")
     args = parser.parse_args(argv)
-    runner = Runner(args.model, args.steps, args.size, args.cfg, args.sampler)
     kinds = args.kinds.split(",")
     methods = [m for m in args.methods.split(",") if m]
     extra = [m for m in args.extra.split(",") if m]
     for m in methods + extra:
-        parse_method(m)  # an unknown method or a malformed option fails before any sampling
-    sets = prompt_sets()
-    rows = []
-    t0 = time.perf_counter()
-    for kind in kinds:
-        chosen = list(TARGETS[kind]) if args.targeted else methods
-        chosen = [m for m in dict.fromkeys(chosen + extra) if kind in METHODS[parse_method(m)[0]]]
-        for spec in sets[kind][: args.prompts]:
-            for method in chosen:
-                rows += runner.run(method, kind, spec, args.seed, args.samples)
-                print(f"{kind}: {spec.text}: {method} done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+        parse_method(m)  # an unknown method or a malformed option fails before the model loads
+    deadline = None if args.minutes is None else time.monotonic() + args.minutes * 60
+    runner = Runner(args.model, args.steps, args.size, args.cfg, args.sampler)
+    rows, complete = run_benchmark(runner, kinds, methods, extra, args.targeted, args.prompts, args.seed,
+                                   args.samples, deadline)
+    if not complete:
+        print("shape benchmark: --minutes ran out; the table covers the runs made", file=sys.stderr)
     table = summarise(rows)
     print(format_table(table))
     out = {"settings": vars(args), "table": table,

@@ -61,12 +61,57 @@ def _generator(seed: int, stage: str, step: int, device="cpu") -> torch.Generato
     return g
 
 
-def scene_batch(seed: int, stage: str, step: int, batch: int, size: int) -> tuple[torch.Tensor, list]:
-    """Rendered scenes of one training step, ``(B, 3, size, size)`` in [-1, 1], and the scenes."""
+def render_batch(seed: int, stage: str, step: int, batch: int, size: int) -> tuple[np.ndarray, list]:
+    """The scenes of one training step and their images, ``uint8 (B, size, size, 3)``: a function of its
+    arguments alone, so batches can be drawn ahead in other processes (``--workers``)."""
     rng = np.random.default_rng([seed, STAGES.index(stage), step])
     scenes = [sample_scene(rng, size=size) for _ in range(batch)]
-    images = np.stack([render(s) for s in scenes]).astype(np.float32) / 127.5 - 1.0
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), scenes
+    return np.stack([render(s) for s in scenes]), scenes
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """``uint8 (B, H, W, 3)`` -> ``(B, 3, H, W)`` in [-1, 1]."""
+    return torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2).contiguous()
+
+
+def scene_batch(seed: int, stage: str, step: int, batch: int, size: int) -> tuple[torch.Tensor, list]:
+    """Rendered scenes of one training step, ``(B, 3, size, size)`` in [-1, 1], and the scenes."""
+    images, scenes = render_batch(seed, stage, step, batch, size)
+    return to_tensor(images), scenes
+
+
+class BatchSource:
+    """The batches of steps ``start, start + 1, ...``: drawn inline, or ``workers`` steps ahead in that many
+    processes (rendering 256 px scenes on one core takes about as long as a training step on a GPU). The same
+    batches either way: each is a function of (seed, stage, step)."""
+
+    def __init__(self, seed: int, stage: str, batch: int, size: int, workers: int):
+        self.key = (seed, stage, batch, size)
+        self.workers = workers
+        self.pool = None
+        self.pending: dict[int, object] = {}
+        if workers > 0:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn: the parent may hold a CUDA context, which a forked child must not inherit
+            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def get(self, step: int, stop: int) -> tuple[torch.Tensor, list]:
+        seed, stage, batch, size = self.key
+        if self.pool is None:
+            return scene_batch(seed, stage, step, batch, size)
+        for ahead in range(step, min(step + 2 * self.workers, stop)):
+            if ahead not in self.pending:
+                self.pending[ahead] = self.pool.submit(render_batch, seed, stage, ahead, batch, size)
+        images, scenes = self.pending.pop(step).result()
+        return to_tensor(images), scenes
+
+    def close(self) -> None:
+        if self.pool is not None:
+            for future in self.pending.values():
+                future.cancel()
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------- the modules
@@ -362,9 +407,30 @@ def rescale_latent(m: ShapeModel, seed: int, size: int, batch: int = 64) -> floa
 
 
 # ----------------------------------------------------------------------------- training loop
+class TrainRefused(ValueError):
+    """The call cannot run as asked (e.g. a diffusion stage without a trained VAE)."""
+
+
 def train(args) -> int:
+    try:
+        summary = train_stage(args)
+    except TrainRefused as e:
+        print(f"train: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
+def train_stage(args) -> dict:
+    """Run (or continue) one stage as ``args`` say; the call's summary: the stage, the step it reached, the
+    stage's seconds so far, the device, the median seconds per step of this call (its first two steps, which
+    pay for allocation and kernel selection, left out) and the means of the last 50 steps' losses."""
     ensure_host()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    if device.type == "cuda" and args.tf32:  # TF32 matrix products and convolutions, cuDNN autotuning
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     m = ShapeModel(args.seed, device)
@@ -378,9 +444,8 @@ def train(args) -> int:
     meta = {"seed": args.seed, "size": args.size, "batch": args.batch, "steps": {}, "seconds": {}}
     if args.init_from:
         if args.resume or state_path.exists():
-            print(f"train: --init-from starts a new state, but {'--resume was given' if args.resume else f'{work} holds one'}",
-                  file=sys.stderr)
-            return 2
+            raise TrainRefused(f"--init-from starts a new state, but "
+                               f"{'--resume was given' if args.resume else f'{work} holds one'}")
         meta = _new_cycle(load_checkpoint(Path(args.init_from), m), stage)
     elif state_path.exists():
         meta = load_state(state_path, m, opt if args.resume else None)
@@ -388,8 +453,7 @@ def train(args) -> int:
             opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.0)
             meta = _new_cycle(meta, stage)
     elif stage == "diffusion":
-        print("train: the diffusion stage needs a trained VAE (run --stage vae first)", file=sys.stderr)
-        return 2
+        raise TrainRefused("the diffusion stage needs a trained VAE (run --stage vae first)")
     start = int(meta["steps"].get(stage, 0)) if args.resume else 0
     meta["steps"][stage] = start
     recipe = {"steps": args.steps, "batch": args.batch, "size": args.size, "lr": args.lr, "warmup": args.warmup,
@@ -413,12 +477,15 @@ def train(args) -> int:
     for p in m.modules().values():
         p.train(stage == "vae" and p is m.vae or stage == "diffusion" and p is not m.vae)
     stop = args.steps if args.until is None else min(args.until, args.steps)
+    source = BatchSource(args.seed, stage, args.batch, args.size, args.workers)
+    step_times = []
     while step < stop and time.monotonic() < deadline:
+        step_start = time.monotonic()
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(step / args.steps, 1.0)))
         for group in opt.param_groups:
             group["lr"] = lr * group["lr_scale"]
         g = _generator(args.seed, stage, step)
-        images, scenes = scene_batch(args.seed, stage, step, args.batch, args.size)
+        images, scenes = source.get(step, stop)
         images = images.to(device)
         with OutOfPlaceResiduals():
             if stage == "vae":
@@ -431,6 +498,7 @@ def train(args) -> int:
         opt.step()
         step += 1
         log.append(info)
+        step_times.append(time.monotonic() - step_start)
         if bar is not None:
             bar.update(1)
             bar.set_postfix({k: f"{v:.4g}" for k, v in info.items()})
@@ -440,6 +508,7 @@ def train(args) -> int:
             save_state(state_path, m, opt, meta)
     if bar is not None:
         bar.close()
+    source.close()
     if grounding is not None:
         grounding.close()
     meta["steps"][stage] = step
@@ -449,9 +518,9 @@ def train(args) -> int:
     save_state(state_path, m, opt, meta)
     tail = log[-50:]
     summary = {k: float(np.nanmean([e[k] for e in tail])) for k in tail[0]} if tail else {}
-    print(json.dumps({"stage": stage, "step": step, "seconds": round(meta["seconds"][stage], 1),
-                      "device": str(device), "last50": summary}))
-    return 0
+    timed = step_times[2:] or step_times
+    return {"stage": stage, "step": step, "seconds": round(meta["seconds"][stage], 1), "device": str(device),
+            "seconds_per_step": float(np.median(timed)) if timed else None, "last50": summary}
 
 
 def export(args) -> int:
@@ -474,7 +543,7 @@ def export(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default="train-run", help="folder of the training state")
     parser.add_argument("--stage", choices=STAGES)
@@ -499,6 +568,16 @@ def main(argv=None) -> int:
                              "models/storm_shapes_sd15.safetensors, with a fresh optimizer")
     parser.add_argument("--finish", action="store_true", help="vae: rescale the latent even if steps remain")
     parser.add_argument("--cpu", action="store_true", help="ignore a GPU")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="draw the scenes of the coming steps in this many processes (0: inline); same batches")
+    parser.add_argument("--tf32", action="store_true",
+                        help="on a GPU: TF32 matrix products and convolutions, cuDNN autotuning (faster, not bitwise "
+                             "reproducible)")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.export:
         return export(args)

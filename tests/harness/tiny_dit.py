@@ -24,7 +24,8 @@ import torch
 from .host import ensure_host
 from .tiny_models import ATTN2_QK_GAIN, DIT_ARCHS, build_vae, initialise_weights
 
-__all__ = ["DIT_ARCHS", "SD35_MEDIUM", "TinyDiT", "build_real_size_dit", "build_tiny_dit", "dit_conditioning"]
+__all__ = ["DIT_ARCHS", "FLUX_DEV", "FLUX_TOY", "SD35_MEDIUM", "FluxWidths", "TinyDiT", "build_flux_blocks",
+           "build_real_size_dit", "build_tiny_dit", "dit_conditioning", "flux_unet_config"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +137,87 @@ def build_real_size_dit(*, seed: int = 0, dtype: torch.dtype = torch.float32) ->
     conditioning has the real widths (context 4096, pooled 2048) and 77 CLIP rows (the real model adds 77 T5
     rows: at 1024 px that is 4,250 instead of 4,173 tokens per joint attention). About 9.4 GB in fp32."""
     return build_tiny_dit("sd3", seed=seed, dtype=dtype, config=SD35_MEDIUM)
+
+
+@dataclasses.dataclass(frozen=True)
+class FluxWidths:
+    """The widths of a Flux file that the host's model detection reads: the stream width ``hidden`` (heads of
+    ``sum(axes_dim)`` = 128 channels), the T5 context width and the CLIP-L pooled width; and the numbers of
+    double- and single-stream blocks of the whole model (a measurement builds fewer)."""
+
+    hidden: int
+    context: int
+    pooled: int
+    double: int
+    single: int
+
+
+#: Flux.1-dev (Black Forest Labs 2024) as ComfyUI reads the released file: hidden 3072 (24 heads of 128), T5-XXL
+#: context 4096, CLIP-L pooled 768, guidance embedding, 19 double- and 38 single-stream blocks (11.9 B parameters)
+FLUX_DEV = FluxWidths(hidden=3072, context=4096, pooled=768, double=19, single=38)
+#: the same layout at thin widths (one head of 128), for dry runs on a CPU
+FLUX_TOY = FluxWidths(hidden=128, context=32, pooled=32, double=19, single=38)
+
+
+def flux_unet_config(widths: FluxWidths, double: int, single: int) -> tuple[dict[str, Any], Any]:
+    """``(unet_config, model_config)`` of a Flux file with these widths and ``double`` / ``single`` blocks, as the
+    host's own ``comfy.model_detection`` reads them (each ComfyUI version adds the entries its ``Flux`` class
+    needs, e.g. 0.33's ``txt_ids_dims``; the widths are then set as given, since 0.3.64 assumes Flux.1's). The file
+    is described by meta tensors: only the keys and shapes detection reads, no memory."""
+    ensure_host()
+    import comfy.model_detection
+
+    def meta(*shape: int) -> torch.Tensor:
+        return torch.empty(shape, device="meta")
+
+    h, head = widths.hidden, 128
+    sd = {"img_in.weight": meta(h, 64), "txt_in.weight": meta(h, widths.context),
+          "vector_in.in_layer.weight": meta(h, widths.pooled), "guidance_in.in_layer.weight": meta(h, 256)}
+    for i in range(double):
+        sd[f"double_blocks.{i}.img_attn.norm.key_norm.scale"] = meta(head)
+        sd[f"double_blocks.{i}.img_attn.qkv.weight"] = meta(3 * h, h)
+    for i in range(single):
+        sd[f"single_blocks.{i}.linear1.weight"] = meta(7 * h, h)
+    unet_config = comfy.model_detection.detect_unet_config(sd, "")
+    if unet_config is None or unet_config.get("image_model") != "flux":
+        raise RuntimeError(f"this ComfyUI's model detection does not read a Flux file: {unet_config}")
+    # older hosts (0.3.64) take the stream and context widths as Flux.1's instead of reading them: say them
+    unet_config.update(hidden_size=h, context_in_dim=widths.context, vec_in_dim=widths.pooled, num_heads=h // head)
+    model_config = comfy.model_detection.model_config_from_unet_config(unet_config, sd)
+    if model_config is None:
+        raise RuntimeError(f"this ComfyUI has no model class for {unet_config}")
+    return unet_config, model_config
+
+
+def build_flux_blocks(widths: FluxWidths, double: int, single: int, *, seed: int = 0,
+                      dtype: torch.dtype = torch.bfloat16) -> TinyDiT:
+    """A random-weight Flux of ``widths`` with only ``double`` double- and ``single`` single-stream blocks, from the
+    host's own classes (:func:`flux_unet_config`), and thin text encoders of the real output widths (CLIP-L pooled
+    ``widths.pooled``, T5 ``widths.context`` wide, 2 layers), so that a few real-size blocks can be timed and
+    measured and the whole model's figures extrapolated per block. Weights are not sharpened (costs only)."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.sd
+    import comfy.supported_models_base
+    from comfy.text_encoders import flux
+
+    _, model_config = flux_unet_config(widths, double, single)
+    load_device = mm.get_torch_device()
+    offload_device = mm.unet_offload_device()
+    with torch.no_grad():
+        manual_cast = mm.unet_manual_cast(dtype, load_device, model_config.supported_inference_dtypes)
+        model_config.set_inference_dtype(dtype, manual_cast)
+        model = model_config.get_model({}, "", device=offload_device)
+        initialise_weights(model.diffusion_model, seed)
+        options = {"clip_l_model_config": _clip_config(widths.pooled, max(widths.pooled // 64, 2)),
+                   "t5xxl_model_config": {"d_model": widths.context, "num_layers": 2, "num_heads": 2, "d_kv": 16,
+                                          "d_ff": 64}}
+        clip = comfy.sd.CLIP(target=comfy.supported_models_base.ClipTarget(flux.FluxTokenizer, flux.flux_clip()),
+                             model_options=options)
+        initialise_weights(clip.cond_stage_model, seed + 1, keep=("logit_scale",))
+        vae = build_vae(seed, channels=16)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    return TinyDiT("flux", patcher, widths.context, widths.pooled, clip, vae)
 
 
 def _sharpen_joint_attention(net: torch.nn.Module, arch: str, gain: float) -> None:
