@@ -12,7 +12,8 @@ Inside it:
 * ``inference_mode(False)`` and ``enable_grad()``;
 * :class:`~storm_ops.frozen_weights.FrozenWeights`: gradients through inference-tensor weights without
   copying them;
-* ``allow_mutation_on_saved_tensors()``: transformer blocks add residuals in place;
+* :class:`~storm_ops.saved_tensors.CopyOnWriteSaves`: transformer blocks add residuals in place into tensors
+  autograd saved;
 * the host's training switch ``comfy.model_management.in_training`` (present in 0.33, absent in 0.3.64,
   which has no fused kernels): the host then takes its own differentiable reference paths instead of
   comfy-kitchen's forward-only kernels (Flux's RoPE, Lumina's fused RMS-norm + RoPE, int8
@@ -46,6 +47,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..storm_ops.errors import StormError
 from ..storm_ops.frozen_weights import FrozenWeights
+from ..storm_ops.saved_tensors import CopyOnWriteSaves
 from .attention_capture import GRAD_PASS_FLAG
 
 log = logging.getLogger("comfyui-storm")
@@ -166,13 +168,13 @@ def gradient_pass(offload: bool = False, net: torch.nn.Module | None = None):
 
     ``offload``: every activation saved for backward is copied to CPU memory and back during backward, for a
     pass that ran out of GPU memory. These hooks are innermost, so they take over from
-    ``allow_mutation_on_saved_tensors``'; a copy is a snapshot that later in-place changes cannot reach
+    :class:`CopyOnWriteSaves`'; a copy is a snapshot that later in-place changes cannot reach
     (``save_on_cpu`` does not copy tensors already on the CPU, so it is not used).
     """
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.inference_mode(False))
         stack.enter_context(torch.enable_grad())
-        stack.enter_context(torch.autograd.graph.allow_mutation_on_saved_tensors())
+        stack.enter_context(CopyOnWriteSaves())
         if offload:
             stack.enter_context(torch.autograd.graph.saved_tensors_hooks(_to_cpu_memory, _from_cpu_memory))
         stack.enter_context(host_training_switch())

@@ -12,8 +12,8 @@
 #   bash scripts/prepare_gpu_payload.sh --check    # then also the dry run against exactly this payload on the CPU:
 #                                                  # the stripped tree, the wheels' files, every other package the
 #                                                  # image lacks blocked (STORM_PYTHON: a Python with the pack's and
-#                                                  # ComfyUI's requirements, default .venv/bin/python)
-# On the device: bash scripts/gpu_run.sh (see docs/gpu-evidence-readme-section.md).
+#                                                  # ComfyUI's requirements, default .venv-0.33.0/bin/python)
+# On the device: bash scripts/gpu_run.sh (README: "Evidence from a lent GPU").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PAYLOAD=.gpu-payload
@@ -94,7 +94,7 @@ fi
 if [ "${1:-}" = "--check" ]; then
   # the dry run against exactly this payload: the stripped tree, the wheels' files on PYTHONPATH (their Python
   # code and comfy-aimdo's ctypes library load on any CPython 3), every other package the image lacks blocked
-  STORM_PYTHON=${STORM_PYTHON:-.venv/bin/python}
+  STORM_PYTHON=${STORM_PYTHON:-.venv-0.33.0/bin/python}
   check="$tmp/check"
   mkdir -p "$check/site"
   tar -xzf "$PAYLOAD/ComfyUI-$VERSION.tar.gz" -C "$check"

@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from .saved_tensors import writes_in_place
+
 
 def _is_frozen(t) -> bool:
     """An inference tensor: a constant here (its ``requires_grad`` flag is ignored: hosts leave it on)."""
@@ -276,12 +278,6 @@ def _tensors(values):
             yield from (t for t in v if isinstance(t, torch.Tensor))
 
 
-def _in_place(func, kwargs) -> bool:
-    """Whether ``func`` writes into a tensor it was given (``add_``, ``__iadd__``, ``out=``)."""
-    name = getattr(func, "__name__", "")
-    return "out" in kwargs or name.endswith("_") and not name.endswith("__") or name.startswith("__i")
-
-
 def _unview(out):
     if isinstance(out, torch.Tensor):
         return out.detach() if out._is_view() else out
@@ -380,7 +376,7 @@ class FrozenWeights(TorchFunctionMode):
             # attention into the text stream with `txt +=` on the chunks of a constant modulation); a detached
             # tensor shares the storage without being such a view. In-place operations are not recipes: the
             # version check already tells that their target changed.
-            return out if _in_place(func, kwargs) else self._remember(out, func, args, kwargs)
+            return out if writes_in_place(func, kwargs) else self._remember(out, func, args, kwargs)
         if not any(t.is_inference() for t in tensors):
             return func(*args, **kwargs)
         if not any(t.requires_grad and not t.is_inference() for t in tensors):
