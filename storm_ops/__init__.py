@@ -20,6 +20,7 @@ prompt_analysis  SynGen modifier sets from the dependency parse, rule fallback, 
 relations        spatial relations from the dependency parse, overrides, validation
 aid              AID/PAID interpolated attention (inner, outer, fused), chunking
 aid_schedule     Beta schedule, slerp/lerp, warm-up
+aid_selection    dynamic selection: Beta refit, exploration, min-spread path, smoothness/consistency
 """
 
 from .errors import ConvergenceWarning, ShapeError, StormError
