@@ -426,7 +426,7 @@ def environment(dry_run: bool) -> dict:
     from harness.host import ensure_host
 
     info = ensure_host()
-    env = {"torch": torch.__version__, "python": sys.version.split()[0], "comfyui": f"{info.name} {info.version}",
+    env = {"torch": torch.__version__, "python": sys.version.split()[0], "comfyui": info.version,
            "device": "cpu (dry run)" if dry_run else "cpu"}
     # where the packages the payload carries were found (the payload's folder on a lent machine); None: absent
     env["packages"] = {}
