@@ -243,9 +243,8 @@ def test_attention_interpolation_refuses_a_dit_clearly(dit, nodes, prompt):
                   negative=negative, latent_image={"samples": torch.zeros(LATENT)}, frames=2, steps=2)
 
 
+@pytest.mark.parametrize("dit", ["flux"], indirect=True)  # the tiny SD3 has CLIP rows only
 def test_prompt_analysis_binds_words_in_the_t5_rows(dit, nodes):
-    if dit.arch != "flux":
-        pytest.skip("the tiny SD3 has CLIP rows only")
     with torch.inference_mode():
         analysis, tokens, conditioning, _ = call_node(nodes["STORM_PromptAnalysis"], clip=dit.clip,
                                                       text="a red crown and a golden strawberry", parser="rules")
