@@ -4,7 +4,7 @@ One sampling call denoises a batch ``[A, frame_1 .. frame_k, B]``: the endpoints
 prompts and noises, the frames with their own condition (AID: the lerp of the endpoint
 conditions; PAID: the guide prompt) and the slerp of the endpoint noises. During the warm-up
 steps, in the conditional pass only, every self- and cross-attention layer gives each frame the
-interpolated attention over the endpoints' keys/values (``storm_ops.aid``); endpoint
+interpolated attention over the endpoints' keys/values (``storm_ops.aid.interpolation``); endpoint
 rows and the unconditional pass keep plain attention, so the endpoints are exactly the plain
 generations of A and B. Afterwards every frame denoises on its own. Long sequences run in chunks
 of frames, each chunk with both endpoints, so memory is bounded by the chunk size.
@@ -19,8 +19,8 @@ import comfy.samplers
 import comfy.utils
 import torch
 
-from ..storm_ops.aid import frame_chunks, interpolated_attention, match_token_lengths
-from ..storm_ops.aid_schedule import lerp, slerp, warmup_steps
+from ..storm_ops.aid.interpolation import frame_chunks, interpolated_attention, match_token_lengths
+from ..storm_ops.aid.schedule import lerp, slerp, warmup_steps
 from ..storm_ops.errors import StormError
 from .architecture import check_conditioning_family, describe_unet
 from .attention_capture import AttentionHistory, MapRecorder, RunRecord, install_patches

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import torch
 from einops import rearrange, reduce
 
-from ..storm_ops.attention import AttentionAccumulator, fold_token_tiling
+from ..storm_ops.attention.maps import AttentionAccumulator, fold_token_tiling
+from ..storm_ops.attention.shapes import downsampled_size, infer_hw
 from ..storm_ops.errors import StormError
-from ..storm_ops.prompt_identity import prompt_encoding
-from ..storm_ops.shapes import downsampled_size, infer_hw
+from ..storm_ops.tokens.identity import prompt_encoding
 from .architecture import CrossAttentionLayer
 from .compat import host_attention, throw_if_interrupted
 

@@ -10,9 +10,9 @@ ordinary sampling passes keep every fast kernel the host chose.
 Inside it:
 
 * ``inference_mode(False)`` and ``enable_grad()``;
-* :class:`~storm_ops.frozen_weights.FrozenWeights`: gradients through inference-tensor weights without
+* :class:`~storm_ops.guidance.frozen_weights.FrozenWeights`: gradients through inference-tensor weights without
   copying them;
-* :class:`~storm_ops.saved_tensors.CopyOnWriteSaves`: transformer blocks add residuals in place into tensors
+* :class:`~storm_ops.guidance.saved_tensors.CopyOnWriteSaves`: transformer blocks add residuals in place into tensors
   autograd saved;
 * the host's training switch ``comfy.model_management.in_training`` (present in 0.33, absent in 0.3.64,
   which has no fused kernels): the host then takes its own differentiable reference paths instead of
@@ -46,8 +46,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from ..storm_ops.errors import StormError
-from ..storm_ops.frozen_weights import FrozenWeights
-from ..storm_ops.saved_tensors import CopyOnWriteSaves
+from ..storm_ops.guidance.frozen_weights import FrozenWeights
+from ..storm_ops.guidance.saved_tensors import CopyOnWriteSaves
 from .attention_capture import GRAD_PASS_FLAG
 
 log = logging.getLogger("comfyui-storm")

@@ -2,7 +2,7 @@
 
 On a guided step ``i`` it runs a conditional-only UNet pass with gradients (stopping after the
 last recorded layer), evaluates the active guidance terms on the recorded maps, refines/updates
-the latent (``storm_ops.optimize``), and then takes the base sampler's step. The base samplers
+the latent (``storm_ops.guidance.optimize``), and then takes the base sampler's step. The base samplers
 are the host's own k-diffusion functions, called over segments of the schedule:
 
 * unguided stretches run as one call, so with guidance off the output equals the host's sampler
@@ -32,9 +32,9 @@ import comfy.samplers
 import torch
 
 from ..storm_ops.errors import StormError
-from ..storm_ops.guidance import Guidance
-from ..storm_ops.optimize import Evaluation, clip_grad_norm, guidance_step
-from ..storm_ops.prompt_identity import check_prompt_encoding, prompt_encoding
+from ..storm_ops.guidance.optimize import Evaluation, clip_grad_norm, guidance_step
+from ..storm_ops.guidance.terms import Guidance
+from ..storm_ops.tokens.identity import check_prompt_encoding, prompt_encoding
 from .architecture import DEFAULT_LAYER_SELECTION, PIXELS_PER_LATENT, check_conditioning_family, describe_model
 from .attention_capture import AttentionHistory, MapRecorder, RunRecord, StopForward
 from .compat import (

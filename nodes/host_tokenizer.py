@@ -10,10 +10,10 @@ from __future__ import annotations
 import functools
 from dataclasses import replace
 
-from ..storm_ops.clip_vocab import clip_vocab_decoder
 from ..storm_ops.errors import StormError
-from ..storm_ops.prompt_identity import prompt_encoding
-from ..storm_ops.token_layout import TokenLayout
+from ..storm_ops.tokens.clip_vocab import clip_vocab_decoder
+from ..storm_ops.tokens.identity import prompt_encoding
+from ..storm_ops.tokens.layout import TokenLayout
 from .compat import encode_prompt
 
 # Tokenizer keys in the dict returned by clip.tokenize(): SD1 "l", SD2 "h", SDXL "g" + "l"; SD3 "l" + "g"

@@ -5,12 +5,12 @@ from __future__ import annotations
 import comfy.samplers
 import torch
 
-from ..storm_ops import aid_schedule
-from ..storm_ops.aid import DEFAULT_FUSED, DEFAULT_MODE
-from ..storm_ops.aid_schedule import beta_schedule
+from ..storm_ops.aid import schedule as aid_schedule
+from ..storm_ops.aid.interpolation import DEFAULT_FUSED, DEFAULT_MODE
+from ..storm_ops.aid.schedule import beta_schedule
 from ..storm_ops.errors import StormError
 from ..storm_ops.losses.attend_excite import AttendExciteConfig, max_attention, subject_maps
-from ..storm_ops.token_layout import AUTO
+from ..storm_ops.tokens.layout import AUTO
 from .aid_sampling import MODES, InterpolationSettings, attention_history, sample_sequence
 from .architecture import DEFAULT_LAYER_SELECTION
 from .attention_capture import tag_latent

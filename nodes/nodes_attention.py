@@ -10,11 +10,11 @@ import uuid
 import torch
 from safetensors.torch import save_file
 
-from ..storm_ops.attention import normalize_maps, select_token_maps
+from ..storm_ops.attention.maps import normalize_maps, select_token_maps
 from ..storm_ops.errors import StormError
 from ..storm_ops.losses.attend_excite import AttendExciteConfig, subject_maps
-from ..storm_ops.prompt_identity import check_prompt_encoding, untile_encoding
-from ..storm_ops.token_layout import AUTO, Subject
+from ..storm_ops.tokens.identity import check_prompt_encoding, untile_encoding
+from ..storm_ops.tokens.layout import AUTO, Subject
 from .architecture import PIXELS_PER_LATENT, check_conditioning_family, describe_model
 from .attention_capture import AttentionHistory, ContinuousRecorder, latent_run, mean_of_steps
 from .compat import folder_paths, require_model, wrap_sampling_calls

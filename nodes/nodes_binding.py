@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 
 from ..storm_ops.errors import StormError
-from ..storm_ops.guidance import DEFAULT_WEIGHT, StepSize, StepWindow, parse_thresholds
+from ..storm_ops.guidance.terms import DEFAULT_WEIGHT, StepSize, StepWindow, parse_thresholds
 from ..storm_ops.losses import astar, syngen
 from ..storm_ops.losses.astar import AStarConfig, AStarTerm
 from ..storm_ops.losses.attend_excite import AttendExciteConfig
 from ..storm_ops.losses.syngen import UNRELATED_ENTROPY_MODES, SynGenConfig, SynGenTerm
-from ..storm_ops.subjects import parse_subject_spec
+from ..storm_ops.tokens.subjects import parse_subject_spec
 from .errors import node_errors
 from .nodes_guidance import (
     GUIDANCE_INPUT,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ..storm_ops.guidance import DEFAULT_WEIGHT, Guidance, StepSize, StepWindow, parse_thresholds
+from ..storm_ops.guidance.terms import DEFAULT_WEIGHT, Guidance, StepSize, StepWindow, parse_thresholds
 from ..storm_ops.losses import attend_excite
 from ..storm_ops.losses.attend_excite import AttendExciteConfig, AttendExciteTerm
-from ..storm_ops.token_layout import END_TOKEN_CONVENTIONS
+from ..storm_ops.tokens.layout import END_TOKEN_CONVENTIONS
 from .errors import node_errors
 from .validation import in_declared_range, validate_text_inputs
 from .widgets import bool_input, float_input, int_input, thresholds_input

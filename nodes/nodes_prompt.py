@@ -5,17 +5,17 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..storm_ops.nlp import check_pipeline_name
-from ..storm_ops.overrides import (
+from ..storm_ops.prompt.analysis import PARSERS, analyze_prompt
+from ..storm_ops.prompt.nlp import check_pipeline_name
+from ..storm_ops.prompt.overrides import (
     parse_binding_override,
     parse_relation_override,
     split_binding_override,
     split_relation_override,
 )
-from ..storm_ops.parsed_prompt import PromptAnalysis
-from ..storm_ops.prompt_analysis import PARSERS, analyze_prompt
-from ..storm_ops.subjects import check_subject_spec, resolve_subjects
-from ..storm_ops.token_layout import PromptTokens
+from ..storm_ops.prompt.parsed import PromptAnalysis
+from ..storm_ops.tokens.layout import PromptTokens
+from ..storm_ops.tokens.subjects import check_subject_spec, resolve_subjects
 from .errors import node_errors
 from .host_tokenizer import encode_with_layout
 from .validation import validate_text_inputs

@@ -78,7 +78,7 @@ class GuidedKSampler:
     @classmethod
     def INPUT_TYPES(cls):
         # imported here so that this change stays inside INPUT_TYPES (the rest of the module is being edited)
-        from ..storm_ops.guidance import DEFAULT_CFG, DEFAULT_STEPS
+        from ..storm_ops.guidance.terms import DEFAULT_CFG, DEFAULT_STEPS
         from .widgets import float_input, int_input
 
         return {"required": {

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from ..storm_ops.errors import StormError
-from ..storm_ops.guidance import DEFAULT_WEIGHT, StepSize, StepWindow, parse_thresholds
+from ..storm_ops.guidance.terms import DEFAULT_WEIGHT, StepSize, StepWindow, parse_thresholds
 from ..storm_ops.losses import transport_core
 from ..storm_ops.losses.transport import MODES, transport_term
 from ..storm_ops.losses.transport_core import TransportConfig
-from ..storm_ops.overrides import validate_relations
-from ..storm_ops.token_layout import AUTO
+from ..storm_ops.prompt.overrides import validate_relations
+from ..storm_ops.tokens.layout import AUTO
 from .errors import node_errors
 from .nodes_binding import subject_masks
 from .nodes_guidance import (

@@ -7,7 +7,7 @@ ones (0.3.64 and the pip fork do not) ``web/storm.js`` fills them in from here, 
 
 ``GET /storm/tokens?text=...[&family=sd3|flux]``: ``{"words": [{"text", "positions", "ref", "streams"}, ...],
 "columns", "streams", "family"}``, the prompt's words with their columns and the reference a subject list uses for them
-(``storm_ops.subjects.word_references``): the token chips of STORM Subject Tokens and Prompt Analysis.
+(``storm_ops.tokens.subjects.word_references``): the token chips of STORM Subject Tokens and Prompt Analysis.
 Without ``family`` the columns are SD1.x/SDXL's CLIP columns; with it, the rows of an SD3 or Flux
 conditioning (``streams``: each word's columns per stream, e.g. ``[["CLIP", [2]], ["T5", [79]]]``;
 ``columns``: the layout's summary, e.g. ``"CLIP 1 x 77 + T5 77"``; ``streams``: their names). The browser reads the family off the
@@ -28,7 +28,7 @@ MAX_TEXT = 4000
 
 def prompt_tokens(text: str, family: str | None = None) -> dict:
     """What :data:`TOKENS_ROUTE` returns for ``text`` (``family``: ``"sd3"``, ``"flux"`` or None for CLIP)."""
-    from ..storm_ops.subjects import word_references
+    from ..storm_ops.tokens.subjects import word_references
     from .host_tokenizer import text_layout
 
     layout = text_layout(text[:MAX_TEXT], family or None)

@@ -8,7 +8,7 @@ facts of the widget and stay in the node.
 
 from __future__ import annotations
 
-from ..storm_ops.guidance import format_thresholds
+from ..storm_ops.guidance.terms import format_thresholds
 
 
 def float_input(default: float, minimum: float, maximum: float, step: float, tooltip: str, **options) -> tuple:
@@ -29,7 +29,7 @@ def bool_input(default: bool, tooltip: str) -> tuple:
 
 def thresholds_input(thresholds: tuple[tuple[float, float], ...], tooltip: str) -> tuple:
     """The STRING widget of refinement thresholds, its default the text of ``thresholds``
-    (``storm_ops.guidance.parse_thresholds`` reads it back)."""
+    (``storm_ops.guidance.terms.parse_thresholds`` reads it back)."""
     return ("STRING", {"default": format_thresholds(thresholds), "tooltip": tooltip})
 
 

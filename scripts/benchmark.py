@@ -368,7 +368,7 @@ def _manual_cast_memory(pack, setup, device: str, size: int, steps: int, weights
     as autograd keeps them (the pack before; the same code with the recast switched off)."""
     import torch
 
-    frozen = pack.storm_ops.frozen_weights.FrozenWeights
+    frozen = pack.storm_ops.guidance.frozen_weights.FrozenWeights
     tm, pos, neg = setup.tm, setup.pos, setup.neg
     tm.model.model.manual_cast_dtype = torch.float32
     latent, sigmas = _schedule(tm, steps, size)
@@ -819,7 +819,7 @@ def _interpolation(kind: str, device: str) -> dict:
 
     pack = load_pack()
     interp = pack.nodes.aid_sampling
-    beta_schedule = pack.storm_ops.aid_schedule.beta_schedule
+    beta_schedule = pack.storm_ops.aid.schedule.beta_schedule
     with torch.inference_mode():
         tm = build_tiny("sd15")
         a, b = tiny_conditioning(tm.clip, "a photo of a cat"), tiny_conditioning(tm.clip, "a photo of a dog")

@@ -45,7 +45,7 @@ import argparse
 
 from harness.prompt_corpus import CORPUS, FIELDS, score
 from harness.prompt_layout import clip_layout
-from storm_ops.prompt_analysis import analyze_prompt
+from storm_ops.prompt.analysis import analyze_prompt
 
 
 def main(argv=None) -> int:

@@ -147,7 +147,7 @@ class Runner:
         n, clip = self.nodes, self.tiny.clip
         tokens, positive, _ = call_node(n["STORM_SubjectTokens"], clip=clip, text=spec.text, subjects=subjects_of(spec))
         if method == "plain":
-            return self.pack.storm_ops.guidance.Guidance(), positive, tokens
+            return self.pack.storm_ops.guidance.terms.Guidance(), positive, tokens
         if method == "attend_excite":
             return call_node(n["STORM_AttendAndExcite"], tokens=tokens, **options)[0], positive, tokens
         if method == "astar":
@@ -209,7 +209,7 @@ class Runner:
 
     def subject_maps(self, record, tokens, height: int, width: int) -> np.ndarray:
         """``(B, K, H, W)``: each subject's attention map, averaged over the run, at image size."""
-        attention = self.pack.storm_ops.attention
+        attention = self.pack.storm_ops.attention.maps
         maps = record.mean_maps(tokens.layout.length)
         sel = attention.select_token_maps(maps, [s.positions for s in tokens.subjects])
         return torch.nn.functional.interpolate(sel.float().cpu(), size=(height, width), mode="bilinear").numpy()

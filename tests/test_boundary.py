@@ -14,7 +14,7 @@ def test_storm_ops_imports_with_comfyui_blocked():
     code = (
         "import sys\n"
         f"for name in {sorted(FORBIDDEN)!r}: sys.modules[name] = None\n"
-        "import storm_ops, storm_ops.losses, storm_ops.optimize, storm_ops.guidance, storm_ops.token_layout\n"
+        "import storm_ops, storm_ops.losses, storm_ops.guidance.optimize, storm_ops.guidance.terms, storm_ops.tokens.layout\n"
         "import pkgutil\n"
         "for m in pkgutil.walk_packages(storm_ops.__path__, 'storm_ops.'): __import__(m.name)\n"
         "print('ok')\n"

@@ -37,10 +37,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..attention.shapes import resample_masks
 from ..errors import ShapeError, StormError
-from ..guidance import DEFAULT_WEIGHT, GuidanceContext, GuidanceTerm, StepSize, StepWindow, TermResult
-from ..shapes import resample_masks
-from ..token_layout import Subject, TokenLayout
+from ..guidance.terms import DEFAULT_WEIGHT, GuidanceContext, GuidanceTerm, StepSize, StepWindow, TermResult
+from ..tokens.layout import Subject, TokenLayout
 from .attend_excite import AttendExciteConfig, max_attention, subject_maps
 
 #: Our defaults (A&E's schedule; the paper gives none).

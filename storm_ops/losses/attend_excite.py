@@ -21,11 +21,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attention import select_token_maps, token_softmax
+from ..attention.maps import select_token_maps, token_softmax
+from ..attention.smoothing import KERNEL_CONVENTIONS, gaussian_smooth
 from ..errors import StormError
-from ..guidance import DEFAULT_WEIGHT, GuidanceContext, GuidanceTerm, StepSize, StepWindow, TermResult
-from ..smoothing import KERNEL_CONVENTIONS, gaussian_smooth
-from ..token_layout import AUTO, END_TOKEN_CONVENTIONS, Subject, TokenLayout
+from ..guidance.terms import DEFAULT_WEIGHT, GuidanceContext, GuidanceTerm, StepSize, StepWindow, TermResult
+from ..tokens.layout import AUTO, END_TOKEN_CONVENTIONS, Subject, TokenLayout
 
 #: A&E's softmax temperature (the official code multiplies the maps by 100, Sec. 3.2).
 SOFTMAX_TEMPERATURE = 100.0

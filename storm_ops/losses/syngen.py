@@ -40,12 +40,12 @@ from dataclasses import dataclass
 
 import torch
 
+from ..attention.shapes import check_ndim
 from ..errors import StormError
-from ..guidance import DEFAULT_WEIGHT, GuidanceContext, GuidanceTerm, StepSize, StepWindow, TermResult
-from ..parsed_prompt import BindingSet
-from ..shapes import check_ndim
-from ..subjects import WORD
-from ..token_layout import Subject, TokenLayout
+from ..guidance.terms import DEFAULT_WEIGHT, GuidanceContext, GuidanceTerm, StepSize, StepWindow, TermResult
+from ..prompt.parsed import BindingSet
+from ..tokens.layout import Subject, TokenLayout
+from ..tokens.subjects import WORD
 
 #: SynGen defaults (official pipeline): one update at steps 0..24 of 50, constant step size 20.
 DEFAULT_WINDOW = StepWindow(0.0, 0.5)

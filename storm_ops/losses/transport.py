@@ -7,8 +7,8 @@ code's loss, quirks included (:mod:`.transport_reference`). What both share is i
 from __future__ import annotations
 
 from ..errors import StormError
-from ..parsed_prompt import SpatialRelation
-from ..token_layout import TokenLayout
+from ..prompt.parsed import SpatialRelation
+from ..tokens.layout import TokenLayout
 from .transport_core import TransportConfig, TransportTerm
 from .transport_paper import TransportPaperTerm
 from .transport_reference import TransportReferenceTerm

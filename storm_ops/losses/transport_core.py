@@ -24,12 +24,12 @@ from typing import ClassVar
 
 import torch
 
-from ..attention import select_token_maps, token_softmax
+from ..attention.maps import select_token_maps, token_softmax
+from ..attention.smoothing import gaussian_smooth
 from ..errors import StormError
-from ..guidance import GuidanceContext, GuidanceTerm, StepSize, StepWindow, TermResult
-from ..parsed_prompt import BindingSet, SpatialRelation
-from ..smoothing import gaussian_smooth
-from ..token_layout import AUTO, Subject, TokenLayout
+from ..guidance.terms import GuidanceContext, GuidanceTerm, StepSize, StepWindow, TermResult
+from ..prompt.parsed import BindingSet, SpatialRelation
+from ..tokens.layout import AUTO, Subject, TokenLayout
 from .attend_excite import check_map_settings
 
 #: Released defaults: update at steps 1..24 of 50, refinement at steps

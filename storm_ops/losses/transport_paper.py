@@ -42,12 +42,12 @@ from __future__ import annotations
 
 import torch
 
+from ..attention.shapes import resample_masks
 from ..errors import StormError
-from ..guidance import GuidanceContext, TermResult
-from ..ot import centroids, entropic_ot, pixel_coordinates, squared_distance_cost
-from ..parsed_prompt import OPPOSITE, RELATIONS
-from ..shapes import resample_masks
-from ..token_layout import Subject
+from ..guidance.terms import GuidanceContext, TermResult
+from ..prompt.parsed import OPPOSITE, RELATIONS
+from ..tokens.layout import Subject
+from .ot import centroids, entropic_ot, pixel_coordinates, squared_distance_cost
 from .transport_core import TransportConfig, TransportTerm
 
 

@@ -33,9 +33,9 @@ from __future__ import annotations
 import torch
 
 from ..errors import StormError
-from ..guidance import GuidanceContext, TermResult
-from ..ot import sinkhorn_reference
-from ..token_layout import Subject
+from ..guidance.terms import GuidanceContext, TermResult
+from ..tokens.layout import Subject
+from .ot import sinkhorn_reference
 from .transport_core import TransportTerm
 
 #: Released-code constants.

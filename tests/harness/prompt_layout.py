@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import re
 
-from storm_ops.clip_vocab import clip_vocab_decoder
-from storm_ops.token_layout import TokenLayout
+from storm_ops.tokens.clip_vocab import clip_vocab_decoder
+from storm_ops.tokens.layout import TokenLayout
 
 START_ID, END_ID = 49406, 49407
 CHUNK = 77

@@ -71,7 +71,7 @@ def test_attention_interpolation_acts_during_the_warmup_only(pack, prompts):
     tm, a, b, neg, _ = prompts("sd15")
     interp = pack.nodes.aid_sampling
     latent = {"samples": torch.zeros(1, 4, *HW)}
-    coef = pack.storm_ops.aid_schedule.beta_schedule(5, 3.0, 3.0)
+    coef = pack.storm_ops.aid.schedule.beta_schedule(5, 3.0, 3.0)
     runs = {}
     for warmup in (0.0, 0.6):
         settings = interp.InterpolationSettings(coef, "fused outer", warmup, 3)
@@ -93,7 +93,7 @@ def test_chunking_bounds_the_batch_and_does_not_change_the_frames(pack, prompts)
     latent = {"samples": torch.zeros(1, 4, *HW)}
     results = {}
     for frames, chunk in ((4, 2), (16, 2), (16, 14)):
-        coef = pack.storm_ops.aid_schedule.beta_schedule(frames, 3.0, 3.0)
+        coef = pack.storm_ops.aid.schedule.beta_schedule(frames, 3.0, 3.0)
         with torch.inference_mode(), interpolation_stats(interp) as stats:
             out, _ = interp.sample_sequence(tm.model, a, b, neg, None, latent, 3, 3, 7.5, "euler", "normal",
                                             interp.InterpolationSettings(coef, "fused outer", 0.5, chunk), None)

@@ -142,7 +142,7 @@ def test_multi_piece_modifier_binds_all_its_pieces(nodes, analysed):
 
 
 def test_missing_spacy_pipeline(pack, nodes, tiny, monkeypatch):
-    nlp = pack.storm_ops.nlp
+    nlp = pack.storm_ops.prompt.nlp
     monkeypatch.setattr(nlp, "available_pipelines", lambda: ())
     nlp.clear_cache()
     clip = tiny("sd15").clip
@@ -167,7 +167,7 @@ def test_pipeline_input_takes_only_installed_pipeline_names(pack, nodes, tiny, m
         raise AssertionError(f"spacy.load({name!r}) was called")
 
     monkeypatch.setattr(spacy, "load", refuse)
-    installed = ", ".join(pack.storm_ops.nlp.available_pipelines()) or "none"
+    installed = ", ".join(pack.storm_ops.prompt.nlp.available_pipelines()) or "none"
     clip = tiny("sd15").clip
     for parser in ("auto", "spacy", "rules"):
         with pytest.raises(Exception, match=rf"^STORM Prompt Analysis: input 'pipeline': '{re.escape(pipeline)}' "

@@ -196,7 +196,7 @@ def test_the_rule_based_prompt_analysis_reads_the_benchmark_prompts_as_spacy_doe
     from harness.shape_world import prompt_sets
     from harness.tiny_models import build_tiny
 
-    if not pack.storm_ops.nlp.spacy_installed():
+    if not pack.storm_ops.prompt.nlp.spacy_installed():
         pytest.skip("no spaCy here to compare with")
     from harness.nodeutil import call_node
 

@@ -60,7 +60,7 @@ class ConstantTerm:
 
     @staticmethod
     def make(pack, value=1.0, window=(0.0, 0.5)):
-        g = pack.storm_ops.guidance
+        g = pack.storm_ops.guidance.terms
 
         class Constant(g.GuidanceTerm):
             name = "constant"

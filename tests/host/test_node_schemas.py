@@ -50,7 +50,7 @@ def test_loss_widget_defaults_are_the_storm_ops_defaults(pack, nodes, node_id, m
             value = getattr(value, attr)
         assert declared[name] == value, (node_id, name)
     if hasattr(losses, "DEFAULT_THRESHOLDS"):
-        assert pack.storm_ops.guidance.parse_thresholds(declared["thresholds"]) == losses.DEFAULT_THRESHOLDS
+        assert pack.storm_ops.guidance.terms.parse_thresholds(declared["thresholds"]) == losses.DEFAULT_THRESHOLDS
 
 
 def test_every_node_can_be_found_by_what_it_does(pack, nodes):

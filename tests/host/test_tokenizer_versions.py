@@ -1,6 +1,6 @@
 """Token text with the ``transformers`` release that a fresh ComfyUI install takes (5.x on 0.3.64 and 0.33).
 
-The pack decodes CLIP pieces from the vocabulary itself (:func:`storm_ops.clip_vocab.clip_piece_text`);
+The pack decodes CLIP pieces from the vocabulary itself (:func:`storm_ops.tokens.clip_vocab.clip_piece_text`);
 what it takes from ``transformers`` is the tokenizer's ids and ``get_vocab()``. This tokenises with the
 host's own CLIP vocabulary files, and the pack's layout code must find the prompt's words without the
 end-of-word markers that 5.x keeps in ``convert_tokens_to_string``.
@@ -29,7 +29,7 @@ def tokenisation() -> dict:
 
 @pytest.mark.parametrize("tokenizer", sorted(PAD_WITH_END))
 def test_words_resolve_without_end_of_word_markers(pack, tokenisation, tokenizer):
-    tokens, ops = pack.storm_ops.token_layout, pack.storm_ops
+    tokens, ops = pack.storm_ops.tokens.layout, pack.storm_ops.tokens
     t = tokenisation
     ids = t["ids"]
     start, end = ids[0], ids[-1]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from storm_ops.aid import (
+from storm_ops.aid.interpolation import (
     as_coefficients,
     attention,
     chunk_coefficients,
@@ -15,7 +15,7 @@ from storm_ops.aid import (
     match_token_lengths,
     outer_attention,
 )
-from storm_ops.aid_schedule import beta_schedule, interpolation_active, lerp, slerp, warmup_steps
+from storm_ops.aid.schedule import beta_schedule, interpolation_active, lerp, slerp, warmup_steps
 from storm_ops.errors import ShapeError, StormError
 
 HEADS = 2

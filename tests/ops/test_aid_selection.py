@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from storm_ops import aid_selection as sel
-from storm_ops.aid_selection import (
+from storm_ops.aid import selection as sel
+from storm_ops.aid.selection import (
     beta_cdf,
     beta_ppf,
     beta_refit,

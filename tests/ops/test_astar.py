@@ -7,7 +7,7 @@ import torch
 from test_token_layout import CAT_DOG, layout_of
 
 from storm_ops.errors import ShapeError, StormError
-from storm_ops.guidance import Guidance, GuidanceContext
+from storm_ops.guidance.terms import Guidance, GuidanceContext
 from storm_ops.losses.astar import (
     AStarConfig,
     AStarTerm,
@@ -19,7 +19,7 @@ from storm_ops.losses.astar import (
     segregation,
 )
 from storm_ops.losses.attend_excite import AttendExciteConfig, subject_maps
-from storm_ops.token_layout import Subject
+from storm_ops.tokens.layout import Subject
 
 CAT, DOG = Subject("cat", (2,)), Subject("dog", (5,))
 RAW = AStarConfig(AttendExciteConfig(smooth=False, end_token_convention="words"))

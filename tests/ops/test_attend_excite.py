@@ -6,8 +6,9 @@ import pytest
 import torch
 from test_token_layout import CAT_DOG, layout_of
 
+from storm_ops.attention.smoothing import gaussian_smooth
 from storm_ops.errors import StormError
-from storm_ops.guidance import GuidanceContext
+from storm_ops.guidance.terms import GuidanceContext
 from storm_ops.losses.attend_excite import (
     AttendExciteConfig,
     AttendExciteTerm,
@@ -15,8 +16,7 @@ from storm_ops.losses.attend_excite import (
     max_attention,
     subject_maps,
 )
-from storm_ops.smoothing import gaussian_smooth
-from storm_ops.token_layout import Subject, TokenLayout
+from storm_ops.tokens.layout import Subject, TokenLayout
 
 
 def test_loss_is_max_over_subjects_of_one_minus_max():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from storm_ops.attention import (
+from storm_ops.attention.maps import (
     AttentionAccumulator,
     fold_token_tiling,
     normalize_maps,

@@ -1,4 +1,4 @@
-"""Input gradients through inference-tensor weights without copying them (storm_ops.frozen_weights)."""
+"""Input gradients through inference-tensor weights without copying them (storm_ops.guidance.frozen_weights)."""
 
 import gc
 import weakref
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from storm_ops.frozen_weights import FrozenWeights
+from storm_ops.guidance.frozen_weights import FrozenWeights
 
 
 class Block(nn.Module):

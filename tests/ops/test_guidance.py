@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from storm_ops.errors import StormError
-from storm_ops.guidance import (
+from storm_ops.guidance.terms import (
     Guidance,
     GuidanceContext,
     GuidanceTerm,
@@ -158,7 +158,7 @@ def test_combine_weights_terms_by_their_step_sizes_and_keeps_state_per_term():
 
 
 def test_guidance_is_immutable_and_checks_prompt_lengths():
-    from storm_ops.token_layout import Piece, TokenLayout
+    from storm_ops.tokens.layout import Piece, TokenLayout
     short = TokenLayout(tuple(Piece("x") for _ in range(77)))
     long = TokenLayout(tuple(Piece("x") for _ in range(154)))
     g1 = Guidance().with_term(_ConstantTerm(), short)

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from test_token_layout import layout_of
 
-from storm_ops import nlp, subjects
 from storm_ops.errors import StormError
-from storm_ops.nlp import NoParserError
+from storm_ops.prompt import nlp
+from storm_ops.prompt.nlp import NoParserError
+from storm_ops.tokens import subjects
 
 ROOT = Path(__file__).resolve().parents[2]
 HAVE_PIPELINE = bool(nlp.available_pipelines())
@@ -123,7 +124,7 @@ def test_pipeline_loads_once_and_is_cached(fake_spacy):
 
 
 def test_auto_falls_back_to_the_next_pipeline_with_a_warning(fake_spacy, caplog):
-    with caplog.at_level(logging.WARNING, logger="storm_ops.nlp"):
+    with caplog.at_level(logging.WARNING, logger="storm_ops.prompt.nlp"):
         assert nlp.load_pipeline() == ("<nlp en_core_web_sm>", "en_core_web_sm")
     assert "en_core_web_trf could not be loaded" in caplog.text
     nlp.load_pipeline()
@@ -164,8 +165,8 @@ def test_pipeline_input_accepts_only_installed_pipeline_names(installed, monkeyp
 
 
 def test_importing_the_modules_loads_no_spacy():
-    code = ("import sys\nimport storm_ops.nlp, storm_ops.prompt_analysis, storm_ops.relations\n"
-            "print('spacy' in sys.modules, len(storm_ops.nlp._CACHE))\n")
+    code = ("import sys\nimport storm_ops.prompt.nlp, storm_ops.prompt.analysis, storm_ops.prompt.relations\n"
+            "print('spacy' in sys.modules, len(storm_ops.prompt.nlp._CACHE))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "0"]

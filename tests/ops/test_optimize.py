@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from storm_ops.optimize import Evaluation, apply_update, guidance_step
+from storm_ops.guidance.optimize import Evaluation, apply_update, guidance_step
 
 
 class MeanObjective:
@@ -89,7 +89,7 @@ def test_apply_update_with_per_sample_multiplier():
 
 
 def test_clip_grad_norm_bounds_each_sample_and_never_scales_up():
-    from storm_ops.optimize import clip_grad_norm
+    from storm_ops.guidance.optimize import clip_grad_norm
 
     grad = torch.stack([torch.full((2, 2), 3.0), torch.full((2, 2), 0.1), torch.full((2, 2), float("nan"))])
     out = clip_grad_norm(grad, 1.0)

@@ -1,4 +1,4 @@
-"""Optimal transport solvers and grid helpers (storm_ops/ot.py)."""
+"""Optimal transport solvers and grid helpers (storm_ops/losses/ot.py)."""
 
 import warnings
 from itertools import pairwise
@@ -10,7 +10,7 @@ from scipy.optimize import linprog
 from scipy.sparse import coo_matrix, vstack
 
 from storm_ops.errors import ConvergenceWarning, ShapeError, StormError
-from storm_ops.ot import (
+from storm_ops.losses.ot import (
     _plan,
     _prepare_sinkhorn,
     _sinkhorn_potentials,

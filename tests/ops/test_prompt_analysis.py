@@ -5,12 +5,12 @@ from spacy.tokens import Doc
 from spacy.vocab import Vocab
 
 from harness.prompt_layout import pieces_layout
-from storm_ops import nlp
 from storm_ops.errors import StormError
-from storm_ops.nlp import NoParserError
-from storm_ops.noun_phrases import is_attribute
-from storm_ops.overrides import parse_binding_override
-from storm_ops.prompt_analysis import FALLBACK_NOTE, analyze_parsed, analyze_prompt, analyze_rules
+from storm_ops.prompt import nlp
+from storm_ops.prompt.analysis import FALLBACK_NOTE, analyze_parsed, analyze_prompt, analyze_rules
+from storm_ops.prompt.nlp import NoParserError
+from storm_ops.prompt.noun_phrases import is_attribute
+from storm_ops.prompt.overrides import parse_binding_override
 
 
 def doc_of(spec):

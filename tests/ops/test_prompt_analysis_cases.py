@@ -6,8 +6,8 @@ import pytest
 
 from harness.prompt_corpus import canonical
 from harness.prompt_layout import clip_layout
-from storm_ops import nlp
-from storm_ops.prompt_analysis import analyze_prompt
+from storm_ops.prompt import nlp
+from storm_ops.prompt.analysis import analyze_prompt
 
 pytestmark = pytest.mark.skipif(not nlp.available_pipelines(), reason="no spaCy English pipeline installed")
 
@@ -141,7 +141,7 @@ def test_other_languages_give_no_objects_and_say_how_to_override(text):
 
 
 def test_english_tag_lists_without_function_words_are_english():
-    from storm_ops.prompt_filters import looks_english
+    from storm_ops.prompt.filters import looks_english
 
     assert looks_english("1girl, solo, long hair, blue eyes, school uniform")
     assert looks_english("a café in Paris, crème brûlée on a table") and looks_english("")

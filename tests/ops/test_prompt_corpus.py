@@ -6,8 +6,8 @@ import pytest
 
 from harness.prompt_corpus import CORPUS, canonical, score
 from harness.prompt_layout import clip_layout
-from storm_ops import nlp
-from storm_ops.prompt_analysis import analyze_prompt
+from storm_ops.prompt import nlp
+from storm_ops.prompt.analysis import analyze_prompt
 
 
 def test_corpus_covers_every_category():

@@ -4,11 +4,11 @@ import pytest
 from test_prompt_analysis import analyze, clip_of
 
 from storm_ops.errors import StormError
-from storm_ops.overrides import parse_relation_override, validate_relations
-from storm_ops.parsed_prompt import SpatialRelation
-from storm_ops.prompt_analysis import analyze_rules
-from storm_ops.relations import match_phrases, relation_modifiers
-from storm_ops.token_layout import Subject
+from storm_ops.prompt.analysis import analyze_rules
+from storm_ops.prompt.overrides import parse_relation_override, validate_relations
+from storm_ops.prompt.parsed import SpatialRelation
+from storm_ops.prompt.relations import match_phrases, relation_modifiers
+from storm_ops.tokens.layout import Subject
 
 
 def relations_of(analysis):
@@ -154,7 +154,7 @@ def test_validation_accepts_consistent_sets():
 
 
 def test_relation_and_binding_syntax_is_checked_without_a_prompt():
-    from storm_ops.overrides import split_binding_override, split_relation_override
+    from storm_ops.prompt.overrides import split_binding_override, split_relation_override
 
     assert split_relation_override("the cat to the left of a dog; bird above cat#2") == [
         ("cat", "left", "dog"), ("bird", "above", "cat#2")]

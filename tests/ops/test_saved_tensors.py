@@ -1,10 +1,10 @@
-"""In-place changes to tensors autograd saved, inside the gradient pass (storm_ops.saved_tensors)."""
+"""In-place changes to tensors autograd saved, inside the gradient pass (storm_ops.guidance.saved_tensors)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from storm_ops.saved_tensors import CopyOnWriteSaves, writes_in_place
+from storm_ops.guidance.saved_tensors import CopyOnWriteSaves, writes_in_place
 
 
 def _block(x, w, in_place):

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
+from storm_ops.attention.smoothing import gaussian_kernel_1d, gaussian_kernel_2d, gaussian_smooth
 from storm_ops.errors import StormError
-from storm_ops.smoothing import gaussian_kernel_1d, gaussian_kernel_2d, gaussian_smooth
 
 
 def test_attend_excite_kernel_matches_the_official_weights():

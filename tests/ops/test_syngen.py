@@ -7,7 +7,7 @@ import torch
 from test_token_layout import layout_of
 
 from storm_ops.errors import StormError
-from storm_ops.guidance import GuidanceContext
+from storm_ops.guidance.terms import GuidanceContext
 from storm_ops.losses.syngen import (
     SynGenConfig,
     SynGenTerm,
@@ -18,8 +18,8 @@ from storm_ops.losses.syngen import (
     syngen_sets,
     unrelated_columns,
 )
-from storm_ops.parsed_prompt import BindingSet
-from storm_ops.token_layout import Subject
+from storm_ops.prompt.parsed import BindingSet
+from storm_ops.tokens.layout import Subject
 
 # "a red crown and a golden strawberry": columns 1..7, start 0, end 8, padding 9..76
 RED_CROWN = ["a</w>", "red</w>", "crown</w>", "and</w>", "a</w>", "golden</w>", "strawberry</w>"]

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from harness.prompt_layout import END_ID, layout_of
-from storm_ops.clip_vocab import clip_piece_text, clip_vocab_decoder
 from storm_ops.errors import StormError
-from storm_ops.prompt_identity import check_prompt_encoding, untile_encoding
-from storm_ops.subjects import count_word, find_word, resolve_subjects
-from storm_ops.token_layout import END, PAD, START, WORD, PromptTokens, TokenLayout
+from storm_ops.tokens.clip_vocab import clip_piece_text, clip_vocab_decoder
+from storm_ops.tokens.identity import check_prompt_encoding, untile_encoding
+from storm_ops.tokens.layout import END, PAD, START, WORD, PromptTokens, TokenLayout
+from storm_ops.tokens.subjects import count_word, find_word, resolve_subjects
 
 CAT_DOG = ["a</w>", "cat</w>", "and</w>", "a</w>", "dog</w>"]
 

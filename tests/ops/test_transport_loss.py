@@ -8,8 +8,10 @@ import pytest
 import torch
 from test_token_layout import layout_of
 
+from storm_ops.attention.smoothing import gaussian_smooth
 from storm_ops.errors import StormError
-from storm_ops.guidance import GuidanceContext, TermResult
+from storm_ops.guidance.terms import GuidanceContext, TermResult
+from storm_ops.losses.ot import centroids, pixel_coordinates
 from storm_ops.losses.transport import MODES, TRANSPORT_TERMS, transport_term
 from storm_ops.losses.transport_core import TransportConfig, time_weight, token_maps
 from storm_ops.losses.transport_paper import TransportPaperTerm, target_distribution, transport_paper_loss
@@ -22,10 +24,8 @@ from storm_ops.losses.transport_reference import (
     reference_time_weight,
     transport_reference_loss,
 )
-from storm_ops.ot import centroids, pixel_coordinates
-from storm_ops.parsed_prompt import BindingSet, SpatialRelation
-from storm_ops.smoothing import gaussian_smooth
-from storm_ops.token_layout import Subject
+from storm_ops.prompt.parsed import BindingSet, SpatialRelation
+from storm_ops.tokens.layout import Subject
 
 # "a white car to the left of an elephant": car = 3, elephant = 9, white = 2 (CLIP token positions)
 PROMPT = ["a</w>", "white</w>", "car</w>", "to</w>", "the</w>", "left</w>", "of</w>", "an</w>", "elephant</w>"]

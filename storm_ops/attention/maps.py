@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
-from .errors import ShapeError, StormError
+from ..errors import ShapeError, StormError
 from .shapes import check_ndim
 
 

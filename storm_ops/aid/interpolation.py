@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .errors import ShapeError, StormError
+from ..errors import ShapeError, StormError
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 """``attn_fn(q, k, v, heads) -> out`` in the layout above (ComfyUI's ``optimized_attention``)."""

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import StormError
-from .token_layout import TokenLayout
+from ..errors import StormError
+from ..tokens.layout import TokenLayout
 
 #: Tolerance of ``fraction * n`` against the step index: ``0.07 * 100`` is ``7.000000000000001`` in
 #: binary floating point but means step 7. Far below ``1 / n`` for any schedule a sampler takes.

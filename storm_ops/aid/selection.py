@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ShapeError, StormError
+from ..errors import ShapeError, StormError
 
 #: Defaults of the release's ``generate_interpolation``: 16 explored coefficients, Beta(3, 3) as the
 #: initial prior, 7 frames kept. Its notebooks use 5 frames and explore 1.5-2x as many.

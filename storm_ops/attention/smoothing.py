@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .errors import StormError
+from ..errors import StormError
 
 KERNEL_CONVENTIONS = ("standard", "attend_excite")
 

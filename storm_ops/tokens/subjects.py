@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 
-from .errors import StormError
-from .token_layout import WORD, Subject, TokenLayout
+from ..errors import StormError
+from .layout import WORD, Subject, TokenLayout
 
 _OCCURRENCE = re.compile(r"^(?P<word>.+?)\s*#\s*(?P<n>\d+)$")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .errors import StormError
-from .token_layout import PAD, TokenLayout
+from ..errors import StormError
+from .layout import PAD, TokenLayout
 
 # ---------------------------------------------------------------------- prompt identity
 #: relative per-column difference above which two encodings are of different prompts (the same

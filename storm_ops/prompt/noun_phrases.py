@@ -7,9 +7,9 @@ to the model's columns.
 
 from __future__ import annotations
 
+from ..tokens.layout import Subject
 from . import relations
-from .prompt_filters import NOUN_POS, STYLE_WORDS, is_separator
-from .token_layout import Subject
+from .filters import NOUN_POS, STYLE_WORDS, is_separator
 
 #: SynGen's modifier dependency labels.
 MOD_LABELS = frozenset({"amod", "nmod", "compound", "npadvmod", "advmod", "acomp"})

@@ -17,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .errors import ShapeError
+from ..errors import ShapeError
 
 
 def check_ndim(name: str, tensor: torch.Tensor, ndim: int, layout: str) -> None:

@@ -18,7 +18,7 @@ from functools import cached_property
 
 import torch
 
-from .errors import StormError
+from ..errors import StormError
 
 START, WORD, END, PAD = "start", "word", "end", "pad"
 TOKEN_KINDS = (START, WORD, END, PAD)

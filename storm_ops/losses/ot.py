@@ -33,7 +33,7 @@ import warnings
 
 import torch
 
-from .errors import ConvergenceWarning, ShapeError, StormError
+from ..errors import ConvergenceWarning, ShapeError, StormError
 
 __all__ = [
     "centroids",

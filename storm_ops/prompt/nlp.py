@@ -21,9 +21,9 @@ import threading
 import unicodedata
 from collections.abc import Sequence
 
-from .errors import StormError
-from .subjects import count_word, find_word
-from .token_layout import Subject, TokenLayout
+from ..errors import StormError
+from ..tokens.layout import Subject, TokenLayout
+from ..tokens.subjects import count_word, find_word
 
 logger = logging.getLogger(__name__)
 

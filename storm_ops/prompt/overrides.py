@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .errors import StormError
-from .parsed_prompt import OPPOSITE, BindingSet, SpatialRelation
+from ..errors import StormError
+from ..tokens.layout import TokenLayout
+from ..tokens.subjects import parse_word_reference, resolve_word
+from .parsed import OPPOSITE, BindingSet, SpatialRelation
 from .relations import OVERRIDE_PHRASES, match_phrases
-from .subjects import parse_word_reference, resolve_word
-from .token_layout import TokenLayout
 
 _DETERMINERS = ("a", "an", "the")
 _FORMS = "left of, right of, above, below, near (also: to the left of, on top of, over, under, beneath, next to, beside)"

@@ -30,8 +30,20 @@ Without spaCy a rule-based fallback handles plain lists ("a red crown and a gold
 
 from __future__ import annotations
 
+from ..errors import StormError
+from ..tokens.layout import Subject, TokenLayout
 from . import nlp, relations
-from .errors import StormError
+from .filters import (
+    NOT_ENGLISH_NOTE,
+    NOUN_POS,
+    STYLE_NOUNS,
+    STYLE_WORDS,
+    is_digit_tag,
+    looks_english,
+    negated_nouns,
+    negator,
+    tag_tokens,
+)
 from .noun_phrases import (
     MOD_LABELS,
     add_modifiers,
@@ -46,19 +58,7 @@ from .noun_phrases import (
     noun_tail,
 )
 from .overrides import validate_relations
-from .parsed_prompt import BindingSet, PromptAnalysis
-from .prompt_filters import (
-    NOT_ENGLISH_NOTE,
-    NOUN_POS,
-    STYLE_NOUNS,
-    STYLE_WORDS,
-    is_digit_tag,
-    looks_english,
-    negated_nouns,
-    negator,
-    tag_tokens,
-)
-from .token_layout import Subject, TokenLayout
+from .parsed import BindingSet, PromptAnalysis
 
 PARSERS = ("auto", "spacy", "rules")
 _DETERMINERS = frozenset("a an the some another this that these those my his her its our their your one two "

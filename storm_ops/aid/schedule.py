@@ -19,8 +19,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .aid import MAX_TOKEN_REPEAT, as_coefficients, match_token_lengths
-from .errors import ShapeError, StormError
+from ..errors import ShapeError, StormError
+from .interpolation import MAX_TOKEN_REPEAT, as_coefficients, match_token_lengths
 
 SLERP_MODES = ("frame", "row")
 

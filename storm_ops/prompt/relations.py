@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .parsed_prompt import PromptAnalysis, SpatialRelation
-from .token_layout import Subject
+from ..tokens.layout import Subject
+from .parsed import PromptAnalysis, SpatialRelation
 
 #: Prepositions that are a relation on their own ("a bird above a tree").
 PREPOSITIONS = {"above": "above", "over": "above", "atop": "above", "below": "below", "under": "below",

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import StormError
-from .token_layout import Subject, TokenLayout
+from ..errors import StormError
+from ..tokens.layout import Subject, TokenLayout
 
 #: Canonical spatial relations: the subject lies to the <relation> of the object.
 RELATIONS = ("left", "right", "above", "below", "near")
