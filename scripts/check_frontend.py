@@ -1,7 +1,7 @@
 """Check the pack in the real ComfyUI frontend (developer check, not part of CI).
 
 Starts an upstream ComfyUI server on 127.0.0.1 with ComfyUI-STORM and the test-only tiny checkpoint
-loader (``tests/harness/tiny_nodes``), opens it in headless Chromium and, for every example workflow:
+loader (``harness/tiny_nodes``), opens it in headless Chromium and, for every example workflow:
 
 1. loads it with ``app.loadGraphData`` and compares the frontend's ``app.graphToPrompt()`` with the
    test harness' ``ui_to_api`` (which the workflow tests rely on);
@@ -59,7 +59,7 @@ OUR_SCRIPT = "/extensions/ComfyUI-STORM/"  # where the server serves web/storm.j
 def start_server(comfyui: Path, port: int, base: Path, log_path: Path) -> subprocess.Popen:
     (base / "custom_nodes").mkdir(parents=True)
     (base / "custom_nodes" / PACK_FOLDER).symlink_to(ROOT)
-    (base / "custom_nodes" / "storm_test_tiny_nodes").symlink_to(ROOT / "tests" / "harness" / "tiny_nodes")
+    (base / "custom_nodes" / "storm_test_tiny_nodes").symlink_to(ROOT / "harness" / "tiny_nodes")
     log = open(log_path, "w")  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
                              "--disable-auto-launch", "--base-directory", str(base),

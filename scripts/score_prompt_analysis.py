@@ -1,4 +1,4 @@
-"""Score the prompt analysis on the regression corpus (``tests/harness/prompt_corpus.py``).
+"""Score the prompt analysis on the regression corpus (``harness/prompt_corpus.py``).
 
 Run from the repository root: ``python -m scripts.score_prompt_analysis [--pipeline NAME] [--failures]``.
 Prints, per category, the share of prompts whose objects, bindings, relations are exactly right, the

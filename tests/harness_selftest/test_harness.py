@@ -1,6 +1,6 @@
 """Self-test of the test harness against the real ComfyUI host (the ``COMFYUI_PATH`` tree).
 
-Needs ``tests/`` on ``sys.path`` (pytest ``pythonpath``); see ``tests/harness/__init__.py``.
+Needs the repository root on ``sys.path`` (pytest ``pythonpath``); see ``harness/__init__.py``.
 """
 
 from __future__ import annotations

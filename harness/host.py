@@ -32,9 +32,8 @@ from types import ModuleType
 logger = logging.getLogger(__name__)
 
 HARNESS_DIR = Path(__file__).resolve().parent
-TESTS_DIR = HARNESS_DIR.parent
 #: Root of the ComfyUI-STORM checkout (the folder that holds the pack's ``__init__.py``).
-REPO_ROOT = TESTS_DIR.parent
+REPO_ROOT = HARNESS_DIR.parent
 #: Test-only custom-node pack shipped with the harness.
 TINY_NODES_DIR = HARNESS_DIR / "tiny_nodes"
 

@@ -8,8 +8,8 @@ contains ``"sd2"`` / ``"v2"`` -> SD2.x, anything else -> SD1.5. The name of
 the shipped shape model (``storm_shapes_sd15.safetensors``) loads that trained model instead.
 
 ComfyUI imports this folder as a top-level custom-node module, so the harness is imported by
-absolute name; the ``tests`` folder is put on ``sys.path`` when it is not there already (e.g. when a
-real ComfyUI server loads this pack).
+absolute name; the repository root (the folder that holds ``harness``) is appended to ``sys.path`` when it
+is not there already (e.g. when a real ComfyUI server loads this pack).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-_TESTS_DIR = str(Path(__file__).resolve().parents[2])
-if _TESTS_DIR not in sys.path:
-    sys.path.append(_TESTS_DIR)
+_REPO_ROOT = str(Path(__file__).resolve().parents[2])
+if _REPO_ROOT not in sys.path:
+    sys.path.append(_REPO_ROOT)
 
 from harness.tiny_dit import DIT_ARCHS, build_tiny_dit  # noqa: E402
 from harness.tiny_models import SHAPE_MODEL, arch_from_checkpoint_name, build_tiny, load_trained  # noqa: E402
