@@ -26,7 +26,7 @@ def call_node(cls: type, **inputs: Any) -> tuple:
 def weakest_subject_attention(pack: Any, record: Any, tokens: Any) -> list[float]:
     """Per recorded step of a run, the weakest subject's smoothed max attention (1 - Attend-and-Excite's
     loss), read from the maps of the run's conditional passes with the tokens' own conventions."""
-    ae = pack.storm_ops.losses.attend_excite
-    config = ae.AttendExciteConfig()  # "auto": the tokens' own end-token convention
-    return [float(ae.max_attention(ae.subject_maps(maps.float(), tokens.layout, tokens.subjects, config)).min())
+    ae, maps_of = pack.storm_ops.losses.attend_excite, pack.storm_ops.attention.maps
+    groups = [s.positions for s in tokens.subjects]  # MapSettings' "auto": the tokens' own end-token convention
+    return [float(ae.max_attention(maps_of.word_maps(maps.float(), tokens.layout, groups, maps_of.MapSettings())).min())
             for _, maps in record.step_maps]

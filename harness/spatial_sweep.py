@@ -57,11 +57,11 @@ def storm_guidance(nodes, analysis, step_size=20.0, mode="paper", iters=2, **kw)
 
 def centroid_offset(pack, record, tokens, relation, step: int = -1):
     """Subject minus object attention centroid ``(x, y)`` at ``step`` (map-width units)."""
-    st, ot = pack.storm_ops.losses.transport_core, pack.storm_ops.losses.ot
-    cfg = st.TransportConfig()  # "auto": the tokens' own end-token convention
+    maps_of, ot = pack.storm_ops.attention.maps, pack.storm_ops.losses.ot
     maps = record.step_maps[step][1].float()
-    ents = st.token_maps(maps, tokens.layout, [relation.subject.positions, relation.object.positions], cfg,
-                         smooth=True)
+    # STORM's map settings (TransportConfig().maps; "auto": the tokens' own end-token convention)
+    ents = maps_of.word_maps(maps, tokens.layout, [relation.subject.positions, relation.object.positions],
+                             pack.storm_ops.losses.transport_core.TransportConfig().maps)
     c = ot.centroids(ents)[0]
     return c[0] - c[1]
 

@@ -8,9 +8,9 @@ import torch
 from ..storm_ops.aid import schedule as aid_schedule
 from ..storm_ops.aid.interpolation import DEFAULT_FUSED, DEFAULT_MODE
 from ..storm_ops.aid.schedule import beta_schedule
+from ..storm_ops.attention.maps import MapSettings, word_maps
 from ..storm_ops.errors import StormError
-from ..storm_ops.losses.attend_excite import AttendExciteConfig, max_attention, subject_maps
-from ..storm_ops.tokens.layout import AUTO
+from ..storm_ops.losses.attend_excite import max_attention
 from .aid_sampling import MODES, InterpolationSettings, attention_history, sample_sequence
 from .architecture import DEFAULT_LAYER_SELECTION
 from .attention_capture import tag_latent
@@ -156,5 +156,5 @@ class SelectFrame:
 def frame_scores(record, tokens) -> torch.Tensor:
     """Per frame: min over subjects of the smoothed max attention, averaged over the recorded steps."""
     maps = record.mean_maps(tokens.layout.length)  # (frames, T, h, w)
-    sub = subject_maps(maps, tokens.layout, tokens.subjects, AttendExciteConfig(end_token_convention=AUTO))
+    sub = word_maps(maps, tokens.layout, [s.positions for s in tokens.subjects], MapSettings())
     return max_attention(sub).amin(1)

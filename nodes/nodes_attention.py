@@ -10,11 +10,10 @@ import uuid
 import torch
 from safetensors.torch import save_file
 
-from ..storm_ops.attention.maps import normalize_maps, select_token_maps
+from ..storm_ops.attention.maps import MapSettings, normalize_maps, select_token_maps, word_maps
 from ..storm_ops.errors import StormError
-from ..storm_ops.losses.attend_excite import AttendExciteConfig, subject_maps
 from ..storm_ops.tokens.identity import check_prompt_encoding, untile_encoding
-from ..storm_ops.tokens.layout import AUTO, Subject
+from ..storm_ops.tokens.layout import Subject
 from .architecture import PIXELS_PER_LATENT, check_conditioning_family, describe_model
 from .attention_capture import AttentionHistory, ContinuousRecorder, latent_run, mean_of_steps
 from .compat import folder_paths, require_model, wrap_sampling_calls
@@ -31,7 +30,7 @@ from .heatmap_render import (
     to_pil,
     upsample,
 )
-from .nodes_sampling import ATTENTION_OUTPUT_TOOLTIP, LAYERS_INPUT
+from .widgets import ATTENTION_OUTPUT_TOOLTIP, LAYERS_INPUT
 
 #: the ``format`` metadata of files written by STORM Save Attention
 ATTENTION_FILE_FORMAT = "comfyui-storm.attention/1"
@@ -176,7 +175,7 @@ class AttentionHeatmap:
             raise StormError("no tokens to show: select subjects in STORM Subject Tokens or show all words",
                              input_name="tokens")
         if view == "attend-and-excite":
-            sel = subject_maps(maps, layout, subjects, AttendExciteConfig(end_token_convention=AUTO))[0]
+            sel = word_maps(maps, layout, [s.positions for s in subjects], MapSettings())[0]
         else:
             sel = select_token_maps(maps, [s.positions for s in subjects])[0]
         if image is not None:

@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-import torch
-
-from ..storm_ops.errors import StormError
-from ..storm_ops.guidance.terms import DEFAULT_WEIGHT, StepSize, StepWindow, parse_thresholds
+from ..storm_ops.attention.maps import MapSettings
+from ..storm_ops.guidance.terms import DEFAULT_WEIGHT
 from ..storm_ops.losses import astar, syngen
 from ..storm_ops.losses.astar import AStarConfig, AStarTerm
-from ..storm_ops.losses.attend_excite import AttendExciteConfig
 from ..storm_ops.losses.syngen import UNRELATED_ENTROPY_MODES, SynGenConfig, SynGenTerm
-from ..storm_ops.tokens.subjects import parse_subject_spec
+from ..storm_ops.tokens.subjects import masks_by_subject
 from .errors import node_errors
-from .nodes_guidance import (
+from .loss_node import (
     GUIDANCE_INPUT,
-    STEP_DECAY_INPUT,
     WEIGHT_INPUT,
     LossNode,
-    chain,
     end_tokens_input,
+    schedule,
+    step_decay_input,
     step_size_input,
     window_inputs,
 )
-from .validation import in_declared_range, validate_text_inputs
-from .widgets import bool_input, float_input, thresholds_input, with_default
+from .validation import in_declared_range
+from .widgets import bool_input, float_input, thresholds_input
 
 
 class SynGen(LossNode):
@@ -68,18 +65,10 @@ class SynGen(LossNode):
     def build(self, analysis, step_size, start_at, end_at, include_entities, guidance=None, weight=DEFAULT_WEIGHT,
               lambda_entropy=SynGenConfig.lambda_entropy, gamma_entropy=SynGenConfig.gamma_entropy,
               unrelated_entropy=SynGenConfig.unrelated_entropy):
-        if not analysis.bindings and not include_entities:
-            notes = "; ".join(analysis.notes) or "none"
-            raise StormError(
-                "the prompt analysis found no modifier bound to a noun, so SynGen has nothing to bind. Write "
-                "modifiers next to their nouns ('a red crown and a golden strawberry'), set the bindings in "
-                f"STORM Prompt Analysis ('red -> crown'), or enable include_entities. Analysis notes: {notes}",
-                input_name="analysis")
         config = SynGenConfig(float(lambda_entropy), float(gamma_entropy), unrelated_entropy)
-        term = SynGenTerm(analysis.layout, analysis.bindings, analysis.entities if include_entities else (),
-                          config, window=StepWindow(float(start_at), float(end_at)),
-                          step_size=StepSize(float(step_size), syngen.DEFAULT_STEP_SIZE.end_factor), weight=float(weight))
-        return (chain(guidance, term, analysis.layout, self.NODE_NAME),)
+        term = SynGenTerm.from_analysis(analysis, bool(include_entities), config, **schedule(
+            step_size, start_at, end_at, weight, syngen.DEFAULT_STEP_SIZE.end_factor))
+        return self.guide(guidance, term, analysis.layout)
 
 
 class AStar(LossNode):
@@ -108,7 +97,7 @@ class AStar(LossNode):
         }, "optional": {
             "guidance": GUIDANCE_INPUT,
             "weight": WEIGHT_INPUT,
-            "step_decay": with_default(STEP_DECAY_INPUT, astar.DEFAULT_STEP_SIZE.end_factor),
+            "step_decay": step_decay_input(astar.DEFAULT_STEP_SIZE.end_factor),
             "segregation_weight": float_input(AStarConfig.segregation_weight, 0.0, 10.0, 0.05,
                                               "Weight of the segregation loss (0 = retention only)."),
             "retention_weight": float_input(AStarConfig.retention_weight, 0.0, 10.0, 0.05,
@@ -123,43 +112,15 @@ class AStar(LossNode):
                                            "(every subject's max attention must reach the threshold). Empty = off."),
         }}
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, thresholds=None):
-        """Syntax of the thresholds text when the prompt is queued (see nodes.validation)."""
-        return validate_text_inputs(cls.NODE_NAME, thresholds=(thresholds, parse_thresholds))
-
     @node_errors(NODE_NAME)
     @in_declared_range
     def build(self, tokens, step_size, start_at, end_at, mask_threshold, end_tokens, guidance=None,
               weight=DEFAULT_WEIGHT, step_decay=astar.DEFAULT_STEP_SIZE.end_factor,
               segregation_weight=AStarConfig.segregation_weight, retention_weight=AStarConfig.retention_weight,
               masks=None, mask_subjects="", thresholds=""):
-        config = AStarConfig(AttendExciteConfig(end_token_convention=end_tokens), float(mask_threshold),
+        config = AStarConfig(MapSettings(end_token_convention=end_tokens), float(mask_threshold),
                              float(segregation_weight), float(retention_weight))
         term = AStarTerm(tokens.layout, tokens.subjects, config,
-                         masks=subject_masks(tokens.subjects, masks, mask_subjects),
-                         window=StepWindow(float(start_at), float(end_at)),
-                         step_size=StepSize(float(step_size), float(step_decay)), weight=float(weight),
-                         thresholds=parse_thresholds(thresholds))
-        return (chain(guidance, term, tokens.layout, self.NODE_NAME),)
-
-
-def subject_masks(subjects, masks: torch.Tensor | None, names: str, input_name: str = "masks"):
-    """Map a MASK batch ``(N, H, W)`` to one mask (or None) per subject.
-
-    ``names`` lists the subject each mask belongs to; empty means the subjects in order.
-    """
-    if masks is None:
-        return None
-    batch = masks if masks.dim() == 3 else masks[None]
-    wanted = parse_subject_spec(names) or [s.name for s in subjects][: batch.shape[0]]
-    if len(wanted) != batch.shape[0]:
-        raise StormError(f"{batch.shape[0]} masks but {len(wanted)} subject names in mask_subjects; give one name "
-                         "per mask", input_name="mask_subjects")
-    by_name = {s.name: i for i, s in enumerate(subjects)}
-    out: list = [None] * len(subjects)
-    for mask, name in zip(batch, wanted, strict=True):
-        if name not in by_name:
-            raise StormError(f"mask for {name!r}: not one of the subjects {list(by_name)}", input_name="mask_subjects")
-        out[by_name[name]] = mask.float()
-    return out
+                         masks=masks_by_subject(tokens.subjects, masks, mask_subjects),
+                         **schedule(step_size, start_at, end_at, weight, step_decay, thresholds))
+        return self.guide(guidance, term, tokens.layout)

@@ -3,37 +3,14 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from ..storm_ops.prompt.analysis import PARSERS, analyze_prompt
 from ..storm_ops.prompt.nlp import check_pipeline_name
-from ..storm_ops.prompt.overrides import (
-    parse_binding_override,
-    parse_relation_override,
-    split_binding_override,
-    split_relation_override,
-)
-from ..storm_ops.prompt.parsed import PromptAnalysis
+from ..storm_ops.prompt.overrides import apply_overrides, split_binding_override, split_relation_override
 from ..storm_ops.tokens.layout import PromptTokens
 from ..storm_ops.tokens.subjects import check_subject_spec, resolve_subjects
 from .errors import node_errors
 from .host_tokenizer import encode_with_layout
 from .validation import validate_text_inputs
-
-
-def apply_overrides(analysis: PromptAnalysis, bindings: str, relations: str) -> PromptAnalysis:
-    """The analysis with the user's bindings / relations (non-empty texts) replacing the parsed ones."""
-    notes = list(analysis.notes)
-    if bindings.strip():
-        parsed = parse_binding_override(bindings, analysis.layout)
-        known = {e.positions for e in analysis.entities}
-        extra = tuple(b.noun for b in parsed if b.noun.positions not in known)
-        analysis = replace(analysis, bindings=parsed, entities=analysis.entities + extra)
-        notes.append("bindings set by the user")
-    if relations.strip():
-        analysis = replace(analysis, relations=parse_relation_override(relations, analysis.layout))
-        notes.append("relations set by the user")
-    return replace(analysis, notes=tuple(notes))
 
 
 class SubjectTokens:

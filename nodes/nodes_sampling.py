@@ -7,11 +7,13 @@ import comfy.samplers
 import comfy.utils
 
 from ..storm_ops.errors import StormError
-from .architecture import DEFAULT_LAYER_SELECTION, LAYER_SELECTIONS, check_conditioning_family, describe_model
+from ..storm_ops.guidance.terms import DEFAULT_CFG, DEFAULT_STEPS
+from .architecture import check_conditioning_family, describe_model
 from .attention_capture import AttentionHistory, tag_latent
 from .compat import latent_preview_callback, require_model
 from .errors import node_errors
 from .guided_sampler import BASE_SAMPLERS, GuidedSamplerSettings, check_positive, make_ksampler
+from .widgets import ATTENTION_OUTPUT_TOOLTIP, LAYERS_INPUT, float_input, int_input
 
 SAMPLER_TOOLTIP = (
     "Base sampler that takes the denoising steps (the host's own implementation). Single-step samplers "
@@ -19,16 +21,7 @@ SAMPLER_TOOLTIP = (
     "(dpmpp_2m, lms) restart their history at each guided step (a first-order step right after the "
     "latent was moved) and run at full order once guidance ends. Ancestral samplers use one noise "
     "stream for the whole run.")
-LAYERS_INPUT = (list(LAYER_SELECTIONS), {
-    "default": DEFAULT_LAYER_SELECTION,
-    "tooltip": "Cross-attention layers whose maps the losses read, by UNet level: 1/32 of the image resolution "
-               "(16x16 at 512 px on SD1.5, 32x32 at 1024 px on SDXL) on the down and up path is the paper's choice; "
-               "'+mid' adds the middle block where it has the same size; 1/16 uses twice finer, costlier maps."})
 GUIDANCE_INPUT = ("STORM_GUIDANCE", {"tooltip": "The losses to apply, from STORM loss nodes (e.g. STORM Attend-and-Excite)."})
-ATTENTION_OUTPUT_TOOLTIP = ("Attention maps and guidance log of each run, for STORM Attention Heatmap "
-                            "(it picks the run that produced the latent you connect).")
-
-
 class GuidedSampler:
     """STORM Guided Sampler: a SAMPLER for the core SamplerCustom / SamplerCustomAdvanced nodes."""
 
@@ -77,10 +70,6 @@ class GuidedKSampler:
 
     @classmethod
     def INPUT_TYPES(cls):
-        # imported here so that this change stays inside INPUT_TYPES (the rest of the module is being edited)
-        from ..storm_ops.guidance.terms import DEFAULT_CFG, DEFAULT_STEPS
-        from .widgets import float_input, int_input
-
         return {"required": {
             "model": ("MODEL", {"tooltip": "The diffusion model (SD1.x, SD2.x, SDXL, SD3 or Flux)."}),
             "guidance": GUIDANCE_INPUT,

@@ -2,45 +2,26 @@
 
 from __future__ import annotations
 
-from ..storm_ops.errors import StormError
-from ..storm_ops.guidance.terms import DEFAULT_WEIGHT, StepSize, StepWindow, parse_thresholds
+from ..storm_ops.attention.maps import MapSettings
+from ..storm_ops.guidance.terms import DEFAULT_WEIGHT
 from ..storm_ops.losses import transport_core
-from ..storm_ops.losses.transport import MODES, transport_term
+from ..storm_ops.losses.transport import MODES, transport_term_for
 from ..storm_ops.losses.transport_core import TransportConfig
-from ..storm_ops.prompt.overrides import validate_relations
 from ..storm_ops.tokens.layout import AUTO
 from .errors import node_errors
-from .nodes_binding import subject_masks
-from .nodes_guidance import (
+from .loss_node import (
     GUIDANCE_INPUT,
-    STEP_DECAY_INPUT,
     WEIGHT_INPUT,
     LossNode,
-    chain,
     end_tokens_input,
     max_refine_iters_input,
+    schedule,
+    step_decay_input,
     step_size_input,
     window_inputs,
 )
-from .validation import in_declared_range, validate_text_inputs
-from .widgets import thresholds_input, with_default
-
-
-def relations_of(analysis):
-    """The analysis' relations, validated, or a StormError that says what is missing."""
-    relations = tuple(analysis.relations)
-    if not relations:
-        objects = ", ".join(e.name for e in analysis.entities) or "none"
-        notes = "; ".join(analysis.notes)
-        what = ("the prompt names only one object" if len(analysis.entities) == 1 else
-                "no spatial relation between two objects was found")
-        raise StormError(
-            f"{what} (objects: {objects}). Write a relation between two objects of the prompt ('a cat to the "
-            "left of a dog'; left of, right of, above, below, on top of, under, next to, near) or set relations "
-            f"in STORM Prompt Analysis ('cat left of dog')." + (f" Analysis notes: {notes}" if notes else ""),
-            input_name="analysis")
-    validate_relations(relations)
-    return relations
+from .validation import in_declared_range
+from .widgets import thresholds_input
 
 
 class SpatialTransport(LossNode):
@@ -78,7 +59,7 @@ class SpatialTransport(LossNode):
         }, "optional": {
             "guidance": GUIDANCE_INPUT,
             "weight": WEIGHT_INPUT,
-            "step_decay": with_default(STEP_DECAY_INPUT, transport_core.DEFAULT_STEP_SIZE.end_factor),
+            "step_decay": step_decay_input(transport_core.DEFAULT_STEP_SIZE.end_factor),
             "masks": ("MASK", {"tooltip": "Optional target regions (paper mode): a MASK batch, one per object named in "
                                           "mask_subjects, painted where that object should be."}),
             "mask_subjects": ("STRING", {"default": "",
@@ -87,23 +68,12 @@ class SpatialTransport(LossNode):
             "end_tokens": end_tokens_input("Token softmax convention (as in Attend-and-Excite)."),
         }}
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, thresholds=None):
-        """Syntax of the thresholds text when the prompt is queued (see nodes.validation)."""
-        return validate_text_inputs(cls.NODE_NAME, thresholds=(thresholds, parse_thresholds))
-
     @node_errors(NODE_NAME)
     @in_declared_range
     def build(self, analysis, mode, step_size, start_at, end_at, thresholds, max_refine_iters, guidance=None,
               weight=DEFAULT_WEIGHT, step_decay=transport_core.DEFAULT_STEP_SIZE.end_factor, masks=None,
               mask_subjects="", end_tokens=AUTO):
-        relations = relations_of(analysis)
-        objects = tuple(dict.fromkeys(e for r in relations for e in (r.subject, r.object)))
-        targets = subject_masks(objects, masks, mask_subjects)
-        target_masks = {obj.name: m for obj, m in zip(objects, targets or (), strict=False) if m is not None}
-        term = transport_term(mode, analysis.layout, relations, TransportConfig(end_token_convention=end_tokens),
-                              bindings=analysis.bindings, target_masks=target_masks or None,
-                              window=StepWindow(float(start_at), float(end_at)),
-                              step_size=StepSize(float(step_size), float(step_decay)), weight=float(weight),
-                              thresholds=parse_thresholds(thresholds), max_refine_iters=int(max_refine_iters))
-        return (chain(guidance, term, analysis.layout, self.NODE_NAME),)
+        term = transport_term_for(mode, analysis, TransportConfig(MapSettings(end_token_convention=end_tokens)),
+                                  masks=masks, mask_subjects=mask_subjects, **schedule(
+                                      step_size, start_at, end_at, weight, step_decay, thresholds, max_refine_iters))
+        return self.guide(guidance, term, analysis.layout)

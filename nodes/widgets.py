@@ -9,6 +9,7 @@ facts of the widget and stay in the node.
 from __future__ import annotations
 
 from ..storm_ops.guidance.terms import format_thresholds
+from .architecture import DEFAULT_LAYER_SELECTION, LAYER_SELECTIONS
 
 
 def float_input(default: float, minimum: float, maximum: float, step: float, tooltip: str, **options) -> tuple:
@@ -33,7 +34,10 @@ def thresholds_input(thresholds: tuple[tuple[float, float], ...], tooltip: str) 
     return ("STRING", {"default": format_thresholds(thresholds), "tooltip": tooltip})
 
 
-def with_default(spec: tuple, default) -> tuple:
-    """``spec`` (a shared widget) with another default, e.g. a loss' own step decay."""
-    kind, options = spec
-    return (kind, {**options, "default": type(options["default"])(default)})
+LAYERS_INPUT = (list(LAYER_SELECTIONS), {
+    "default": DEFAULT_LAYER_SELECTION,
+    "tooltip": "Cross-attention layers whose maps the losses read, by UNet level: 1/32 of the image resolution "
+               "(16x16 at 512 px on SD1.5, 32x32 at 1024 px on SDXL) on the down and up path is the paper's choice; "
+               "'+mid' adds the middle block where it has the same size; 1/16 uses twice finer, costlier maps."})
+ATTENTION_OUTPUT_TOOLTIP = ("Attention maps and guidance log of each run, for STORM Attention Heatmap "
+                            "(it picks the run that produced the latent you connect).")

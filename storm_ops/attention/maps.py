@@ -1,16 +1,97 @@
-"""Cross-attention map aggregation and A&E's softmax over tokens (Chefer et al., SIGGRAPH 2023).
+"""Cross-attention maps: aggregation, and the one pipeline from recorded maps to one map per word.
 
 Recorded probabilities arrive per layer as ``(B, Hd, N, T)``. They are averaged over heads
 and layers into ``(B, T, h, w)`` maps: for every pixel the ``T`` values still sum to 1.
+
+:func:`word_maps` turns such maps into one map per word the way Attend-and-Excite does (Chefer et al.,
+SIGGRAPH 2023, Sec. 3.2): a softmax over the prompt's token rows at a temperature, the rows of a word
+summed, then a Gaussian smoothing. A&E's loss, STORM's and A-STAR's maps, the heatmap's "attend-and-excite"
+view and Select Frame all take this path, with their settings in one :class:`MapSettings`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from einops import rearrange
 
 from ..errors import ShapeError, StormError
+from ..tokens.layout import AUTO, END_TOKEN_CONVENTIONS, TokenLayout
 from .shapes import check_ndim
+from .smoothing import KERNEL_CONVENTIONS, gaussian_smooth
+
+#: A&E's softmax temperature (the official code multiplies the maps by 100, Sec. 3.2)
+SOFTMAX_TEMPERATURE = 100.0
+
+
+@dataclass(frozen=True)
+class MapSettings:
+    """How recorded maps become one map per word (:func:`word_maps`); the defaults are A&E's (Sec. 3.2).
+
+    Attributes
+    ----------
+    temperature : float
+        Of the softmax over token rows (A&E: 100).
+    smooth : bool
+        Gaussian-smooth each word's map (A&E: on).
+    kernel_size, sigma, kernel_convention : int, float, str
+        The smoothing kernel (A&E: 3 x 3, sigma 0.5 in its convention ``exp(-(x / (2 sigma))^2)``).
+    end_token_convention : str
+        Which rows share the softmax (:meth:`TokenLayout.softmax_mask`); ``"auto"``: the layout's own.
+    pad : int or None
+        Reflect padding of the smoothing: None keeps the map's size; 1 pads as A&E's and STORM's released
+        code does (a larger kernel then shrinks the maps).
+    """
+
+    temperature: float = SOFTMAX_TEMPERATURE
+    smooth: bool = True
+    kernel_size: int = 3
+    sigma: float = 0.5
+    kernel_convention: str = "attend_excite"
+    end_token_convention: str = AUTO
+    pad: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise StormError(f"softmax temperature must be positive, got {self.temperature}")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise StormError(f"smoothing kernel size must be a positive odd number, got {self.kernel_size}",
+                             input_name="kernel_size")
+        if self.sigma <= 0:
+            raise StormError(f"smoothing sigma must be positive, got {self.sigma}", input_name="sigma")
+        if self.kernel_convention not in KERNEL_CONVENTIONS:
+            raise StormError(f"unknown kernel convention {self.kernel_convention!r}")
+        if self.end_token_convention not in END_TOKEN_CONVENTIONS + (AUTO,):
+            raise StormError(f"unknown end-token convention {self.end_token_convention!r}; "
+                             f"use 'auto' or one of {END_TOKEN_CONVENTIONS}", input_name="end_tokens")
+
+
+def word_maps(maps: torch.Tensor, layout: TokenLayout, groups, settings: MapSettings = MapSettings()) -> torch.Tensor:
+    """One map per word: the token softmax of ``maps``, each group's rows summed, smoothed if asked.
+
+    Parameters
+    ----------
+    maps : Tensor, shape (B, T, h, w)
+        Aggregated cross-attention probabilities (``T = layout.length``). Not modified.
+    layout : TokenLayout
+    groups : sequence of K tuples of rows
+        A word's rows (a multi-piece word is the sum of its pieces' maps, the probability that a pixel
+        attends to the word).
+    settings : MapSettings
+
+    Returns
+    -------
+    Tensor, shape (B, K, h', w'), float32
+        ``h' = h`` unless a larger kernel with ``pad=1`` shrinks the maps.
+    """
+    if maps.shape[1] != layout.length:
+        raise StormError(f"the attention maps have {maps.shape[1]} token columns but the prompt has {layout.length}")
+    probs = token_softmax(maps.float(), layout.softmax_mask(settings.end_token_convention), settings.temperature)
+    out = select_token_maps(probs, list(groups))
+    if settings.smooth:
+        out = gaussian_smooth(out, settings.kernel_size, settings.sigma, settings.kernel_convention, settings.pad)
+    return out
 
 
 def fold_token_tiling(probs: torch.Tensor, n_tokens: int) -> torch.Tensor:

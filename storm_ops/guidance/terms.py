@@ -25,6 +25,7 @@ import math
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -164,7 +165,12 @@ class TermResult:
 
 
 class GuidanceTerm(ABC):
-    """One loss of a guidance run. Subclasses are immutable configuration objects."""
+    """One loss of a guidance run. Subclasses are immutable configuration objects.
+
+    A subclass takes its method's own inputs and ``**schedule``: the keywords of this constructor (window,
+    step_size, weight, thresholds, max_refine_iters), each defaulting to the subclass' ``default_*`` class
+    attribute (its paper's values).
+    """
 
     #: short name used in logs ("attend_excite", "syngen", ...)
     name: str = "term"
@@ -172,16 +178,30 @@ class GuidanceTerm(ABC):
     grad_clip_norm: float | None = None
     #: the node that built this term, for messages (set by :meth:`Guidance.with_term`)
     source: str | None = None
+    #: the method's schedule defaults (a subclass sets its paper's)
+    default_window: ClassVar[StepWindow] = StepWindow()
+    default_step_size: ClassVar[StepSize] = StepSize()
+    default_thresholds: ClassVar[tuple[tuple[float, float], ...]] = ()
+    default_max_refine_iters: ClassVar[int] = 20
+    #: whether the method refines to thresholds at all (SynGen does not)
+    refines: ClassVar[bool] = True
 
-    def __init__(self, *, window: StepWindow, step_size: StepSize, weight: float = DEFAULT_WEIGHT,
-                 thresholds: tuple[tuple[float, float], ...] = (), max_refine_iters: int = 20):
+    def __init__(self, *, window: StepWindow | None = None, step_size: StepSize | None = None,
+                 weight: float = DEFAULT_WEIGHT, thresholds: tuple[tuple[float, float], ...] | None = None,
+                 max_refine_iters: int | None = None):
+        if not self.refines and (thresholds or max_refine_iters):
+            raise StormError(f"{self.name} has no refinement: it takes no thresholds or refinement iterations",
+                             input_name="thresholds" if thresholds else "max_refine_iters")
+        thresholds = self.default_thresholds if thresholds is None else thresholds
+        max_refine_iters = (self.default_max_refine_iters if self.refines else 0) if max_refine_iters is None \
+            else max_refine_iters
         if not math.isfinite(weight):
             raise StormError(f"weight must be finite, got {weight}", input_name="weight")
         if max_refine_iters < 0:
             raise StormError(f"max refinement iterations must be >= 0, got {max_refine_iters}",
                              input_name="max_refine_iters")
-        self.window = window
-        self.step_size = step_size
+        self.window = self.default_window if window is None else window
+        self.step_size = self.default_step_size if step_size is None else step_size
         self.weight = float(weight)
         self.thresholds = tuple(thresholds)
         self.max_refine_iters = int(max_refine_iters)

@@ -1,7 +1,7 @@
 """Guidance losses, one module per method (each a :class:`~storm_ops.guidance.GuidanceTerm`)."""
 
 from .astar import AStarConfig, AStarTerm, retention, segregation
-from .attend_excite import AttendExciteConfig, AttendExciteTerm, attend_excite_loss, max_attention, subject_maps
+from .attend_excite import AttendExciteTerm, attend_excite_loss, max_attention
 from .syngen import SynGenConfig, SynGenTerm, entropy, symmetric_kl, syngen_loss, syngen_sets
 from .transport import TRANSPORT_TERMS, transport_term
 from .transport_core import TransportConfig, TransportTerm
@@ -10,7 +10,7 @@ from .transport_reference import TransportReferenceTerm, transport_reference_los
 
 __all__ = [
     "AStarConfig", "AStarTerm", "retention", "segregation",
-    "AttendExciteConfig", "AttendExciteTerm", "attend_excite_loss", "max_attention", "subject_maps",
+    "AttendExciteTerm", "attend_excite_loss", "max_attention",
     "TRANSPORT_TERMS", "transport_term", "TransportConfig", "TransportTerm", "TransportPaperTerm", "TransportReferenceTerm",
     "transport_paper_loss", "transport_reference_loss",
     "SynGenConfig", "SynGenTerm", "entropy", "symmetric_kl", "syngen_loss", "syngen_sets",

@@ -19,7 +19,7 @@ mask (paper Fig. 12).
 Choices where the paper is silent (ours, chosen to stay comparable with A&E), all overridable:
 
 * maps: Attend-and-Excite's preprocessing (softmax over word tokens at temperature 100, 3x3
-  Gaussian smoothing; :func:`~storm_ops.losses.attend_excite.subject_maps`), so maps lie in [0, 1];
+  Gaussian smoothing; :func:`~storm_ops.attention.maps.word_maps`), so maps lie in [0, 1];
 * mask: ``B = 1[M >= 0.5 * max M]`` per concept, taken from the first evaluation of the
   previous guided step (before its update) and recomputed every step; at the first guided step of
   a run there is no previous mask and the retention term of concepts without a user mask is 0;
@@ -37,11 +37,12 @@ from dataclasses import dataclass
 
 import torch
 
+from ..attention.maps import MapSettings, word_maps
 from ..attention.shapes import resample_masks
 from ..errors import ShapeError, StormError
-from ..guidance.terms import DEFAULT_WEIGHT, GuidanceContext, GuidanceTerm, StepSize, StepWindow, TermResult
+from ..guidance.terms import GuidanceContext, GuidanceTerm, StepSize, StepWindow, TermResult
 from ..tokens.layout import Subject, TokenLayout
-from .attend_excite import AttendExciteConfig, max_attention, subject_maps
+from .attend_excite import max_attention
 
 #: Our defaults (A&E's schedule; the paper gives none).
 DEFAULT_WINDOW = StepWindow(0.0, 0.5)
@@ -151,7 +152,7 @@ class AStarConfig:
 
     Attributes
     ----------
-    preprocess : AttendExciteConfig
+    preprocess : MapSettings
         How concept maps are formed (A&E's softmax and smoothing; ``end_token_convention="auto"``
         is resolved per model by :meth:`AStarTerm.resolve`).
     mask_threshold : float
@@ -160,7 +161,7 @@ class AStarConfig:
         Weights of L_seg and L_ret (1 and 1 in the paper; 0 reproduces its ablations, Table 2).
     """
 
-    preprocess: AttendExciteConfig = AttendExciteConfig()
+    preprocess: MapSettings = MapSettings()
     mask_threshold: float = DEFAULT_MASK_THRESHOLD
     segregation_weight: float = 1.0
     retention_weight: float = 1.0
@@ -219,14 +220,14 @@ class AStarTerm(GuidanceTerm):
     """
 
     name = "astar"
+    default_window = DEFAULT_WINDOW
+    default_step_size = DEFAULT_STEP_SIZE
+    default_thresholds = DEFAULT_THRESHOLDS
 
     def __init__(self, layout: TokenLayout, subjects: tuple[Subject, ...],
                  config: AStarConfig = AStarConfig(), *, masks: Sequence[torch.Tensor | None] | None = None,
-                 window: StepWindow = DEFAULT_WINDOW, step_size: StepSize = DEFAULT_STEP_SIZE,
-                 weight: float = DEFAULT_WEIGHT, thresholds: tuple[tuple[float, float], ...] = DEFAULT_THRESHOLDS,
-                 max_refine_iters: int = 20):
-        super().__init__(window=window, step_size=step_size, weight=weight, thresholds=thresholds,
-                         max_refine_iters=max_refine_iters)
+                 **schedule):
+        super().__init__(**schedule)
         if not subjects:
             raise StormError("A-STAR needs at least one subject token", input_name="tokens")
         self.layout = layout
@@ -270,7 +271,7 @@ class AStarTerm(GuidanceTerm):
         return masks, have
 
     def compute(self, ctx: GuidanceContext) -> TermResult:
-        sub = subject_maps(ctx.maps, self.layout, self.subjects, self.config.preprocess)  # shape: (B, K, h, w)
+        sub = word_maps(ctx.maps, self.layout, [s.positions for s in self.subjects], self.config.preprocess)  # (B, K, h, w)
         masks, have = self._masks(sub, self._previous_masks(sub, ctx.state, ctx.step))
         seg = segregation(sub)  # shape: (B, P)
         ret = torch.where(have, retention(sub, masks), torch.zeros((), dtype=sub.dtype, device=sub.device))

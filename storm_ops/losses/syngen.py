@@ -42,8 +42,8 @@ import torch
 
 from ..attention.shapes import check_ndim
 from ..errors import StormError
-from ..guidance.terms import DEFAULT_WEIGHT, GuidanceContext, GuidanceTerm, StepSize, StepWindow, TermResult
-from ..prompt.parsed import BindingSet
+from ..guidance.terms import GuidanceContext, GuidanceTerm, StepSize, StepWindow, TermResult
+from ..prompt.parsed import BindingSet, PromptAnalysis
 from ..tokens.layout import Subject, TokenLayout
 from ..tokens.subjects import WORD
 
@@ -340,6 +340,17 @@ def syngen_loss(maps: torch.Tensor, sets: tuple[SynGenSet, ...],
     return SynGenLoss(total, **stacked)
 
 
+def nothing_to_bind(notes: tuple[str, ...] | None = None) -> StormError:
+    """The error of a SynGen term with no modifier-noun set; with the analysis' ``notes`` when it came from a prompt
+    analysis (input ``analysis``), else about the term's ``bindings``."""
+    return StormError(
+        "SynGen needs at least one modifier-noun set: the prompt analysis found no modifier bound to a noun, so "
+        "SynGen has nothing to bind. Write modifiers next "
+        "to their nouns ('a red crown and a golden strawberry'), set the bindings in STORM Prompt Analysis "
+        "('red -> crown'), or enable include_entities." + (f" Analysis notes: {'; '.join(notes)}" if notes else ""),
+        input_name="bindings" if notes is None else "analysis")
+
+
 class SynGenTerm(GuidanceTerm):
     """SynGen as a guidance term (paper defaults: constant step 20 on steps 0..24 of 50, no refinement).
 
@@ -357,23 +368,29 @@ class SynGenTerm(GuidanceTerm):
     """
 
     name = "syngen"
+    default_window = DEFAULT_WINDOW
+    default_step_size = DEFAULT_STEP_SIZE
+    refines = False
 
     def __init__(self, layout: TokenLayout, bindings: tuple[BindingSet, ...],
-                 entities: tuple[Subject, ...] = (), config: SynGenConfig = SynGenConfig(), *,
-                 window: StepWindow = DEFAULT_WINDOW, step_size: StepSize = DEFAULT_STEP_SIZE,
-                 weight: float = DEFAULT_WEIGHT):
-        super().__init__(window=window, step_size=step_size, weight=weight, thresholds=(), max_refine_iters=0)
+                 entities: tuple[Subject, ...] = (), config: SynGenConfig = SynGenConfig(), **schedule):
+        super().__init__(**schedule)
         self.layout = layout
         self.bindings = tuple(bindings)
         self.entities = tuple(entities)
         self.config = config
         self.sets = syngen_sets(layout, self.bindings, self.entities)
         if not self.sets:
-            raise StormError(
-                "SynGen needs at least one modifier-noun set or entity: the prompt analysis found no "
-                "modifier bound to a noun (e.g. 'a red crown'); edit the bindings or use another loss",
-                input_name="bindings",
-            )
+            raise nothing_to_bind()
+
+    @classmethod
+    def from_analysis(cls, analysis: PromptAnalysis, include_entities: bool = DEFAULT_INCLUDE_ENTITIES,
+                      config: SynGenConfig = SynGenConfig(), **schedule) -> SynGenTerm:
+        """The term of a prompt analysis' bindings (and its nouns with ``include_entities``)."""
+        if not analysis.bindings and not include_entities:
+            raise nothing_to_bind(analysis.notes)
+        return cls(analysis.layout, analysis.bindings, analysis.entities if include_entities else (), config,
+                   **schedule)
 
     def token_columns(self) -> tuple[int, ...]:
         return tuple(c for s in self.sets for c in s.columns)

@@ -19,18 +19,17 @@ from __future__ import annotations
 import math
 from abc import abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
 
-from ..attention.maps import select_token_maps, token_softmax
-from ..attention.smoothing import gaussian_smooth
+from ..attention.maps import MapSettings, word_maps
 from ..errors import StormError
 from ..guidance.terms import GuidanceContext, GuidanceTerm, StepSize, StepWindow, TermResult
-from ..prompt.parsed import BindingSet, SpatialRelation
-from ..tokens.layout import AUTO, Subject, TokenLayout
-from .attend_excite import check_map_settings
+from ..prompt.overrides import validate_relations
+from ..prompt.parsed import BindingSet, PromptAnalysis, SpatialRelation
+from ..tokens.layout import Subject, TokenLayout
 
 #: Released defaults: update at steps 1..24 of 50, refinement at steps
 #: 0, 5, 10, 15, 20 (step 0 lies outside the window, so it never fires on 50 steps), <= 30 iterations.
@@ -48,10 +47,11 @@ class TransportConfig:
 
     Attributes
     ----------
-    temperature, kernel_size, sigma, kernel_convention, end_token_convention
-        Map processing (released code): x100 softmax, 3x3 A&E Gaussian with sigma 0.5;
+    maps : MapSettings
+        Map processing (released code, A&E's): x100 softmax, 3x3 A&E Gaussian with sigma 0.5;
         ``end_token_convention`` as in A&E (``"sd1"`` = released default, ``"words"`` = its
-        ``sd_2_1`` flag, ``"auto"`` = per model, see :meth:`TransportTerm.resolve`).
+        ``sd_2_1`` flag, ``"auto"`` = per model). Which maps are smoothed, and the smoothing's padding,
+        are the mode's (:attr:`TransportTerm.smoothing_pad`, :attr:`TransportTerm.smooth_modifiers`).
     time_weight_k, time_weight_max : float
         ``k = 0.4``, ``W_max = 100`` (released code).
     schedule_steps : int
@@ -79,11 +79,7 @@ class TransportConfig:
         (paper) Smooth the modifier maps too (the released code does not).
     """
 
-    temperature: float = 100.0
-    kernel_size: int = 3
-    sigma: float = 0.5
-    kernel_convention: str = "attend_excite"
-    end_token_convention: str = AUTO
+    maps: MapSettings = MapSettings()
     time_weight_k: float = 0.4
     time_weight_max: float = 100.0
     schedule_steps: int = 50
@@ -101,7 +97,6 @@ class TransportConfig:
     smooth_modifiers: bool = False
 
     def __post_init__(self) -> None:
-        check_map_settings(self)
         positive = {"time_weight_max": self.time_weight_max, "schedule_steps": self.schedule_steps,
                     "sinkhorn_reg": self.sinkhorn_reg, "sinkhorn_max_iter": self.sinkhorn_max_iter,
                     "sinkhorn_tol": self.sinkhorn_tol, "target_sigma": self.target_sigma,
@@ -123,38 +118,24 @@ def time_weight(step: float, k: float = 0.4, w_max: float = 100.0) -> float:
     return 1.0 + (w_max - 1.0) * (1.0 - math.exp(-k * step))
 
 
-# ------------------------------------------------------------------------------- maps
-def token_maps(maps: torch.Tensor, layout: TokenLayout, groups, config: TransportConfig, *,
-               smooth: bool, pad: int | None = None) -> torch.Tensor:
-    """Softmaxed (and optionally smoothed) maps of groups of token columns, in float32.
-
-    Parameters
-    ----------
-    maps : Tensor, shape (B, T, h, w)
-        Aggregated cross-attention probabilities. Not modified.
-    groups : sequence of K tuples of columns
-        A multi-piece word is the sum of its pieces' maps.
-    smooth : bool
-        Apply the config's Gaussian smoothing.
-    pad : int, optional
-        Reflect padding of the smoothing: ``None`` keeps the size (paper mode), ``1`` pads like
-        the released code (reference mode; a larger kernel then shrinks the maps).
-
-    Returns
-    -------
-    Tensor, shape (B, K, h, w)
-        Not normalised.
-    """
-    if maps.shape[1] != layout.length:
-        raise StormError(f"the attention maps have {maps.shape[1]} token columns but the prompt has {layout.length}")
-    probs = token_softmax(maps.float(), layout.softmax_mask(config.end_token_convention), config.temperature)
-    out = select_token_maps(probs, list(groups))
-    if smooth:
-        out = gaussian_smooth(out, config.kernel_size, config.sigma, config.kernel_convention, pad)
-    return out
-
-
 # --------------------------------------------------------------------------------- term
+def no_relation(analysis: PromptAnalysis | None = None) -> StormError:
+    """The error of a STORM term without a spatial relation: about the prompt ``analysis`` (what it found) when the
+    term came from one, else about the term's ``relations``."""
+    what, found = "no spatial relation between two objects was given", ""
+    if analysis is not None:
+        objects = ", ".join(e.name for e in analysis.entities) or "none"
+        what = ("the prompt names only one object" if len(analysis.entities) == 1 else
+                "no spatial relation between two objects was found")
+        found = f" (objects: {objects})"
+    notes = "; ".join(analysis.notes) if analysis is not None else ""
+    return StormError(
+        f"STORM needs at least one spatial relation, and {what}{found}. Write a relation between two objects of the "
+        "prompt ('a cat to the left of a dog'; left of, right of, above, below, on top of, under, next to, near) or "
+        "set relations in STORM Prompt Analysis ('cat left of dog')." + (f" Analysis notes: {notes}" if notes else ""),
+        input_name="relations" if analysis is None else "analysis")
+
+
 class TransportTerm(GuidanceTerm):
     """STORM spatial-relation guidance as a :class:`GuidanceTerm` (Han et al., CVPR 2025).
 
@@ -186,28 +167,26 @@ class TransportTerm(GuidanceTerm):
     """
 
     name = "storm"
+    default_window = DEFAULT_WINDOW
+    default_step_size = DEFAULT_STEP_SIZE
+    default_thresholds = DEFAULT_THRESHOLDS
+    default_max_refine_iters = DEFAULT_MAX_REFINE_ITERS
     grad_clip_norm: float | None = 1.0
     #: the mode's name, its key in :data:`.transport.TRANSPORT_TERMS`
     mode: ClassVar[str]
-    #: reflect padding of the map smoothing (:func:`token_maps`)
+    #: reflect padding of the map smoothing (:attr:`MapSettings.pad`)
     smoothing_pad: ClassVar[int | None]
 
     def __init__(self, layout: TokenLayout, relations: tuple[SpatialRelation, ...],
                  config: TransportConfig = TransportConfig(), *, bindings: tuple[BindingSet, ...] = (),
-                 target_masks: Mapping[str, torch.Tensor] | None = None,
-                 window: StepWindow = DEFAULT_WINDOW, step_size: StepSize = DEFAULT_STEP_SIZE,
-                 weight: float = 1.0, thresholds: tuple[tuple[float, float], ...] = DEFAULT_THRESHOLDS,
-                 max_refine_iters: int = DEFAULT_MAX_REFINE_ITERS):
-        super().__init__(window=window, step_size=step_size, weight=weight, thresholds=thresholds,
-                         max_refine_iters=max_refine_iters)
+                 target_masks: Mapping[str, torch.Tensor] | None = None, **schedule):
+        super().__init__(**schedule)
         relations = tuple(relations)
         if not relations:
-            raise StormError("STORM needs at least one spatial relation (e.g. 'cat left of dog')",
-                             input_name="relations")
+            raise no_relation()
+        validate_relations(relations)
         entities: dict[tuple[int, ...], Subject] = {}
         for rel in relations:
-            if set(rel.subject.positions) & set(rel.object.positions):
-                raise StormError(f"relation {rel.describe()!r} relates a word to itself", input_name="relations")
             for ent in (rel.subject, rel.object):
                 entities.setdefault(ent.positions, ent)
         by_name = {e.name: e.positions for rel in relations for e in (rel.subject, rel.object)}
@@ -250,7 +229,9 @@ class TransportTerm(GuidanceTerm):
         return TermResult(spatial + cfg.attribute_weight * attribute, metrics)
 
     def _token_maps(self, maps: torch.Tensor, groups, *, smooth: bool) -> torch.Tensor:
-        return token_maps(maps, self.layout, groups, self.config, smooth=smooth, pad=self.smoothing_pad)
+        """Each group's map (:func:`word_maps`), smoothed if ``smooth``, with the mode's padding."""
+        settings = replace(self.config.maps, smooth=smooth, pad=self.smoothing_pad)
+        return word_maps(maps, self.layout, groups, settings)
 
     def _pair_maps(self, ents: torch.Tensor, rel: SpatialRelation) -> tuple[torch.Tensor, torch.Tensor]:
         """The subject's and the object's maps ``(B, h, w)`` of a relation, out of ``compute``'s maps."""

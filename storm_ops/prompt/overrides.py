@@ -5,11 +5,12 @@ guides it (no self-relations, no contradictions such as a cycle of "left of").""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from ..errors import StormError
 from ..tokens.layout import TokenLayout
 from ..tokens.subjects import parse_word_reference, resolve_word
-from .parsed import OPPOSITE, BindingSet, SpatialRelation
+from .parsed import OPPOSITE, BindingSet, PromptAnalysis, SpatialRelation
 from .relations import OVERRIDE_PHRASES, match_phrases
 
 _DETERMINERS = ("a", "an", "the")
@@ -178,3 +179,18 @@ def parse_binding_override(text: str, layout: TokenLayout) -> tuple[BindingSet, 
                              f"('a, b -> {noun.name}')", input_name="bindings")
         out.append(BindingSet(noun, subjects))
     return tuple(out)
+
+
+def apply_overrides(analysis: PromptAnalysis, bindings: str, relations: str) -> PromptAnalysis:
+    """The analysis with the user's bindings / relations (non-empty texts) replacing the parsed ones."""
+    notes = list(analysis.notes)
+    if bindings.strip():
+        parsed = parse_binding_override(bindings, analysis.layout)
+        known = {e.positions for e in analysis.entities}
+        extra = tuple(b.noun for b in parsed if b.noun.positions not in known)
+        analysis = replace(analysis, bindings=parsed, entities=analysis.entities + extra)
+        notes.append("bindings set by the user")
+    if relations.strip():
+        analysis = replace(analysis, relations=parse_relation_override(relations, analysis.layout))
+        notes.append("relations set by the user")
+    return replace(analysis, notes=tuple(notes))

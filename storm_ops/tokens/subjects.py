@@ -215,3 +215,25 @@ def resolve_word(layout: TokenLayout, item: str, *, input_name: str, listing: st
         raise StormError(f"{item!r}: the prompt contains {word!r} only {count} time(s) (occurrences count from "
                          f"1). {listing}", input_name=input_name)
     raise StormError(f"{word!r} is not a word of the prompt. {listing}", input_name=input_name)
+
+
+def masks_by_subject(subjects, masks, names: str, input_name: str = "mask_subjects") -> list | None:
+    """One mask (or None) per subject, out of a MASK batch ``(N, H, W)`` (or one ``(H, W)`` mask).
+
+    ``names`` lists the subject each mask belongs to (:func:`parse_subject_spec`); empty means the subjects in
+    order. None when there are no masks.
+    """
+    if masks is None:
+        return None
+    batch = masks if masks.dim() == 3 else masks[None]
+    wanted = parse_subject_spec(names) or [s.name for s in subjects][: batch.shape[0]]
+    if len(wanted) != batch.shape[0]:
+        raise StormError(f"{batch.shape[0]} masks but {len(wanted)} subject names in mask_subjects; give one name "
+                         "per mask", input_name=input_name)
+    by_name = {s.name: i for i, s in enumerate(subjects)}
+    out: list = [None] * len(subjects)
+    for mask, name in zip(batch, wanted, strict=True):
+        if name not in by_name:
+            raise StormError(f"mask for {name!r}: not one of the subjects {list(by_name)}", input_name=input_name)
+        out[by_name[name]] = mask.float()
+    return out

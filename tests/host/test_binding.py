@@ -77,7 +77,7 @@ def test_syngen_lowers_the_modifier_noun_divergence(pack, nodes, analysed, arch)
 @pytest.mark.parametrize("arch", ["sd15", "sdxl"])
 def test_astar_lowers_the_segregation_term(pack, nodes, analysed, arch):
     tm, _, tokens, pos, _, neg = analysed(arch)
-    astar, ae = pack.storm_ops.losses.astar, pack.storm_ops.losses.attend_excite
+    astar, maps_of = pack.storm_ops.losses.astar, pack.storm_ops.attention.maps
     for seed in (1, 2):
         seg = {}
         for label, size in (("off", 0.0), ("on", 20.0)):
@@ -85,8 +85,9 @@ def test_astar_lowers_the_segregation_term(pack, nodes, analysed, arch):
                 (guidance,) = nodes["STORM_AStar"]().build(tokens=tokens, step_size=size, start_at=0.0, end_at=0.5,
                                                            mask_threshold=0.5, end_tokens="auto")
             record = run(tm.model, guidance, pos, neg, nodes, seed)
-            cfg = ae.AttendExciteConfig()  # the layout's own end-token convention
-            values = [float(astar.segregation(ae.subject_maps(m.float(), tokens.layout, tokens.subjects, cfg)).sum())
+            cfg = maps_of.MapSettings()  # the layout's own end-token convention
+            groups = [s.positions for s in tokens.subjects]
+            values = [float(astar.segregation(maps_of.word_maps(m.float(), tokens.layout, groups, cfg)).sum())
                       for _, m in record.step_maps[:5]]
             seg[label] = _mean(values)
         assert seg["on"] < seg["off"], (arch, seed, seg)

@@ -65,7 +65,7 @@ def test_painted_target_masks_move_the_subject(pack, nodes, analysed):
             record = sample(tm.model, guidance, pos, neg, nodes, seed)
             for step in record.info["guided_steps"]:  # the steps where the layout is being set
                 maps = record.step_maps[step][1].float()
-                cat_map = st.token_maps(maps, tokens.layout, [cat.positions], st.TransportConfig(), smooth=True)[0, 0]
+                cat_map = pack.storm_ops.attention.maps.word_maps(maps, tokens.layout, [cat.positions], st.TransportConfig().maps)[0, 0]
                 h, w = cat_map.shape
                 shares.append(float(cat_map[h // 2:, : w // 2].sum() / cat_map.sum()))
         inside[label] = sum(shares) / len(shares)

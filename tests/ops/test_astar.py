@@ -6,6 +6,7 @@ import pytest
 import torch
 from test_token_layout import CAT_DOG, layout_of
 
+from storm_ops.attention.maps import MapSettings, word_maps
 from storm_ops.errors import ShapeError, StormError
 from storm_ops.guidance.terms import Guidance, GuidanceContext
 from storm_ops.losses.astar import (
@@ -18,11 +19,10 @@ from storm_ops.losses.astar import (
     retention,
     segregation,
 )
-from storm_ops.losses.attend_excite import AttendExciteConfig, subject_maps
 from storm_ops.tokens.layout import Subject
 
 CAT, DOG = Subject("cat", (2,)), Subject("dog", (5,))
-RAW = AStarConfig(AttendExciteConfig(smooth=False, end_token_convention="words"))
+RAW = AStarConfig(MapSettings(smooth=False, end_token_convention="words"))
 
 
 def _maps(length, h=6, w=5, batch=1, seed=0):
@@ -101,7 +101,7 @@ def test_term_defaults_follow_the_methods_proposal():
     assert list(term.window.steps(50)) == list(range(25))
     assert term.step_size.at(0, 50) == 20.0 and term.step_size.at(24, 50) == pytest.approx(17.38, abs=0.005)
     assert term.thresholds == ()
-    assert term.config.mask_threshold == 0.5 and term.config.preprocess == AttendExciteConfig()
+    assert term.config.mask_threshold == 0.5 and term.config.preprocess == MapSettings()
     assert term.token_columns() == (2, 5)
 
 
@@ -111,19 +111,19 @@ def test_first_step_has_no_retention_then_uses_the_previous_steps_mask():
     state = {}
     m0, m1, m1b, m2 = (_maps(lay.length, seed=s) for s in range(4))
     r0 = term.compute(GuidanceContext(m0, 0, 50, state))
-    sub0 = subject_maps(m0, lay, (CAT, DOG), RAW.preprocess)
+    sub0 = word_maps(m0, lay, [CAT.positions, DOG.positions], RAW.preprocess)
     assert torch.all(r0.metrics["retention"] == 0)
     assert torch.allclose(r0.loss, segregation(sub0).sum(1))
     # step 1: retention against the mask of step 0; a second (refinement) evaluation keeps it
     r1 = term.compute(GuidanceContext(m1, 1, 50, state))
-    sub1 = subject_maps(m1, lay, (CAT, DOG), RAW.preprocess)
+    sub1 = word_maps(m1, lay, [CAT.positions, DOG.positions], RAW.preprocess)
     expected = retention(sub1, high_activation_mask(sub0))
     assert torch.allclose(r1.metrics["retention"], expected)
     assert torch.allclose(r1.loss, segregation(sub1).sum(1) + expected.sum(1))
     term.compute(GuidanceContext(m1b, 1, 50, state))
     # step 2 uses the mask of the *first* evaluation of step 1 (before its update)
     r2 = term.compute(GuidanceContext(m2, 2, 50, state))
-    sub2 = subject_maps(m2, lay, (CAT, DOG), RAW.preprocess)
+    sub2 = word_maps(m2, lay, [CAT.positions, DOG.positions], RAW.preprocess)
     assert torch.allclose(r2.metrics["retention"], retention(sub2, high_activation_mask(sub1)))
     assert bool((r2.metrics["retention"] >= 0.5).all())
     # a fresh run starts without a mask; a reused state is refused
@@ -162,7 +162,7 @@ def test_user_layout_masks_are_retained_from_the_first_step():
     term = _term(masks=(left, None))
     maps = _maps(lay.length, h=8, w=8, batch=2)
     r0 = term.compute(GuidanceContext(maps, 0, 50, {}))
-    sub = subject_maps(maps, lay, (CAT, DOG), RAW.preprocess)
+    sub = word_maps(maps, lay, [CAT.positions, DOG.positions], RAW.preprocess)
     mask = torch.zeros(8, 8)
     mask[:, :4] = 1
     assert torch.allclose(r0.metrics["retention"][:, 0], retention(sub[:, :1], mask[None]).squeeze(1))
@@ -186,7 +186,7 @@ def test_user_mask_validation():
 
 def test_gradients_are_finite_per_image_and_inputs_untouched():
     lay = layout_of(CAT_DOG)
-    term = AStarTerm(lay, (CAT, DOG), AStarConfig(AttendExciteConfig(end_token_convention="sd1")))
+    term = AStarTerm(lay, (CAT, DOG), AStarConfig(MapSettings(end_token_convention="sd1")))
     state = {}
     term.compute(GuidanceContext(_maps(lay.length, batch=2, seed=5), 0, 50, state))
     maps = _maps(lay.length, batch=2, seed=6).requires_grad_(True)
@@ -224,9 +224,9 @@ def test_weights_reproduce_the_ablations_and_config_is_validated():
 def test_auto_end_tokens_and_refinement_semantics():
     lay = replace(layout_of(CAT_DOG), end_tokens="words")
     maps = _maps(lay.length, batch=2)
-    auto = AStarTerm(lay, (CAT, DOG), AStarConfig(AttendExciteConfig(end_token_convention="auto")),
+    auto = AStarTerm(lay, (CAT, DOG), AStarConfig(MapSettings(end_token_convention="auto")),
                      thresholds=((0.0, 0.5),))
-    words = AStarTerm(lay, (CAT, DOG), AStarConfig(AttendExciteConfig(end_token_convention="words")),
+    words = AStarTerm(lay, (CAT, DOG), AStarConfig(MapSettings(end_token_convention="words")),
                       thresholds=((0.0, 0.5),))
     result = auto.compute(GuidanceContext(maps, 0, 50, {}))
     assert torch.equal(result.loss, words.compute(GuidanceContext(maps, 0, 50, {})).loss)
@@ -237,7 +237,7 @@ def test_auto_end_tokens_and_refinement_semantics():
 def test_guidance_lowers_segregation():
     # a synthetic optimisation: gradient descent on the logits of per-pixel token distributions
     lay = layout_of(CAT_DOG)
-    term = AStarTerm(lay, (CAT, DOG), AStarConfig(AttendExciteConfig(end_token_convention="words")))
+    term = AStarTerm(lay, (CAT, DOG), AStarConfig(MapSettings(end_token_convention="words")))
     g = torch.Generator().manual_seed(9)
     logits = torch.randn(2, lay.length, 8, 8, generator=g)
     logits[:, 5] = logits[:, 2] + 0.5 * torch.randn(2, 8, 8, generator=g)  # dog starts where the cat is

@@ -6,16 +6,11 @@ import pytest
 import torch
 from test_token_layout import CAT_DOG, layout_of
 
+from storm_ops.attention.maps import MapSettings, word_maps
 from storm_ops.attention.smoothing import gaussian_smooth
 from storm_ops.errors import StormError
 from storm_ops.guidance.terms import GuidanceContext
-from storm_ops.losses.attend_excite import (
-    AttendExciteConfig,
-    AttendExciteTerm,
-    attend_excite_loss,
-    max_attention,
-    subject_maps,
-)
+from storm_ops.losses.attend_excite import AttendExciteTerm, attend_excite_loss, max_attention
 from storm_ops.tokens.layout import Subject, TokenLayout
 
 
@@ -32,15 +27,15 @@ def _maps(layout: TokenLayout, h=6, w=5, seed=0):
     return torch.softmax(torch.randn(1, layout.length, h, w, generator=g) * 3, 1)
 
 
-def test_subject_maps_follow_softmax_then_smoothing():
+def test_word_maps_follow_softmax_then_smoothing():
     lay = layout_of(CAT_DOG)
     maps = _maps(lay)
     subjects = (Subject("cat", (2,)), Subject("dog", (5,)))
-    out = subject_maps(maps, lay, subjects, AttendExciteConfig(end_token_convention="sd1"))
+    out = word_maps(maps, lay, [s.positions for s in subjects], MapSettings(end_token_convention="sd1"))
     probs = torch.softmax(maps[:, 1:76] * 100, 1)  # official: positions 1..75
     expected = gaussian_smooth(probs[:, [1, 4]], 3, 0.5, "attend_excite")
     assert torch.allclose(out, expected, atol=1e-6)
-    raw = subject_maps(maps, lay, subjects, AttendExciteConfig(smooth=False, end_token_convention="sd1"))
+    raw = word_maps(maps, lay, [s.positions for s in subjects], MapSettings(smooth=False, end_token_convention="sd1"))
     assert torch.allclose(raw, probs[:, [1, 4]], atol=1e-6)
     assert out.shape == (1, 2, 6, 5)
 
@@ -51,8 +46,8 @@ def test_words_convention_drops_eot_and_padding():
     maps[:, 6:] += 0.5  # strong end/padding attention, as on SD2, where keeping it caps the maxima (0.27 vs 0.87)
     maps = maps / maps.sum(1, keepdim=True)
     subjects = (Subject("cat", (2,)),)
-    sd1 = max_attention(subject_maps(maps, lay, subjects, AttendExciteConfig(end_token_convention="sd1")))
-    words = max_attention(subject_maps(maps, lay, subjects, AttendExciteConfig(end_token_convention="words")))
+    sd1 = max_attention(word_maps(maps, lay, [s.positions for s in subjects], MapSettings(end_token_convention="sd1")))
+    words = max_attention(word_maps(maps, lay, [s.positions for s in subjects], MapSettings(end_token_convention="words")))
     assert words.item() > sd1.item()
     probs = torch.softmax(maps[:, 1:6] * 100, 1)
     expected = gaussian_smooth(probs[:, 1:2], 3, 0.5, "attend_excite").amax()
@@ -62,16 +57,16 @@ def test_words_convention_drops_eot_and_padding():
 def test_multi_piece_subject_uses_the_sum_of_its_pieces():
     lay = layout_of(["a</w>", "tira", "misu</w>"])
     maps = _maps(lay)
-    cfg = AttendExciteConfig(smooth=False, end_token_convention="words")
-    word = subject_maps(maps, lay, (Subject("tiramisu", (2, 3)),), cfg)
-    pieces = subject_maps(maps, lay, (Subject("a", (2,)), Subject("b", (3,))), cfg)
+    cfg = MapSettings(smooth=False, end_token_convention="words")
+    word = word_maps(maps, lay, [Subject("tiramisu", (2, 3)).positions], cfg)
+    pieces = word_maps(maps, lay, [Subject("a", (2,)).positions, Subject("b", (3,)).positions], cfg)
     assert torch.allclose(word[:, 0], pieces.sum(1), atol=1e-6)
 
 
 def test_term_is_differentiable_and_reports_maxima():
     lay = layout_of(CAT_DOG)
     term = AttendExciteTerm(lay, (Subject("cat", (2,)), Subject("dog", (5,))),
-                            AttendExciteConfig(end_token_convention="sd1"))
+                            MapSettings(end_token_convention="sd1"))
     maps = _maps(lay).requires_grad_(True)
     result = term.compute(GuidanceContext(maps, 0, 50))
     result.loss.sum().backward()
@@ -87,8 +82,8 @@ def test_auto_end_tokens_follow_the_layouts_tokenizer():
     maps = _maps(layout_of(CAT_DOG))
     for convention in ("sd1", "words"):
         lay = replace(layout_of(CAT_DOG), end_tokens=convention)
-        auto = AttendExciteTerm(lay, (Subject("cat", (2,)),), AttendExciteConfig(end_token_convention="auto"))
-        fixed = AttendExciteTerm(lay, (Subject("cat", (2,)),), AttendExciteConfig(end_token_convention=convention))
+        auto = AttendExciteTerm(lay, (Subject("cat", (2,)),), MapSettings(end_token_convention="auto"))
+        fixed = AttendExciteTerm(lay, (Subject("cat", (2,)),), MapSettings(end_token_convention=convention))
         a, f = (t.compute(GuidanceContext(maps, 0, 50)) for t in (auto, fixed))
         assert torch.equal(a.loss, f.loss), convention
         assert f"end tokens {convention}" in auto.describe()
@@ -99,8 +94,8 @@ def test_auto_end_tokens_follow_the_layouts_tokenizer():
 
 def test_bad_configuration():
     with pytest.raises(StormError):
-        AttendExciteConfig(kernel_size=4)
+        MapSettings(kernel_size=4)
     with pytest.raises(StormError):
-        AttendExciteConfig(end_token_convention="sd3")
+        MapSettings(end_token_convention="sd3")
     with pytest.raises(StormError):
         AttendExciteTerm(layout_of(CAT_DOG), ())

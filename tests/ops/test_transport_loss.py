@@ -8,12 +8,13 @@ import pytest
 import torch
 from test_token_layout import layout_of
 
+from storm_ops.attention.maps import MapSettings, word_maps
 from storm_ops.attention.smoothing import gaussian_smooth
 from storm_ops.errors import StormError
 from storm_ops.guidance.terms import GuidanceContext, TermResult
 from storm_ops.losses.ot import centroids, pixel_coordinates
 from storm_ops.losses.transport import MODES, TRANSPORT_TERMS, transport_term
-from storm_ops.losses.transport_core import TransportConfig, time_weight, token_maps
+from storm_ops.losses.transport_core import TransportConfig, time_weight
 from storm_ops.losses.transport_paper import TransportPaperTerm, target_distribution, transport_paper_loss
 from storm_ops.losses.transport_reference import (
     TransportReferenceTerm,
@@ -55,7 +56,7 @@ def attention(layout, h=12, w=16, blobs=None, seed=0, batch=1):
 
 
 def term(relations, mode="paper", **kwargs):
-    cfg = TransportConfig(end_token_convention="sd1")
+    cfg = TransportConfig(MapSettings(end_token_convention="sd1"))
     return transport_term(mode, layout_of(PROMPT), relations, cfg, **kwargs)
 
 
@@ -233,7 +234,7 @@ def test_minimising_the_paper_loss_swaps_misplaced_objects(relation):
         loss.backward()
         opt.step()
     with torch.no_grad():
-        c = centroids(token_maps(torch.softmax(logits, 1), lay, [(3,), (9,)], t.config, smooth=True))[0]
+        c = centroids(word_maps(torch.softmax(logits, 1), lay, [(3,), (9,)], t.config.maps))[0]
     axis = 0 if relation == "left" else 1
     car, elephant = c[0, axis].item(), c[1, axis].item()
     assert car < elephant if relation == "left" else car > elephant
@@ -340,10 +341,10 @@ def test_auto_end_tokens_follow_the_layouts_tokenizer():
     maps = attention(layout_of(PROMPT), 4, 4)
     for convention in ("sd1", "words"):
         lay = replace(layout_of(PROMPT), end_tokens=convention)
-        auto = token_maps(maps, lay, [(3,)], TransportConfig(end_token_convention="auto"), smooth=True)
-        fixed = token_maps(maps, lay, [(3,)], TransportConfig(end_token_convention=convention), smooth=True)
+        auto = word_maps(maps, lay, [(3,)], TransportConfig(MapSettings(end_token_convention="auto")).maps)
+        fixed = word_maps(maps, lay, [(3,)], TransportConfig(MapSettings(end_token_convention=convention)).maps)
         assert torch.equal(auto, fixed), convention
-    sd1, words = (token_maps(maps, layout_of(PROMPT), [(3,)], TransportConfig(end_token_convention=c), smooth=True)
+    sd1, words = (word_maps(maps, layout_of(PROMPT), [(3,)], TransportConfig(MapSettings(end_token_convention=c)).maps)
                   for c in ("sd1", "words"))
     assert not torch.equal(sd1, words)
 
