@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-WHEELS = Path(__file__).resolve().parents[2] / "scripts" / "gpu_payload_wheels.txt"
+WHEELS = Path(__file__).resolve().parents[1] / "scripts" / "gpu_payload_wheels.txt"
 
 #: import names of the packages ComfyUI 0.33.0 (requirements.txt, also its "non essential" part) and the pack
 #: require, with the dependencies pip installs beside them, that the lent machines' image does not have

@@ -327,7 +327,7 @@ def build_tiny_unet(arch: str, *, unet_overrides: dict[str, Any] | None = None, 
 
 #: where the shape-world model goes (``python -m scripts.train_shape_model --export``): an SD1.5-topology
 #: tiny model that has learned flat coloured shapes at 128 px (see ``models/README.md``)
-SHAPE_MODEL = Path(__file__).resolve().parents[2] / "models" / "storm_shapes_sd15.safetensors"
+SHAPE_MODEL = Path(__file__).resolve().parents[1] / "models" / "storm_shapes_sd15.safetensors"
 #: the image side the shape model was trained at (it draws shapes at this size only)
 SHAPE_MODEL_SIZE = 128
 

@@ -3,7 +3,7 @@
 Implements the inner and outer interpolated attention and their fusion with self-attention
 from He et al., "AID: Attention Interpolation of Text-to-Image Diffusion" (PAID), NeurIPS 2024,
 arXiv 2403.17924. Schedules, warm-up and noise/condition interpolation are in
-:mod:`storm_ops.aid_schedule`.
+:mod:`storm_ops.aid.schedule`.
 
 Layout is ComfyUI's attention replace-patch contract (a replace patch gets the projected
 ``q, k, v`` of a layer and returns the output before ``to_out``): ``q`` is

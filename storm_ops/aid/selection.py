@@ -2,7 +2,7 @@
 
 From He et al., "AID: Attention Interpolation of Text-to-Image Diffusion" (PAID), NeurIPS 2024,
 arXiv 2403.17924: "applying beta distribution to selection to increase smoothness" (the frames sit
-at the quantiles of a Beta prior, :func:`storm_ops.aid_schedule.beta_schedule`) and the release's
+at the quantiles of a Beta prior, :func:`storm_ops.aid.schedule.beta_schedule`) and the release's
 later "dynamic selection" (``BetaPriorPipeline.generate_interpolation``; the project's
 ``docs/methods.md`` section 5.3 describes it), which adapts the prior to the generated frames:
 

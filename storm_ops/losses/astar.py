@@ -130,7 +130,7 @@ def high_activation_mask(sub_maps: torch.Tensor, threshold: float = DEFAULT_MASK
 def binary_layout_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """A user layout mask at any resolution as a binary ``(h, w)`` mask of the attention maps.
 
-    The mask is resampled (:func:`~storm_ops.shapes.resample_masks`) and binarised at 0.5, i.e. a
+    The mask is resampled (:func:`~storm_ops.attention.shapes.resample_masks`) and binarised at 0.5, i.e. a
     map pixel belongs to the mask when at least half of the area it covers does.
 
     Parameters

@@ -11,7 +11,7 @@ denoising steps and applied only in the early steps (:class:`TransportPaperTerm`
   Gaussian smoothing k=3, sigma=0.5 in the A&E convention), each map a distribution over pixels;
 * positional cost ``C[n, m] = |p_n - t_m|^2`` between source pixel ``n`` and target location
   ``m`` on a grid whose longer side spans [0, 1]; the loss is the entropic OT value
-  ``OT_eps(p_S, q_S)`` (envelope gradients, :func:`storm_ops.ot.entropic_ot`);
+  ``OT_eps(p_S, q_S)`` (envelope gradients, :func:`storm_ops.losses.ot.entropic_ot`);
 * targets: Gaussian blobs (sigma 3/16, truncated at radius 4/16 of the longer side, the released
   code's 3 and 4 pixels of a 16-pixel map) on the requested side of the partner's centroid:
   "left of" at the midpoint between the left border and the partner's centroid (as the
@@ -35,7 +35,7 @@ denoising steps and applied only in the early steps (:class:`TransportPaperTerm`
   partner's centroid (inside its painted mask, if any; outside the partner for "near").
   The released code's ``L <= 1 - T`` (carried over from A&E) is meaningless for an OT value.
 
-Relations come from :class:`storm_ops.parsed_prompt.SpatialRelation`; several relations add up.
+Relations come from :class:`storm_ops.prompt.parsed.SpatialRelation`; several relations add up.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def target_distribution(mask: torch.Tensor, h: int, w: int, batch: int) -> torch
     Parameters
     ----------
     mask : Tensor, shape (h', w') or (1 | B, h', w')
-        Non-negative weights at any resolution (see :func:`~storm_ops.shapes.resample_masks`).
+        Non-negative weights at any resolution (see :func:`~storm_ops.attention.shapes.resample_masks`).
 
     Returns
     -------
@@ -90,7 +90,7 @@ def target_centers(own: torch.Tensor, partner: torch.Tensor, relation: str, h: i
     Parameters
     ----------
     own, partner : Tensor, shape (B, 2)
-        Centroids ``(x, y)`` in normalised units (:func:`storm_ops.ot.pixel_coordinates`).
+        Centroids ``(x, y)`` in normalised units (:func:`storm_ops.losses.ot.pixel_coordinates`).
     relation : str
         One of ``RELATIONS``, read as "this entity lies <relation> of the partner".
     fallback : float

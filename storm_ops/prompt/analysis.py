@@ -19,7 +19,7 @@ the first noun). Choices beyond SynGen:
 * a noun attached across a comma heads its own phrase ("riding a horse, photorealistic, 8k"), and
   words with digits ("4k", "8k") are quality tags, not objects;
 * the words of relation phrases ("next", "left", "top") are neither objects nor modifiers;
-* quality tags and style words are never objects (see :func:`storm_ops.prompt_filters.tag_tokens`): nouns of ``STYLE_NOUNS``
+* quality tags and style words are never objects (see :func:`storm_ops.prompt.filters.tag_tokens`): nouns of ``STYLE_NOUNS``
   ("masterpiece", "bokeh", "lighting", "dslr", "artstation"), words with digits ("8k"), framing nouns
   with an "of" ("a photo of a cat"), and every word of a tag phrase: a comma-separated phrase without
   a determiner that holds a style word ("volumetric lighting", "award winning photo", "depth of

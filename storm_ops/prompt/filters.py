@@ -1,7 +1,7 @@
 """Words of a prompt that name no object: quality tags and style words, negated nouns, other languages.
 
 Image prompts carry tags ("masterpiece, 8k, volumetric lighting, by greg rutkowski"), negations ("a
-street with no cars") and sometimes another language; :mod:`storm_ops.prompt_analysis` must take no
+street with no cars") and sometimes another language; :mod:`storm_ops.prompt.analysis` must take no
 object, binding or relation from these. The filters read a spaCy ``Doc`` (or, for the language check,
 the text) and are kept apart from the analysis itself so that each list of words has one home.
 """

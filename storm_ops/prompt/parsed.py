@@ -2,7 +2,7 @@
 
 A :class:`PromptAnalysis` describes one tokenised prompt: its entities (nouns), the modifier sets
 bound to them (SynGen), and the spatial relations between them (STORM), every word given as a
-:class:`~storm_ops.token_layout.Subject` (display name + the CLIP columns of its pieces). It is produced
+:class:`~storm_ops.tokens.layout.Subject` (display name + the CLIP columns of its pieces). It is produced
 by the spaCy parser, by the rule-based fallback or from a user's override, and consumed by every
 loss that needs more than a plain list of subjects.
 """

@@ -171,7 +171,7 @@ def parse_word_reference(item: str, *, input_name: str) -> tuple[str, int]:
 
 
 def check_subject_spec(spec: str, *, input_name: str = "subjects") -> None:
-    """Check the syntax of a subjects text (``"cat, dog#2, 5"``, see :func:`storm_ops.subjects.resolve_subjects`)
+    """Check the syntax of a subjects text (``"cat, dog#2, 5"``, see :func:`storm_ops.tokens.subjects.resolve_subjects`)
     without the prompt: at least one item, occurrences from 1, no item naming the same word twice.
 
     Raises

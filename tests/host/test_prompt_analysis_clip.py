@@ -98,8 +98,8 @@ SPATIAL = [
 @pytest.fixture(scope="module")
 def ops(pack):
     """The pack's own storm_ops modules (class identities differ from a top-level import)."""
-    name = f"{pack.__name__}.storm_ops"
-    return {m: importlib.import_module(f"{name}.{m}") for m in ("nlp", "overrides", "prompt_analysis", "relations")}
+    name = f"{pack.__name__}.storm_ops.prompt"
+    return {m: importlib.import_module(f"{name}.{m}") for m in ("nlp", "overrides", "analysis", "relations")}
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def analyze(pack, tiny, ops, pipeline):
     def run(arch, text):
         with torch.inference_mode():
             layout = pack.nodes.host_tokenizer.prompt_layout(tiny(arch).clip, text)
-            return ops["prompt_analysis"].analyze_prompt(text, layout, parser="spacy", pipeline=pipeline)
+            return ops["analysis"].analyze_prompt(text, layout, parser="spacy", pipeline=pipeline)
     return run
 
 
