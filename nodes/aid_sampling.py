@@ -12,7 +12,7 @@ of frames, each chunk with both endpoints, so memory is bounded by the chunk siz
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import comfy.sample
 import comfy.samplers
@@ -22,6 +22,7 @@ import torch
 from ..storm_ops.aid.interpolation import frame_chunks, interpolated_attention, match_token_lengths
 from ..storm_ops.aid.schedule import lerp, slerp, warmup_steps
 from ..storm_ops.errors import StormError
+from ..storm_ops.guidance.run_log import RunInfo
 from .architecture import check_conditioning_family, describe_unet
 from .attention_capture import AttentionHistory, MapRecorder, RunRecord, install_patches
 from .compat import host_attention, latent_preview_callback, require_model, throw_if_interrupted
@@ -175,8 +176,7 @@ def sample_sequence(model, positive_a, positive_b, negative, guide, latent: dict
         install_interpolation(patched.model_options, plan, layers)
         record = None
         if record_layers is not None:
-            record = RunRecord({"node": settings.node, "model": unet.model_name, "family": unet.family,
-                                "steps": n_steps, "chunk": index})
+            record = RunRecord(RunInfo(settings.node, unet.model_name, unet.family, steps=n_steps, chunk=index))
             chosen = unet.select(record_layers, settings.node)
             install_patches(patched.model_options, MapRecorder(chosen, record), chosen)
         noise = torch.cat([noise_a, slerp(noise_a, noise_b, t).to(noise_a.dtype), noise_b], 0)
@@ -200,7 +200,7 @@ def _merge_records(records, frames):
     """One RunRecord whose maps' batch rows follow the output frames ``[A, frames..., B]``."""
     if not records or records[0] is None:
         return None
-    merged = RunRecord(dict(records[0].info, chunks=len(records)))
+    merged = RunRecord(replace(records[0].info, chunks=len(records)))
     for step in range(len(records[0].step_maps)):
         parts = []
         for i, record in enumerate(records):

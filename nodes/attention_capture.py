@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from einops import rearrange, reduce
@@ -25,6 +25,7 @@ from einops import rearrange, reduce
 from ..storm_ops.attention.maps import AttentionAccumulator, fold_token_tiling
 from ..storm_ops.attention.shapes import downsampled_size, infer_hw
 from ..storm_ops.errors import StormError
+from ..storm_ops.guidance.run_log import GuidedStep, RunInfo
 from ..storm_ops.tokens.identity import prompt_encoding
 from .architecture import CrossAttentionLayer
 from .compat import host_attention, throw_if_interrupted
@@ -67,15 +68,16 @@ class RunRecord:
     the conditional pass: ``(sigma, Tensor (B, Tctx, h, w) float16 on the CPU)``.
     """
 
-    def __init__(self, info: dict):
-        self.info = dict(info)
+    def __init__(self, info: RunInfo):
+        self.info = replace(info)  # a run's own copy (the guided sampler counts into it)
         #: names this run in the LATENTs it produced (see :func:`tag_latent`)
         self.run_id = uuid.uuid4().hex
         self.step_maps: list[tuple[float, torch.Tensor]] = []
         self.final_latent: torch.Tensor | None = None
         #: the positive prompt's encoding ``(T, D)`` (possibly tiled), to check the visualiser's tokens
         self.prompt_encoding: torch.Tensor | None = None
-        self.log: list[dict] = []
+        #: one entry per guided step (guided samplers only)
+        self.log: list[GuidedStep] = []
 
     def add_step(self, sigma: float, maps: torch.Tensor) -> None:
         self.step_maps.append((sigma, maps.detach().to("cpu", torch.float16)))
@@ -344,7 +346,7 @@ class ContinuousRecorder(MapRecorder):
     so the visualiser can match the run to the LATENT a host sampler returns.
     """
 
-    def __init__(self, layers, history: AttentionHistory, info: dict):
+    def __init__(self, layers, history: AttentionHistory, info: RunInfo):
         super().__init__(layers, record=None)
         self.mode = "cfg"
         self.history = history

@@ -23,7 +23,6 @@ SD1.x/SDXL (``x = x0 + sigma * eps``), 1 for rectified-flow models such as SD3 a
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import comfy.k_diffusion.sampling as k_sampling
@@ -33,6 +32,7 @@ import torch
 
 from ..storm_ops.errors import StormError
 from ..storm_ops.guidance.optimize import Evaluation, clip_grad_norm, guidance_step
+from ..storm_ops.guidance.run_log import GuidedStep, RunInfo, refinement_hint
 from ..storm_ops.guidance.terms import Guidance
 from ..storm_ops.tokens.identity import check_prompt_encoding, prompt_encoding
 from .architecture import DEFAULT_LAYER_SELECTION, PIXELS_PER_LATENT, check_conditioning_family, describe_model
@@ -48,7 +48,6 @@ from .compat import (
 from .dit_capture import install_recording
 from .errors import node_error_context
 from .gradient_pass import gradient_options, gradient_pass
-from .heatmap_render import refinement_hint
 
 log = logging.getLogger("comfyui-storm")
 
@@ -158,126 +157,147 @@ def check_positive(node: str, layout, cross_attn: torch.Tensor) -> None:
 
 def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
                   settings: GuidedSamplerSettings, history: AttentionHistory):
-    """k-diffusion-style sampler function (see module docstring)."""
-    extra_args = dict(extra_args or {})
-    node = settings.node
-    num_steps = len(sigmas) - 1
-    base_model = model.inner_model.inner_model
-    unet = describe_model(base_model, node)
-    layers = unet.select(settings.attention_layers, node)
-    guidance = settings.guidance
-    guidance.check_windows(num_steps)
-    layout = guidance.layout
-
-    guided = {i for i in range(num_steps) if guidance.active_terms(i, num_steps)} if guidance.terms else set()
-    conds = getattr(model.inner_model, "conds", None) or {}
-    check_conditioning_family(node, unet, {name: [c.get("cross_attn") for c in entries]
-                                           for name, entries in conds.items()})
-    positive = _positive_conds(model, node) if guided else None
-    n_tokens = None
-    if positive is not None:
-        n_tokens = int(positive[0]["cross_attn"].shape[1])
-        if layout is not None:
-            check_positive(node, layout, positive[0]["cross_attn"])
-        for term in guidance.terms:
-            term.check_layout(n_tokens)
-
-    record = RunRecord({"node": node, "model": unet.model_name, "family": unet.family,
-                        "layers": [layer.label for layer in layers], "base_sampler": settings.base_sampler,
-                        "steps": num_steps, "guided_steps": sorted(guided), "weights_copied": 0,
-                        "weights_recast": 0, "activations_offloaded": False})
-    if len(conds.get("positive") or []) == 1:
-        record.prompt_encoding = prompt_encoding(conds["positive"][0]["cross_attn"])
-    recorder = MapRecorder(layers, record, n_tokens, stop_early=settings.stop_early)
-    # the host hands samplers a copy of the patcher's options; one more keeps a caller's own from our patches
-    model_options = install_recording(comfy.model_patcher.create_model_options_clone(extra_args.get("model_options", {})),
-                                      recorder, layers, unet)
-    extra_args["model_options"] = model_options
-    grad_options = gradient_options(model_options)
-
-    checked = _CheckedModel(model)
+    """k-diffusion-style sampler function (see module docstring): the host's base sampler over the schedule's
+    segments, each guided step first moving the latent (:meth:`GuidedRun.guided_step`)."""
+    run = GuidedRun(model, x, sigmas, dict(extra_args or {}), settings)
     base_fn = base_sampler_function(settings.base_sampler)
     base_kwargs = {}
-    segments = plan_segments(num_steps, guided)
+    segments = plan_segments(run.num_steps, run.guided)
     if len(segments) > 1 and accepts_kwarg(base_fn, "noise_sampler"):
-        base_kwargs["noise_sampler"] = _noise_sampler(x, extra_args.get("seed"))
-    states: dict = {}
-
-    def evaluate_at(step: int, scale: float):
-        """The evaluation of guided step ``step``; ``scale`` is :func:`input_scale` at its sigma."""
-        sigma = sigmas[step]
-        s_in = x.new_ones([x.shape[0]])
-        evaluations = refine_cap = 0
-
-        def gradient(z: torch.Tensor):
-            """One gradient pass: the guidance's combined loss at ``z`` and its gradient."""
-            with gradient_pass(offload=record.info["activations_offloaded"], net=base_model.diffusion_model) as frozen:
-                zg = z.detach().clone().requires_grad_(True)
-                timestep = (sigma * s_in).detach().clone()
-                z_in = inpaint_blend(model, zg, timestep, extra_args.get("denoise_mask"), grad_options)
-                recorder.begin_grad_pass()
-                try:
-                    comfy.samplers.calc_cond_batch(base_model, [positive], z_in, timestep, grad_options)
-                except StopForward:
-                    pass
-                maps = recorder.end_grad_pass()
-                record.info["weights_copied"] += frozen.copied  # 0 unless a layer kind is not covered
-                record.info["weights_recast"] += frozen.recast  # layers whose host-cast weight is cast again
-                combined = guidance.combine(maps, step, num_steps, states)
-                if combined.objective.requires_grad:
-                    return combined, torch.autograd.grad(combined.objective.sum(), zg)[0]
-                return combined, torch.zeros_like(zg)
-
-        def evaluate(z: torch.Tensor) -> Evaluation:
-            nonlocal evaluations, refine_cap
-            throw_if_interrupted()
-            if evaluations:  # a refinement iteration: the sampler's own progress stands still meanwhile
-                report_progress(evaluations, max(evaluations, refine_cap))
-            evaluations += 1
-            try:
-                combined, grad = gradient(z)
-            except OUT_OF_MEMORY:
-                if record.info["activations_offloaded"]:
-                    raise _out_of_memory(node, z) from None
-                # the pass's activations do not fit next to the model: free what the failed pass held and
-                # keep them in CPU memory for the rest of the run (slower, never a crashed run)
-                recorder.abort_grad_pass()
-                free_accelerator_memory()
-                record.info["activations_offloaded"] = True
-                log.warning("%s: out of GPU memory in the gradient pass at step %d; keeping its activations in "
-                            "CPU memory for the rest of this run (slower)", node, step)
-                try:
-                    combined, grad = gradient(z)
-                except OUT_OF_MEMORY:
-                    raise _out_of_memory(node, z) from None
-            if combined.grad_norm_bound is not None:
-                # the bound is on the z-space gradient; grad_z = grad_x / s
-                grad = clip_grad_norm(grad, combined.grad_norm_bound * scale)
-            refine_cap = combined.max_refine_iters
-            return Evaluation(combined.objective.detach(), grad.detach(), combined.satisfied,
-                              combined.max_refine_iters, combined.term_losses, combined.metrics)
-
-        return evaluate
-
-    x_out = x
+        base_kwargs["noise_sampler"] = _noise_sampler(x, run.extra_args.get("seed"))
+    checked = _CheckedModel(model)
     for start, stop, is_guided in segments:
         if is_guided:
-            sigma = float(sigmas[start])
-            scale = input_scale(base_model, sigma)
-            x_out, report = guidance_step(x_out, evaluate_at(start, scale), multiplier=scale ** -2)
-            entry = _log_entry(start, sigma, report)
-            record.log.append(entry)
-            for reason in report.skipped:
-                log.warning("%s: step %d: %s", node, start, reason)
+            x = run.guided_step(x, start)
         offset_cb = None if callback is None else _offset_callback(callback, start)
-        x_out = base_fn(checked, x_out, sigmas[start:stop + 1], extra_args=extra_args, callback=offset_cb,
-                        disable=disable if len(segments) == 1 else True, **base_kwargs)
-    record.final_latent = x_out.detach().to("cpu", torch.float32)
-    hint = refinement_hint(record.log)
-    if hint:
-        log.warning("%s: %s", node, hint)
-    history.add(record)
-    return x_out
+        x = base_fn(checked, x, sigmas[start:stop + 1], extra_args=run.extra_args, callback=offset_cb,
+                    disable=disable if len(segments) == 1 else True, **base_kwargs)
+    run.finish(x)
+    history.add(run.record)
+    return x
+
+
+class GuidedRun:
+    """One run of the guided sampler: its checks and set-up (the constructor), its guided steps and its log.
+
+    Everything per run lives here (the recorder, the run's record, the terms' scratch states), never in the
+    settings or the terms.
+    """
+
+    def __init__(self, model, x, sigmas, extra_args: dict, settings: GuidedSamplerSettings):
+        self.model, self.sigmas, self.settings, self.node = model, sigmas, settings, settings.node
+        self.num_steps = len(sigmas) - 1
+        self.base_model = model.inner_model.inner_model
+        self.batch_ones = x.new_ones([x.shape[0]])
+        self.guidance = guidance = settings.guidance
+        unet = describe_model(self.base_model, self.node)
+        layers = unet.select(settings.attention_layers, self.node)
+        guidance.check_windows(self.num_steps)
+        self.guided = {i for i in range(self.num_steps) if guidance.active_terms(i, self.num_steps)} \
+            if guidance.terms else set()
+        conds = getattr(model.inner_model, "conds", None) or {}
+        check_conditioning_family(self.node, unet, {name: [c.get("cross_attn") for c in entries]
+                                                    for name, entries in conds.items()})
+        self.positive = _positive_conds(model, self.node) if self.guided else None
+        n_tokens = None
+        if self.positive is not None:
+            n_tokens = int(self.positive[0]["cross_attn"].shape[1])
+            if guidance.layout is not None:
+                check_positive(self.node, guidance.layout, self.positive[0]["cross_attn"])
+            for term in guidance.terms:
+                term.check_layout(n_tokens)
+        self.record = RunRecord(RunInfo(self.node, unet.model_name, unet.family, [layer.label for layer in layers],
+                                        base_sampler=settings.base_sampler, steps=self.num_steps,
+                                        guided_steps=sorted(self.guided)))
+        if len(conds.get("positive") or []) == 1:
+            self.record.prompt_encoding = prompt_encoding(conds["positive"][0]["cross_attn"])
+        self.recorder = MapRecorder(layers, self.record, n_tokens, stop_early=settings.stop_early)
+        # the host hands samplers a copy of the patcher's options; one more keeps a caller's own from our patches
+        options = comfy.model_patcher.create_model_options_clone(extra_args.get("model_options", {}))
+        self.extra_args = {**extra_args, "model_options": install_recording(options, self.recorder, layers, unet)}
+        self.grad_options = gradient_options(self.extra_args["model_options"])
+        #: each term's scratch state for this run (A-STAR's previous masks, say)
+        self.states: dict = {}
+
+    # -- one guided step -------------------------------------------------------------------
+    def guided_step(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        """Move ``x`` at guided step ``step`` (evaluate, refine, update; ``storm_ops.guidance.optimize``), log it."""
+        sigma = float(self.sigmas[step])
+        scale = input_scale(self.base_model, sigma)
+        x, report = guidance_step(x, _Evaluator(self, step, scale), multiplier=scale ** -2)
+        self.record.log.append(GuidedStep.of(step, sigma, report))
+        for reason in report.skipped:
+            log.warning("%s: step %d: %s", self.node, step, reason)
+        return x
+
+    def gradient(self, z: torch.Tensor, step: int):
+        """One gradient pass at ``z``: the guidance's combined loss and its gradient."""
+        info = self.record.info
+        with gradient_pass(offload=info.activations_offloaded, net=self.base_model.diffusion_model) as frozen:
+            zg = z.detach().clone().requires_grad_(True)
+            timestep = (self.sigmas[step] * self.batch_ones).detach().clone()
+            z_in = inpaint_blend(self.model, zg, timestep, self.extra_args.get("denoise_mask"), self.grad_options)
+            self.recorder.begin_grad_pass()
+            try:
+                comfy.samplers.calc_cond_batch(self.base_model, [self.positive], z_in, timestep, self.grad_options)
+            except StopForward:
+                pass
+            maps = self.recorder.end_grad_pass()
+            info.weights_copied += frozen.copied
+            info.weights_recast += frozen.recast
+            combined = self.guidance.combine(maps, step, self.num_steps, self.states)
+            if combined.objective.requires_grad:
+                return combined, torch.autograd.grad(combined.objective.sum(), zg)[0]
+            return combined, torch.zeros_like(zg)
+
+    def gradient_or_offload(self, z: torch.Tensor, step: int):
+        """:meth:`gradient`; when its activations do not fit next to the model, free what the failed pass held and
+        keep them in CPU memory for the rest of the run (slower, never a crashed run)."""
+        try:
+            return self.gradient(z, step)
+        except OUT_OF_MEMORY:
+            if self.record.info.activations_offloaded:
+                raise _out_of_memory(self.node, z) from None
+        self.recorder.abort_grad_pass()
+        free_accelerator_memory()
+        self.record.info.activations_offloaded = True
+        log.warning("%s: out of GPU memory in the gradient pass at step %d; keeping its activations in "
+                    "CPU memory for the rest of this run (slower)", self.node, step)
+        try:
+            return self.gradient(z, step)
+        except OUT_OF_MEMORY:
+            raise _out_of_memory(self.node, z) from None
+
+    # -- the end -----------------------------------------------------------------------------
+    def finish(self, x: torch.Tensor) -> None:
+        """Keep the run's final latent (it names the run to the visualiser) and warn about refinement that never
+        reached its threshold."""
+        self.record.final_latent = x.detach().to("cpu", torch.float32)
+        hint = refinement_hint(self.record.log)
+        if hint:
+            log.warning("%s: %s", self.node, hint)
+
+
+class _Evaluator:
+    """``evaluate(z) -> Evaluation`` of one guided step, for :func:`~storm_ops.guidance.optimize.guidance_step`:
+    honours Cancel, moves the progress bar through refinement iterations, clips the gradient (its bound is on the
+    z-space gradient, ``grad_z = grad_x / s``)."""
+
+    def __init__(self, run: GuidedRun, step: int, scale: float):
+        self.run, self.step, self.scale = run, step, scale
+        self.evaluations = self.refine_cap = 0
+
+    def __call__(self, z: torch.Tensor) -> Evaluation:
+        throw_if_interrupted()
+        if self.evaluations:  # a refinement iteration: the sampler's own progress stands still meanwhile
+            report_progress(self.evaluations, max(self.evaluations, self.refine_cap))
+        self.evaluations += 1
+        combined, grad = self.run.gradient_or_offload(z, self.step)
+        if combined.grad_norm_bound is not None:
+            grad = clip_grad_norm(grad, combined.grad_norm_bound * self.scale)
+        self.refine_cap = combined.max_refine_iters
+        return Evaluation(combined.objective.detach(), grad.detach(), combined.satisfied,
+                          combined.max_refine_iters, combined.term_losses, combined.metrics)
 
 
 def input_scale(base_model, sigma) -> float:
@@ -304,29 +324,3 @@ def _offset_callback(callback, offset: int):
     def storm_offset_callback(info: dict):
         callback({**info, "i": info["i"] + offset})
     return storm_offset_callback
-
-
-def _floats(t: torch.Tensor) -> list:
-    return [round(float(v), 6) if math.isfinite(float(v)) else str(float(v)) for v in t.flatten()]
-
-
-def _log_entry(step: int, sigma: float, report) -> dict:
-    entry = {
-        "step": step,
-        "sigma": round(sigma, 6),
-        "loss_before": _floats(report.first.objective),
-        "loss_after": _floats(report.last.objective),
-        "terms_before": {k: _floats(v) for k, v in report.first.term_losses.items()},
-        "terms_after": {k: _floats(v) for k, v in report.last.term_losses.items()},
-        "refine_iters": report.refine_iters,
-        "refine_iters_per_sample": [int(v) for v in report.sample_refine_iters],
-        "updates": report.updates,
-    }
-    if report.refine_cap:
-        entry["refine_cap"] = report.refine_cap
-        entry["threshold_reached"] = [bool(v) for v in report.last.satisfied]
-    for key, value in report.last.metrics.items():
-        entry[key] = _floats(value)
-    if report.skipped:
-        entry["skipped"] = list(report.skipped)
-    return entry

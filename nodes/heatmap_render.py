@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from ..storm_ops.guidance.run_log import GuidedStep, refinement_hint
+
 # A perceptually ordered colormap (dark blue -> cyan -> yellow -> red), sampled at 6 stops.
 _STOPS = torch.tensor([[0.05, 0.03, 0.35], [0.10, 0.35, 0.85], [0.10, 0.75, 0.80],
                        [0.55, 0.90, 0.25], [0.98, 0.80, 0.10], [0.85, 0.10, 0.05]])
@@ -83,51 +85,27 @@ def step_maps_payload(steps, labels: list[str], image: torch.Tensor | None = Non
     return payload
 
 
-def format_log(log: list[dict]) -> str:
+def format_log(log: list[GuidedStep]) -> str:
     """A legend, then one line per guided step: the loss before the step, the refinement and what it
     reached, whether the regular update was applied, skips."""
     if not log:
         return "no guided steps in this run"
     lines = [LOG_LEGEND]
     for e in log:
-        refined = e["refine_iters"]
         terms = ", ".join(
-            f"{name} {_fmt(e['terms_before'][name])}"
-            + (f" refined x{refined} -> {_fmt(e['terms_after'][name])}" if refined else "")
-            for name in e["terms_before"])
-        updated = e["updates"] > refined
-        missed = [i for i, ok in enumerate(e.get("threshold_reached", ())) if not ok]
+            f"{name} {_fmt(e.terms_before[name])}"
+            + (f" refined x{e.refine_iters} -> {_fmt(e.terms_after[name])}" if e.refine_iters else "")
+            for name in e.terms_before)
+        missed = [i for i, ok in enumerate(e.threshold_reached or ()) if not ok]
         if missed:
-            terms += f" (threshold not reached{'' if len(e['threshold_reached']) == 1 else f' by sample(s) {missed}'})"
-        skipped = f"; SKIPPED: {'; '.join(e['skipped'])}" if e.get("skipped") else ""
-        lines.append(f"step {e['step']} (sigma {e['sigma']:.3f}): {terms}; "
-                     f"{'updated' if updated else 'not updated'}{skipped}")
+            terms += f" (threshold not reached{'' if len(e.threshold_reached) == 1 else f' by sample(s) {missed}'})"
+        skipped = f"; SKIPPED: {'; '.join(e.skipped)}" if e.skipped else ""
+        lines.append(f"step {e.step} (sigma {e.sigma:.3f}): {terms}; "
+                     f"{'updated' if e.updated else 'not updated'}{skipped}")
     hint = refinement_hint(log)
     if hint:
         lines.append(hint[0].upper() + hint[1:])
     return "\n".join(lines)
-
-
-def refinement_hint(log: list[dict]) -> str | None:
-    """A warning for a run whose refinement never reached its threshold for some sample at any step that
-    allowed refinement (each such step then ran to its cap), with the remedy; None otherwise.
-
-    A&E's thresholds (Chefer et al. 2023, Sec. 3.3) were set for SD1.4's maps. Where a model's maps cannot
-    reach them, every refinement loop runs to its cap, and that many updates can turn the image into
-    coloured noise (measured on the pack's shape model: README, "Proof on images")."""
-    steps = [e for e in log if e.get("refine_cap")]
-    if not steps:
-        return None
-    never = [i for i in range(len(steps[0]["threshold_reached"]))
-             if not any(e["threshold_reached"][i] for e in steps)]
-    if not never:
-        return None
-    who = "" if len(steps[0]["threshold_reached"]) == 1 else f" of sample(s) {never}"
-    return (f"the refinement never reached the threshold{who} at any of its {len(steps)} step(s) "
-            f"(step(s) {[e['step'] for e in steps]}, up to {max(e['refine_cap'] for e in steps)} iterations each): "
-            "the thresholds may be out of reach of this model's attention maps, and that many updates can "
-            "spoil the image. If it looks spoiled, lower max_refine_iters (0 turns refinement off; the "
-            "regular guided updates stay) or lower the thresholds.")
 
 
 def _fmt(values) -> str:

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from ..storm_ops.attention.maps import MapSettings, normalize_maps, select_token_maps, word_maps
 from ..storm_ops.errors import StormError
+from ..storm_ops.guidance.run_log import RunInfo
 from ..storm_ops.tokens.identity import check_prompt_encoding, untile_encoding
 from ..storm_ops.tokens.layout import Subject
 from .architecture import PIXELS_PER_LATENT, check_conditioning_family, describe_model
@@ -78,9 +79,8 @@ class AttentionRecorder:
         unet = describe_model(require_model(model, self.NODE_NAME).model, self.NODE_NAME)
         layers = unet.select(attention_layers, self.NODE_NAME)
         history = AttentionHistory(self.NODE_NAME)
-        recorder = ContinuousRecorder(layers, history, {
-            "node": self.NODE_NAME, "model": unet.model_name, "family": unet.family,
-            "layers": [layer.label for layer in layers]})
+        recorder = ContinuousRecorder(layers, history, RunInfo(self.NODE_NAME, unet.model_name, unet.family,
+                                                               [layer.label for layer in layers]))
         patched = model.clone()
         install_recording(patched.model_options, recorder, layers, unet)
 
@@ -196,7 +196,7 @@ class AttentionHeatmap:
         steps = [(sigma, select_token_maps(m[batch_index:batch_index + 1], groups)[0])
                  for sigma, m in folded]
         ui = {"images": [self._save_preview(grid)], "storm_log": [text], "storm_labels": labels,
-              "storm_steps": list(record.log), "storm_maps": [step_maps_payload(steps, labels, None if image is None else base[0], opacity)]}
+              "storm_steps": [e.to_json() for e in record.log], "storm_maps": [step_maps_payload(steps, labels, None if image is None else base[0], opacity)]}
         return {"ui": ui, "result": (grid, overlay.clamp(0, 1), masks, text)}
 
     @staticmethod
@@ -250,8 +250,8 @@ class SaveAttention:
             tensors["final_latent"] = record.final_latent.float().contiguous()
         if record.prompt_encoding is not None:
             tensors["prompt_encoding"] = record.prompt_encoding.float().contiguous()
-        metadata = {"format": ATTENTION_FILE_FORMAT, "run_id": record.run_id, "info": json.dumps(record.info),
-                    "log": json.dumps(record.log)}
+        metadata = {"format": ATTENTION_FILE_FORMAT, "run_id": record.run_id, "info": json.dumps(record.info.to_json()),
+                    "log": json.dumps([e.to_json() for e in record.log])}
         if tokens is not None:
             metadata["tokens"] = json.dumps([p.text for p in tokens.layout.pieces])
             metadata["subjects"] = json.dumps({s.name: list(s.positions) for s in tokens.subjects})

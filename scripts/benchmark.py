@@ -216,7 +216,7 @@ def _guided_run(pack, tm, guidance, latent, sigmas, positive, negative, stop_ear
 
 
 def _gradient_passes(record) -> int:
-    return sum(1 + e["refine_iters"] for e in record.log)
+    return sum(1 + e.refine_iters for e in record.log)
 
 
 def _measure_arch(device: str, arch: str, steps: int, size: int, repeats: int, real: bool = False,
@@ -240,7 +240,7 @@ def _measure_arch(device: str, arch: str, steps: int, size: int, repeats: int, r
 
     def run_guided(guidance, stop_early=True, positive=pos):
         out, record = _guided_run(pack, tm, guidance, latent, sigmas, positive, neg, stop_early)
-        copied[0] = max(copied[0], record.info["weights_copied"])
+        copied[0] = max(copied[0], record.info.weights_copied)
         return out, _gradient_passes(record)
 
     def run_aid():  # 3 frames (A, one in-between, B) in one chunk, the node's defaults otherwise
@@ -383,7 +383,7 @@ def _manual_cast_memory(pack, setup, device: str, size: int, steps: int, weights
             frozen._remember = remember
         rows.append({"device": device, "arch": setup.arch, "size": size, "dtype": label, "weights_mib": weights / 2 ** 20,
                      "floor_saved_mib": float("nan"), "ours_saved_mib": saved.bytes / 2 ** 20,
-                     "recast": record.info["weights_recast"]})
+                     "recast": record.info.weights_recast})
     return rows
 
 

@@ -191,7 +191,7 @@ class Runner:
         on_objects = self.subject_maps(record, tokens, images.shape[1], images.shape[2])
         refined = np.zeros(batch, dtype=int)
         for entry in log:
-            refined += np.asarray(entry["refine_iters_per_sample"], dtype=int)
+            refined += np.asarray(entry.refine_iters_per_sample, dtype=int)
         pixels = (images[..., :3].clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
         rows = []
         for i in range(batch):

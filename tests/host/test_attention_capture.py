@@ -112,7 +112,8 @@ def test_each_run_is_a_new_record(nodes, tiny, encode):
 def test_latents_name_their_run_and_a_stale_name_is_ignored(pack):
     cap = pack.nodes.attention_capture
     history = cap.AttentionHistory("STORM Guided KSampler")
-    first, second = cap.RunRecord({}), cap.RunRecord({})
+    info = pack.storm_ops.guidance.run_log.RunInfo("STORM Guided KSampler", "SD15", "sd15")
+    first, second = cap.RunRecord(info), cap.RunRecord(info)
     first.final_latent, second.final_latent = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
     history.add(first)
     history.add(second)

@@ -102,10 +102,10 @@ def test_losses_compose_with_their_own_windows(nodes, analysed):
         (both,) = nodes["STORM_SynGen"]().build(analysis=analysis, step_size=20.0, start_at=0.0, end_at=0.3,
                                                 include_entities=False, guidance=ae, weight=0.5)
     record = run(tm.model, both, pos, neg, nodes, seed=3)
-    terms = {e["step"]: set(e["terms_before"]) for e in record.log}
+    terms = {e.step: set(e.terms_before) for e in record.log}
     assert terms == {0: {"attend_excite", "syngen"}, 1: {"attend_excite", "syngen"}, 2: {"attend_excite", "syngen"},
                      3: {"attend_excite"}, 4: {"attend_excite"}}
-    assert "syngen.kl" in record.log[0] and "attend_excite.max_attention" in record.log[0]
+    assert "syngen.kl" in record.log[0].metrics and "attend_excite.max_attention" in record.log[0].metrics
 
 
 def test_astar_layout_masks_from_a_mask_batch(nodes, analysed):

@@ -143,7 +143,7 @@ def test_the_recorder_records_image_to_text_attention_and_leaves_the_sample_unch
     assert torch.equal(recorded, plain)  # recording calls the host's kernel unchanged
     record = attention.latest()
     rows, grid = ROWS[dit.arch], (LATENT[2] // 2, LATENT[3] // 2)
-    assert record.info["family"] == dit.arch and len(record.info["layers"]) == 4
+    assert record.info.family == dit.arch and len(record.info.layers) == 4
     assert [tuple(m.shape) for _, m in record.step_maps] == [(1, rows, *grid)] * STEPS
     first = record.step_maps[0][1].float()
     torch.testing.assert_close(first.sum(1), torch.ones(1, *grid), atol=2e-3, rtol=0)  # a softmax over the text
@@ -202,7 +202,7 @@ def test_guided_ksampler_off_equals_the_host_sampler_on_a_dit(dit, nodes, prompt
         reference = comfy.sample.sample(dit.model, noise, 6, CFG[dit.arch], "euler", "simple", positive, negative,
                                         torch.zeros(LATENT), seed=5, disable_pbar=True)
     assert torch.equal(samples, reference)
-    assert len(record.step_maps) == 6 and record.info["family"] == dit.arch
+    assert len(record.step_maps) == 6 and record.info.family == dit.arch
 
 
 def test_attend_and_excite_raises_the_weakest_subjects_attention_on_a_dit(dit, nodes, prompt, pack):
@@ -214,8 +214,8 @@ def test_attend_and_excite_raises_the_weakest_subjects_attention_on_a_dit(dit, n
     weakest_off = weakest_subject_attention(pack, off, tokens)
     weakest_on = weakest_subject_attention(pack, on, tokens)
     assert sum(weakest_on[1:]) / 5 > sum(weakest_off[1:]) / 5 + 0.05, (weakest_off, weakest_on)
-    assert on.info["guided_steps"] == [0, 1, 2, 3, 4, 5] and on.info["weights_copied"] == 0
-    assert all(e["updates"] == 1 for e in on.log)
+    assert on.info.guided_steps == [0, 1, 2, 3, 4, 5] and on.info.weights_copied == 0
+    assert all(e.updates == 1 for e in on.log)
 
 
 @pytest.mark.parametrize("method", ["syngen", "storm"])
@@ -232,8 +232,8 @@ def test_binding_and_spatial_guidance_run_on_a_dit(dit, nodes, method):
                                  cfg=CFG[dit.arch], sampler_name="euler", scheduler="simple",
                                  positive=positive, negative=negative, latent_image={"samples": torch.zeros(LATENT)})
     log = attention.latest().log
-    assert log and all(e["updates"] >= 1 and "skipped" not in e for e in log)
-    assert all(isinstance(v, float) for e in log for v in e["loss_before"] + e["loss_after"])
+    assert log and all(e.updates >= 1 and not e.skipped for e in log)
+    assert all(isinstance(v, float) for e in log for v in e.loss_before + e.loss_after)
 
 
 def test_attention_interpolation_refuses_a_dit_clearly(dit, nodes, prompt):

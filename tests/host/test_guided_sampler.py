@@ -112,7 +112,7 @@ def test_single_step_samplers_stay_exact_when_segmented(pack, nodes, setup, name
     sigmas = sigmas_for(model, 4)
     ours, history = guided_sampler(nodes, ConstantTerm.make(pack), name)
     got = custom_sample(model, ours, sigmas, pos, neg, latent)
-    assert history.latest().info["guided_steps"] == [0, 1]
+    assert history.latest().info.guided_steps == [0, 1]
     assert torch.equal(got, custom_sample(model, comfy.samplers.sampler_object(name), sigmas, pos, neg, latent))
 
 
@@ -123,7 +123,7 @@ def test_short_schedules_guide_every_step_inside_the_window(pack, nodes, setup, 
     model, _, pos, neg = setup("sd15")
     sampler, history = guided_sampler(nodes, ConstantTerm.make(pack))
     custom_sample(model, sampler, sigmas_for(model, steps), pos, neg, torch.zeros(1, 4, 16, 16))
-    assert history.latest().info["guided_steps"] == guided
+    assert history.latest().info.guided_steps == guided
 
 
 @pytest.mark.parametrize("arch", ["sd15", "sdxl"])
@@ -142,11 +142,11 @@ def test_guidance_raises_the_neglected_subjects_attention(pack, nodes, setup, ar
         off = weakest_subject_attention(pack, runs["off"], tokens)
         on = weakest_subject_attention(pack, runs["on"], tokens)
         assert sum(on[i] for i in window) / 5 > sum(off[i] for i in window) / 5 + 0.02, (seed, off, on)
-        assert runs["on"].info["guided_steps"] == [0, 1, 2, 3, 4]
-        assert runs["on"].info["weights_copied"] == 0  # every layer of the host's UNet is on the copy-free path
-        refined = [e for e in runs["on"].log if e["refine_iters"]]
+        assert runs["on"].info.guided_steps == [0, 1, 2, 3, 4]
+        assert runs["on"].info.weights_copied == 0  # every layer of the host's UNet is on the copy-free path
+        refined = [e for e in runs["on"].log if e.refine_iters]
         for entry in refined:  # refinement lowers the A&E loss at its step
-            assert entry["terms_after"]["attend_excite"][0] < entry["terms_before"]["attend_excite"][0]
+            assert entry.terms_after["attend_excite"][0] < entry.terms_before["attend_excite"][0]
 
 
 def test_weights_the_host_casts_per_layer_are_not_kept_for_backward(nodes, encode):
@@ -164,11 +164,11 @@ def test_weights_the_host_casts_per_layer_are_not_kept_for_backward(nodes, encod
     sampler, history = guided_sampler(nodes, ae(nodes, tokens, thresholds="0:0.999", max_refine_iters=2))
     custom_sample(tm.model, sampler, sigmas_for(tm.model, 4), pos, neg, torch.zeros(1, 4, 16, 16))
     record = history.latest()
-    assert record.info["weights_copied"] == 0
-    assert record.info["weights_recast"] > 0
+    assert record.info.weights_copied == 0
+    assert record.info.weights_recast > 0
     first = record.log[0]
-    assert first["refine_iters"] == 2
-    assert first["terms_after"]["attend_excite"][0] < first["terms_before"]["attend_excite"][0]
+    assert first.refine_iters == 2
+    assert first.terms_after["attend_excite"][0] < first.terms_before["attend_excite"][0]
 
 
 def _running_out_of_memory(pack, model, fail_passes):
@@ -194,12 +194,12 @@ def test_a_gradient_pass_out_of_memory_keeps_its_activations_on_the_cpu_and_the_
     guidance = ae(nodes, tokens, thresholds="0:0.999", max_refine_iters=2)
     sampler, history = guided_sampler(nodes, guidance)
     expected = custom_sample(model, sampler, sigmas, pos, neg, latent)
-    assert history.latest().info["activations_offloaded"] is False
+    assert history.latest().info.activations_offloaded is False
     failing, passes = _running_out_of_memory(pack, model, fail_passes={2})  # the first refinement iteration
     sampler, history = guided_sampler(nodes, guidance)
     with caplog.at_level("WARNING", logger="comfyui-storm"):
         got = custom_sample(failing, sampler, sigmas, pos, neg, latent)
-    assert history.latest().info["activations_offloaded"] is True
+    assert history.latest().info.activations_offloaded is True
     assert "out of GPU memory in the gradient pass at step 0" in caplog.text
     assert len(passes) == 1 + 2 + 1 + 1  # step 0: pass, failed pass and its retry, one more; step 1: one pass
     torch.testing.assert_close(got, expected, rtol=0, atol=0)  # the same gradients from CPU-held activations
@@ -261,7 +261,7 @@ def test_progress_moves_during_refinement(nodes, setup, monkeypatch):
     # a threshold no random model meets: every refinement iteration up to the cap runs at step 0
     sampler, history = guided_sampler(nodes, ae(nodes, tokens, thresholds="0:0.999", max_refine_iters=3))
     custom_sample(model, sampler, sigmas_for(model, 6), pos, neg, torch.zeros(1, 4, 16, 16))
-    assert history.latest().log[0]["refine_iters"] == 3
+    assert history.latest().log[0].refine_iters == 3
     assert shown == [(1, 3), (2, 3), (3, 3)]
 
 
@@ -323,8 +323,8 @@ def test_non_finite_loss_skips_the_update_and_is_reported(pack, nodes, setup):
     sampler, history = guided_sampler(nodes, ConstantTerm.make(pack, value=float("nan"), window=(0.0, 0.3)))
     out = custom_sample(model, sampler, sigmas, pos, neg, latent)
     log = history.latest().log
-    assert [e["step"] for e in log] == [0, 1]
-    assert all("skipped" in e and "non-finite loss" in e["skipped"][0] for e in log)
+    assert [e.step for e in log] == [0, 1]
+    assert all(e.skipped and "non-finite loss" in e.skipped[0] for e in log)
     reference = custom_sample(model, comfy.samplers.sampler_object("euler"), sigmas, pos, neg, latent)
     assert torch.isfinite(out).all() and torch.equal(out, reference)  # the latent was never touched
 
@@ -335,8 +335,8 @@ def test_batches_are_guided_per_image(nodes, setup):
     out = custom_sample(model, sampler, sigmas_for(model, 4), pos, neg, torch.zeros(2, 4, 16, 16))
     assert out.shape == (2, 4, 16, 16) and torch.isfinite(out).all()
     entry = history.latest().log[0]
-    assert len(entry["terms_before"]["attend_excite"]) == 2
-    assert len(entry["attend_excite.max_attention"]) == 4  # 2 images x 2 subjects
+    assert len(entry.terms_before["attend_excite"]) == 2
+    assert len(entry.metrics["attend_excite.max_attention"]) == 4  # 2 images x 2 subjects
 
 
 @pytest.mark.parametrize("arch,hw,maps", [("sd15", (36, 44), (9, 11)), ("sdxl", (25, 19), (7, 5))])
@@ -347,7 +347,7 @@ def test_latent_sizes_that_are_not_multiples_of_8(nodes, setup, arch, hw, maps):
     assert out.shape == (1, 4, *hw) and torch.isfinite(out).all()
     record = history.latest()
     assert tuple(record.mean_maps(77).shape[-2:]) == maps
-    assert record.log and record.log[0]["terms_before"]["attend_excite"][0] <= 1.0
+    assert record.log and record.log[0].terms_before["attend_excite"][0] <= 1.0
 
 
 @pytest.mark.parametrize("arch", ["sd15", "sdxl"])

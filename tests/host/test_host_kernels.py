@@ -69,7 +69,7 @@ def test_flux_rope_uses_the_kitchen_kernel_when_sampling_and_a_differentiable_on
     monkeypatch.setattr(comfy.quant_ops.ck, "apply_rope", counting)
     tokens, positive, negative = _prompt(nodes, flux.clip)
     _, record = _guided(nodes, flux.model, tokens, positive, negative, DIT_LATENT)
-    assert [e["updates"] for e in record.log] == [1, 1]  # two guided steps, each applied its update
+    assert [e.updates for e in record.log] == [1, 1]  # two guided steps, each applied its update
     assert calls[False] >= 3 * 4 and calls[True] == 0, calls  # 4 joint blocks per pass, 3 steps
     assert comfy.model_management.in_training is False
 
@@ -146,7 +146,7 @@ def test_an_attention_kernel_without_backward_is_replaced_in_the_gradient_pass_o
     unguided, _ = _guided(nodes, tm.model, tokens, positive, negative, latent, **{**kw, "step_size": 0.0})
     samples, record = _guided(nodes, patched, tokens, positive, negative, latent, **kw)
     assert calls.count(False) > 0  # the ordinary passes ran the model's own kernel
-    assert record.info["weights_copied"] == 0
+    assert record.info.weights_copied == 0
     assert (reference - unguided).abs().max() > 1e-2  # guidance moved this run
     # float noise of the two kernels is ~1e-3 here (the latent's std is ~85); without the replacement the run is
     # ~40 away: the attention outputs carried no gradient
@@ -208,6 +208,6 @@ def test_guidance_runs_on_quantized_weights(nodes, tiny, flux, arch, fmt, native
         else (DIT_LATENT, {})
     guided, record = _guided(nodes, model, tokens, positive, negative, latent, **kw)
     unguided, _ = _guided(nodes, model, tokens, positive, negative, latent, **{**kw, "step_size": 0.0})
-    assert all(e["updates"] == 1 for e in record.log) and len(record.log) == 2
+    assert all(e.updates == 1 for e in record.log) and len(record.log) == 2
     assert torch.isfinite(guided).all() and (guided - unguided).abs().max() > 1e-3
-    assert record.info["weights_copied"] == 0
+    assert record.info.weights_copied == 0

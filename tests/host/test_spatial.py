@@ -63,7 +63,7 @@ def test_painted_target_masks_move_the_subject(pack, nodes, analysed):
         shares = []
         for seed in range(4):
             record = sample(tm.model, guidance, pos, neg, nodes, seed)
-            for step in record.info["guided_steps"]:  # the steps where the layout is being set
+            for step in record.info.guided_steps:  # the steps where the layout is being set
                 maps = record.step_maps[step][1].float()
                 cat_map = pack.storm_ops.attention.maps.word_maps(maps, tokens.layout, [cat.positions], st.TransportConfig().maps)[0, 0]
                 h, w = cat_map.shape
@@ -76,8 +76,8 @@ def test_painted_target_masks_move_the_subject(pack, nodes, analysed):
 def test_reference_mode_runs_and_is_logged(nodes, analysed):
     tm, analysis, _, pos, neg = analysed("sd15")
     record = sample(tm.model, storm(nodes, analysis, mode="reference"), pos, neg, nodes, seed=0, steps=6, hw=16)
-    assert record.log and "storm.refine_gate" in record.log[-1]
-    assert all(torch.isfinite(torch.tensor(e["terms_after"]["storm"])).all() for e in record.log)
+    assert record.log and "storm.refine_gate" in record.log[-1].metrics
+    assert all(torch.isfinite(torch.tensor(e.terms_after["storm"])).all() for e in record.log)
 
 
 def test_storm_combines_with_attend_and_excite(nodes, analysed):
@@ -88,7 +88,7 @@ def test_storm_combines_with_attend_and_excite(nodes, analysed):
                                                        end_tokens="auto")
     both = storm(nodes, analysis, guidance=ae)
     record = sample(tm.model, both, pos, neg, nodes, seed=0, steps=6, hw=16)
-    assert set(record.log[1]["terms_before"]) == {"attend_excite", "storm"}
+    assert set(record.log[1].terms_before) == {"attend_excite", "storm"}
 
 
 @pytest.mark.parametrize("text,relations,needle", [
