@@ -27,8 +27,8 @@ from .architecture import check_conditioning_family, describe_unet
 from .attention_capture import AttentionHistory, MapRecorder, RunRecord, install_patches
 from .compat import host_attention, latent_preview_callback, require_model, throw_if_interrupted
 
-MODES = {"fused outer": ("outer", True), "fused inner": ("inner", True), "outer": ("outer", False),
-         "inner": ("inner", False)}
+AID_MODES = {"fused outer": ("outer", True), "fused inner": ("inner", True), "outer": ("outer", False),
+             "inner": ("inner", False)}
 
 
 @dataclass
@@ -148,13 +148,13 @@ def sample_sequence(model, positive_a, positive_b, negative, guide, latent: dict
     if samples.shape[0] != 1:
         raise StormError(f"the latent has a batch of {samples.shape[0]}; give a single latent (the frames are "
                          "the batch)", input_name="latent_image")
-    samples = comfy.sample.fix_empty_latent_channels(model, samples) if hasattr(comfy.sample, "fix_empty_latent_channels") else samples
-    unet = describe_unet(require_model(model, settings.node).model, settings.node)
-    check_conditioning_family(settings.node, unet, {
+    samples = comfy.sample.fix_empty_latent_channels(model, samples)
+    arch = describe_unet(require_model(model, settings.node).model, settings.node)
+    check_conditioning_family(settings.node, arch, {
         name: [c[0] for c in cond] for name, cond in
         (("positive_a", positive_a), ("positive_b", positive_b), ("negative", negative), ("guide", guide or []))})
-    layers = unet.layers
-    mode, fused = MODES[settings.mode]
+    layers = arch.layers
+    mode, fused = AID_MODES[settings.mode]
     noise_a = comfy.sample.prepare_noise(samples, seed)
     noise_b = noise_a if noise_b_seed is None else comfy.sample.prepare_noise(samples, noise_b_seed)
     t_all = settings.frames.float()
@@ -176,8 +176,8 @@ def sample_sequence(model, positive_a, positive_b, negative, guide, latent: dict
         install_interpolation(patched.model_options, plan, layers)
         record = None
         if record_layers is not None:
-            record = RunRecord(RunInfo(settings.node, unet.model_name, unet.family, steps=n_steps, chunk=index))
-            chosen = unet.select(record_layers, settings.node)
+            record = RunRecord(RunInfo(settings.node, arch.model_name, arch.family, steps=n_steps, chunk=index))
+            chosen = arch.select(record_layers, settings.node)
             install_patches(patched.model_options, MapRecorder(chosen, record), chosen)
         noise = torch.cat([noise_a, slerp(noise_a, noise_b, t).to(noise_a.dtype), noise_b], 0)
         batch_latent = samples.expand(noise.shape[0], -1, -1, -1).contiguous()

@@ -72,8 +72,9 @@ JOINT = "joint"
 
 
 @dataclass(frozen=True)
-class UNetInfo:
-    """The cross-attention layers of a UNet and its model family."""
+class ModelInfo:
+    """A diffusion model as the pack sees it: its family, its name and its text-attention layers (a UNet's
+    cross-attention layers, a DiT's joint-attention blocks)."""
 
     family: str
     model_name: str
@@ -138,7 +139,7 @@ def _joint_blocks(net, family: str) -> tuple[int, int, int] | None:
     return None
 
 
-def describe_model(base_model, node: str = "STORM") -> UNetInfo:
+def describe_model(base_model, node: str = "STORM") -> ModelInfo:
     """The attention layers of a UNet (:func:`describe_unet`) or the joint blocks of an SD3 or Flux DiT.
 
     Raises :class:`StormError` naming ``node`` for other architectures, and for DiTs on a ComfyUI that
@@ -157,11 +158,11 @@ def describe_model(base_model, node: str = "STORM") -> UNetInfo:
     patch = getattr(base_model.diffusion_model, "patch_size", 2)
     patch = patch[-1] if isinstance(patch, (tuple, list)) else patch
     level = max(int(patch).bit_length() - 1, 0)  # patch 2**n = n halvings of the latent
-    return UNetInfo(family, model_name, tuple(CrossAttentionLayer((JOINT, i), level, 1, heads, width)
+    return ModelInfo(family, model_name, tuple(CrossAttentionLayer((JOINT, i), level, 1, heads, width)
                                               for i in range(blocks)))
 
 
-def describe_unet(base_model, node: str = "STORM") -> UNetInfo:
+def describe_unet(base_model, node: str = "STORM") -> ModelInfo:
     """Introspect ``base_model`` (a ComfyUI ``BaseModel``) for its cross-attention layers.
 
     Raises :class:`StormError` naming ``node`` and the model for architectures without a
@@ -200,13 +201,13 @@ def describe_unet(base_model, node: str = "STORM") -> UNetInfo:
             f"{node}: the model {model_name} has no cross-attention layers, so there are no text "
             "attention maps to guide; use a text-conditioned SD1.x, SD2.x or SDXL checkpoint",
             input_name="model")
-    return UNetInfo(model_family(config), model_name, tuple(layers))
+    return ModelInfo(model_family(config), model_name, tuple(layers))
 
 
-def check_conditioning_family(node: str, unet: UNetInfo, conditionings: dict[str, list]) -> None:
+def check_conditioning_family(node: str, arch: ModelInfo, conditionings: dict[str, list]) -> None:
     """Every conditioning must come from the model family's own text encoder (its width is the
     UNet's cross-attention context width); ``conditionings`` maps an input name to its tensors."""
-    width = unet.layers[0].context_dim
+    width = arch.layers[0].context_dim
     for name, tensors in conditionings.items():
         for cross_attn in tensors:
             got = None if cross_attn is None else int(cross_attn.shape[-1])
@@ -215,5 +216,5 @@ def check_conditioning_family(node: str, unet: UNetInfo, conditionings: dict[str
                 takes = f" ({TEXT_ENCODERS[width]})" if width in TEXT_ENCODERS else ""
                 raise StormError(
                     f"{node}: the {name} conditioning has {got} features per token{source}, but the model "
-                    f"{unet.model_name} takes {width}{takes}: it was encoded by another model family's text encoder. "
+                    f"{arch.model_name} takes {width}{takes}: it was encoded by another model family's text encoder. "
                     f"Encode the {name} prompt with the CLIP of the same checkpoint as the model", input_name=name)

@@ -6,6 +6,7 @@ Supported hosts: ComfyUI with ``optimized_attention_override`` (0.3.59, autumn 2
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import logging
@@ -16,6 +17,11 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.utils
 import torch
+
+try:  # comfy-kitchen: the host's fused kernels (ComfyUI 0.33 and later; 0.3.64 has none)
+    from comfy_kitchen.registry import registry as _kitchen_registry
+except ImportError:
+    _kitchen_registry = None
 
 from ..storm_ops.errors import StormError
 
@@ -147,3 +153,30 @@ def wrap_sampling_calls(model, key: str, before_call) -> None:
         return executor(*args, **kwargs)
 
     model.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, key, storm_outer_sample)
+
+
+@contextlib.contextmanager
+def host_training_switch():
+    """``comfy.model_management.in_training = True`` for the block: the host then takes its differentiable
+    reference paths instead of comfy-kitchen's forward-only kernels. 0.33 and later have the switch (0.33:
+    ``comfy/model_management.py:66``); 0.3.64 has neither the switch nor such kernels."""
+    if not hasattr(comfy.model_management, "in_training"):
+        yield
+        return
+    previous = comfy.model_management.in_training
+    comfy.model_management.in_training = True
+    try:
+        yield
+    finally:
+        comfy.model_management.in_training = previous
+
+
+def kitchen_eager_reference(name: str):
+    """comfy-kitchen's eager (plain, differentiable torch) implementation of its operator ``name``; None where
+    it has none or the host has no comfy-kitchen (0.3.64)."""
+    if _kitchen_registry is None:
+        return None
+    try:
+        return _kitchen_registry.get_implementation(name, backend="eager")
+    except Exception:  # noqa: BLE001 - the library's own "not implemented / not available" errors
+        return None

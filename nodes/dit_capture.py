@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from einops import rearrange
 
-from .architecture import JOINT, CrossAttentionLayer, UNetInfo
+from .architecture import JOINT, CrossAttentionLayer, ModelInfo
 from .attention_capture import GRAD_PASS_FLAG, MapRecorder, StopForward, install_patches
 
 
@@ -91,7 +91,7 @@ def context_rows(args: dict) -> int | None:
 
 
 def install_recording(model_options: dict, recorder: MapRecorder, layers: tuple[CrossAttentionLayer, ...],
-                      model: UNetInfo) -> dict:
+                      model: ModelInfo) -> dict:
     """Make ``model_options`` (a private copy) feed ``recorder`` from ``layers``: ``attn2`` patches on a
     UNet; on a DiT the joint-attention tap, told each model call's text rows and latent size by a model
     function wrapper (chained to the one that was there)."""

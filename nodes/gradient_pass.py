@@ -41,7 +41,6 @@ import contextlib
 import logging
 
 import comfy.ldm.modules.attention as comfy_attention
-import comfy.model_management
 import torch
 from torch.overrides import TorchFunctionMode
 
@@ -49,13 +48,9 @@ from ..storm_ops.errors import StormError
 from ..storm_ops.guidance.frozen_weights import FrozenWeights
 from ..storm_ops.guidance.saved_tensors import CopyOnWriteSaves
 from .attention_capture import GRAD_PASS_FLAG
+from .compat import host_training_switch, kitchen_eager_reference
 
 log = logging.getLogger("comfyui-storm")
-
-try:  # comfy-kitchen: the host's fused kernels (0.33 and later)
-    from comfy_kitchen.registry import registry as _kitchen_registry
-except ImportError:  # 0.3.64 has none
-    _kitchen_registry = None
 
 #: the ``torch.ops`` namespace of comfy-kitchen's custom operators
 KITCHEN_NAMESPACE = "comfy_kitchen"
@@ -63,20 +58,6 @@ KITCHEN_NAMESPACE = "comfy_kitchen"
 
 class KernelWithoutBackward(StormError):
     """A host kernel on the gradient path has no backward and no differentiable reference."""
-
-
-@contextlib.contextmanager
-def host_training_switch():
-    """``comfy.model_management.in_training = True`` for the block (where the host has the switch)."""
-    if not hasattr(comfy.model_management, "in_training"):
-        yield
-        return
-    previous = comfy.model_management.in_training
-    comfy.model_management.in_training = True
-    try:
-        yield
-    finally:
-        comfy.model_management.in_training = previous
 
 
 def _op_name(func) -> str | None:
@@ -97,16 +78,6 @@ def _needs_grad(values) -> bool:
     return False
 
 
-def eager_reference(name: str):
-    """comfy-kitchen's eager (pure torch) implementation of operator ``name``, or None."""
-    if _kitchen_registry is None:
-        return None
-    try:
-        return _kitchen_registry.get_implementation(name, backend="eager")
-    except Exception:  # noqa: BLE001 - the library's own "not implemented / not available" errors
-        return None
-
-
 class KitchenBackward(TorchFunctionMode):
     """Inside the gradient pass: comfy-kitchen operators reached with an input that needs a gradient run
     the library's eager reference (differentiable torch); :attr:`rerouted` counts them by name."""
@@ -120,7 +91,7 @@ class KitchenBackward(TorchFunctionMode):
         name = _op_name(func)
         if name is None or not torch.is_grad_enabled() or not (_needs_grad(args) or _needs_grad(kwargs.values())):
             return func(*args, **kwargs)
-        reference = eager_reference(name)
+        reference = kitchen_eager_reference(name)
         if reference is None:
             raise KernelWithoutBackward(
                 f"the model runs comfy-kitchen's '{name}' kernel on the guidance's gradient path, and that kernel "

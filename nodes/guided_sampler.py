@@ -56,7 +56,6 @@ NODE = "STORM Guided Sampler"
 #: base samplers (host k-diffusion names); "ddim" is ComfyUI's ddim = euler with seeded inpaint noise
 BASE_SAMPLERS = ("euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms",
                  "dpmpp_2m", "dpmpp_2s_ancestral", "ddim")
-MULTISTEP_SAMPLERS = frozenset({"lms", "dpmpp_2m"})
 
 
 @dataclass(frozen=True)
@@ -190,13 +189,13 @@ class GuidedRun:
         self.base_model = model.inner_model.inner_model
         self.batch_ones = x.new_ones([x.shape[0]])
         self.guidance = guidance = settings.guidance
-        unet = describe_model(self.base_model, self.node)
-        layers = unet.select(settings.attention_layers, self.node)
+        arch = describe_model(self.base_model, self.node)
+        layers = arch.select(settings.attention_layers, self.node)
         guidance.check_windows(self.num_steps)
         self.guided = {i for i in range(self.num_steps) if guidance.active_terms(i, self.num_steps)} \
             if guidance.terms else set()
         conds = getattr(model.inner_model, "conds", None) or {}
-        check_conditioning_family(self.node, unet, {name: [c.get("cross_attn") for c in entries]
+        check_conditioning_family(self.node, arch, {name: [c.get("cross_attn") for c in entries]
                                                     for name, entries in conds.items()})
         self.positive = _positive_conds(model, self.node) if self.guided else None
         n_tokens = None
@@ -206,7 +205,7 @@ class GuidedRun:
                 check_positive(self.node, guidance.layout, self.positive[0]["cross_attn"])
             for term in guidance.terms:
                 term.check_layout(n_tokens)
-        self.record = RunRecord(RunInfo(self.node, unet.model_name, unet.family, [layer.label for layer in layers],
+        self.record = RunRecord(RunInfo(self.node, arch.model_name, arch.family, [layer.label for layer in layers],
                                         base_sampler=settings.base_sampler, steps=self.num_steps,
                                         guided_steps=sorted(self.guided)))
         if len(conds.get("positive") or []) == 1:
@@ -214,7 +213,7 @@ class GuidedRun:
         self.recorder = MapRecorder(layers, self.record, n_tokens, stop_early=settings.stop_early)
         # the host hands samplers a copy of the patcher's options; one more keeps a caller's own from our patches
         options = comfy.model_patcher.create_model_options_clone(extra_args.get("model_options", {}))
-        self.extra_args = {**extra_args, "model_options": install_recording(options, self.recorder, layers, unet)}
+        self.extra_args = {**extra_args, "model_options": install_recording(options, self.recorder, layers, arch)}
         self.grad_options = gradient_options(self.extra_args["model_options"])
         #: each term's scratch state for this run (A-STAR's previous masks, say)
         self.states: dict = {}

@@ -12,8 +12,9 @@ from PIL import Image, ImageDraw
 
 from ..storm_ops.guidance.run_log import GuidedStep, refinement_hint
 
-# A perceptually ordered colormap (dark blue -> cyan -> yellow -> red), sampled at 6 stops.
-_STOPS = torch.tensor([[0.05, 0.03, 0.35], [0.10, 0.35, 0.85], [0.10, 0.75, 0.80],
+#: the pack's one colormap (dark blue -> cyan -> yellow -> red) as 6 RGB stops in [0, 1], linearly interpolated:
+#: the grid images (:func:`colorize`) and the node's heatmap view (``web/storm.js``, sent in the payload) use it
+COLORMAP_STOPS = torch.tensor([[0.05, 0.03, 0.35], [0.10, 0.35, 0.85], [0.10, 0.75, 0.80],
                        [0.55, 0.90, 0.25], [0.98, 0.80, 0.10], [0.85, 0.10, 0.05]])
 LABEL_HEIGHT = 18
 VIEWS = ("attention", "attend-and-excite")
@@ -23,10 +24,10 @@ RUNS = ("matching latent", "latest run")
 
 def colorize(maps: torch.Tensor) -> torch.Tensor:
     """Map values in [0, 1], shape ``(K, H, W)``, to RGB ``(K, H, W, 3)``."""
-    x = maps.clamp(0, 1) * (len(_STOPS) - 1)
-    lo = x.floor().long().clamp(max=len(_STOPS) - 2)
+    x = maps.clamp(0, 1) * (len(COLORMAP_STOPS) - 1)
+    lo = x.floor().long().clamp(max=len(COLORMAP_STOPS) - 2)
     t = (x - lo).unsqueeze(-1)
-    stops = _STOPS.to(maps.device)
+    stops = COLORMAP_STOPS.to(maps.device)
     return stops[lo] * (1 - t) + stops[lo + 1] * t
 
 
@@ -65,7 +66,8 @@ VIEW_IMAGE_SIDE = 512
 def step_maps_payload(steps, labels: list[str], image: torch.Tensor | None = None, opacity: float = 0.6) -> dict:
     """The per-step maps the heatmap view of ``web/storm.js`` shows: ``steps`` is a list of ``(sigma,
     maps (K, h, w))``, one per UNet evaluation; each map is scaled to its own maximum and sent as uint8
-    (K x steps x h x w bytes, base64: about 26 KB for 2 subjects x 50 steps of 16 x 16 maps).
+    (K x steps x h x w bytes, base64: about 26 KB for 2 subjects x 50 steps of 16 x 16 maps), with the stops of
+    the colormap the grid images use (:data:`COLORMAP_STOPS`), so the view draws the same colours.
 
     ``image`` ``(H, W, 3)`` in [0, 1], the decoded image, goes along as a PNG (longest side at most
     :data:`VIEW_IMAGE_SIDE`) for the view to draw the maps over it at ``opacity``."""
@@ -74,7 +76,8 @@ def step_maps_payload(steps, labels: list[str], image: torch.Tensor | None = Non
     peak = stack.flatten(2).amax(-1).clamp_min(1e-12)[..., None, None]
     data = (stack / peak * 255).round().clamp(0, 255).to(torch.uint8).contiguous().numpy()
     payload = {"labels": labels, "sigmas": [round(s, 4) for s in sigmas], "height": int(stack.shape[-2]),
-               "width": int(stack.shape[-1]), "data": base64.b64encode(data.tobytes()).decode("ascii")}
+               "width": int(stack.shape[-1]), "data": base64.b64encode(data.tobytes()).decode("ascii"),
+               "colormap": [[round(c, 4) for c in stop] for stop in COLORMAP_STOPS.tolist()]}
     if image is not None:
         picture = to_pil(image[..., :3])
         picture.thumbnail((VIEW_IMAGE_SIDE, VIEW_IMAGE_SIDE))

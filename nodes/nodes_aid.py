@@ -11,14 +11,14 @@ from ..storm_ops.aid.schedule import beta_schedule
 from ..storm_ops.attention.maps import MapSettings, word_maps
 from ..storm_ops.errors import StormError
 from ..storm_ops.losses.attend_excite import max_attention
-from .aid_sampling import MODES, InterpolationSettings, attention_history, sample_sequence
+from .aid_sampling import AID_MODES, InterpolationSettings, attention_history, sample_sequence
 from .architecture import DEFAULT_LAYER_SELECTION
 from .attention_capture import tag_latent
 from .errors import node_errors
 from .widgets import float_input, int_input
 
-#: The name in MODES of storm_ops' default interpolation (AID's "fused outer").
-DEFAULT_MODE_NAME = next(name for name, spec in MODES.items() if spec == (DEFAULT_MODE, DEFAULT_FUSED))
+#: The name in AID_MODES of storm_ops' default interpolation (AID's "fused outer").
+DEFAULT_MODE_NAME = next(name for name, spec in AID_MODES.items() if spec == (DEFAULT_MODE, DEFAULT_FUSED))
 
 
 class AttentionInterpolation:
@@ -63,7 +63,7 @@ class AttentionInterpolation:
                                                                 "tooltip": "Sampler (deterministic samplers keep the "
                                                                            "endpoints exactly equal to plain generation)."}),
             "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"default": "normal", "tooltip": "Noise schedule."}),
-            "mode": (list(MODES), {"default": DEFAULT_MODE_NAME,
+            "mode": (list(AID_MODES), {"default": DEFAULT_MODE_NAME,
                                    "tooltip": "outer: mix the attention outputs of A and B; inner: attend to the "
                                               "mixed keys/values; fused: also attend to the frame's own keys/values "
                                               "(self-attention fusion, the official default 'fused outer')."}),
@@ -88,8 +88,8 @@ class AttentionInterpolation:
     def interpolate(self, model, positive_a, positive_b, negative, latent_image, frames, seed, steps, cfg,
                     sampler_name, scheduler, mode, alpha, beta, warmup_ratio, chunk_size, endpoint_noise,
                     guide=None):
-        if mode not in MODES:
-            raise StormError(f"unknown mode {mode!r}; use one of {list(MODES)}", input_name="mode")
+        if mode not in AID_MODES:
+            raise StormError(f"unknown mode {mode!r}; use one of {list(AID_MODES)}", input_name="mode")
         if not 0.0 <= warmup_ratio <= 1.0:
             raise StormError(f"warmup_ratio must lie in [0, 1], got {warmup_ratio}", input_name="warmup_ratio")
         if chunk_size < 0:

@@ -76,13 +76,13 @@ class AttentionRecorder:
 
     @node_errors(NODE_NAME)
     def patch(self, model, attention_layers):
-        unet = describe_model(require_model(model, self.NODE_NAME).model, self.NODE_NAME)
-        layers = unet.select(attention_layers, self.NODE_NAME)
+        arch = describe_model(require_model(model, self.NODE_NAME).model, self.NODE_NAME)
+        layers = arch.select(attention_layers, self.NODE_NAME)
         history = AttentionHistory(self.NODE_NAME)
-        recorder = ContinuousRecorder(layers, history, RunInfo(self.NODE_NAME, unet.model_name, unet.family,
+        recorder = ContinuousRecorder(layers, history, RunInfo(self.NODE_NAME, arch.model_name, arch.family,
                                                                [layer.label for layer in layers]))
         patched = model.clone()
-        install_recording(patched.model_options, recorder, layers, unet)
+        install_recording(patched.model_options, recorder, layers, arch)
 
         def storm_record_final(args):
             recorder.on_denoised(args["denoised"], args.get("sigma"))
@@ -95,7 +95,7 @@ class AttentionRecorder:
             context = args["c"].get("c_crossattn")
             if context is not None:  # fail with a clear message, not the host's shape error
                 with node_error_context(self.NODE_NAME):
-                    check_conditioning_family(self.NODE_NAME, unet, {"positive or negative": [context]})
+                    check_conditioning_family(self.NODE_NAME, arch, {"positive or negative": [context]})
             out = previous(apply_model, args) if previous is not None else \
                 apply_model(args["input"], args["timestep"], **args["c"])
             recorder.on_context(args)  # after the pass: a new run's record exists by then

@@ -95,8 +95,8 @@ class GuidedKSampler:
         settings = GuidedSamplerSettings(guidance, sampler_name, attention_layers, self.NODE_NAME)
         # the checks sample_guided repeats for SamplerCustom, made here before any model is loaded
         guidance.check_windows(steps)
-        unet = describe_model(require_model(model, self.NODE_NAME).model, self.NODE_NAME)
-        check_conditioning_family(self.NODE_NAME, unet, {"positive": [c[0] for c in positive],
+        arch = describe_model(require_model(model, self.NODE_NAME).model, self.NODE_NAME)
+        check_conditioning_family(self.NODE_NAME, arch, {"positive": [c[0] for c in positive],
                                                          "negative": [c[0] for c in negative]})
         if guidance.terms and guidance.layout is not None and len(positive) == 1:
             check_positive(self.NODE_NAME, guidance.layout, positive[0][0])
@@ -113,8 +113,7 @@ def _sample_like_ksampler(model, sampler, sampler_name, seed, steps, cfg, schedu
                           latent, denoise):
     """What the core KSampler node does, with our SAMPLER: same noise, sigmas, mask and callback."""
     latent_image = latent["samples"]
-    if hasattr(comfy.sample, "fix_empty_latent_channels"):
-        latent_image = comfy.sample.fix_empty_latent_channels(model, latent_image)
+    latent_image = comfy.sample.fix_empty_latent_channels(model, latent_image)
     if latent_image.dim() != 4:
         raise StormError(f"expected an image latent of shape (B, C, H, W), got {tuple(latent_image.shape)}",
                          input_name="latent_image")

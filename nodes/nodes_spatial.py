@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..storm_ops.attention.maps import MapSettings
 from ..storm_ops.guidance.terms import DEFAULT_WEIGHT
 from ..storm_ops.losses import transport_core
-from ..storm_ops.losses.transport import MODES, transport_term_for
+from ..storm_ops.losses.transport import TRANSPORT_MODES, transport_term_for
 from ..storm_ops.losses.transport_core import TransportConfig
 from ..storm_ops.tokens.layout import AUTO
 from .errors import node_errors
@@ -41,7 +41,7 @@ class SpatialTransport(LossNode):
     def INPUT_TYPES(cls):
         return {"required": {
             "analysis": ("STORM_ANALYSIS", {"tooltip": "From STORM Prompt Analysis (its relations are guided)."}),
-            "mode": (list(MODES), {"default": "paper",
+            "mode": (list(TRANSPORT_MODES), {"default": "paper",
                                    "tooltip": "paper: the method as described (target-dependent spatial cost); "
                                               "reference: the released code's loss with its quirks (right treated as "
                                               "left, below as above, target-independent cost); see the README."}),

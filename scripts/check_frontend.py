@@ -36,6 +36,7 @@ newer ones stop ComfyUI 0.3.64 from starting). No ``playwright install``: a syst
 from __future__ import annotations
 
 import argparse
+import base64
 import importlib.metadata
 import json
 import os
@@ -176,10 +177,15 @@ def check_outputs(page, entry: dict) -> str | None:
             box.querySelectorAll("button.storm-view-token")[box.querySelectorAll("button.storm-view-token").length - 1].click();
             slider.value = 0; slider.dispatchEvent(new Event("input"));
             const changed = canvas.toDataURL() !== before;
+            const pixel = [...canvas.getContext("2d").getImageData(0, 0, 1, 1).data.slice(0, 3)];
             canvas.click();
             return {tabs: [...box.querySelectorAll("button.storm-view-token")].map((b) => b.textContent),
                     size: [canvas.width, canvas.height], steps: Number(slider.max) + 1, changed,
-                    enlarged: canvas.parentElement.style.height, overlaid: toggle ? overlaid : null}; }""", node_id)
+                    enlarged: canvas.parentElement.style.height, overlaid: toggle ? overlaid : null, pixel}; }""", node_id)
+        drawn = view.pop("pixel")
+        colour = map_colour(maps, len(maps["labels"]) - 1, 0)
+        if max(abs(a - b) for a, b in zip(drawn, colour, strict=True)) > 1:
+            return f"heatmap view of node {node_id}: its first pixel is {drawn}, the node's colormap gives {colour}"
         expected = {"tabs": maps["labels"], "size": [maps["width"], maps["height"]], "steps": len(maps["sigmas"]),
                     "changed": True, "enlarged": "300px",
                     # with an image, the map is first drawn over it at the image's size; the toggle turns it off
@@ -187,6 +193,19 @@ def check_outputs(page, entry: dict) -> str | None:
         if view != expected:
             return f"heatmap view of node {node_id}: {view}, expected {expected}"
     return None
+
+
+def map_colour(maps: dict, token: int, step: int) -> list[int]:
+    """The colour the node's colormap (its stops in the payload, the grid image's) gives the top-left value of
+    the map of ``token`` at ``step`` (each map scaled to its maximum, as the view draws it)."""
+    size = maps["height"] * maps["width"]
+    raw = base64.b64decode(maps["data"])
+    start = (token * len(maps["sigmas"]) + step) * size
+    values = raw[start:start + size]
+    x = values[0] / (max(values) or 1) * (len(maps["colormap"]) - 1)
+    lo = min(int(x), len(maps["colormap"]) - 2)
+    t = x - lo
+    return [round(255 * (a * (1 - t) + b * t)) for a, b in zip(maps["colormap"][lo], maps["colormap"][lo + 1], strict=True)]
 
 
 def overlapping_nodes(page) -> list[str]:

@@ -299,11 +299,13 @@ function addChart(node) {
 // has an image) the map drawn over the decoded image at the node's opacity.
 const VIEW = "storm_view";
 
-function jet(v) {
-  const r = Math.min(1, Math.max(0, 1.5 - Math.abs(4 * v - 3)));
-  const g = Math.min(1, Math.max(0, 1.5 - Math.abs(4 * v - 2)));
-  const b = Math.min(1, Math.max(0, 1.5 - Math.abs(4 * v - 1)));
-  return [r * 255, g * 255, b * 255];
+// the colour of v in [0, 1] on the node's colormap: payload.colormap holds the stops (RGB in [0, 1]) of the
+// colormap the node's grid images are drawn with, interpolated linearly between them exactly as there
+function colorOf(stops, v) {
+  const x = Math.min(1, Math.max(0, v)) * (stops.length - 1);
+  const lo = Math.min(Math.floor(x), stops.length - 2);
+  const t = x - lo;
+  return stops[lo].map((c, i) => 255 * (c * (1 - t) + stops[lo + 1][i] * t));
 }
 
 function decodeMaps(payload) {
@@ -327,7 +329,7 @@ function drawMap(view) {
   }
   const peak = Math.max(...values) || 1;
   for (let i = 0; i < h * w; i++) {
-    const [r, g, b] = jet(values[i] / peak);
+    const [r, g, b] = colorOf(maps.colormap, values[i] / peak);
     image.data.set([r, g, b, 255], i * 4);
   }
   const photo = view.overlay && view.photo?.complete && view.photo.naturalWidth ? view.photo : null;
@@ -393,8 +395,9 @@ function showMaps(node, payload) {
     view.canvas.style.cursor = big ? "zoom-in" : "zoom-out";
   });
   const scale = document.createElement("div");
-  scale.title = "colour scale: 0 (blue) to the map's maximum (red)";
-  Object.assign(scale.style, { width: "10px", background: "linear-gradient(to top, #00f, #0ff, #ff0, #f00)" });
+  scale.title = "colour scale: 0 (dark blue) to the map's maximum (red)";
+  const gradient = maps.colormap.map((stop) => `rgb(${stop.map((c) => Math.round(255 * c)).join(", ")})`);
+  Object.assign(scale.style, { width: "10px", background: `linear-gradient(to top, ${gradient.join(", ")})` });
   const ends = document.createElement("div");
   Object.assign(ends.style, { display: "flex", flexDirection: "column", justifyContent: "space-between",
                               font: "10px monospace", color: "#999" });

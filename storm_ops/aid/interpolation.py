@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -91,7 +90,6 @@ def interpolated_attention(
     k_self: torch.Tensor | None = None,
     v_self: torch.Tensor | None = None,
     attn_fn: AttentionFn | None = None,
-    chunk_size: int | None = None,
     max_token_repeat: int = MAX_TOKEN_REPEAT,
 ) -> torch.Tensor:
     """Interpolated attention of AID / PAID (He et al., NeurIPS 2024, arXiv 2403.17924).
@@ -118,9 +116,6 @@ def interpolated_attention(
     attn_fn : callable, optional
         ``attn_fn(q, k, v, heads)`` replacing the float32 kernel (e.g. the host's
         ``optimized_attention``). It receives tensors in ``q``'s dtype with batch ``B``.
-    chunk_size : int, optional
-        Process at most this many frames at a time (bounds peak memory). Endpoint keys/values
-        of batch 1 are shared by every chunk.
     max_token_repeat : int
         Refuse key sets whose common (lcm) length exceeds this many times the shortest one.
 
@@ -147,37 +142,8 @@ def interpolated_attention(
                          input_name="max_token_repeat")
     coef = as_coefficients(t, q.shape[0], q.device)  # shape: (B,)
 
-    batch = q.shape[0]
-    slices = [slice(0, batch)] if chunk_size is None else frame_chunks(batch, chunk_size)
-    outs = []
-    for s in slices:
-        def rows(x: torch.Tensor | None, s: slice = s) -> torch.Tensor | None:
-            return x if x is None or x.shape[0] == 1 else x[s]
-
-        outs.append(_interpolate(
-            q[s], rows(k_a), rows(v_a), rows(k_b), rows(v_b), coef[s], heads, mode,
-            rows(k_self), rows(v_self), attn_fn, max_token_repeat,
-        ))
-    out = outs[0] if len(outs) == 1 else torch.cat(outs, 0)
+    out = _interpolate(q, k_a, v_a, k_b, v_b, coef, heads, mode, k_self, v_self, attn_fn, max_token_repeat)
     return out.to(q.dtype)
-
-
-def inner_attention(q: torch.Tensor, k_a: torch.Tensor, v_a: torch.Tensor, k_b: torch.Tensor, v_b: torch.Tensor,
-                    t: float | Sequence[float] | torch.Tensor, heads: int, **kwargs: Any) -> torch.Tensor:
-    """Inner interpolation ``Attn(Q_t, (1-t) K_A + t K_B, (1-t) V_A + t V_B)``.
-
-    Same arguments as :func:`interpolated_attention` with ``mode="inner"``.
-    """
-    return interpolated_attention(q, k_a, v_a, k_b, v_b, t, heads, mode="inner", **kwargs)
-
-
-def outer_attention(q: torch.Tensor, k_a: torch.Tensor, v_a: torch.Tensor, k_b: torch.Tensor, v_b: torch.Tensor,
-                    t: float | Sequence[float] | torch.Tensor, heads: int, **kwargs: Any) -> torch.Tensor:
-    """Outer interpolation ``(1-t) Attn(Q_t, K_A, V_A) + t Attn(Q_t, K_B, V_B)``.
-
-    Same arguments as :func:`interpolated_attention` with ``mode="outer"``.
-    """
-    return interpolated_attention(q, k_a, v_a, k_b, v_b, t, heads, mode="outer", **kwargs)
 
 
 def as_coefficients(t: float | Sequence[float] | torch.Tensor, batch: int,
@@ -259,16 +225,6 @@ def frame_chunks(n_frames: int, chunk_size: int) -> list[slice]:
     return [slice(i, min(i + chunk_size, n_frames)) for i in range(0, n_frames, chunk_size)]
 
 
-def chunk_coefficients(t: Sequence[float] | torch.Tensor, chunk_size: int) -> list[torch.Tensor]:
-    """Split per-frame coefficients ``(n,)`` into chunks of at most ``chunk_size`` frames."""
-    coef = torch.as_tensor(t).reshape(-1)
-    return [coef[s] for s in frame_chunks(coef.shape[0], chunk_size)]
-
-
-# --------------------------------------------------------------------------------------------
-# internals
-
-
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, k_name: str, v_name: str) -> None:
     if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
         raise StormError(f"heads must be a positive integer, got {heads!r}", input_name="heads")
@@ -312,7 +268,7 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
 
 
 def _interpolate(q, k_a, v_a, k_b, v_b, coef, heads, mode, k_self, v_self, attn_fn, max_repeat) -> torch.Tensor:
-    """One chunk of :func:`interpolated_attention`; float32 result."""
+    """The mixing of :func:`interpolated_attention` (arguments checked); float32 result."""
     batch = q.shape[0]
     work = torch.float32 if attn_fn is None else q.dtype
     fused = k_self is not None

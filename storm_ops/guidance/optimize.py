@@ -98,7 +98,7 @@ def apply_update(z: torch.Tensor, ev: Evaluation, multiplier: float | torch.Tens
         Evaluation at ``z``.
     multiplier : float or Tensor of shape (B,)
         Step multiplier (the term step sizes are already inside the objective; the sampler
-        passes the z-to-x space factor ``1 + sigma^2``).
+        passes the z-to-x space factor ``1 / s^2`` of the model's input scale ``z = s x``).
     only : BoolTensor, shape (B,), optional
         Restrict the update to these samples.
 
@@ -134,8 +134,7 @@ def _skip_reason(ev: Evaluation, mask: torch.Tensor) -> str | None:
 
 
 def guidance_step(z: torch.Tensor, evaluate: Callable[[torch.Tensor], Evaluation], *,
-                  multiplier: float | torch.Tensor, refine: bool = True,
-                  update: bool = True) -> tuple[torch.Tensor, StepReport]:
+                  multiplier: float | torch.Tensor) -> tuple[torch.Tensor, StepReport]:
     """Run one guided step (evaluate, refine to the thresholds, update).
 
     Parameters
@@ -146,11 +145,6 @@ def guidance_step(z: torch.Tensor, evaluate: Callable[[torch.Tensor], Evaluation
         ``evaluate(z) -> Evaluation``; may raise to abort (e.g. on a user interrupt).
     multiplier : float or Tensor (B,)
         See :func:`apply_update`.
-    refine : bool
-        Allow iterative refinement (it only happens when the evaluation has a cap > 0 and some
-        sample is not satisfied).
-    update : bool
-        Apply the regular update after refinement.
 
     Returns
     -------
@@ -159,8 +153,7 @@ def guidance_step(z: torch.Tensor, evaluate: Callable[[torch.Tensor], Evaluation
     ev = evaluate(z)
     report = StepReport(first=ev, last=ev,
                         sample_refine_iters=torch.zeros(z.shape[0], dtype=torch.long, device=z.device))
-    cap = ev.max_refine_iters if refine else 0
-    report.refine_cap = cap
+    cap = report.refine_cap = ev.max_refine_iters  # refinement happens where it is > 0 and a sample is unsatisfied
     while report.refine_iters < cap and not bool(ev.satisfied.all()):
         todo = ~ev.satisfied
         z, applied = apply_update(z, ev, multiplier, only=todo)
@@ -173,11 +166,10 @@ def guidance_step(z: torch.Tensor, evaluate: Callable[[torch.Tensor], Evaluation
         report.sample_refine_iters += applied.to(report.sample_refine_iters.device, torch.long)
         report.updates += 1
         ev = evaluate(z)
-    if update:
-        z, applied = apply_update(z, ev, multiplier)
-        reason = _skip_reason(ev, None)
-        if reason:
-            report.skipped.append(reason)
-        report.updates += int(bool(applied.any()))
+    z, applied = apply_update(z, ev, multiplier)
+    reason = _skip_reason(ev, None)
+    if reason:
+        report.skipped.append(reason)
+    report.updates += int(bool(applied.any()))
     report.last = ev
     return z, report

@@ -342,9 +342,6 @@ class Guidance:
         for term in self.terms:
             term.check_window(num_steps)
 
-    def any_active(self, num_steps: int) -> bool:
-        return any(self.active_terms(i, num_steps) for i in range(num_steps))
-
     def unique_names(self) -> list[str]:
         names, seen = [], {}
         for t in self.terms:

@@ -14,12 +14,12 @@ from .transport_core import TransportConfig, TransportTerm, no_relation
 from .transport_paper import TransportPaperTerm
 from .transport_reference import TransportReferenceTerm
 
-__all__ = ["TRANSPORT_TERMS", "MODES", "transport_term", "transport_term_for"]
+__all__ = ["TRANSPORT_TERMS", "TRANSPORT_MODES", "transport_term", "transport_term_for"]
 
 #: The term class of each mode, by its name.
 TRANSPORT_TERMS: dict[str, type[TransportTerm]] = {cls.mode: cls for cls in (TransportPaperTerm, TransportReferenceTerm)}
 #: The mode names, paper mode (the default) first.
-MODES = tuple(TRANSPORT_TERMS)
+TRANSPORT_MODES = tuple(TRANSPORT_TERMS)
 
 
 def transport_term(mode: str, layout: TokenLayout, relations: tuple[SpatialRelation, ...],
@@ -32,7 +32,7 @@ def transport_term(mode: str, layout: TokenLayout, relations: tuple[SpatialRelat
         ``input_name`` ``"mode"`` for an unknown mode.
     """
     if mode not in TRANSPORT_TERMS:
-        raise StormError(f"unknown STORM mode {mode!r}; use one of {MODES}", input_name="mode")
+        raise StormError(f"unknown STORM mode {mode!r}; use one of {TRANSPORT_MODES}", input_name="mode")
     return TRANSPORT_TERMS[mode](layout, relations, config, **kwargs)
 
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..tokens.layout import Subject
-from .parsed import PromptAnalysis, SpatialRelation
+from .parsed import SpatialRelation
 
 #: Prepositions that are a relation on their own ("a bird above a tree").
 PREPOSITIONS = {"above": "above", "over": "above", "atop": "above", "below": "below", "under": "below",
@@ -377,12 +377,4 @@ def rule_relations(words: Sequence[str], nouns: Sequence[tuple[int, Subject]]
         else:
             relations.append(SpatialRelation(before[-1], relation, after[0]))
     return tuple(relations), tuple(notes)
-
-
-# ---------------------------------------------------------------------------- user overrides
-def relation_modifiers(analysis: PromptAnalysis, relation: SpatialRelation
-                       ) -> tuple[tuple[Subject, ...], tuple[Subject, ...]]:
-    """The modifiers bound to a relation's subject and object (STORM's adjective per noun)."""
-    mods = {b.noun.positions: b.modifiers for b in analysis.bindings}
-    return mods.get(relation.subject.positions, ()), mods.get(relation.object.positions, ())
 

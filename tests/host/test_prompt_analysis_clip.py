@@ -99,7 +99,7 @@ SPATIAL = [
 def ops(pack):
     """The pack's own storm_ops modules (class identities differ from a top-level import)."""
     name = f"{pack.__name__}.storm_ops.prompt"
-    return {m: importlib.import_module(f"{name}.{m}") for m in ("nlp", "overrides", "analysis", "relations")}
+    return {m: importlib.import_module(f"{name}.{m}") for m in ("nlp", "overrides", "analysis")}
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,8 @@ def test_tag_lists_do_not_bind_across_commas(analyze):
 
 def test_adjectives_of_related_objects(analyze, ops):
     a = analyze("sd15", "a bright lamp next to a linear sofa")
-    subject_mods, object_mods = ops["relations"].relation_modifiers(a, a.relations[0])
+    mods = {b.noun.positions: b.modifiers for b in a.bindings}
+    subject_mods, object_mods = mods[a.relations[0].subject.positions], mods[a.relations[0].object.positions]
     assert [_word(m) for m in subject_mods] == ["bright:2"] and [_word(m) for m in object_mods] == ["linear:7"]
     a = analyze("sd15", "a dog in front of a car")
     assert any("'in front of' is a depth relation" in n for n in a.notes)

@@ -36,7 +36,7 @@ def render(nodes, attention, latent, tokens, **kw):
                                                         view=kw.pop("view", "attention"), **kw)
 
 
-def test_outputs_grid_overlay_mask_and_log(nodes, prompt):
+def test_outputs_grid_overlay_mask_and_log(pack, nodes, prompt):
     tm, tokens, pos, neg, guidance = prompt
     with torch.inference_mode():
         sampler, attention = nodes["STORM_GuidedSampler"]().build(guidance=guidance, sampler_name="euler",
@@ -60,6 +60,13 @@ def test_outputs_grid_overlay_mask_and_log(nodes, prompt):
     data = np.frombuffer(base64.b64decode(maps["data"]), np.uint8).reshape(2, steps, maps["height"], maps["width"])
     assert maps["labels"] == ["cat", "dog"] and len(maps["sigmas"]) == steps > 1
     assert (data.reshape(2, steps, -1).max(-1) == 255).all()
+    # the view's colours: the grid image's colormap, its stops interpolated linearly as web/storm.js does
+    stops = torch.tensor(maps["colormap"])
+    values = torch.linspace(0, 1, 101)
+    x = values * (len(stops) - 1)
+    lo = x.floor().long().clamp(max=len(stops) - 2)
+    as_drawn = stops[lo] * (1 - (x - lo))[:, None] + stops[lo + 1] * (x - lo)[:, None]
+    assert torch.allclose(as_drawn, pack.nodes.heatmap_render.colorize(values), atol=1e-4)
     mean = torch.from_numpy(data.astype(np.float32)).mean(1).flatten(1)  # the view's "mean" ~ the mask output
     small = torch.nn.functional.interpolate(mask[:, None], size=(maps["height"], maps["width"]), mode="area")
     for a, b in zip(mean, small.flatten(1), strict=True):

@@ -8,12 +8,9 @@ import torch
 from storm_ops.aid.interpolation import (
     as_coefficients,
     attention,
-    chunk_coefficients,
     frame_chunks,
-    inner_attention,
     interpolated_attention,
     match_token_lengths,
-    outer_attention,
 )
 from storm_ops.aid.schedule import beta_schedule, interpolation_active, lerp, slerp, warmup_steps
 from storm_ops.errors import ShapeError, StormError
@@ -99,14 +96,12 @@ def test_interpolated_attention_matches_the_closed_form(mode, fusion):
     expected = ref_interpolation(q, ka, va, kb, vb, t, mode, ks, vs)
     assert out.shape == q.shape and out.dtype == q.dtype
     assert torch.allclose(out.double(), expected, atol=1e-6)
-    wrapper = inner_attention if mode == "inner" else outer_attention
-    assert torch.equal(wrapper(q, ka, va, kb, vb, t, HEADS, k_self=ks, v_self=vs), out)
 
 
 def test_inner_and_outer_differ_in_the_middle():
     q, ka, va, kb, vb, _, _ = _setup()
-    inner = inner_attention(q, ka, va, kb, vb, 0.5, HEADS)
-    outer = outer_attention(q, ka, va, kb, vb, 0.5, HEADS)
+    inner = interpolated_attention(q, ka, va, kb, vb, 0.5, HEADS, mode="inner")
+    outer = interpolated_attention(q, ka, va, kb, vb, 0.5, HEADS, mode="outer")
     assert (inner - outer).abs().max() > 1e-3
 
 
@@ -151,8 +146,8 @@ def test_a_batch_with_the_endpoints_in_it_keeps_them_unchanged():
 def test_inner_equals_outer_at_the_endpoints(fused):
     q, ka, va, kb, vb, ks, vs = _setup(ns=5 if fused else None)
     t = torch.tensor([0.0, 1.0, 0.0])
-    inner = inner_attention(q, ka, va, kb, vb, t, HEADS, k_self=ks, v_self=vs)
-    outer = outer_attention(q, ka, va, kb, vb, t, HEADS, k_self=ks, v_self=vs)
+    inner = interpolated_attention(q, ka, va, kb, vb, t, HEADS, k_self=ks, v_self=vs, mode="inner")
+    outer = interpolated_attention(q, ka, va, kb, vb, t, HEADS, k_self=ks, v_self=vs, mode="outer")
     assert torch.allclose(inner, outer, atol=1e-6)
 
 
@@ -170,29 +165,15 @@ def test_batched_coefficients_equal_per_frame_calls(mode):
 def test_per_frame_endpoint_keys_and_scalar_coefficient_broadcast():
     q, ka, va, kb, vb, _, _ = _setup()
     rows = [t.expand(3, -1, -1).clone() for t in (ka, va, kb, vb)]
-    shared = outer_attention(q, ka, va, kb, vb, 0.4, HEADS)
-    assert torch.allclose(outer_attention(q, *rows, 0.4, HEADS), shared, atol=1e-7)
-    assert torch.allclose(outer_attention(q, ka, va, kb, vb, torch.tensor([0.4]), HEADS), shared)
-    assert torch.allclose(outer_attention(q, ka, va, kb, vb, [0.4, 0.4, 0.4], HEADS), shared)
+    shared = interpolated_attention(q, ka, va, kb, vb, 0.4, HEADS, mode="outer")
+    assert torch.allclose(interpolated_attention(q, *rows, 0.4, HEADS, mode="outer"), shared, atol=1e-7)
+    assert torch.allclose(interpolated_attention(q, ka, va, kb, vb, torch.tensor([0.4]), HEADS, mode="outer"), shared)
+    assert torch.allclose(interpolated_attention(q, ka, va, kb, vb, [0.4, 0.4, 0.4], HEADS, mode="outer"), shared)
 
 
-@pytest.mark.parametrize("mode", ["inner", "outer"])
-def test_chunked_processing_matches_one_call(mode):
-    q, ka, va, kb, vb, ks, vs = _setup(batch=5, ns=5)
-    t = torch.linspace(0, 1, 5)
-    full = interpolated_attention(q, ka, va, kb, vb, t, HEADS, mode=mode, k_self=ks, v_self=vs)
-    for size in (1, 2, 5, 8):
-        chunked = interpolated_attention(q, ka, va, kb, vb, t, HEADS, mode=mode, k_self=ks, v_self=vs,
-                                         chunk_size=size)
-        assert torch.allclose(chunked, full, atol=1e-7)
-
-
-def test_frame_chunks_and_chunk_coefficients():
+def test_frame_chunks():
     assert frame_chunks(7, 3) == [slice(0, 3), slice(3, 6), slice(6, 7)]
     assert frame_chunks(0, 3) == []
-    parts = chunk_coefficients(beta_schedule(7, 3, 3), 3)
-    assert [len(p) for p in parts] == [3, 3, 1]
-    assert torch.equal(torch.cat(parts), beta_schedule(7, 3, 3))
     for bad in (0, -1, 1.5, True):
         with pytest.raises(StormError) as err:
             frame_chunks(4, bad)
@@ -227,15 +208,15 @@ def test_conditions_of_different_lengths_are_tiled_to_their_lcm():
     tiled_a, tiled_b = match_token_lengths([ka, kb], ["k_a", "k_b"])
     assert tiled_a.shape[1] == tiled_b.shape[1] == 8 and torch.equal(tiled_a[:, 4:], ka) and tiled_b is kb
     va2 = torch.cat([va, va], 1)
-    inner = inner_attention(q, ka, va, kb, vb, 0.3, HEADS)
-    assert torch.allclose(inner, inner_attention(q, tiled_a, va2, kb, vb, 0.3, HEADS), atol=1e-7)
+    inner = interpolated_attention(q, ka, va, kb, vb, 0.3, HEADS, mode="inner")
+    assert torch.allclose(inner, interpolated_attention(q, tiled_a, va2, kb, vb, 0.3, HEADS, mode="inner"), atol=1e-7)
     # tiling is invisible at the endpoint, and outer needs none
-    assert torch.allclose(inner_attention(q, ka, va, kb, vb, 0.0, HEADS), attention(q, ka, va, HEADS), atol=1e-6)
-    outer = outer_attention(q, ka, va, kb, vb, 0.3, HEADS)
+    assert torch.allclose(interpolated_attention(q, ka, va, kb, vb, 0.0, HEADS, mode="inner"), attention(q, ka, va, HEADS), atol=1e-6)
+    outer = interpolated_attention(q, ka, va, kb, vb, 0.3, HEADS, mode="outer")
     assert torch.allclose(outer.double(), ref_interpolation(q, ka, va, kb, vb, [0.3] * 3, "outer"), atol=1e-6)
     # fused cross-attention with a frame condition of a third length (PAID guide prompt)
     ks, vs = _rand(3, 6, C, seed=9), _rand(3, 6, C, seed=10)
-    fused = outer_attention(q, ka, va, kb, vb, 0.0, HEADS, k_self=ks, v_self=vs)
+    fused = interpolated_attention(q, ka, va, kb, vb, 0.0, HEADS, k_self=ks, v_self=vs, mode="outer")
     ks24, ka24 = ks.repeat(1, 4, 1), ka.repeat(1, 6, 1)
     vs24, va24 = vs.repeat(1, 4, 1), va.repeat(1, 6, 1)
     expected = attention(q, torch.cat([ks24, ka24.expand(3, -1, -1)], 1), torch.cat([vs24, va24.expand(3, -1, -1)], 1),
@@ -246,9 +227,9 @@ def test_conditions_of_different_lengths_are_tiled_to_their_lcm():
 def test_too_different_token_lengths_name_the_input():
     q, ka, va, kb, vb, _, _ = _setup(na=4, nb=5)  # lcm 20 = 5x the shorter
     with pytest.raises(ShapeError) as err:
-        inner_attention(q, ka, va, kb, vb, 0.5, HEADS, max_token_repeat=4)
+        interpolated_attention(q, ka, va, kb, vb, 0.5, HEADS, max_token_repeat=4, mode="inner")
     assert err.value.input_name == "k_b" and "token lengths" in str(err.value)
-    inner_attention(q, ka, va, kb, vb, 0.5, HEADS)  # within the default limit
+    interpolated_attention(q, ka, va, kb, vb, 0.5, HEADS, mode="inner")  # within the default limit
 
 
 # ------------------------------------------------------------------------------------------
@@ -315,7 +296,7 @@ def test_inputs_are_not_modified():
     t = torch.tensor([0.0, 0.4, 1.0])
     q, ka, va, kb, vb, ks, vs = tensors
     for mode in ("inner", "outer"):
-        interpolated_attention(q, ka, va, kb, vb, t, HEADS, mode=mode, k_self=ks, v_self=vs, chunk_size=2)
+        interpolated_attention(q, ka, va, kb, vb, t, HEADS, mode=mode, k_self=ks, v_self=vs)
     slerp(ka, kb, t)
     slerp(ka, kb, t, per="row")
     lerp(ka, kb, t)

@@ -26,20 +26,20 @@ class MeanObjective:
 def test_refinement_stops_at_its_threshold():
     z = torch.zeros(1, 2, 2)
     obj = MeanObjective(threshold=0.5, cap=20)
-    out, report = guidance_step(z, obj, multiplier=0.1, update=False)
-    # each update raises the mean by 0.1: 5 updates reach the threshold, then it stops
-    assert report.refine_iters == 5 and obj.calls == 6
-    assert out.mean().item() == pytest.approx(0.5)
+    out, report = guidance_step(z, obj, multiplier=0.1)
+    # each update raises the mean by 0.1: 5 updates reach the threshold, then it stops; the regular update follows
+    assert report.refine_iters == 5 and obj.calls == 6 and report.updates == 6
+    assert out.mean().item() == pytest.approx(0.5 + 0.1)
     assert bool(report.last.satisfied.all())
     assert torch.equal(z, torch.zeros(1, 2, 2))  # input untouched
 
 
 def test_refinement_stops_at_its_iteration_cap():
     obj = MeanObjective(threshold=0.9, cap=3)
-    out, report = guidance_step(torch.zeros(1, 2, 2), obj, multiplier=0.1, update=False)
-    assert report.refine_iters == 3 and obj.calls == 4
+    out, report = guidance_step(torch.zeros(1, 2, 2), obj, multiplier=0.1)
+    assert report.refine_iters == 3 and obj.calls == 4 and report.updates == 4
     assert not bool(report.last.satisfied.all())
-    assert out.mean().item() == pytest.approx(0.3)
+    assert out.mean().item() == pytest.approx(0.3 + 0.1)  # the cap's three, then the regular update
 
 
 def test_regular_update_uses_the_last_evaluation_and_refinement_is_per_sample():
@@ -53,9 +53,9 @@ def test_regular_update_uses_the_last_evaluation_and_refinement_is_per_sample():
     assert out[1].mean().item() == pytest.approx(0.65)
 
 
-def test_no_refinement_when_disabled():
-    obj = MeanObjective(threshold=0.5, cap=20)
-    out, report = guidance_step(torch.zeros(1, 2, 2), obj, multiplier=0.1, refine=False)
+def test_no_refinement_when_its_cap_is_zero():
+    obj = MeanObjective(threshold=0.5, cap=0)
+    out, report = guidance_step(torch.zeros(1, 2, 2), obj, multiplier=0.1)
     assert report.refine_iters == 0 and obj.calls == 1
     assert out.mean().item() == pytest.approx(0.1)
 

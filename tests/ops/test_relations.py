@@ -7,7 +7,7 @@ from storm_ops.errors import StormError
 from storm_ops.prompt.analysis import analyze_rules
 from storm_ops.prompt.overrides import parse_relation_override, validate_relations
 from storm_ops.prompt.parsed import SpatialRelation
-from storm_ops.prompt.relations import match_phrases, relation_modifiers
+from storm_ops.prompt.relations import match_phrases
 from storm_ops.tokens.layout import Subject
 
 
@@ -108,7 +108,8 @@ def test_a_second_phrase_on_the_same_pair_is_reattached():
                 "the/DET/det/19 box/NOUN/pobj/17")
     assert relations_of(a) == "ball:3 left box:10; cube:14 right box:10"
     assert any("read as 'cube right of box'" in n for n in a.notes)
-    subject_mods, object_mods = relation_modifiers(a, a.relations[1])
+    mods = {b.noun.positions: b.modifiers for b in a.bindings}
+    subject_mods, object_mods = mods[a.relations[1].subject.positions], mods[a.relations[1].object.positions]
     assert [m.name for m in subject_mods] == ["green"] and [m.name for m in object_mods] == ["blue"]
 
 

@@ -13,7 +13,7 @@ from storm_ops.attention.smoothing import gaussian_smooth
 from storm_ops.errors import StormError
 from storm_ops.guidance.terms import GuidanceContext, TermResult
 from storm_ops.losses.ot import centroids, pixel_coordinates
-from storm_ops.losses.transport import MODES, TRANSPORT_TERMS, transport_term
+from storm_ops.losses.transport import TRANSPORT_MODES, TRANSPORT_TERMS, transport_term
 from storm_ops.losses.transport_core import TransportConfig, time_weight
 from storm_ops.losses.transport_paper import TransportPaperTerm, target_distribution, transport_paper_loss
 from storm_ops.losses.transport_reference import (
@@ -319,7 +319,7 @@ def test_satisfied_uses_the_relation_score_in_paper_mode_and_the_released_rule_i
 
 
 def test_the_mode_name_picks_the_term_class():
-    assert MODES == ("paper", "reference")  # the node's choices, paper (its default) first
+    assert TRANSPORT_MODES == ("paper", "reference")  # the node's choices, paper (its default) first
     assert TRANSPORT_TERMS == {"paper": TransportPaperTerm, "reference": TransportReferenceTerm}
     for mode, cls in TRANSPORT_TERMS.items():
         t = term((LEFT,), mode)
