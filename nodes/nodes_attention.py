@@ -1,5 +1,7 @@
-"""Attention nodes: STORM Attention Recorder (records the maps of any sampler's run) and STORM
-Attention Heatmap (shows the maps of the run that produced a latent)."""
+"""Attention nodes: STORM Attention Recorder (records the maps of any sampler's run, UNet or DiT), STORM
+Attention Heatmap (the maps of the run that produced a latent: a labelled grid, an overlay on the image, masks,
+the guidance log, and for the node's view the per-step maps and the log's JSON) and STORM Save Attention (the
+maps, the run's info and its log in a safetensors file)."""
 
 from __future__ import annotations
 

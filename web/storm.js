@@ -1,7 +1,11 @@
-// ComfyUI-STORM frontend extension: shows the text a STORM node reports after it runs
-// (the tokenisation of STORM Subject Tokens, the guidance log of STORM Attention Heatmap)
-// in a read-only box inside the node, and gives node search the nodes' aliases on hosts that do
-// not send them. Callbacks are chained, never replaced.
+// ComfyUI-STORM frontend extension, the in-node UI of the pack's nodes (callbacks are chained, never replaced):
+// - the text a STORM node reports after it runs (tokenisation, analysis, coefficients, the guidance log) in a
+//   read-only box inside the node;
+// - subject chips on STORM Subject Tokens / Prompt Analysis: the prompt's words, clicked to choose subjects;
+// - loss charts on STORM Attention Heatmap: each term's loss per guided step, refinement marked;
+// - the heatmap view on STORM Attention Heatmap: per-step maps per token, a step scrubber, the colour scale of
+//   the node's colormap, the maps over the decoded image;
+// - node search aliases on hosts that do not send them.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 

@@ -142,7 +142,7 @@ def lerp(a: torch.Tensor, b: torch.Tensor, t: float | Sequence[float] | torch.Te
 
     Conditions ``(1 or n, T, C)`` whose token counts differ (long prompts) are first tiled to
     the least common multiple of the counts, as ComfyUI does when it batches them, which leaves
-    attention to each endpoint unchanged (see :func:`storm_ops.aid.match_token_lengths`);
+    attention to each endpoint unchanged (see :func:`storm_ops.aid.interpolation.match_token_lengths`);
     padding with zeros would not. Pooled outputs ``(1, C)`` and other shapes must match exactly.
 
     Parameters
@@ -152,7 +152,7 @@ def lerp(a: torch.Tensor, b: torch.Tensor, t: float | Sequence[float] | torch.Te
     t : float, sequence or Tensor, shape () or (n,)
         Coefficients in ``[0, 1]``.
     max_token_repeat : int
-        Largest accepted tiling factor (see :func:`storm_ops.aid.match_token_lengths`).
+        Largest accepted tiling factor (see :func:`storm_ops.aid.interpolation.match_token_lengths`).
 
     Returns
     -------

@@ -216,31 +216,23 @@ def _affine(mode, n, weight, bias, shape=None):
     return _FrozenAffine.apply(n, view(weight), view(bias), mode.hold(weight, shape))
 
 
-def _group_norm(mode, args, kwargs):
-    bound = _bind(("input", "num_groups", "weight", "bias", "eps"), args, kwargs, _NORM_DEFAULTS)
-    x, weight, bias = bound["input"], bound["weight"], bound["bias"]
-    if not _covered(mode, x, weight, bias, frozen=(weight, bias)):
-        return NotImplemented
-    n = F.group_norm(x, bound["num_groups"], None, None, bound["eps"])
-    return _affine(mode, n, weight, bias, (1, -1) + (1,) * (x.dim() - 2))
+def _norm(norm, second: str, *, bias: bool = True, per_channel: bool = False):
+    """The handler of ``norm(input, <second>, weight[, bias], eps)`` (``F.group_norm``, ``F.layer_norm``,
+    ``F.rms_norm``): the normalisation through stock autograd without its affine, then the frozen affine
+    (weight and bias viewed per channel, ``(1, C, 1, ...)``, where ``per_channel``)."""
+    names = ("input", second, "weight", "bias", "eps") if bias else ("input", second, "weight", "eps")
+    defaults = _NORM_DEFAULTS if bias else {"weight": None, "eps": None}
+    no_affine = (None, None) if bias else (None,)
 
+    def handler(mode, args, kwargs):
+        bound = _bind(names, args, kwargs, defaults)
+        x, weight, b = bound["input"], bound["weight"], bound.get("bias")
+        if not _covered(mode, x, weight, b, frozen=(weight, b)):
+            return NotImplemented
+        n = norm(x, bound[second], *no_affine, bound["eps"])
+        return _affine(mode, n, weight, b, (1, -1) + (1,) * (x.dim() - 2) if per_channel else None)
 
-def _layer_norm(mode, args, kwargs):
-    bound = _bind(("input", "normalized_shape", "weight", "bias", "eps"), args, kwargs, _NORM_DEFAULTS)
-    x, weight, bias = bound["input"], bound["weight"], bound["bias"]
-    if not _covered(mode, x, weight, bias, frozen=(weight, bias)):
-        return NotImplemented
-    n = F.layer_norm(x, bound["normalized_shape"], None, None, bound["eps"])
-    return _affine(mode, n, weight, bias)
-
-
-def _rms_norm(mode, args, kwargs):
-    bound = _bind(("input", "normalized_shape", "weight", "eps"), args, kwargs, {"weight": None, "eps": None})
-    x, weight = bound["input"], bound["weight"]
-    if not _covered(mode, x, weight, None, frozen=(weight,)):
-        return NotImplemented
-    n = F.rms_norm(x, bound["normalized_shape"], None, bound["eps"])
-    return _affine(mode, n, weight, None)
+    return handler
 
 
 def _scale(mode, args, kwargs):
@@ -264,9 +256,9 @@ _HANDLERS = {
     F.conv1d: _conv,
     F.conv2d: _conv,
     F.conv3d: _conv,
-    F.group_norm: _group_norm,
-    F.layer_norm: _layer_norm,
-    F.rms_norm: _rms_norm,  # the DiTs' q/k norms (Flux, SD3.5)
+    F.group_norm: _norm(F.group_norm, "num_groups", per_channel=True),
+    F.layer_norm: _norm(F.layer_norm, "normalized_shape"),
+    F.rms_norm: _norm(F.rms_norm, "normalized_shape", bias=False),  # the DiTs' q/k norms (Flux, SD3.5)
 }
 
 

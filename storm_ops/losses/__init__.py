@@ -1,4 +1,4 @@
-"""Guidance losses, one module per method (each a :class:`~storm_ops.guidance.GuidanceTerm`)."""
+"""Guidance losses, one module per method (each a :class:`~storm_ops.guidance.terms.GuidanceTerm`)."""
 
 from .astar import AStarConfig, AStarTerm, retention, segregation
 from .attend_excite import AttendExciteTerm, attend_excite_loss, max_attention

@@ -212,7 +212,7 @@ class AStarTerm(GuidanceTerm):
         One per subject: a user layout mask used as ``B`` from the first step (paper Fig. 12),
         or ``None`` for the previous step's high-activation mask.
     window, step_size, weight, thresholds, max_refine_iters
-        See :class:`~storm_ops.guidance.GuidanceTerm`.
+        See :class:`~storm_ops.guidance.terms.GuidanceTerm`.
 
     Per-run state (``ctx.state``): ``"mask"``/``"mask_step"``, the masks used at this step (from
     the previous guided step), and ``"next"``/``"next_step"``, those recorded at this step for the

@@ -364,7 +364,7 @@ class SynGenTerm(GuidanceTerm):
         Nouns added as singletons (official ``include_entities``: negative term only).
     config : SynGenConfig
     window, step_size, weight
-        See :class:`~storm_ops.guidance.GuidanceTerm`. SynGen has no refinement thresholds.
+        See :class:`~storm_ops.guidance.terms.GuidanceTerm`. SynGen has no refinement thresholds.
     """
 
     name = "syngen"
