@@ -57,6 +57,25 @@ TEXT_ENCODERS = {768: "SD1.x's CLIP-L", 1024: "SD2.x's OpenCLIP-H", 1280: "the S
                  2048: "SDXL's CLIP-L + CLIP-G"}
 
 
+#: host model classes built on a supported family's class that are another architecture (other text encoder,
+#: latent and blocks): refused by name, never taken for their parent (ComfyUI 0.33's Flux2 subclasses Flux)
+_OTHER_ARCHITECTURES = ("Flux2",)
+#: what users call the families of the host's model classes (``comfy/supported_models.py``), for messages
+FAMILY_NAMES = {
+    "SD15": "SD1.x", "SD20": "SD2.x", "SDXL": "SDXL", "SDXLRefiner": "the SDXL refiner", "SD3": "SD3.x",
+    "Flux": "Flux.1", "FluxSchnell": "Flux.1 schnell", "FluxInpaint": "Flux.1 Fill", "Flux2": "Flux.2",
+    "Chroma": "Chroma", "ChromaRadiance": "Chroma Radiance", "QwenImage": "Qwen-Image", "ZImage": "Z-Image",
+    "ZImagePixelSpace": "Z-Image (pixel space)", "Lumina2": "Lumina 2", "HiDream": "HiDream", "HiDreamO1": "HiDream-O1",
+    "AuraFlow": "AuraFlow", "PixArtAlpha": "PixArt-Alpha", "PixArtSigma": "PixArt-Sigma", "HunyuanDiT": "Hunyuan-DiT",
+    "HunyuanDiT1": "Hunyuan-DiT 1.x", "HunyuanImage21": "HunyuanImage 2.1", "Stable_Cascade_C": "Stable Cascade",
+    "Stable_Cascade_B": "Stable Cascade (stage B)", "CosmosT2IPredict2": "Cosmos Predict2", "Omnigen2": "OmniGen2",
+    "Kandinsky5Image": "Kandinsky 5 Image", "LongCatImage": "LongCat-Image", "ErnieImage": "ERNIE-Image",
+    "Krea2": "Krea 2", "Ideogram4": "Ideogram 4", "MageFlow": "MageFlow", "JoyImage": "JoyImage",
+}
+#: the families attention recording and guidance support (UNets with cross-attention: any SD1.x/SD2.x/SDXL
+#: derivative; DiTs: :data:`DIT_FAMILIES`)
+SUPPORTED_FAMILIES = "SD1.x, SD2.x, SDXL, SD3.x and Flux.1"
+
 _FAMILIES = (  # order matters: subclasses first
     ("sdxl_refiner", "SDXLRefiner"),
     ("sdxl", "SDXL"),
@@ -122,7 +141,20 @@ def _layer(block_name: str, index: int, level: int, st) -> CrossAttentionLayer |
                                attn2.to_k.in_features)
 
 
+def family_name(model_config) -> str:
+    """What users call the family of ``model_config`` ("Qwen-Image" for ``QwenImage``); its class name otherwise."""
+    name = type(model_config).__name__
+    return FAMILY_NAMES.get(name, name)
+
+
 def model_family(model_config) -> str:
+    """The pack's family key of a host model config: ``sd1``, ``sd2``, ``sdxl``, ``sdxl_refiner``, ``sd3``,
+    ``flux`` (Flux.1), ``other`` for a class built on one of these that is another architecture, else ``unet``
+    (whatever it is, :func:`describe_unet` decides whether it has a UNet's cross-attention)."""
+    for cls_name in _OTHER_ARCHITECTURES:
+        cls = getattr(supported, cls_name, None)
+        if cls is not None and isinstance(model_config, cls):
+            return "other"
     for family, cls_name in _FAMILIES:
         cls = getattr(supported, cls_name, None)
         if cls is not None and isinstance(model_config, cls):
@@ -148,6 +180,8 @@ def describe_model(base_model, node: str = "STORM") -> ModelInfo:
     config = getattr(base_model, "model_config", None)
     family = model_family(config)
     if family not in DIT_FAMILIES:
+        if family == "other" or not _is_unet(base_model):
+            raise unsupported_family(node, config)
         return describe_unet(base_model, node)
     model_name = type(config).__name__
     found = _joint_blocks(base_model.diffusion_model, family)
@@ -162,6 +196,19 @@ def describe_model(base_model, node: str = "STORM") -> ModelInfo:
                                               for i in range(blocks)))
 
 
+def _is_unet(base_model) -> bool:
+    net = getattr(base_model, "diffusion_model", None)
+    return net is not None and hasattr(net, "input_blocks") and hasattr(net, "output_blocks")
+
+
+def unsupported_family(node: str, config, supported_list: str = SUPPORTED_FAMILIES) -> StormError:
+    """The refusal of a model family ``node`` does not support, naming the family."""
+    host_class = type(config).__name__ if config is not None else "unknown"
+    return StormError(
+        f"{node}: {family_name(config)} models (ComfyUI's {host_class}) are not supported yet; this node supports "
+        f"{supported_list} checkpoints. See 'Model families' in the ComfyUI-STORM README.", input_name="model")
+
+
 def describe_unet(base_model, node: str = "STORM") -> ModelInfo:
     """Introspect ``base_model`` (a ComfyUI ``BaseModel``) for its cross-attention layers.
 
@@ -171,12 +218,8 @@ def describe_unet(base_model, node: str = "STORM") -> ModelInfo:
     config = getattr(base_model, "model_config", None)
     model_name = type(config).__name__ if config is not None else type(base_model).__name__
     unet = getattr(base_model, "diffusion_model", None)
-    if unet is None or not hasattr(unet, "input_blocks") or not hasattr(unet, "output_blocks"):
-        dit = (" (SD3 and Flux work with the Attention Recorder and the guided samplers, not with attention "
-               "interpolation)" if model_family(config) in DIT_FAMILIES else "")
-        raise StormError(
-            f"{node}: the model {model_name} is not a UNet with cross-attention; this node supports SD1.x, "
-            f"SD2.x and SDXL checkpoints{dit}", input_name="model")
+    if model_family(config) == "other" or not _is_unet(base_model):
+        raise unsupported_family(node, config, "SD1.x, SD2.x and SDXL")
     layers: list[CrossAttentionLayer] = []
     level = 0
     for i, block in enumerate(unet.input_blocks):
