@@ -219,7 +219,11 @@ def describe_unet(base_model, node: str = "STORM") -> ModelInfo:
     model_name = type(config).__name__ if config is not None else type(base_model).__name__
     unet = getattr(base_model, "diffusion_model", None)
     if model_family(config) == "other" or not _is_unet(base_model):
-        raise unsupported_family(node, config, "SD1.x, SD2.x and SDXL")
+        error = unsupported_family(node, config, "SD1.x, SD2.x and SDXL")
+        if model_family(config) in DIT_FAMILIES:
+            error = StormError(f"{error} (SD3 and Flux.1 work with the Attention Recorder and the guided samplers, "
+                               "not with attention interpolation)", input_name="model")
+        raise error
     layers: list[CrossAttentionLayer] = []
     level = 0
     for i, block in enumerate(unet.input_blocks):
