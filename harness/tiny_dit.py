@@ -1,4 +1,4 @@
-"""Tiny random-weight SD3 (MMDiT) and Flux diffusion models from the host's own classes.
+"""Tiny random-weight SD3 (MMDiT), Flux and Chroma diffusion models from the host's own classes.
 
 The first step of DiT support (issue "Beyond the UNet"): the diffusion model side only, built by
 ``comfy.supported_models.SD3 / Flux`` from thin copies of the real ``unet_config`` and wrapped in a
@@ -12,6 +12,8 @@ them must be 4096 wide), Flux with CLIP-L (pooled only) and a thin T5 (its 256 r
   pads CLIP-L+G to 4096 and appends T5 rows), pooled width 2048. Joint attention order: ``[context, x]``.
 * ``flux``: ``Flux`` with hidden 64, 4 heads (``axes_dim`` 4+6+6 = 16 per head), 2 double and 2 single
   blocks, T5 width 32, CLIP-L pooled width 32, guidance embedding on. Joint attention order ``[txt, img]``.
+* ``chroma``: ``Chroma`` (Flux's blocks, modulations from one approximator network) with the same widths, the
+  host's ``PixArtTokenizer`` and T5 (no padding, no pooled vector). Joint attention order ``[txt, img]``.
 """
 
 from __future__ import annotations
@@ -69,7 +71,16 @@ _FLUX_CONFIG = {
     "axes_dim": [4, 6, 6], "theta": 10000, "mlp_ratio": 4.0, "depth": 2, "depth_single_blocks": 2,
     "qkv_bias": True, "guidance_embed": True,
 }
-_SPECS = {"sd3": ("SD3", _SD3_CONFIG, 4096, 2048), "flux": ("Flux", _FLUX_CONFIG, _FLUX_T5_WIDTH, 32)}
+#: Chroma: Flux's double/single blocks without per-block modulation (one approximator network gives them all),
+#: latent patches already folded into the input channels (16 x 2 x 2 = 64), T5 rows alone, no pooled vector
+_CHROMA_CONFIG = {
+    "image_model": "chroma", "in_channels": 64, "out_channels": 64, "context_in_dim": _FLUX_T5_WIDTH,
+    "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 4, "depth": 2, "depth_single_blocks": 2,
+    "axes_dim": [4, 6, 6], "theta": 10000, "patch_size": 2, "qkv_bias": True, "in_dim": 64, "out_dim": 64,
+    "hidden_dim": 32, "n_layers": 1,
+}
+_SPECS = {"sd3": ("SD3", _SD3_CONFIG, 4096, 2048), "flux": ("Flux", _FLUX_CONFIG, _FLUX_T5_WIDTH, 32),
+          "chroma": ("Chroma", _CHROMA_CONFIG, _FLUX_T5_WIDTH, 0)}
 
 
 def _clip_config(hidden: int, heads: int) -> dict[str, Any]:
@@ -83,16 +94,20 @@ _TEXT = {
     "flux": {"clip_l_model_config": _clip_config(32, 2),
              "t5xxl_model_config": {"d_model": _FLUX_T5_WIDTH, "num_layers": 2, "num_heads": 2, "d_kv": 16,
                                     "d_ff": 64}},
+    "chroma": {"t5xxl_model_config": {"d_model": _FLUX_T5_WIDTH, "num_layers": 2, "num_heads": 2, "d_kv": 16,
+                                      "d_ff": 64}},
 }
 
 
 def _build_clip(arch: str, seed: int) -> Any:
     import comfy.sd
     import comfy.supported_models_base
-    from comfy.text_encoders import flux, sd3_clip
+    from comfy.text_encoders import flux, pixart_t5, sd3_clip
 
     if arch == "sd3":
         target = comfy.supported_models_base.ClipTarget(sd3_clip.SD3Tokenizer, sd3_clip.sd3_clip(t5=False))
+    elif arch == "chroma":
+        target = comfy.supported_models_base.ClipTarget(pixart_t5.PixArtTokenizer, pixart_t5.pixart_te())
     else:
         target = comfy.supported_models_base.ClipTarget(flux.FluxTokenizer, flux.flux_clip())
     clip = comfy.sd.CLIP(target=target, model_options=dict(_TEXT[arch]))
@@ -225,7 +240,7 @@ def _sharpen_joint_attention(net: torch.nn.Module, arch: str, gain: float) -> No
         if arch == "sd3" and name.endswith(".attn") and hasattr(sub, "qkv"):
             rows = sub.qkv.weight.shape[0] // 3
             sub.qkv.weight[: 2 * rows].mul_(gain)
-        elif arch == "flux" and hasattr(sub, "query_norm") and hasattr(sub, "key_norm"):
+        elif arch in ("flux", "chroma") and hasattr(sub, "query_norm") and hasattr(sub, "key_norm"):
             _norm_weight(sub.query_norm).mul_(gain)
             _norm_weight(sub.key_norm).mul_(gain)
 
@@ -238,13 +253,17 @@ def _norm_weight(norm: torch.nn.Module) -> torch.Tensor:
 
 
 def _host_fields(arch: str) -> dict[str, Any]:
-    """``unet_config`` entries a newer host requires: ``FluxParams.txt_ids_dims`` (0.33 and later; the
-    host's ``model_detection`` sets ``[]`` for Flux.1)."""
-    if arch != "flux":
+    """``unet_config`` entries a newer host requires, where its parameter class has them:
+    ``txt_ids_dims`` (Flux and Chroma, 0.33 and later; the host's ``model_detection`` sets ``[]`` for both) and
+    Chroma's ``vec_in_dim`` (``None``: no pooled vector)."""
+    if arch == "flux":
+        from comfy.ldm.flux.model import FluxParams as params
+    elif arch == "chroma":
+        from comfy.ldm.chroma.model import ChromaParams as params
+    else:
         return {}
-    from comfy.ldm.flux.model import FluxParams
-
-    return {"txt_ids_dims": []} if "txt_ids_dims" in {f.name for f in dataclasses.fields(FluxParams)} else {}
+    fields = {f.name for f in dataclasses.fields(params)}
+    return {k: v for k, v in (("txt_ids_dims", []), ("vec_in_dim", None)) if k in fields}
 
 
 def dit_conditioning(tiny: TinyDiT, tokens: int, *, seed: int = 0) -> list:
@@ -252,7 +271,8 @@ def dit_conditioning(tiny: TinyDiT, tokens: int, *, seed: int = 0) -> list:
     (what a text encoder would give; Flux also gets the host's default guidance 3.5)."""
     gen = torch.Generator().manual_seed(seed)
     cond = torch.randn(1, tokens, tiny.context_dim, generator=gen)
-    extra: dict[str, Any] = {"pooled_output": torch.randn(1, tiny.pooled_dim, generator=gen)}
+    # no pooled vector (Chroma): None, as the host's text encoder gives it
+    extra: dict[str, Any] = {"pooled_output": torch.randn(1, tiny.pooled_dim, generator=gen) if tiny.pooled_dim else None}
     if tiny.arch == "flux":
         extra["guidance"] = 3.5
     return [[cond, extra]]

@@ -333,11 +333,11 @@ SHAPE_MODEL_SIZE = 128
 
 
 #: the tiny DiT architectures (:mod:`harness.tiny_dit` builds them), as checkpoint names name them
-DIT_ARCHS = ("sd3", "flux")
+DIT_ARCHS = ("sd3", "flux", "chroma")
 
 
 def arch_from_checkpoint_name(ckpt_name: str) -> str:
-    """``"sd3"`` / ``"flux"`` if the name contains it (tiny DiTs, :mod:`harness.tiny_dit`), ``"sdxl"`` if it
+    """``"sd3"`` / ``"flux"`` / ``"chroma"`` if the name contains it (tiny DiTs, :mod:`harness.tiny_dit`), ``"sdxl"`` if it
     contains "xl", ``"sd2"`` if it contains "sd2"/"v2", else ``"sd15"``."""
     name = ckpt_name.lower()
     for dit in DIT_ARCHS:

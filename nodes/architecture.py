@@ -59,7 +59,7 @@ TEXT_ENCODERS = {768: "SD1.x's CLIP-L", 1024: "SD2.x's OpenCLIP-H", 1280: "the S
 
 #: host model classes built on a supported family's class that are another architecture (other text encoder,
 #: latent and blocks): refused by name, never taken for their parent (ComfyUI 0.33's Flux2 subclasses Flux)
-_OTHER_ARCHITECTURES = ("Flux2",)
+_OTHER_ARCHITECTURES = ("Flux2", "ChromaRadiance")
 #: what users call the families of the host's model classes (``comfy/supported_models.py``), for messages
 FAMILY_NAMES = {
     "SD15": "SD1.x", "SD20": "SD2.x", "SDXL": "SDXL", "SDXLRefiner": "the SDXL refiner", "SD3": "SD3.x",
@@ -74,7 +74,7 @@ FAMILY_NAMES = {
 }
 #: the families attention recording and guidance support (UNets with cross-attention: any SD1.x/SD2.x/SDXL
 #: derivative; DiTs: :data:`DIT_FAMILIES`)
-SUPPORTED_FAMILIES = "SD1.x, SD2.x, SDXL, SD3.x and Flux.1"
+SUPPORTED_FAMILIES = "SD1.x, SD2.x, SDXL, SD3.x, Flux.1 and Chroma"
 
 _FAMILIES = (  # order matters: subclasses first
     ("sdxl_refiner", "SDXLRefiner"),
@@ -83,9 +83,10 @@ _FAMILIES = (  # order matters: subclasses first
     ("sd1", "SD15"),
     ("sd3", "SD3"),
     ("flux", "Flux"),
+    ("chroma", "Chroma"),  # Flux's blocks (not a subclass of Flux); T5 rows alone
 )
 #: DiT families with joint text-image attention
-DIT_FAMILIES = ("sd3", "flux")
+DIT_FAMILIES = ("sd3", "flux", "chroma")
 #: the patch key of a DiT block's joint attention
 JOINT = "joint"
 
@@ -166,13 +167,13 @@ def _joint_blocks(net, family: str) -> tuple[int, int, int] | None:
     """``(blocks, heads, context width)`` of a DiT's joint attention, None when it is not one we know."""
     if family == "sd3" and hasattr(net, "joint_blocks") and hasattr(net, "context_embedder"):
         return len(net.joint_blocks), net.joint_blocks[0].x_block.attn.num_heads, net.context_embedder.in_features
-    if family == "flux" and hasattr(net, "double_blocks") and hasattr(net, "txt_in"):
+    if family in ("flux", "chroma") and hasattr(net, "double_blocks") and hasattr(net, "txt_in"):
         return len(net.double_blocks) + len(net.single_blocks), net.num_heads, net.txt_in.in_features
     return None
 
 
 def describe_model(base_model, node: str = "STORM") -> ModelInfo:
-    """The attention layers of a UNet (:func:`describe_unet`) or the joint blocks of an SD3 or Flux DiT.
+    """The attention layers of a UNet (:func:`describe_unet`) or the joint blocks of an SD3, Flux.1 or Chroma DiT.
 
     Raises :class:`StormError` naming ``node`` for other architectures, and for DiTs on a ComfyUI that
     does not let the pack observe their attention.

@@ -1,8 +1,8 @@
 """Token layouts built with the host's own tokenizers (the columns of its conditioning).
 
 UNet families condition on CLIP columns only. SD3 conditions on its CLIP columns followed by T5
-rows, Flux on T5 rows alone (its CLIP-L gives only the pooled vector); either text encoder of SD3 may
-be left out. Which streams a conditioning holds is read off its row count (see
+rows, Flux on T5 rows alone (its CLIP-L gives only the pooled vector), Chroma on the T5 rows of the prompt
+alone (no padding); either text encoder of SD3 may be left out. Which streams a conditioning holds is read off its row count (see
 :func:`conditioning_layout`)."""
 
 from __future__ import annotations
@@ -129,10 +129,11 @@ class _DiTTokenizerOnly:
 
 #: the host's tokenizer class of each DiT family (module, class)
 _DIT_TOKENIZERS = {"sd3": ("comfy.text_encoders.sd3_clip", "SD3Tokenizer"),
-                   "flux": ("comfy.text_encoders.flux", "FluxTokenizer")}
+                   "flux": ("comfy.text_encoders.flux", "FluxTokenizer"),
+                   "chroma": ("comfy.text_encoders.pixart_t5", "PixArtTokenizer")}
 #: the streams of a DiT family's conditioning when all its text encoders are loaded, in order (a
 #: conditioning with fewer encoders is laid out by :func:`conditioning_layout` from its row count)
-DIT_STREAMS = {"sd3": ("CLIP", _T5_NAME), "flux": (_T5_NAME,)}
+DIT_STREAMS = {"sd3": ("CLIP", _T5_NAME), "flux": (_T5_NAME,), "chroma": (_T5_NAME,)}
 
 
 @functools.lru_cache(maxsize=len(_DIT_TOKENIZERS) + 1)
@@ -143,8 +144,9 @@ def _tokenizer_only(family: str | None = None) -> _SD1TokenizerOnly | _DiTTokeni
 
 def text_layout(text: str, family: str | None = None) -> TokenLayout:
     """The layout of ``text`` without a loaded model (for the UI's token chips; the nodes use the model's own
-    tokenizer): SD1.x/SDXL's CLIP columns, or for ``family`` ``"sd3"`` / ``"flux"`` the rows of that
-    family's conditioning (:data:`DIT_STREAMS`: SD3's CLIP columns then its T5 rows, Flux's T5 rows)."""
+    tokenizer): SD1.x/SDXL's CLIP columns, or for ``family`` ``"sd3"`` / ``"flux"`` / ``"chroma"`` the rows of
+    that family's conditioning (:data:`DIT_STREAMS`: SD3's CLIP columns then its T5 rows, Flux's and Chroma's T5
+    rows)."""
     if family is not None and family not in DIT_STREAMS:
         raise StormError(f"unknown model family {family!r}; expected one of {sorted(DIT_STREAMS)} or none",
                          input_name="family")

@@ -60,16 +60,16 @@ function showText(node, text) {
 
 // Token chips: the prompt's words as the model's CLIP tokenizer splits them (the pack's route
 // /storm/tokens), shown while the user types; a click adds the word to `subjects` or removes it.
-// For SD3 and Flux the chips show the rows of that family's conditioning (CLIP then T5 rows; T5 rows),
+// For SD3, Flux and Chroma the chips show the rows of that family's conditioning (CLIP then T5 rows; T5 rows),
 // the family read off the loader that feeds the node's `clip` input.
 const CHIP_NODES = new Set(["STORM_SubjectTokens", "STORM_PromptAnalysis"]);
 const CHIPS = "storm_chips";
-const FAMILY_NAMES = { sd3: "SD3", flux: "Flux" };
+const FAMILY_NAMES = { sd3: "SD3", flux: "Flux", chroma: "Chroma" };
 
-// The DiT family of the CLIP a node reads ("sd3", "flux"), or "" for SD1.x/SDXL's CLIP columns: the
+// The DiT family of the CLIP a node reads ("sd3", "flux", "chroma"), or "" for SD1.x/SDXL's CLIP columns: the
 // loader at the other end of its `clip` input (through reroutes). Triple CLIP Loader is SD3 with T5; a
-// Dual CLIP Loader says its type (SD3 only when one of its files is a T5); a checkpoint says it in its
-// file name ("sd3.5_large_fp8_scaled", "flux1-dev"). Anything else (a single CLIP Loader could be CLIP or T5) keeps
+// Dual CLIP Loader says its type (SD3 only when one of its files is a T5), and so does a CLIP Loader of type
+// "chroma" (Chroma's T5); a checkpoint says it in its file name ("sd3.5_large_fp8_scaled", "flux1-dev"). Anything else (a single CLIP Loader could be CLIP or T5) keeps
 // the CLIP columns; the node's tokenization output after a run always lists the real ones.
 function clipFamily(node) {
   let source = node;
@@ -83,6 +83,7 @@ function clipFamily(node) {
   }
   const value = (name) => String(source.widgets?.find((w) => w.name === name)?.value ?? "").toLowerCase();
   if (source.type === "TripleCLIPLoader") return "sd3";
+  if (source.type === "CLIPLoader" && value("type") === "chroma") return "chroma";
   if (source.type === "DualCLIPLoader") {
     const type = value("type");
     if (type === "flux") return "flux";
@@ -90,6 +91,7 @@ function clipFamily(node) {
   }
   const checkpoint = value("ckpt_name");
   if (/flux/.test(checkpoint)) return "flux";
+  if (/chroma/.test(checkpoint)) return "chroma";
   if (/sd3|sd_3|stable-diffusion-3/.test(checkpoint)) {
     // "sd3_medium_incl_clips": CLIP-L and CLIP-G without T5, so only the CLIP columns
     return checkpoint.includes("incl_clips") && !checkpoint.includes("t5") ? "" : "sd3";

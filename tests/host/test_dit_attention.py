@@ -15,12 +15,13 @@ from harness.tiny_models import tiny_conditioning
 
 LATENT = (1, 16, 8, 12)  # 64 x 96 px: 4 x 6 patches of 2 x 2
 STEPS = 3
-#: text rows of "a cat and a dog": SD3 (T5 off in the tiny model) its 77 CLIP columns, Flux 256 T5 rows
-ROWS = {"sd3": 77, "flux": 256}
+#: text rows of "a cat and a dog": SD3 (T5 off in the tiny model) its 77 CLIP columns, Flux 256 T5 rows, Chroma
+#: its 8 T5 rows (no padding)
+ROWS = {"sd3": 77, "flux": 256, "chroma": 8}
 #: the cfg each family is sampled with in these tests (Flux is guidance-distilled: cfg 1)
-CFG = {"sd3": 4.0, "flux": 1.0}
+CFG = {"sd3": 4.0, "flux": 1.0, "chroma": 3.5}
 #: A&E step sizes for the tiny models' test (not a calibrated default: the paper's 20 is for SD1.4's UNet)
-STEP_SIZE = {"sd3": 40.0, "flux": 80.0}
+STEP_SIZE = {"sd3": 40.0, "flux": 80.0, "chroma": 80.0}
 
 
 @pytest.fixture(scope="module", params=DIT_ARCHS)
@@ -50,7 +51,7 @@ def test_subject_tokens_find_the_words_in_the_rows_of_the_conditioning(dit, prom
     tokens, positive, _ = prompt
     assert positive[0][0].shape[1] == tokens.layout.length == ROWS[dit.arch]
     cat, dog = tokens.subjects
-    if dit.arch == "flux":  # T5 alone: "a" is the boundary mark and "a"; no start token
+    if dit.arch in ("flux", "chroma"):  # T5 alone: "a" is the boundary mark and "a"; no start token
         assert tokens.layout.streams == () and tokens.layout.name == "T5"
         assert (cat.positions, dog.positions) == ((2,), (6,))
     else:
@@ -117,7 +118,8 @@ def test_token_chips_of_a_dit_family_show_the_rows_of_its_conditioning(pack, fam
     text = "a cat and a tiramisu, (red:1.2) dog"
     with torch.inference_mode():
         clip = build_tiny_dit(family).clip
-    rows = {"sd3": 77 + 77, "flux": 256}[family]  # a short prompt's rows with every text encoder loaded
+    # a short prompt's rows with every text encoder loaded (Chroma: the prompt's own T5 rows)
+    rows = {"sd3": 77 + 77, "flux": 256}.get(family) or int(tiny_conditioning(clip, text)[0][0].shape[1])
     node_layout = pack.nodes.host_tokenizer.prompt_layout(clip, text, rows=rows)
     reply = pack.nodes.web_routes.prompt_tokens(text, family)
     words = [w for w in node_layout.words if any(c.isalnum() for c in w.text)]
@@ -128,7 +130,7 @@ def test_token_chips_of_a_dit_family_show_the_rows_of_its_conditioning(pack, fam
         assert reply["columns"] == "CLIP 1 x 77 + T5 77" and cat["streams"] == [["CLIP", [2]], ["T5", [79]]]
         assert reply["streams"] == ["CLIP", "T5"]
     else:
-        assert reply["columns"] == "1 x 256" and cat["streams"] == [["T5", [2]]] and reply["streams"] == ["T5"]
+        assert reply["columns"] == f"1 x {rows}" and cat["streams"] == [["T5", [2]]] and reply["streams"] == ["T5"]
     with pytest.raises(Exception, match="unknown model family"):
         pack.nodes.web_routes.prompt_tokens(text, "sdxl")
 

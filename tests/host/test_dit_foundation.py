@@ -33,7 +33,7 @@ def _sample(model, positive, negative, steps=2):
 
 def _heads_first(arch, q, heads):
     """q or k as ``(B, H, L, D)`` whatever layout the family's call uses."""
-    if arch == "flux":  # (B, H, L, D), skip_reshape=True
+    if arch in ("flux", "chroma"):  # (B, H, L, D), skip_reshape=True
         return q
     b, n, _ = q.shape
     return q.reshape(b, n, heads, -1).transpose(1, 2)
@@ -59,7 +59,7 @@ def test_the_host_samples_the_tiny_dit_and_an_attention_override_sees_every_join
     captured = _sample(_capturing(dit, calls), pos, neg)
     assert torch.equal(captured, plain)  # the override calls the host's kernel as it was called
     image_rows = (LATENT[2] // 2) * (LATENT[3] // 2)
-    blocks = 4 if dit.arch == "sd3" else 2 + 2  # SD3: 4 joint blocks; Flux: 2 double + 2 single
+    blocks = 4 if dit.arch == "sd3" else 2 + 2  # SD3: 4 joint blocks; Flux and Chroma: 2 double + 2 single
     assert len(calls) == 2 * blocks  # 2 steps, cond and uncond in one batch
     for q, k in calls:
         assert q.shape[2] == k.shape[2] == TEXT_ROWS + image_rows
@@ -86,23 +86,28 @@ def test_text_rows_come_first_in_the_joint_attention(dit):
 
 def test_the_hosts_text_encoders_condition_the_tiny_dit(dit):
     """The host's CLIPTextEncode path on the thin encoders: SD3 gives 77 CLIP rows padded to 4096 features
-    and the L+G pooled vector; Flux 256 T5 rows (min length) and the CLIP-L pooled vector. T5 has no start
-    token, ends the prompt with ``</s>`` (1) and pads with 0 (what Subject Tokens will have to place)."""
+    and the L+G pooled vector; Flux 256 T5 rows (min length) and the CLIP-L pooled vector; Chroma the T5 rows
+    of the prompt alone (no padding, no pooled vector). T5 has no start token, ends the prompt with ``</s>``
+    (1) and pads with 0 (what Subject Tokens will have to place)."""
     from harness.tiny_models import tiny_conditioning
 
     text = "a red circle and a blue square"
     with torch.inference_mode():
         cond = tiny_conditioning(dit.clip, text)
-        rows = 77 if dit.arch == "sd3" else 256
+        # Chroma: the prompt's 10 pieces "▁ a ▁red ▁circle ▁and ▁ a ▁blue ▁square </s>"
+        rows = {"sd3": 77, "flux": 256, "chroma": 10}[dit.arch]
         assert cond[0][0].shape == (1, rows, dit.context_dim)
-        assert cond[0][1]["pooled_output"].shape == (1, dit.pooled_dim)
+        if dit.pooled_dim:
+            assert cond[0][1]["pooled_output"].shape == (1, dit.pooled_dim)
+        else:
+            assert cond[0][1].get("pooled_output") is None
         streams = dit.clip.tokenizer.tokenize_with_weights(text, return_word_ids=True)
     if "t5xxl" in streams:
         ids = [t for t, _, _ in streams["t5xxl"][0]]
         end = ids.index(1)
-        # the T5 tokenizer's minimum length: 77 for SD3 (tokenised even with T5 off), 256 for Flux
-        assert len(ids) == (256 if dit.arch == "flux" else 77)
-        assert 0 < end < 20 and set(ids[end + 1:]) == {0} and 1 not in ids[:end]
+        # the T5 tokenizer's minimum length: 77 for SD3 (tokenised even with T5 off), 256 for Flux, none for Chroma
+        assert len(ids) == {"sd3": 77, "flux": 256, "chroma": rows}[dit.arch]
+        assert 0 < end < 20 and set(ids[end + 1:]) <= {0} and 1 not in ids[:end]
     negative = tiny_conditioning(dit.clip, "")
     if dit.arch == "flux":
         for c in (cond, negative):
@@ -117,9 +122,9 @@ def test_a_gradient_reaches_the_latent_through_the_stock_blocks(dit, pack):
     with torch.inference_mode():
         cond = dit_conditioning(dit, TEXT_ROWS, seed=1)
     base = dit.model.model
-    extra = {"y": cond[0][1]["pooled_output"]}
-    if dit.arch == "flux":
-        extra["guidance"] = torch.tensor([3.5])
+    extra = {"y": cond[0][1]["pooled_output"]} if dit.pooled_dim else {}
+    if dit.arch in ("flux", "chroma"):  # Flux's distilled guidance; Chroma's network takes it too (0 by default)
+        extra["guidance"] = torch.tensor([3.5 if dit.arch == "flux" else 0.0])
     def loss(x):  # of the network's own prediction: apply_model returns x - sigma * prediction (flow)
         denoised = base.apply_model(x, torch.tensor([0.8]), c_crossattn=cond[0][0], **extra)
         return (denoised - x).double().square().mean()

@@ -17,7 +17,7 @@ from harness.tiny_models import tiny_conditioning
 
 #: the families recording and guidance support, by the pack's family key (the README's family table)
 SUPPORTED = {"SD15": "sd1", "SD20": "sd2", "SDXL": "sdxl", "SDXLRefiner": "sdxl_refiner", "SD3": "sd3",
-             "Flux": "flux", "FluxSchnell": "flux", "FluxInpaint": "flux"}
+             "Flux": "flux", "FluxSchnell": "flux", "FluxInpaint": "flux", "Chroma": "chroma"}
 
 
 def _stub(cls) -> types.SimpleNamespace:
@@ -40,16 +40,19 @@ def test_every_image_family_of_the_host_is_supported_or_refused_by_name(pack):
         message = str(err.value)
         assert err.value.input_name == "model", name
         assert f"{arch.FAMILY_NAMES[name]} models (ComfyUI's {name}) are not supported yet" in message, message
-        assert "SD1.x, SD2.x, SDXL, SD3.x and Flux.1" in message and "Model families" in message
+        assert "SD1.x, SD2.x, SDXL, SD3.x, Flux.1 and Chroma" in message and "Model families" in message
 
 
-def test_flux2_is_not_taken_for_flux1(pack):
+def test_flux2_is_not_taken_for_flux1_nor_chroma_radiance_for_chroma(pack):
+    arch = pack.nodes.architecture
+    assert issubclass(supported.ChromaRadiance, supported.Chroma)  # pixel space: another architecture
+    assert arch.model_family(object.__new__(supported.ChromaRadiance)) == "other"
+    assert arch.model_family(object.__new__(supported.Chroma)) == "chroma"
+    assert arch.model_family(object.__new__(supported.FluxSchnell)) == "flux"
     if not hasattr(supported, "Flux2"):
         pytest.skip("this host has no Flux.2 (ComfyUI 0.3.64)")
-    arch = pack.nodes.architecture
     assert issubclass(supported.Flux2, supported.Flux)  # why the check exists
     assert arch.model_family(object.__new__(supported.Flux2)) == "other"
-    assert arch.model_family(object.__new__(supported.FluxSchnell)) == "flux"
 
 
 def test_an_unsupported_family_is_refused_before_a_step_is_sampled(pack, nodes):

@@ -1,4 +1,4 @@
-"""Attention heatmaps of tiny SD3 and Flux models through the host's executor (current ComfyUI only).
+"""Attention heatmaps of tiny SD3, Flux and Chroma models through the host's executor (current ComfyUI only).
 
 The graph a user builds for a DiT: the checkpoint's CLIP into STORM Subject Tokens, its MODEL through
 STORM Attention Recorder into the core KSampler (Flux: cfg 1 and FluxGuidance, as Flux is sampled), the
@@ -13,7 +13,8 @@ from harness.tiny_dit import DIT_ARCHS
 from harness.workflows import substitute_checkpoints
 
 #: checkpoint name (it picks the tiny architecture), KSampler cfg and scheduler as each family is run
-FAMILIES = {"sd3": ("sd3.5_medium.safetensors", 4.5, "sgm_uniform"), "flux": ("flux1-dev.safetensors", 1.0, "simple")}
+FAMILIES = {"sd3": ("sd3.5_medium.safetensors", 4.5, "sgm_uniform"), "flux": ("flux1-dev.safetensors", 1.0, "simple"),
+            "chroma": ("chroma-unlocked-v48.safetensors", 3.5, "beta")}
 
 
 def heatmap_prompt(arch: str) -> dict:
