@@ -220,15 +220,20 @@ def test_attend_and_excite_raises_the_weakest_subjects_attention_on_a_dit(dit, n
     assert all(e.updates == 1 for e in on.log)
 
 
-@pytest.mark.parametrize("method", ["syngen", "storm"])
+@pytest.mark.parametrize("method", ["syngen", "storm", "astar"])
 def test_binding_and_spatial_guidance_run_on_a_dit(dit, nodes, method):
-    """SynGen's and STORM's losses read DiT maps like UNet maps: each guided step logs finite losses and
-    applies its update."""
+    """SynGen's, STORM's and A-STAR's losses read DiT maps like UNet maps: each guided step logs finite losses
+    and applies its update."""
     text = "a red cat to the left of a blue dog" if method == "storm" else "a red cat and a blue dog"
     with torch.inference_mode():
-        analysis, _, positive, _ = call_node(nodes["STORM_PromptAnalysis"], clip=dit.clip, text=text, parser="rules")
-        node = nodes["STORM_SpatialTransport" if method == "storm" else "STORM_SynGen"]
-        (guidance,) = call_node(node, analysis=analysis)
+        analysis, tokens, positive, _ = call_node(nodes["STORM_PromptAnalysis"], clip=dit.clip, text=text,
+                                                  parser="rules")
+        if method == "astar":
+            (guidance,) = call_node(nodes["STORM_AStar"], tokens=tokens, step_size=20.0, start_at=0.0, end_at=0.5,
+                                    thresholds="")
+        else:
+            node = nodes["STORM_SpatialTransport" if method == "storm" else "STORM_SynGen"]
+            (guidance,) = call_node(node, analysis=analysis)
         negative = tiny_conditioning(dit.clip, "")
         _, attention = call_node(nodes["STORM_GuidedKSampler"], model=dit.model, guidance=guidance, seed=1, steps=4,
                                  cfg=CFG[dit.arch], sampler_name="euler", scheduler="simple",
