@@ -79,8 +79,16 @@ _CHROMA_CONFIG = {
     "axes_dim": [4, 6, 6], "theta": 10000, "patch_size": 2, "qkv_bias": True, "in_dim": 64, "out_dim": 64,
     "hidden_dim": 32, "n_layers": 1,
 }
+#: Qwen-Image: dual-stream blocks only (joint attention over [text, image] rows, no single-stream blocks), the
+#: host's Qwen2.5-VL text encoder at a thin width (its template rows dropped by the host), 16-channel latent
+_QWEN_TE_WIDTH = 16
+_QWEN_CONFIG = {
+    "image_model": "qwen_image", "in_channels": 64, "out_channels": 16, "num_layers": 2, "attention_head_dim": 32,
+    "num_attention_heads": 2, "joint_attention_dim": _QWEN_TE_WIDTH, "axes_dims_rope": (8, 12, 12), "patch_size": 2,
+}
 _SPECS = {"sd3": ("SD3", _SD3_CONFIG, 4096, 2048), "flux": ("Flux", _FLUX_CONFIG, _FLUX_T5_WIDTH, 32),
-          "chroma": ("Chroma", _CHROMA_CONFIG, _FLUX_T5_WIDTH, 0)}
+          "chroma": ("Chroma", _CHROMA_CONFIG, _FLUX_T5_WIDTH, 0),
+          "qwen_image": ("QwenImage", _QWEN_CONFIG, _QWEN_TE_WIDTH, 0)}
 
 
 def _clip_config(hidden: int, heads: int) -> dict[str, Any]:
@@ -96,6 +104,9 @@ _TEXT = {
                                     "d_ff": 64}},
     "chroma": {"t5xxl_model_config": {"d_model": _FLUX_T5_WIDTH, "num_layers": 2, "num_heads": 2, "d_kv": 16,
                                       "d_ff": 64}},
+    "qwen_image": {"qwen25_7b_model_config": {"hidden_size": _QWEN_TE_WIDTH, "intermediate_size": 32,
+                                              "num_hidden_layers": 2, "num_attention_heads": 2,
+                                              "num_key_value_heads": 1}},
 }
 
 
@@ -108,9 +119,35 @@ def _build_clip(arch: str, seed: int) -> Any:
         target = comfy.supported_models_base.ClipTarget(sd3_clip.SD3Tokenizer, sd3_clip.sd3_clip(t5=False))
     elif arch == "chroma":
         target = comfy.supported_models_base.ClipTarget(pixart_t5.PixArtTokenizer, pixart_t5.pixart_te())
+    elif arch == "qwen_image":
+        return _build_qwen_clip(seed)
     else:
         target = comfy.supported_models_base.ClipTarget(flux.FluxTokenizer, flux.flux_clip())
     clip = comfy.sd.CLIP(target=target, model_options=dict(_TEXT[arch]))
+    initialise_weights(clip.cond_stage_model, seed + 1, keep=("logit_scale",))
+    return clip
+
+
+def _build_qwen_clip(seed: int) -> Any:
+    """Qwen-Image's text encoder (the host's Qwen2.5-VL classes and tokenizer) at a thin width. The host always
+    builds the 658 M-parameter vision tower beside the language model; it is made thin while the encoder is
+    built (image prompts are not used here)."""
+    import comfy.sd
+    import comfy.supported_models_base
+    from comfy.text_encoders import qwen_image, qwen_vl
+
+    real = qwen_vl.Qwen2VLVisionTransformer
+
+    def thin_vision(*args, device=None, dtype=None, ops=None, **kwargs):
+        return real(hidden_size=16, output_hidden_size=_QWEN_TE_WIDTH, intermediate_size=32, num_heads=2,
+                    num_layers=1, device=device, dtype=dtype, ops=ops)
+
+    qwen_vl.Qwen2VLVisionTransformer = thin_vision
+    try:
+        clip = comfy.sd.CLIP(target=comfy.supported_models_base.ClipTarget(qwen_image.QwenImageTokenizer, qwen_image.te()),
+                             model_options=dict(_TEXT["qwen_image"]))
+    finally:
+        qwen_vl.Qwen2VLVisionTransformer = real
     initialise_weights(clip.cond_stage_model, seed + 1, keep=("logit_scale",))
     return clip
 

@@ -74,7 +74,7 @@ FAMILY_NAMES = {
 }
 #: the families attention recording and guidance support (UNets with cross-attention: any SD1.x/SD2.x/SDXL
 #: derivative; DiTs: :data:`DIT_FAMILIES`)
-SUPPORTED_FAMILIES = "SD1.x, SD2.x, SDXL, SD3.x, Flux.1 and Chroma"
+SUPPORTED_FAMILIES = "SD1.x, SD2.x, SDXL, SD3.x, Flux.1, Chroma and Qwen-Image"
 
 _FAMILIES = (  # order matters: subclasses first
     ("sdxl_refiner", "SDXLRefiner"),
@@ -84,9 +84,10 @@ _FAMILIES = (  # order matters: subclasses first
     ("sd3", "SD3"),
     ("flux", "Flux"),
     ("chroma", "Chroma"),  # Flux's blocks (not a subclass of Flux); T5 rows alone
+    ("qwen_image", "QwenImage"),  # dual-stream blocks only; Qwen2.5-VL rows (the chat template's tail kept)
 )
 #: DiT families with joint text-image attention
-DIT_FAMILIES = ("sd3", "flux", "chroma")
+DIT_FAMILIES = ("sd3", "flux", "chroma", "qwen_image")
 #: the patch key of a DiT block's joint attention
 JOINT = "joint"
 
@@ -169,11 +170,13 @@ def _joint_blocks(net, family: str) -> tuple[int, int, int] | None:
         return len(net.joint_blocks), net.joint_blocks[0].x_block.attn.num_heads, net.context_embedder.in_features
     if family in ("flux", "chroma") and hasattr(net, "double_blocks") and hasattr(net, "txt_in"):
         return len(net.double_blocks) + len(net.single_blocks), net.num_heads, net.txt_in.in_features
+    if family == "qwen_image" and hasattr(net, "transformer_blocks") and hasattr(net, "txt_in"):
+        return len(net.transformer_blocks), net.transformer_blocks[0].attn.heads, net.txt_in.in_features
     return None
 
 
 def describe_model(base_model, node: str = "STORM") -> ModelInfo:
-    """The attention layers of a UNet (:func:`describe_unet`) or the joint blocks of an SD3, Flux.1 or Chroma DiT.
+    """The attention layers of a UNet (:func:`describe_unet`) or the joint blocks of an SD3, Flux.1, Chroma or Qwen-Image DiT.
 
     Raises :class:`StormError` naming ``node`` for other architectures, and for DiTs on a ComfyUI that
     does not let the pack observe their attention.

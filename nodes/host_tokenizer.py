@@ -2,7 +2,8 @@
 
 UNet families condition on CLIP columns only. SD3 conditions on its CLIP columns followed by T5
 rows, Flux on T5 rows alone (its CLIP-L gives only the pooled vector), Chroma on the T5 rows of the prompt
-alone (no padding); either text encoder of SD3 may be left out. Which streams a conditioning holds is read off its row count (see
+alone (no padding); either text encoder of SD3 may be left out. Qwen-Image conditions on the Qwen2.5-VL rows
+of the prompt inside a chat template whose system turn the host drops (:func:`_llm_layout`). Which streams a conditioning holds is read off its row count (see
 :func:`conditioning_layout`)."""
 
 from __future__ import annotations
@@ -69,10 +70,52 @@ def _t5_layout(clip, tokens: dict) -> TokenLayout:
     return TokenLayout.from_sentencepiece(pieces, end_piece=inv_vocab[sd_tok.end_token], name=_T5_NAME)
 
 
+#: language-model text encoders: the key of their tokens in ``clip.tokenize()``'s dict -> (stream name, the
+#: piece that ends the user's prompt inside the chat template)
+LLM_STREAMS = {"qwen25_7b": ("Qwen2.5-VL", "<|im_end|>")}
+
+
+def _llm_piece(hf_tok, token_id) -> str | None:
+    """A byte-level BPE token as a sentencepiece-style piece: a leading space becomes U+2581 (a word starts)."""
+    if not isinstance(token_id, int):
+        return None  # an embedding vector
+    text = hf_tok.decode([token_id])
+    return "\u2581" + text[1:] if text.startswith(" ") else text
+
+
+def _template_prompt_start(hf_tok, ids: list) -> int:
+    """Where the user's prompt starts in a chat-templated token sequence: after the second ``<|im_start|>``
+    and its ``user`` and newline (the system turn comes first), or 0 when the text had no template."""
+    im_start = hf_tok.convert_tokens_to_ids("<|im_start|>")
+    starts = [i for i, t in enumerate(ids) if t == im_start]
+    if len(starts) < 2 or hf_tok.decode(ids[starts[1] + 1:starts[1] + 3]) != "user\n":
+        return 0
+    return starts[1] + 3
+
+
+def _llm_layout(clip, tokens: dict, key: str, rows: int | None = None) -> TokenLayout:
+    """The rows of a language-model encoder's conditioning: the host encodes the prompt inside a chat template
+    and keeps its last ``rows`` tokens (the template's system turn is dropped; the prompt and the template's
+    closing tokens remain). Without ``rows`` (no encoding yet) the prompt's start is found in the template.
+    The closing template tokens are the layout's end and padding (never words)."""
+    name, end_piece = LLM_STREAMS[key]
+    hf_tok = _sd_tokenizer(clip, key).tokenizer
+    ids = [item[0] for chunk in tokens[key] for item in chunk]
+    start = len(ids) - rows if rows is not None else _template_prompt_start(hf_tok, ids)
+    if not 0 <= start <= len(ids):
+        raise StormError(f"the prompt's conditioning has {rows} rows, but its {name} tokens are {len(ids)}: this "
+                         "text encoder lays out its conditioning in a way the pack does not know", input_name="clip")
+    return TokenLayout.from_sentencepiece([_llm_piece(hf_tok, t) for t in ids[start:]], end_piece=end_piece, name=name)
+
+
 def prompt_layout(clip, text: str, rows: int | None = None) -> TokenLayout:
     """Tokenise ``text`` with the host's tokenizers: the CLIP columns, or with ``rows`` (the row count
-    of the prompt's conditioning) the streams of a DiT conditioning (:func:`conditioning_layout`)."""
+    of the prompt's conditioning) the streams of a DiT conditioning (:func:`conditioning_layout`), or the
+    rows a language-model encoder keeps (:func:`_llm_layout`)."""
     tokens = clip.tokenize(text)
+    llm = next((key for key in LLM_STREAMS if key in tokens), None)
+    if llm is not None:
+        return _llm_layout(clip, tokens, llm, rows)
     if rows is None or _T5_KEY not in tokens:
         return _clip_layout(clip, tokens)
     return conditioning_layout(clip, tokens, rows)
@@ -130,10 +173,12 @@ class _DiTTokenizerOnly:
 #: the host's tokenizer class of each DiT family (module, class)
 _DIT_TOKENIZERS = {"sd3": ("comfy.text_encoders.sd3_clip", "SD3Tokenizer"),
                    "flux": ("comfy.text_encoders.flux", "FluxTokenizer"),
-                   "chroma": ("comfy.text_encoders.pixart_t5", "PixArtTokenizer")}
+                   "chroma": ("comfy.text_encoders.pixart_t5", "PixArtTokenizer"),
+                   "qwen_image": ("comfy.text_encoders.qwen_image", "QwenImageTokenizer")}
 #: the streams of a DiT family's conditioning when all its text encoders are loaded, in order (a
 #: conditioning with fewer encoders is laid out by :func:`conditioning_layout` from its row count)
-DIT_STREAMS = {"sd3": ("CLIP", _T5_NAME), "flux": (_T5_NAME,), "chroma": (_T5_NAME,)}
+DIT_STREAMS = {"sd3": ("CLIP", _T5_NAME), "flux": (_T5_NAME,), "chroma": (_T5_NAME,),
+               "qwen_image": (LLM_STREAMS["qwen25_7b"][0],)}
 
 
 @functools.lru_cache(maxsize=len(_DIT_TOKENIZERS) + 1)
@@ -144,9 +189,9 @@ def _tokenizer_only(family: str | None = None) -> _SD1TokenizerOnly | _DiTTokeni
 
 def text_layout(text: str, family: str | None = None) -> TokenLayout:
     """The layout of ``text`` without a loaded model (for the UI's token chips; the nodes use the model's own
-    tokenizer): SD1.x/SDXL's CLIP columns, or for ``family`` ``"sd3"`` / ``"flux"`` / ``"chroma"`` the rows of
-    that family's conditioning (:data:`DIT_STREAMS`: SD3's CLIP columns then its T5 rows, Flux's and Chroma's T5
-    rows)."""
+    tokenizer): SD1.x/SDXL's CLIP columns, or for ``family`` ``"sd3"`` / ``"flux"`` / ``"chroma"`` /
+    ``"qwen_image"`` the rows of that family's conditioning (:data:`DIT_STREAMS`: SD3's CLIP columns then its T5
+    rows, Flux's and Chroma's T5 rows, the Qwen2.5-VL rows Qwen-Image keeps)."""
     if family is not None and family not in DIT_STREAMS:
         raise StormError(f"unknown model family {family!r}; expected one of {sorted(DIT_STREAMS)} or none",
                          input_name="family")
@@ -154,6 +199,9 @@ def text_layout(text: str, family: str | None = None) -> TokenLayout:
     if family is None:
         return prompt_layout(clip, text)
     tokens = clip.tokenize(text)
+    llm = next((key for key in LLM_STREAMS if key in tokens), None)
+    if llm is not None:
+        return _llm_layout(clip, tokens, llm)
     streams = {"CLIP": _clip_layout, _T5_NAME: _t5_layout}
     first, *rest = (streams[name](clip, tokens) for name in DIT_STREAMS[family])
     for other in rest:

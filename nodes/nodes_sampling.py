@@ -114,9 +114,10 @@ def _sample_like_ksampler(model, sampler, sampler_name, seed, steps, cfg, schedu
     """What the core KSampler node does, with our SAMPLER: same noise, sigmas, mask and callback."""
     latent_image = latent["samples"]
     latent_image = comfy.sample.fix_empty_latent_channels(model, latent_image)
-    if latent_image.dim() != 4:
-        raise StormError(f"expected an image latent of shape (B, C, H, W), got {tuple(latent_image.shape)}",
-                         input_name="latent_image")
+    # an image latent: (B, C, H, W), or a video-format latent of one frame (B, C, 1, H, W) (Qwen-Image's)
+    if not (latent_image.dim() == 4 or (latent_image.dim() == 5 and latent_image.shape[2] == 1)):
+        raise StormError(f"expected an image latent of shape (B, C, H, W) or (B, C, 1, H, W), got "
+                         f"{tuple(latent_image.shape)}", input_name="latent_image")
     noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
     base = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler_name,
                                    scheduler=scheduler, denoise=denoise, model_options=model.model_options)

@@ -17,7 +17,8 @@ from harness.tiny_models import tiny_conditioning
 
 #: the families recording and guidance support, by the pack's family key (the README's family table)
 SUPPORTED = {"SD15": "sd1", "SD20": "sd2", "SDXL": "sdxl", "SDXLRefiner": "sdxl_refiner", "SD3": "sd3",
-             "Flux": "flux", "FluxSchnell": "flux", "FluxInpaint": "flux", "Chroma": "chroma"}
+             "Flux": "flux", "FluxSchnell": "flux", "FluxInpaint": "flux", "Chroma": "chroma",
+             "QwenImage": "qwen_image"}
 
 
 def _stub(cls) -> types.SimpleNamespace:
@@ -40,7 +41,7 @@ def test_every_image_family_of_the_host_is_supported_or_refused_by_name(pack):
         message = str(err.value)
         assert err.value.input_name == "model", name
         assert f"{arch.FAMILY_NAMES[name]} models (ComfyUI's {name}) are not supported yet" in message, message
-        assert "SD1.x, SD2.x, SDXL, SD3.x, Flux.1 and Chroma" in message and "Model families" in message
+        assert "SD1.x, SD2.x, SDXL, SD3.x, Flux.1, Chroma and Qwen-Image" in message and "Model families" in message
 
 
 def test_flux2_is_not_taken_for_flux1_nor_chroma_radiance_for_chroma(pack):
