@@ -103,23 +103,27 @@ def mean_of_steps(steps: list[tuple[float, torch.Tensor]]) -> torch.Tensor:
 
 
 def latent_match_error(stored: torch.Tensor, given: torch.Tensor) -> float:
-    """Affine-invariant relative distance between a run's final latent and a LATENT's samples.
+    """Channel-wise affine-invariant relative distance between a run's final latent and a LATENT's samples.
 
-    The host maps the sampler's output to the LATENT's format: it divides by the VAE's scale factor
-    (SD1.x, SDXL) and adds a shift (SD3, Flux), so ``given = stored / s + t``. Returns
-    ``min_{a,b} ||a * given + b - stored|| / ||stored||`` (``inf`` for mismatched shapes).
+    The host maps the sampler's output to the LATENT's format per channel: it divides by the VAE's scale factor
+    (SD1.x, SDXL), adds a shift (SD3, Flux), or un-normalises each channel by its own mean and deviation
+    (Wan 2.1's format, Qwen-Image's latent), so ``given[c] = stored[c] / s_c + t_c``. Returns
+    ``min_{a_c,b_c} ||a_c * given[c] + b_c - stored[c]|| / ||stored||`` over all channels ``c`` (dimension 1;
+    ``inf`` for mismatched shapes).
     """
     if stored.shape != given.shape:
         return float("inf")
-    s, g = stored.double().flatten(), given.double().cpu().flatten()
-    gc = g - g.mean()
-    gg = float(gc @ gc)
-    a = float(gc @ (s - s.mean())) / gg if gg > 0 else 0.0
-    residual = s - s.mean() - a * gc
+    channels = stored.shape[1] if stored.dim() > 1 else 1
+    s = stored.double().transpose(0, 1).reshape(channels, -1) if stored.dim() > 1 else stored.double()[None]
+    g = given.double().cpu().transpose(0, 1).reshape(channels, -1) if given.dim() > 1 else given.double().cpu()[None]
+    gc, sc = g - g.mean(1, keepdim=True), s - s.mean(1, keepdim=True)
+    gg = (gc * gc).sum(1, keepdim=True)
+    a = torch.where(gg > 0, (gc * sc).sum(1, keepdim=True) / gg.clamp_min(1e-300), torch.zeros_like(gg))
+    residual = float((sc - a * gc).norm())
     norm = float(s.norm())
     if norm == 0.0:
-        return 0.0 if float(residual.norm()) == 0.0 else float("inf")
-    return float(residual.norm()) / norm
+        return 0.0 if residual == 0.0 else float("inf")
+    return residual / norm
 
 
 #: the key of a LATENT dict that names the run which produced its samples

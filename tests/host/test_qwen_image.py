@@ -76,6 +76,11 @@ def test_the_recorder_records_each_block_and_leaves_the_sample_unchanged(qwen, p
     maps = record.step_maps[0][1]
     assert maps.shape[-3:] == (10, 4, 6)  # one column per conditioning row, one map pixel per 2 x 2 patch
     assert torch.allclose(maps.float().sum(-3), torch.ones(maps.shape[-2:]), atol=1e-2)
+    with torch.inference_mode():  # the heatmap of the run that made this one-frame video latent
+        grid, _, masks, log = call_node(nodes["STORM_AttentionHeatmap"], attention=attention,
+                                        latent={"samples": recorded}, tokens=tokens)
+    assert masks.shape == (2, 64, 96) and grid.shape[-1] == 3 and not torch.equal(masks[0], masks[1])
+    assert log == "no guided steps in this run"
 
 
 def _guided(nodes, qwen, tokens, positive, negative, step_size):
