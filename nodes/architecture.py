@@ -225,7 +225,7 @@ def describe_unet(base_model, node: str = "STORM") -> ModelInfo:
     if model_family(config) == "other" or not _is_unet(base_model):
         error = unsupported_family(node, config, "SD1.x, SD2.x and SDXL")
         if model_family(config) in DIT_FAMILIES:
-            error = StormError(f"{error} (SD3 and Flux.1 work with the Attention Recorder and the guided samplers, "
+            error = StormError(f"{error} ({family_name(config)} works with the Attention Recorder and the guided samplers, "
                                "not with attention interpolation)", input_name="model")
         raise error
     layers: list[CrossAttentionLayer] = []
