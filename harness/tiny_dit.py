@@ -300,7 +300,8 @@ def _host_fields(arch: str) -> dict[str, Any]:
     else:
         return {}
     fields = {f.name for f in dataclasses.fields(params)}
-    return {k: v for k, v in (("txt_ids_dims", []), ("vec_in_dim", None)) if k in fields}
+    wanted = (("txt_ids_dims", []),) + ((("vec_in_dim", None),) if arch == "chroma" else ())
+    return {k: v for k, v in wanted if k in fields}
 
 
 def dit_conditioning(tiny: TinyDiT, tokens: int, *, seed: int = 0) -> list:
