@@ -9,7 +9,7 @@ import comfy.sample
 import pytest
 import torch
 
-from harness.nodeutil import call_node, weakest_subject_attention
+from harness.nodeutil import call_node, guided_log_of_method, weakest_subject_attention
 from harness.tiny_dit import DIT_ARCHS, build_tiny_dit
 from harness.tiny_models import tiny_conditioning
 
@@ -224,21 +224,7 @@ def test_attend_and_excite_raises_the_weakest_subjects_attention_on_a_dit(dit, n
 def test_binding_and_spatial_guidance_run_on_a_dit(dit, nodes, method):
     """SynGen's, STORM's and A-STAR's losses read DiT maps like UNet maps: each guided step logs finite losses
     and applies its update."""
-    text = "a red cat to the left of a blue dog" if method == "storm" else "a red cat and a blue dog"
-    with torch.inference_mode():
-        analysis, tokens, positive, _ = call_node(nodes["STORM_PromptAnalysis"], clip=dit.clip, text=text,
-                                                  parser="rules")
-        if method == "astar":
-            (guidance,) = call_node(nodes["STORM_AStar"], tokens=tokens, step_size=20.0, start_at=0.0, end_at=0.5,
-                                    thresholds="")
-        else:
-            node = nodes["STORM_SpatialTransport" if method == "storm" else "STORM_SynGen"]
-            (guidance,) = call_node(node, analysis=analysis)
-        negative = tiny_conditioning(dit.clip, "")
-        _, attention = call_node(nodes["STORM_GuidedKSampler"], model=dit.model, guidance=guidance, seed=1, steps=4,
-                                 cfg=CFG[dit.arch], sampler_name="euler", scheduler="simple",
-                                 positive=positive, negative=negative, latent_image={"samples": torch.zeros(LATENT)})
-    log = attention.latest().log
+    log = guided_log_of_method(nodes, dit.clip, dit.model, method, cfg=CFG[dit.arch], latent=torch.zeros(LATENT))
     assert log and all(e.updates >= 1 and not e.skipped for e in log)
     assert all(isinstance(v, float) for e in log for v in e.loss_before + e.loss_after)
 
