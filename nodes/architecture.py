@@ -222,9 +222,10 @@ def describe_unet(base_model, node: str = "STORM") -> ModelInfo:
     config = getattr(base_model, "model_config", None)
     model_name = type(config).__name__ if config is not None else type(base_model).__name__
     unet = getattr(base_model, "diffusion_model", None)
-    if model_family(config) == "other" or not _is_unet(base_model):
+    family = model_family(config)
+    if family == "other" or not _is_unet(base_model):
         error = unsupported_family(node, config, "SD1.x, SD2.x and SDXL")
-        if model_family(config) in DIT_FAMILIES:
+        if family in DIT_FAMILIES:
             error = StormError(f"{error} ({family_name(config)} works with the Attention Recorder and the guided samplers, "
                                "not with attention interpolation)", input_name="model")
         raise error
@@ -252,7 +253,7 @@ def describe_unet(base_model, node: str = "STORM") -> ModelInfo:
             f"{node}: the model {model_name} has no cross-attention layers, so there are no text "
             "attention maps to guide; use a text-conditioned SD1.x, SD2.x or SDXL checkpoint",
             input_name="model")
-    return ModelInfo(model_family(config), model_name, tuple(layers))
+    return ModelInfo(family, model_name, tuple(layers))
 
 
 def check_conditioning_family(node: str, arch: ModelInfo, conditionings: dict[str, list]) -> None:
