@@ -41,7 +41,7 @@ class TinyDiT:
     clip: Any = None
     #: a tiny 16-channel ``AutoencoderKL`` (8x down-sampling), so workflows can decode
     vae: Any = None
-    #: latent channels (16 for both families)
+    #: latent channels (16; Flux.2: 128)
     channels: int = 16
 
 
@@ -86,9 +86,34 @@ _QWEN_CONFIG = {
     "image_model": "qwen_image", "in_channels": 64, "out_channels": 16, "num_layers": 2, "attention_head_dim": 32,
     "num_attention_heads": 2, "joint_attention_dim": _QWEN_TE_WIDTH, "axes_dims_rope": (8, 12, 12), "patch_size": 2,
 }
+#: Z-Image (the host's ZImage, a Lumina 2 NextDiT): a text-only and an image-only refiner block, then single-stream
+#: blocks over [text, image], each padded to a multiple of 32 rows with learned pad rows; the host's Qwen3 4B text
+#: encoder at a thin width (the second-to-last layer, the whole chat template kept). The width must be at least 256
+#: (Z-Image's modulation takes a 256-wide time embedding); 8 heads of 32 = 8 + 12 + 12 RoPE channels
+_ZIMAGE_TE_WIDTH = 16
+_ZIMAGE_CONFIG = {
+    "image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 256, "cap_feat_dim": _ZIMAGE_TE_WIDTH,
+    "n_layers": 2, "n_refiner_layers": 1, "n_heads": 8, "n_kv_heads": 8, "qk_norm": True, "axes_dims": [8, 12, 12],
+    "axes_lens": [1536, 512, 512], "rope_theta": 256.0, "ffn_dim_multiplier": 8.0 / 3.0, "z_image_modulation": True,
+    "time_scale": 1000.0, "pad_tokens_multiple": 32,
+}
+#: Flux.2 (klein): Flux's double/single blocks with shared modulation, a 128-channel latent of 16 px per latent pixel
+#: in patches of 1, and the host's klein text encoder (Qwen3 4B, three layers stacked: 3 x the width) at a thin width
+_KLEIN_TE_WIDTH = 16
+_FLUX2_CONFIG = {
+    "image_model": "flux2", "in_channels": 128, "out_channels": 128, "vec_in_dim": None,
+    "context_in_dim": 3 * _KLEIN_TE_WIDTH, "hidden_size": 64, "mlp_ratio": 3.0, "num_heads": 2, "depth": 2,
+    "depth_single_blocks": 2, "axes_dim": [8, 8, 8, 8], "theta": 2000, "patch_size": 1, "qkv_bias": False,
+    "guidance_embed": False, "txt_ids_dims": [3], "global_modulation": True, "mlp_silu_act": True, "ops_bias": False,
+    "default_ref_method": "index", "ref_index_scale": 10.0,
+}
 _SPECS = {"sd3": ("SD3", _SD3_CONFIG, 4096, 2048), "flux": ("Flux", _FLUX_CONFIG, _FLUX_T5_WIDTH, 32),
           "chroma": ("Chroma", _CHROMA_CONFIG, _FLUX_T5_WIDTH, 0),
-          "qwen_image": ("QwenImage", _QWEN_CONFIG, _QWEN_TE_WIDTH, 0)}
+          "qwen_image": ("QwenImage", _QWEN_CONFIG, _QWEN_TE_WIDTH, 0),
+          "z_image": ("ZImage", _ZIMAGE_CONFIG, _ZIMAGE_TE_WIDTH, 0),
+          "flux2": ("Flux2", _FLUX2_CONFIG, 3 * _KLEIN_TE_WIDTH, 0)}
+#: latent channels of the families whose latent is not 16 channels
+_CHANNELS = {"flux2": 128}
 
 
 def _clip_config(hidden: int, heads: int) -> dict[str, Any]:
@@ -107,6 +132,12 @@ _TEXT = {
     "qwen_image": {"qwen25_7b_model_config": {"hidden_size": _QWEN_TE_WIDTH, "intermediate_size": 32,
                                               "num_hidden_layers": 2, "num_attention_heads": 2,
                                               "num_key_value_heads": 1}},
+    # the host reads the second-to-last layer (so at least 3 layers)
+    "z_image": {"qwen3_4b_model_config": {"hidden_size": _ZIMAGE_TE_WIDTH, "intermediate_size": 32,
+                                          "num_hidden_layers": 3, "num_attention_heads": 2, "num_key_value_heads": 1}},
+    # klein stacks layers 9, 18 and 27 (so at least 28 layers)
+    "flux2": {"qwen3_4b_model_config": {"hidden_size": _KLEIN_TE_WIDTH, "intermediate_size": 32,
+                                        "num_hidden_layers": 28, "num_attention_heads": 2, "num_key_value_heads": 1}},
 }
 
 
@@ -121,6 +152,12 @@ def _build_clip(arch: str, seed: int) -> Any:
         target = comfy.supported_models_base.ClipTarget(pixart_t5.PixArtTokenizer, pixart_t5.pixart_te())
     elif arch == "qwen_image":
         return _build_qwen_clip(seed)
+    elif arch == "z_image":
+        from comfy.text_encoders import z_image  # not in ComfyUI 0.3.64
+
+        target = comfy.supported_models_base.ClipTarget(z_image.ZImageTokenizer, z_image.te())
+    elif arch == "flux2":
+        target = comfy.supported_models_base.ClipTarget(flux.KleinTokenizer, flux.klein_te())
     else:
         target = comfy.supported_models_base.ClipTarget(flux.FluxTokenizer, flux.flux_clip())
     clip = comfy.sd.CLIP(target=target, model_options=dict(_TEXT[arch]))
@@ -179,9 +216,10 @@ def build_tiny_dit(arch: str, *, seed: int = 0, dtype: torch.dtype = torch.float
         initialise_weights(model.diffusion_model, seed)
         _sharpen_joint_attention(model.diffusion_model, arch, ATTN2_QK_GAIN)
         clip = _build_clip(arch, seed)
-        vae = build_vae(seed, channels=16)
+        channels = _CHANNELS.get(arch, 16)
+        vae = build_vae(seed, channels=16) if channels == 16 else None  # no tiny Flux.2 VAE (16 px per latent)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
-    return TinyDiT(arch, patcher, context_dim, pooled_dim, clip, vae)
+    return TinyDiT(arch, patcher, context_dim, pooled_dim, clip, vae, channels)
 
 
 def build_real_size_dit(*, seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyDiT:
@@ -277,9 +315,12 @@ def _sharpen_joint_attention(net: torch.nn.Module, arch: str, gain: float) -> No
         if arch == "sd3" and name.endswith(".attn") and hasattr(sub, "qkv"):
             rows = sub.qkv.weight.shape[0] // 3
             sub.qkv.weight[: 2 * rows].mul_(gain)
-        elif arch in ("flux", "chroma") and hasattr(sub, "query_norm") and hasattr(sub, "key_norm"):
+        elif arch in ("flux", "flux2", "chroma") and hasattr(sub, "query_norm") and hasattr(sub, "key_norm"):
             _norm_weight(sub.query_norm).mul_(gain)
             _norm_weight(sub.key_norm).mul_(gain)
+        elif arch == "z_image" and hasattr(sub, "q_norm") and hasattr(sub, "k_norm"):
+            _norm_weight(sub.q_norm).mul_(gain)
+            _norm_weight(sub.k_norm).mul_(gain)
 
 
 def _norm_weight(norm: torch.nn.Module) -> torch.Tensor:

@@ -519,6 +519,8 @@ def _initial_values(
         return torch.randn(shape, generator=gen)
     if type(module).__name__ in ("RMSNorm", "T5LayerNorm") and param_name in ("weight", "scale"):
         return torch.ones(shape)  # the DiTs' RMS norms (MMDiT's weight, Flux's scale) and T5's
+    if param_name in ("x_pad_token", "cap_pad_token"):  # Z-Image's learned pad rows (image, caption): N(0, 0.02)
+        return 0.02 * torch.randn(shape, generator=gen)
     return None
 
 

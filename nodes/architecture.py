@@ -49,7 +49,7 @@ LAYER_SELECTIONS = {
 }
 DEFAULT_LAYER_SELECTION = "1/32 res: down+up (A&E)"
 
-#: image pixels per latent pixel along each side (the VAE of every supported family down-samples by 8)
+#: image pixels per latent pixel along each side, unless the model's latent format says otherwise (Flux.2: 16)
 PIXELS_PER_LATENT = 8
 
 #: text encoders by the width of their conditioning (= the UNet's cross-attention context width)
@@ -59,7 +59,7 @@ TEXT_ENCODERS = {768: "SD1.x's CLIP-L", 1024: "SD2.x's OpenCLIP-H", 1280: "the S
 
 #: host model classes built on a supported family's class that are another architecture (other text encoder,
 #: latent and blocks): refused by name, never taken for their parent (ComfyUI 0.33's Flux2 subclasses Flux)
-_OTHER_ARCHITECTURES = ("Flux2", "ChromaRadiance")
+_OTHER_ARCHITECTURES = ("ChromaRadiance", "ZImagePixelSpace")
 #: what users call the families of the host's model classes (``comfy/supported_models.py``), for messages
 FAMILY_NAMES = {
     "SD15": "SD1.x", "SD20": "SD2.x", "SDXL": "SDXL", "SDXLRefiner": "the SDXL refiner", "SD3": "SD3.x",
@@ -74,7 +74,7 @@ FAMILY_NAMES = {
 }
 #: the families attention recording and guidance support (UNets with cross-attention: any SD1.x/SD2.x/SDXL
 #: derivative; DiTs: :data:`DIT_FAMILIES`)
-SUPPORTED_FAMILIES = "SD1.x, SD2.x, SDXL, SD3.x, Flux.1, Chroma and Qwen-Image"
+SUPPORTED_FAMILIES = "SD1.x, SD2.x, SDXL, SD3.x, Flux.1, Flux.2, Chroma, Qwen-Image and Z-Image"
 
 _FAMILIES = (  # order matters: subclasses first
     ("sdxl_refiner", "SDXLRefiner"),
@@ -82,12 +82,14 @@ _FAMILIES = (  # order matters: subclasses first
     ("sd2", "SD20"),
     ("sd1", "SD15"),
     ("sd3", "SD3"),
+    ("flux2", "Flux2"),  # a subclass of Flux in the host: 128-channel latent of 16 px, Qwen3/Mistral rows
     ("flux", "Flux"),
     ("chroma", "Chroma"),  # Flux's blocks (not a subclass of Flux); T5 rows alone
     ("qwen_image", "QwenImage"),  # dual-stream blocks only; Qwen2.5-VL rows (the chat template's tail kept)
+    ("z_image", "ZImage"),  # single-stream blocks over [text, image], each padded to a multiple of 32 rows
 )
 #: DiT families with joint text-image attention
-DIT_FAMILIES = ("sd3", "flux", "chroma", "qwen_image")
+DIT_FAMILIES = ("sd3", "flux", "flux2", "chroma", "qwen_image", "z_image")
 #: the patch key of a DiT block's joint attention
 JOINT = "joint"
 
@@ -100,6 +102,10 @@ class ModelInfo:
     family: str
     model_name: str
     layers: tuple[CrossAttentionLayer, ...]
+    #: image pixels per latent pixel (the latent format's down-sampling)
+    pixels_per_latent: int = PIXELS_PER_LATENT
+    #: a DiT's joint attention pads its text rows and its image rows each to a multiple of this (Z-Image: 32)
+    pad_rows_to: int = 1
 
     @property
     def is_dit(self) -> bool:
@@ -168,15 +174,17 @@ def _joint_blocks(net, family: str) -> tuple[int, int, int] | None:
     """``(blocks, heads, context width)`` of a DiT's joint attention, None when it is not one we know."""
     if family == "sd3" and hasattr(net, "joint_blocks") and hasattr(net, "context_embedder"):
         return len(net.joint_blocks), net.joint_blocks[0].x_block.attn.num_heads, net.context_embedder.in_features
-    if family in ("flux", "chroma") and hasattr(net, "double_blocks") and hasattr(net, "txt_in"):
+    if family in ("flux", "flux2", "chroma") and hasattr(net, "double_blocks") and hasattr(net, "txt_in"):
         return len(net.double_blocks) + len(net.single_blocks), net.num_heads, net.txt_in.in_features
     if family == "qwen_image" and hasattr(net, "transformer_blocks") and hasattr(net, "txt_in"):
         return len(net.transformer_blocks), net.transformer_blocks[0].attn.heads, net.txt_in.in_features
+    if family == "z_image" and hasattr(net, "layers") and hasattr(net, "cap_embedder"):
+        return len(net.layers), net.layers[0].attention.n_local_heads, net.cap_embedder[-1].in_features
     return None
 
 
 def describe_model(base_model, node: str = "STORM") -> ModelInfo:
-    """The attention layers of a UNet (:func:`describe_unet`) or the joint blocks of an SD3, Flux.1, Chroma or Qwen-Image DiT.
+    """The attention layers of a UNet (:func:`describe_unet`) or the joint blocks of a DiT of :data:`DIT_FAMILIES`.
 
     Raises :class:`StormError` naming ``node`` for other architectures, and for DiTs on a ComfyUI that
     does not let the pack observe their attention.
@@ -196,8 +204,13 @@ def describe_model(base_model, node: str = "STORM") -> ModelInfo:
     patch = getattr(base_model.diffusion_model, "patch_size", 2)
     patch = patch[-1] if isinstance(patch, (tuple, list)) else patch
     level = max(int(patch).bit_length() - 1, 0)  # patch 2**n = n halvings of the latent
-    return ModelInfo(family, model_name, tuple(CrossAttentionLayer((JOINT, i), level, 1, heads, width)
-                                              for i in range(blocks)))
+    layers = tuple(CrossAttentionLayer((JOINT, i), level, 1, heads, width) for i in range(blocks))
+    pad = getattr(base_model.diffusion_model, "pad_tokens_multiple", None) if family == "z_image" else None
+    return ModelInfo(family, model_name, layers, _pixels_per_latent(config), int(pad or 1))
+
+
+def _pixels_per_latent(config) -> int:
+    return int(getattr(getattr(config, "latent_format", None), "spacial_downscale_ratio", PIXELS_PER_LATENT))
 
 
 def _is_unet(base_model) -> bool:

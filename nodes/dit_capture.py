@@ -1,7 +1,8 @@
-"""Recording the image-to-text attention of DiT models (SD3's MMDiT, Flux) into a :class:`MapRecorder`.
+"""Recording the image-to-text attention of DiT models (SD3's MMDiT, Flux, ...) into a :class:`MapRecorder`.
 
-Both families run one *joint* attention per block over ``[text rows, image rows]`` (MMDiT: context then
-x, Esser et al. 2024 eq. 6; Flux: txt then img, in double and single blocks alike). The host calls
+These families run one *joint* attention per block over ``[text rows, image rows]`` (MMDiT: context then
+x, Esser et al. 2024 eq. 6; Flux.1/Flux.2/Chroma: txt then img, in double and single blocks alike; Qwen-Image's
+dual-stream blocks; Z-Image's single-stream blocks over text and image each padded to 32 rows). The host calls
 ``transformer_options["optimized_attention_override"]`` with every attention call and its kernel; the
 tap hands the image queries and the text keys of each joint call to the recorder, which takes their
 softmax over the text rows only: the image-to-text attention a cross-attention layer would have, with
@@ -24,11 +25,15 @@ class JointAttentionTap:
 
     :meth:`begin_call` must run before every model call (the MODEL's UNet function wrapper): it gives the
     text row count and the latent size, and restarts the block count. A call whose key length is not
-    ``text rows + image rows`` (SD3.5's image-only self-attention) passes through unrecorded.
+    ``text rows + image rows`` (SD3.5's image-only self-attention, Z-Image's text-only and image-only refiner
+    blocks) passes through unrecorded. With ``pad_rows_to`` (Z-Image: 32) the model pads its text rows and its image
+    rows each to a multiple of it (learned pad rows, attended unmasked): the image rows start after the padded text
+    rows, and the pad rows are neither text nor image.
     """
 
-    def __init__(self, recorder: MapRecorder, patch_size: int, previous=None):
+    def __init__(self, recorder: MapRecorder, patch_size: int, previous=None, pad_rows_to: int = 1):
         self.recorder, self.patch_size, self.previous = recorder, patch_size, previous
+        self.pad_rows_to = pad_rows_to
         self._text_rows: int | None = None
         self._latent_shape: tuple[int, ...] | None = None
         self._block = 0
@@ -40,6 +45,9 @@ class JointAttentionTap:
         """A model call starts: ``text_rows`` of conditioning (None: nothing to record) on ``latent_shape``."""
         self._text_rows = None if text_rows is None else int(text_rows)
         self._latent_shape, self._block = tuple(latent_shape), 0
+
+    def _padded(self, rows: int) -> int:
+        return -(-rows // self.pad_rows_to) * self.pad_rows_to
 
     def _image_rows(self) -> int:
         p = self.patch_size
@@ -57,14 +65,15 @@ class JointAttentionTap:
         heads = args[3] if len(args) > 3 else kwargs.get("heads")
         heads_first = bool(kwargs.get("skip_reshape"))  # Flux: (B, H, L, d); MMDiT: (B, L, H * d)
         length = k.shape[-2] if heads_first else k.shape[1]
-        if heads is None or length != self._text_rows + self._image_rows():
+        t, image = self._text_rows, self._image_rows()
+        start = self._padded(t)
+        if heads is None or length != start + self._padded(image):
             return
-        t = self._text_rows
         if heads_first:
-            q_img = rearrange(q[:, :, t:], "b h n d -> b n (h d)")
+            q_img = rearrange(q[:, :, start:start + image], "b h n d -> b n (h d)")
             k_txt = rearrange(k[:, :, :t], "b h n d -> b n (h d)")
         else:
-            q_img, k_txt = q[:, t:], k[:, :t]
+            q_img, k_txt = q[:, start:start + image], k[:, :t]
         options = kwargs.get("transformer_options") or {}
         extra = {"cond_or_uncond": options.get("cond_or_uncond", [0]), "sigmas": options.get("sigmas"),
                  "n_heads": heads, "original_shape": self._latent_shape,
@@ -75,11 +84,12 @@ class JointAttentionTap:
             raise StopForward
 
 
-def install_joint_tap(model_options: dict, recorder: MapRecorder, patch_size: int) -> JointAttentionTap:
+def install_joint_tap(model_options: dict, recorder: MapRecorder, patch_size: int,
+                      pad_rows_to: int = 1) -> JointAttentionTap:
     """Install a :class:`JointAttentionTap` for ``recorder`` in ``model_options`` (already a private copy),
     chained to the override that was there."""
     transformer_options = model_options.setdefault("transformer_options", {})
-    tap = JointAttentionTap(recorder, patch_size, transformer_options.get("optimized_attention_override"))
+    tap = JointAttentionTap(recorder, patch_size, transformer_options.get("optimized_attention_override"), pad_rows_to)
     transformer_options["optimized_attention_override"] = tap
     return tap
 
@@ -97,7 +107,7 @@ def install_recording(model_options: dict, recorder: MapRecorder, layers: tuple[
     function wrapper (chained to the one that was there)."""
     if not model.is_dit:
         return install_patches(model_options, recorder, layers)
-    tap = install_joint_tap(model_options, recorder, 2 ** layers[0].level)
+    tap = install_joint_tap(model_options, recorder, 2 ** layers[0].level, model.pad_rows_to)
     previous = model_options.get("model_function_wrapper")
 
     def storm_joint_call(apply_model, args):

@@ -35,7 +35,7 @@ from ..storm_ops.guidance.optimize import Evaluation, clip_grad_norm, guidance_s
 from ..storm_ops.guidance.run_log import GuidedStep, RunInfo, refinement_hint
 from ..storm_ops.guidance.terms import Guidance
 from ..storm_ops.tokens.identity import check_prompt_encoding, prompt_encoding
-from .architecture import DEFAULT_LAYER_SELECTION, PIXELS_PER_LATENT, check_conditioning_family, describe_model
+from .architecture import DEFAULT_LAYER_SELECTION, check_conditioning_family, describe_model
 from .attention_capture import AttentionHistory, MapRecorder, RunRecord, StopForward
 from .compat import (
     OUT_OF_MEMORY,
@@ -207,7 +207,7 @@ class GuidedRun:
                 term.check_layout(n_tokens)
         self.record = RunRecord(RunInfo(self.node, arch.model_name, arch.family, [layer.label for layer in layers],
                                         base_sampler=settings.base_sampler, steps=self.num_steps,
-                                        guided_steps=sorted(self.guided)))
+                                        guided_steps=sorted(self.guided), pixels_per_latent=arch.pixels_per_latent))
         if len(conds.get("positive") or []) == 1:
             self.record.prompt_encoding = prompt_encoding(conds["positive"][0]["cross_attn"])
         self.recorder = MapRecorder(layers, self.record, n_tokens, stop_early=settings.stop_early)
@@ -256,7 +256,7 @@ class GuidedRun:
             return self.gradient(z, step)
         except OUT_OF_MEMORY:
             if self.record.info.activations_offloaded:
-                raise _out_of_memory(self.node, z) from None
+                raise _out_of_memory(self.node, z, self.record.info.pixels_per_latent) from None
         self.recorder.abort_grad_pass()
         free_accelerator_memory()
         self.record.info.activations_offloaded = True
@@ -265,7 +265,7 @@ class GuidedRun:
         try:
             return self.gradient(z, step)
         except OUT_OF_MEMORY:
-            raise _out_of_memory(self.node, z) from None
+            raise _out_of_memory(self.node, z, self.record.info.pixels_per_latent) from None
 
     # -- the end -----------------------------------------------------------------------------
     def finish(self, x: torch.Tensor) -> None:
@@ -306,8 +306,8 @@ def input_scale(base_model, sigma) -> float:
     return float(base_model.model_sampling.calculate_input(sigma, torch.ones(1, dtype=torch.float64)))
 
 
-def _out_of_memory(node: str, z: torch.Tensor) -> StormError:
-    height, width = (int(v) * PIXELS_PER_LATENT for v in z.shape[-2:])
+def _out_of_memory(node: str, z: torch.Tensor, pixels_per_latent: int) -> StormError:
+    height, width = (int(v) * pixels_per_latent for v in z.shape[-2:])
     return StormError(
         f"{node}: out of GPU memory in the gradient pass of attention guidance ({z.shape[0]} image(s) of about "
         f"{width}x{height} px), even with its activations kept in CPU memory. Lower the batch size or the image "

@@ -2,14 +2,15 @@
 
 UNet families condition on CLIP columns only. SD3 conditions on its CLIP columns followed by T5
 rows, Flux on T5 rows alone (its CLIP-L gives only the pooled vector), Chroma on the T5 rows of the prompt
-alone (no padding); either text encoder of SD3 may be left out. Qwen-Image conditions on the Qwen2.5-VL rows
-of the prompt inside a chat template whose system turn the host drops (:func:`_llm_layout`). Which streams a conditioning holds is read off its row count (see
+alone (no padding); either text encoder of SD3 may be left out. Qwen-Image, Z-Image and Flux.2 condition on a
+language model's rows of the prompt inside a chat template, of which Qwen-Image's encoder drops the system turn
+(:func:`_llm_layout`). Which streams a conditioning holds is read off its row count (see
 :func:`conditioning_layout`)."""
 
 from __future__ import annotations
 
 import functools
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from ..storm_ops.errors import StormError
 from ..storm_ops.tokens.clip_vocab import clip_vocab_decoder
@@ -70,42 +71,68 @@ def _t5_layout(clip, tokens: dict) -> TokenLayout:
     return TokenLayout.from_sentencepiece(pieces, end_piece=inv_vocab[sd_tok.end_token], name=_T5_NAME)
 
 
-#: language-model text encoders: the key of their tokens in ``clip.tokenize()``'s dict -> (stream name, the
-#: piece that ends the user's prompt inside the chat template)
-LLM_STREAMS = {"qwen25_7b": ("Qwen2.5-VL", "<|im_end|>")}
+@dataclass(frozen=True)
+class LLMStream:
+    """A language-model text encoder's stream: its name in layouts, the text that opens the user's prompt inside the
+    family's chat template, and the piece that ends it."""
+
+    name: str
+    opening: str
+    end_piece: str
 
 
-def _llm_piece(hf_tok, token_id) -> str | None:
-    """A byte-level BPE token as a sentencepiece-style piece: a leading space becomes U+2581 (a word starts)."""
-    if not isinstance(token_id, int):
-        return None  # an embedding vector
-    text = hf_tok.decode([token_id])
-    return "\u2581" + text[1:] if text.startswith(" ") else text
+#: language-model text encoders by the key of their tokens in ``clip.tokenize()``'s dict. Qwen-Image (Qwen2.5-VL),
+#: Z-Image and Flux.2 klein 4B (Qwen3 4B), klein 9B (Qwen3 8B) wrap the prompt in ``<|im_start|>user\n{}<|im_end|>``
+LLM_STREAMS = {
+    "qwen25_7b": LLMStream("Qwen2.5-VL", "<|im_start|>user\n", "<|im_end|>"),
+    "qwen3_4b": LLMStream("Qwen3", "<|im_start|>user\n", "<|im_end|>"),
+    "qwen3_8b": LLMStream("Qwen3", "<|im_start|>user\n", "<|im_end|>"),
+}
+#: text encoders whose rows the pack does not lay out: the key of their tokens -> what to tell the user
+_UNSUPPORTED_STREAMS = {
+    "mistral3_24b": "Flux.2 dev's Mistral text encoder is not supported yet (ComfyUI pads its conditioning to 512 "
+                    "rows when sampling, and its tokenizer ships inside the text-encoder file, so the pack could not "
+                    "be tested with it); Flux.2 klein (a Qwen3 text encoder) works",
+}
 
 
-def _template_prompt_start(hf_tok, ids: list) -> int:
-    """Where the user's prompt starts in a chat-templated token sequence: after the second ``<|im_start|>``
-    and its ``user`` and newline (the system turn comes first), or 0 when the text had no template."""
-    im_start = hf_tok.convert_tokens_to_ids("<|im_start|>")
-    starts = [i for i, t in enumerate(ids) if t == im_start]
-    if len(starts) < 2 or hf_tok.decode(ids[starts[1] + 1:starts[1] + 3]) != "user\n":
+def _llm_piece(text: str | None) -> str | None:
+    """A byte-level BPE token's text as a sentencepiece-style piece: a leading space becomes U+2581 (a word starts);
+    None stays None (an embedding vector)."""
+    return "\u2581" + text[1:] if text is not None and text.startswith(" ") else text
+
+
+def _prompt_start(texts: list[str | None], opening: str) -> int:
+    """The index of the first token of the user's prompt: the first after the template's ``opening`` (the last
+    opening, when the system turn holds one too), or 0 when the text had no template (the host leaves a prompt that
+    brings its own template alone; then that template's opening is found)."""
+    text, ends = "", []
+    for piece in texts:
+        text += piece or ""
+        ends.append(len(text))
+    at = text.rfind(opening)
+    if at < 0:
         return 0
-    return starts[1] + 3
+    return next(i + 1 for i, end in enumerate(ends) if end >= at + len(opening))
 
 
-def _llm_layout(clip, tokens: dict, key: str, rows: int | None = None) -> TokenLayout:
-    """The rows of a language-model encoder's conditioning: the host encodes the prompt inside a chat template
-    and keeps its last ``rows`` tokens (the template's system turn is dropped; the prompt and the template's
-    closing tokens remain). Without ``rows`` (no encoding yet) the prompt's start is found in the template.
-    The closing template tokens are the layout's end and padding (never words)."""
-    name, end_piece = LLM_STREAMS[key]
+def _llm_layout(clip, tokens: dict, key: str, rows: int | None = None, keep_opening: bool = False) -> TokenLayout:
+    """The rows of a language-model encoder's conditioning: the host encodes the prompt inside its family's chat
+    template and keeps the last ``rows`` tokens (Qwen-Image drops the template's system turn; Z-Image and Flux.2 keep
+    every token). Without ``rows`` (no encoding yet) the kept rows start at the prompt, or with ``keep_opening`` at
+    the first token. The template's rows before
+    the prompt are start tokens, its closing tokens (and padding) the layout's end and padding: never words."""
+    stream = LLM_STREAMS[key]
     hf_tok = _sd_tokenizer(clip, key).tokenizer
     ids = [item[0] for chunk in tokens[key] for item in chunk]
-    start = len(ids) - rows if rows is not None else _template_prompt_start(hf_tok, ids)
-    if not 0 <= start <= len(ids):
-        raise StormError(f"the prompt's conditioning has {rows} rows, but its {name} tokens are {len(ids)}: this "
-                         "text encoder lays out its conditioning in a way the pack does not know", input_name="clip")
-    return TokenLayout.from_sentencepiece([_llm_piece(hf_tok, t) for t in ids[start:]], end_piece=end_piece, name=name)
+    texts = [None if not isinstance(t, int) else hf_tok.decode([t]) for t in ids]
+    prompt = _prompt_start(texts, stream.opening)
+    first = len(ids) - rows if rows is not None else 0 if keep_opening else prompt
+    if not 0 <= first <= len(ids):
+        raise StormError(f"the prompt's conditioning has {rows} rows, but its {stream.name} tokens are {len(ids)}: "
+                         "this text encoder lays out its conditioning in a way the pack does not know", input_name="clip")
+    return TokenLayout.from_sentencepiece([_llm_piece(t) for t in texts[first:]], end_piece=stream.end_piece,
+                                          name=stream.name, lead=max(prompt - first, 0))
 
 
 def prompt_layout(clip, text: str, rows: int | None = None) -> TokenLayout:
@@ -113,6 +140,9 @@ def prompt_layout(clip, text: str, rows: int | None = None) -> TokenLayout:
     of the prompt's conditioning) the streams of a DiT conditioning (:func:`conditioning_layout`), or the
     rows a language-model encoder keeps (:func:`_llm_layout`)."""
     tokens = clip.tokenize(text)
+    for key, why in _UNSUPPORTED_STREAMS.items():
+        if key in tokens:
+            raise StormError(why, input_name="clip")
     llm = next((key for key in LLM_STREAMS if key in tokens), None)
     if llm is not None:
         return _llm_layout(clip, tokens, llm, rows)
@@ -174,11 +204,17 @@ class _DiTTokenizerOnly:
 _DIT_TOKENIZERS = {"sd3": ("comfy.text_encoders.sd3_clip", "SD3Tokenizer"),
                    "flux": ("comfy.text_encoders.flux", "FluxTokenizer"),
                    "chroma": ("comfy.text_encoders.pixart_t5", "PixArtTokenizer"),
-                   "qwen_image": ("comfy.text_encoders.qwen_image", "QwenImageTokenizer")}
+                   "qwen_image": ("comfy.text_encoders.qwen_image", "QwenImageTokenizer"),
+                   "z_image": ("comfy.text_encoders.z_image", "ZImageTokenizer"),
+                   "flux2": ("comfy.text_encoders.flux", "KleinTokenizer")}  # Flux.2 klein 4B (dev's is in its file)
 #: the streams of a DiT family's conditioning when all its text encoders are loaded, in order (a
 #: conditioning with fewer encoders is laid out by :func:`conditioning_layout` from its row count)
 DIT_STREAMS = {"sd3": ("CLIP", _T5_NAME), "flux": (_T5_NAME,), "chroma": (_T5_NAME,),
-               "qwen_image": (LLM_STREAMS["qwen25_7b"][0],)}
+               "qwen_image": (LLM_STREAMS["qwen25_7b"].name,), "z_image": (LLM_STREAMS["qwen3_4b"].name,),
+               "flux2": (LLM_STREAMS["qwen3_4b"].name,)}
+#: families whose conditioning keeps its chat template's opening rows (Qwen-Image drops its system turn and the
+#: user turn's opening: its rows start at the prompt)
+_KEEPS_TEMPLATE_OPENING = frozenset({"z_image", "flux2"})
 
 
 @functools.lru_cache(maxsize=len(_DIT_TOKENIZERS) + 1)
@@ -189,9 +225,9 @@ def _tokenizer_only(family: str | None = None) -> _SD1TokenizerOnly | _DiTTokeni
 
 def text_layout(text: str, family: str | None = None) -> TokenLayout:
     """The layout of ``text`` without a loaded model (for the UI's token chips; the nodes use the model's own
-    tokenizer): SD1.x/SDXL's CLIP columns, or for ``family`` ``"sd3"`` / ``"flux"`` / ``"chroma"`` /
-    ``"qwen_image"`` the rows of that family's conditioning (:data:`DIT_STREAMS`: SD3's CLIP columns then its T5
-    rows, Flux's and Chroma's T5 rows, the Qwen2.5-VL rows Qwen-Image keeps)."""
+    tokenizer): SD1.x/SDXL's CLIP columns, or for a DiT ``family`` (a key of :data:`DIT_STREAMS`) the rows of that
+    family's conditioning: SD3's CLIP columns then its T5 rows, Flux's and Chroma's T5 rows, the Qwen2.5-VL rows
+    Qwen-Image keeps, the Qwen3 rows of Z-Image and Flux.2 klein (the whole chat template; klein's 512)."""
     if family is not None and family not in DIT_STREAMS:
         raise StormError(f"unknown model family {family!r}; expected one of {sorted(DIT_STREAMS)} or none",
                          input_name="family")
@@ -201,7 +237,7 @@ def text_layout(text: str, family: str | None = None) -> TokenLayout:
     tokens = clip.tokenize(text)
     llm = next((key for key in LLM_STREAMS if key in tokens), None)
     if llm is not None:
-        return _llm_layout(clip, tokens, llm)
+        return _llm_layout(clip, tokens, llm, keep_opening=family in _KEEPS_TEMPLATE_OPENING)
     streams = {"CLIP": _clip_layout, _T5_NAME: _t5_layout}
     first, *rest = (streams[name](clip, tokens) for name in DIT_STREAMS[family])
     for other in rest:

@@ -17,7 +17,7 @@ from ..storm_ops.errors import StormError
 from ..storm_ops.guidance.run_log import RunInfo
 from ..storm_ops.tokens.identity import check_prompt_encoding, untile_encoding
 from ..storm_ops.tokens.layout import Subject
-from .architecture import PIXELS_PER_LATENT, check_conditioning_family, describe_model
+from .architecture import check_conditioning_family, describe_model
 from .attention_capture import AttentionHistory, ContinuousRecorder, latent_run, mean_of_steps
 from .compat import folder_paths, require_model, wrap_sampling_calls
 from .dit_capture import install_recording
@@ -82,7 +82,8 @@ class AttentionRecorder:
         layers = arch.select(attention_layers, self.NODE_NAME)
         history = AttentionHistory(self.NODE_NAME)
         recorder = ContinuousRecorder(layers, history, RunInfo(self.NODE_NAME, arch.model_name, arch.family,
-                                                               [layer.label for layer in layers]))
+                                                               [layer.label for layer in layers],
+                                                               pixels_per_latent=arch.pixels_per_latent))
         patched = model.clone()
         install_recording(patched.model_options, recorder, layers, arch)
 
@@ -183,7 +184,7 @@ class AttentionHeatmap:
         if image is not None:
             height, width = int(image.shape[1]), int(image.shape[2])
         else:
-            height, width = (int(v) * PIXELS_PER_LATENT for v in latent["samples"].shape[-2:])
+            height, width = (int(v) * record.info.pixels_per_latent for v in latent["samples"].shape[-2:])
         masks = normalize_maps(upsample(sel, height, width))   # (K, H, W)
         heat = colorize(masks)
         if image is not None:

@@ -142,6 +142,8 @@ class RunInfo:
     #: an interpolation run: the chunk of frames a record holds, or how many chunks were merged
     chunk: int | None = None
     chunks: int | None = None
+    #: image pixels per latent pixel of the model (8; Flux.2: 16), for the size of heatmaps without an image
+    pixels_per_latent: int = 8
 
     def to_json(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}

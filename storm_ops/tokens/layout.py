@@ -165,8 +165,9 @@ class TokenLayout:
         return cls(tuple(pieces), chunk_length, end_tokens)
 
     @classmethod
-    def from_sentencepiece(cls, pieces: list[str | None], *, end_piece: str, name: str) -> TokenLayout:
-        """One stream of a sentencepiece tokenizer (T5): no start token, ``end_piece`` then padding.
+    def from_sentencepiece(cls, pieces: list[str | None], *, end_piece: str, name: str, lead: int = 0) -> TokenLayout:
+        """One stream of a sentencepiece tokenizer (T5): no start token, ``end_piece`` then padding. The first
+        ``lead`` pieces are a template's opening (a chat template before the user's prompt): start tokens, no words.
 
         ``pieces`` are the vocabulary strings of the columns (``None`` for an embedding vector). A
         word starts at a piece beginning with U+2581 (sentencepiece's word-boundary mark); punctuation
@@ -181,7 +182,9 @@ class TokenLayout:
         out: list[Piece] = []
         seen_end = False
         for j, piece in enumerate(pieces):
-            if seen_end:
+            if j < lead:
+                out.append(Piece(text_of(piece), START, True))
+            elif seen_end:
                 out.append(Piece("", PAD, True))
             elif piece == end_piece:
                 seen_end = True

@@ -2,7 +2,7 @@
 
 Each family is the host's own model class (``comfy/supported_models.py``); an unsupported one is refused
 with its name before a step is sampled, never taken for a supported family it inherits from (ComfyUI 0.33's
-``Flux2`` subclasses ``Flux``).
+``ChromaRadiance`` subclasses ``Chroma``).
 """
 
 import types
@@ -18,7 +18,7 @@ from harness.tiny_models import tiny_conditioning
 #: the families recording and guidance support, by the pack's family key (the README's family table)
 SUPPORTED = {"SD15": "sd1", "SD20": "sd2", "SDXL": "sdxl", "SDXLRefiner": "sdxl_refiner", "SD3": "sd3",
              "Flux": "flux", "FluxSchnell": "flux", "FluxInpaint": "flux", "Chroma": "chroma",
-             "QwenImage": "qwen_image"}
+             "QwenImage": "qwen_image", "Flux2": "flux2", "ZImage": "z_image"}
 
 
 def _stub(cls) -> types.SimpleNamespace:
@@ -41,26 +41,30 @@ def test_every_image_family_of_the_host_is_supported_or_refused_by_name(pack):
         message = str(err.value)
         assert err.value.input_name == "model", name
         assert f"{arch.FAMILY_NAMES[name]} models (ComfyUI's {name}) are not supported yet" in message, message
-        assert "SD1.x, SD2.x, SDXL, SD3.x, Flux.1, Chroma and Qwen-Image" in message and "Model families" in message
+        assert arch.SUPPORTED_FAMILIES in message and "Model families" in message
+    assert "Flux.2" in arch.SUPPORTED_FAMILIES and "Z-Image" in arch.SUPPORTED_FAMILIES
 
 
-def test_flux2_is_not_taken_for_flux1_nor_chroma_radiance_for_chroma(pack):
+def test_subclasses_that_are_other_architectures_are_not_taken_for_their_parents(pack):
+    """Flux.2 subclasses Flux.1 in the host, Chroma Radiance Chroma and Z-Image's pixel-space model Z-Image."""
     arch = pack.nodes.architecture
     assert issubclass(supported.ChromaRadiance, supported.Chroma)  # pixel space: another architecture
     assert arch.model_family(object.__new__(supported.ChromaRadiance)) == "other"
     assert arch.model_family(object.__new__(supported.Chroma)) == "chroma"
     assert arch.model_family(object.__new__(supported.FluxSchnell)) == "flux"
     if not hasattr(supported, "Flux2"):
-        pytest.skip("this host has no Flux.2 (ComfyUI 0.3.64)")
-    assert issubclass(supported.Flux2, supported.Flux)  # why the check exists
-    assert arch.model_family(object.__new__(supported.Flux2)) == "other"
+        pytest.skip("this host has no Flux.2 nor Z-Image (ComfyUI 0.3.64)")
+    assert issubclass(supported.Flux2, supported.Flux)  # why the order of the checks matters
+    assert arch.model_family(object.__new__(supported.Flux2)) == "flux2"
+    assert issubclass(supported.ZImagePixelSpace, supported.ZImage)
+    assert arch.model_family(object.__new__(supported.ZImagePixelSpace)) == "other"
+    assert arch.model_family(object.__new__(supported.ZImage)) == "z_image"
+    assert arch.model_family(object.__new__(supported.Lumina2)) == "unet"  # refused: see the test above
 
 
 def test_an_unsupported_family_is_refused_before_a_step_is_sampled(pack, nodes):
-    """A real tiny Flux whose config is made a Flux.2 one: the Guided KSampler refuses it by name, and the
+    """A real tiny Flux whose config is made a HiDream one: the Guided KSampler refuses it by name, and the
     network never runs."""
-    if not hasattr(supported, "Flux2"):
-        pytest.skip("this host has no Flux.2 (ComfyUI 0.3.64)")
     with torch.inference_mode():
         dit = build_tiny_dit("flux")
         tokens, positive, _ = call_node(nodes["STORM_SubjectTokens"], clip=dit.clip, text="a cat and a dog",
@@ -69,15 +73,15 @@ def test_an_unsupported_family_is_refused_before_a_step_is_sampled(pack, nodes):
         (guidance,) = call_node(nodes["STORM_AttendAndExcite"], tokens=tokens, step_size=20.0, start_at=0.0,
                                 end_at=1.0, thresholds="", max_refine_iters=0)
     base = dit.model.model
-    flux2 = object.__new__(supported.Flux2)
-    flux2.__dict__.update(base.model_config.__dict__)
-    base.model_config = flux2
+    hidream = object.__new__(supported.HiDream)
+    hidream.__dict__.update(base.model_config.__dict__)
+    base.model_config = hidream
     calls = []
     base.diffusion_model.register_forward_pre_hook(lambda *_: calls.append(1))
     with pytest.raises(Exception) as err:
         call_node(nodes["STORM_GuidedKSampler"], model=dit.model, guidance=guidance, seed=1, steps=3, cfg=1.0,
                   sampler_name="euler", scheduler="simple", positive=positive, negative=negative,
                   latent_image={"samples": torch.zeros(1, 16, 8, 12)})
-    assert "Flux.2 models (ComfyUI's Flux2) are not supported yet" in str(err.value)
+    assert "HiDream models (ComfyUI's HiDream) are not supported yet" in str(err.value)
     assert "STORM Guided KSampler" in str(err.value)
     assert calls == []
