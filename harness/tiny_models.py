@@ -350,6 +350,19 @@ def arch_from_checkpoint_name(ckpt_name: str) -> str:
     return "sd15"
 
 
+#: tiny DiTs loaded from separate model, text-encoder and VAE files (UNETLoader, CLIPLoader, VAELoader), as the
+#: file names name them
+SEPARATE_FILE_ARCHS = ("qwen_image", "z_image", "flux2")
+#: ``CLIPLoader``'s ``type`` of each of these families' text encoders
+CLIP_LOADER_TYPES = {"qwen_image": "qwen_image", "lumina2": "z_image", "flux2": "flux2"}
+
+
+def arch_from_model_file(name: str) -> str | None:
+    """The tiny DiT a diffusion-model file name (``UNETLoader``'s ``unet_name``) names, or None."""
+    name = name.lower().replace("-", "_")
+    return next((arch for arch in SEPARATE_FILE_ARCHS if arch in name), None)
+
+
 #: checkpoint prefixes of the three modules (the layout of an SD1.5 checkpoint file)
 CHECKPOINT_PREFIXES = {"unet": "model.diffusion_model.", "text": "cond_stage_model.", "vae": "first_stage_model."}
 

@@ -64,6 +64,8 @@ EXAMPLES: dict[str, str] = {
     "paid_composition": "PAID - compose two concepts",
     "sd35_attend_and_excite": "SD3.5 - lost objects, heatmaps",
     "flux_heatmaps": "Flux - attention heatmaps",
+    "z_image_attend_and_excite": "Z-Image - lost objects, heatmaps",
+    "qwen_image_syngen": "Qwen-Image - bind each colour",
 }
 EXAMPLES_DIR = REPO_ROOT / "example_workflows"
 
@@ -88,10 +90,11 @@ def checkpoint_archs(path: Path) -> list[str]:
 
 
 def needs_dit(path: Path) -> bool:
-    """Whether an example workflow loads a DiT checkpoint (SD3, Flux)."""
+    """Whether an example workflow loads a DiT (an SD3 or Flux checkpoint, or a separate diffusion-model file)."""
     from .tiny_models import DIT_ARCHS
 
-    return any(arch in DIT_ARCHS for arch in checkpoint_archs(path))
+    nodes = json.loads(Path(path).read_text())["nodes"]
+    return any(arch in DIT_ARCHS for arch in checkpoint_archs(path)) or any(n["type"] == "UNETLoader" for n in nodes)
 
 
 def example_files() -> list[Path]:
@@ -114,6 +117,10 @@ def select_examples(only: Iterable[str] = ()) -> list[Path]:
 PACK_FOLDER = "ComfyUI-STORM"
 TINY_NODES_FOLDER = "storm_test_tiny_nodes"
 TINY_LOADER = "STORMTest_TinyCheckpointLoader"
+#: the core loaders of separate model, text-encoder and VAE files -> (their tiny stand-in, the inputs it reads)
+TINY_FILE_LOADERS = {"UNETLoader": ("STORMTest_TinyUNETLoader", ("unet_name",)),
+                     "CLIPLoader": ("STORMTest_TinyCLIPLoader", ("clip_name", "type")),
+                     "VAELoader": ("STORMTest_TinyVAELoader", ("vae_name",))}
 
 #: per node type: widget values replaced so an example runs in seconds on CPU with the tiny models
 #: (image size and step count only; every other value is the workflow's own)
@@ -344,6 +351,9 @@ def substitute_checkpoints(
                 name = SHAPE_MODEL.name
             entry["class_type"] = TINY_LOADER
             entry["inputs"] = {"ckpt_name": name}
+        elif entry.get("class_type") in TINY_FILE_LOADERS:  # a family shipped as separate files
+            entry["class_type"], keep = TINY_FILE_LOADERS[entry["class_type"]]
+            entry["inputs"] = {k: v for k, v in entry.get("inputs", {}).items() if k in keep}
     return out
 
 

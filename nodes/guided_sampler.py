@@ -8,7 +8,7 @@ are the host's own k-diffusion functions, called over segments of the schedule:
 * unguided stretches run as one call, so with guidance off the output equals the host's sampler
   bit for bit;
 * every guided step is its own call. Single-step samplers (euler, heun, dpm_2, ddim) are exact;
-  multistep samplers (dpmpp_2m, lms) restart their history at each guided step, i.e. take a
+  multistep samplers (dpmpp_2m, lms, res_multistep) restart their history at each guided step, i.e. take a
   first-order step there (the latent was just moved, so the old history no longer describes it),
   and resume higher order after the guidance window; ancestral samplers draw their noise from
   one generator for the whole run.
@@ -55,7 +55,7 @@ NODE = "STORM Guided Sampler"
 
 #: base samplers (host k-diffusion names); "ddim" is ComfyUI's ddim = euler with seeded inpaint noise
 BASE_SAMPLERS = ("euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms",
-                 "dpmpp_2m", "dpmpp_2s_ancestral", "ddim")
+                 "dpmpp_2m", "dpmpp_2s_ancestral", "res_multistep", "ddim")
 
 
 @dataclass(frozen=True)

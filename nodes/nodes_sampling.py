@@ -18,7 +18,7 @@ from .widgets import ATTENTION_OUTPUT_TOOLTIP, LAYERS_INPUT, float_input, int_in
 SAMPLER_TOOLTIP = (
     "Base sampler that takes the denoising steps (the host's own implementation). Single-step samplers "
     "(euler, heun, dpm_2, ddim and the ancestral ones) are exact on guided steps; multistep samplers "
-    "(dpmpp_2m, lms) restart their history at each guided step (a first-order step right after the "
+    "(dpmpp_2m, lms, res_multistep: Z-Image's and Lumina's) restart their history at each guided step (a first-order step right after the "
     "latent was moved) and run at full order once guidance ends. Ancestral samplers use one noise "
     "stream for the whole run.")
 GUIDANCE_INPUT = ("STORM_GUIDANCE", {"tooltip": "The losses to apply, from STORM loss nodes (e.g. STORM Attend-and-Excite)."})

@@ -96,11 +96,13 @@ def guided_ksampler(g: Graph, pos, seed=42, **widgets) -> dict:
 
 
 def decode_save_heatmaps(g: Graph, ckpt: dict, latent_src: tuple[dict, int], attention_src: tuple[dict, int],
-                         tokens_src: tuple[dict, int], x: int, prefix: str, show="subjects") -> None:
+                         tokens_src: tuple[dict, int], x: int, prefix: str, show="subjects", vae_slot: int = 2) -> None:
+    """Decode with ``ckpt``'s VAE output ``vae_slot`` (a checkpoint's VAE, or a VAE loader's slot 0), save the image,
+    and the heatmaps of ``attention_src`` over it."""
     dec = g.node("VAEDecode", (x, 120), (210, 50), [], inputs=[("samples", "LATENT"), ("vae", "VAE")],
                  outputs=[("IMAGE", "IMAGE")])
     g.link(*latent_src, dec, 0)
-    g.link(ckpt, 2, dec, 1)
+    g.link(ckpt, vae_slot, dec, 1)
     save = g.node("SaveImage", (x + 250, 60), (420, 460), [f"storm/{prefix}"], inputs=[("images", "IMAGE")])
     g.link(dec, 0, save, 0)
     heat = g.node("STORM_AttentionHeatmap", (x, 560), (400, 560), {"show": show},
@@ -393,8 +395,88 @@ def flux_heatmaps(defs: Mapping[str, Mapping], out: Path) -> None:
     g.save("flux_heatmaps", out)
 
 
+def separate_files(g: Graph, unet: str, clip: str, clip_type: str, vae: str, shift: float) -> tuple[dict, dict, dict]:
+    """The loaders of a family shipped as separate files (diffusion model, text encoder, VAE), as its ComfyUI
+    templates load it, and ModelSamplingAuraFlow's ``shift`` on the model: (model source, CLIP loader, VAE loader)."""
+    unet_node = g.node("UNETLoader", (20, 40), (320, 90), [unet, "default"], outputs=[("MODEL", "MODEL")])
+    clip_node = g.node("CLIPLoader", (20, 170), (320, 110), [clip, clip_type, "default"], outputs=[("CLIP", "CLIP")])
+    vae_node = g.node("VAELoader", (20, 320), (320, 60), [vae], outputs=[("VAE", "VAE")])
+    shifted = g.node("ModelSamplingAuraFlow", (20, 420), (320, 60), [shift], inputs=[("model", "MODEL")],
+                     outputs=[("MODEL", "MODEL")])
+    g.link(unet_node, 0, shifted, 0)
+    return shifted, clip_node, vae_node
+
+
+def z_image_attend_and_excite(defs: Mapping[str, Mapping], out: Path) -> None:
+    """Z-Image Turbo as its ComfyUI template runs it (ModelSamplingAuraFlow 3, res_multistep / simple, 8 steps,
+    cfg 1), with Attend-and-Excite and heatmaps."""
+    g = Graph(defs)
+    model, clip, vae = separate_files(g, "z_image_turbo_bf16.safetensors", "qwen_3_4b.safetensors", "lumina2",
+                                      "ae.safetensors", 3.0)
+    tok = g.node("STORM_SubjectTokens", (380, 60), (400, 330), {"text": "a cat and a dog", "subjects": "cat, dog"},
+                 inputs=[("clip", "CLIP")],
+                 outputs=[("tokens", "STORM_TOKENS"), ("conditioning", "CONDITIONING"), ("tokenization", "STRING")],
+                 title="STORM Subject Tokens (positive prompt)")
+    g.link(clip, 0, tok, 0)
+    neg = g.node("CLIPTextEncode", (380, 440), (400, 130), [""], inputs=[("clip", "CLIP")],
+                 outputs=[("CONDITIONING", "CONDITIONING")], title="CLIP Text Encode (unused at cfg 1)")
+    g.link(clip, 0, neg, 0)
+    lat = dit_latent(g)
+    ae = g.node("STORM_AttendAndExcite", (830, 40), (360, 330), {},
+                inputs=[("tokens", "STORM_TOKENS"), ("guidance", "STORM_GUIDANCE")], outputs=[("guidance", "STORM_GUIDANCE")])
+    g.link(tok, 0, ae, 0)
+    ks = guided_ksampler(g, (1240, 120), steps=8, cfg=1.0, sampler_name="res_multistep", scheduler="simple")
+    for slot, src in enumerate([(model, 0), (ae, 0), (tok, 1), (neg, 0), (lat, 0)]):
+        g.link(*src, ks, slot)
+    decode_save_heatmaps(g, vae, (ks, 0), (ks, 1), (tok, 0), 1630, "z_image_attend_and_excite", vae_slot=0)
+    g.note((20, 520), (330, 330),
+           "Attend-and-Excite on Z-Image Turbo with ComfyUI-STORM.\n\n"
+           "Loaded as the Z-Image Turbo template loads it: the diffusion model, Qwen3 4B (CLIP Loader type "
+           "'lumina2') and the Flux VAE; ModelSamplingAuraFlow shift 3; res_multistep / simple, 8 steps, cfg 1.\n\n"
+           "Subject Tokens finds 'cat' and 'dog' in Qwen3's rows of the chat template Z-Image encodes the prompt in. "
+           "A&E guides the first half of the steps (4 of 8). The A&E settings are the paper's (for SD1.4's UNet), "
+           "not calibrated for Z-Image: raise the step size if the weakest subject's attention barely moves in the "
+           "log. Needs a current ComfyUI.")
+    g.save("z_image_attend_and_excite", out)
+
+
+def qwen_image_syngen(defs: Mapping[str, Mapping], out: Path) -> None:
+    """Qwen-Image as its ComfyUI template runs it (ModelSamplingAuraFlow 3.1, euler / simple), with SynGen's
+    attribute binding and heatmaps of every word."""
+    g = Graph(defs)
+    model, clip, vae = separate_files(g, "qwen_image_2512_fp8_e4m3fn.safetensors",
+                                      "qwen_2.5_vl_7b_fp8_scaled.safetensors", "qwen_image",
+                                      "qwen_image_vae.safetensors", 3.1)
+    ana = g.node("STORM_PromptAnalysis", (380, 40), (420, 510), {"text": "a red crown and a golden strawberry"},
+                 inputs=[("clip", "CLIP")],
+                 outputs=[("analysis", "STORM_ANALYSIS"), ("tokens", "STORM_TOKENS"), ("conditioning", "CONDITIONING"),
+                          ("text", "STRING")], title="STORM Prompt Analysis (positive prompt)")
+    g.link(clip, 0, ana, 0)
+    neg = g.node("CLIPTextEncode", (380, 610), (400, 130), [""], inputs=[("clip", "CLIP")],
+                 outputs=[("CONDITIONING", "CONDITIONING")], title="CLIP Text Encode (negative prompt)")
+    g.link(clip, 0, neg, 0)
+    lat = dit_latent(g, pos=(380, 790), size=1328)
+    sg = g.node("STORM_SynGen", (850, 40), (360, 260), {},  # the paper's defaults
+                inputs=[("analysis", "STORM_ANALYSIS"), ("guidance", "STORM_GUIDANCE")],
+                outputs=[("guidance", "STORM_GUIDANCE")])
+    g.link(ana, 0, sg, 0)
+    ks = guided_ksampler(g, (1260, 120), seed=1924, steps=50, cfg=4.0, sampler_name="euler", scheduler="simple")
+    for slot, src in enumerate([(model, 0), (sg, 0), (ana, 2), (neg, 0), (lat, 0)]):
+        g.link(*src, ks, slot)
+    decode_save_heatmaps(g, vae, (ks, 0), (ks, 1), (ana, 1), 1650, "qwen_image_syngen", show="all words",
+                         vae_slot=0)
+    g.note((20, 520), (330, 330),
+           "SynGen on Qwen-Image with ComfyUI-STORM: bind 'red' to the crown and 'golden' to the strawberry.\n\n"
+           "Loaded as the Qwen-Image 2512 template loads it: the diffusion model, Qwen2.5-VL 7B (CLIP Loader type "
+           "'qwen_image') and Qwen-Image's VAE; ModelSamplingAuraFlow shift 3.1; euler / simple, 50 steps, cfg 4.\n\n"
+           "Prompt Analysis finds the words in the Qwen2.5-VL rows Qwen-Image keeps of its chat template. The "
+           "SynGen settings are the paper's (for SD1.4's UNet), not calibrated for Qwen-Image. Needs a current "
+           "ComfyUI.")
+    g.save("qwen_image_syngen", out)
+
+
 EXAMPLES = (attend_and_excite, syngen, astar, storm_spatial, aid_morph, paid_composition, sd35_attend_and_excite,
-            flux_heatmaps)
+            flux_heatmaps, z_image_attend_and_excite, qwen_image_syngen)
 
 
 def build_all(out: Path = OUT) -> list[Path]:

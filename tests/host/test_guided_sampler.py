@@ -75,7 +75,7 @@ class ConstantTerm:
         return g.Guidance((term,))
 
 
-SAMPLERS = ["euler", "euler_ancestral", "heun", "dpmpp_2m", "ddim"]
+SAMPLERS = ["euler", "euler_ancestral", "heun", "dpmpp_2m", "res_multistep", "ddim"]
 
 
 @pytest.mark.parametrize("name", SAMPLERS)
