@@ -28,13 +28,13 @@ def dit(request):
     return tiny, prompts
 
 
-def interpolate(nodes, tiny, prompts, mode="fused outer", warmup=1.0, guide=None, frames=3, seed=3):
+def interpolate(nodes, tiny, prompts, mode="fused outer", warmup=1.0, guide=None, frames=3, seed=3, chunk=0):
     with torch.inference_mode():
         return node_output(nodes["STORM_AttentionInterpolation"]().interpolate(
             model=tiny.model, positive_a=prompts["a dog"], positive_b=prompts["a car"], negative=prompts[""],
             latent_image={"samples": torch.zeros(LATENT)}, frames=frames, seed=seed, steps=STEPS,
             cfg=CFG[tiny.arch], sampler_name="euler", scheduler="simple", mode=mode, alpha=3.0, beta=3.0,
-            warmup_ratio=warmup, chunk_size=0, endpoint_noise="same", guide=guide))
+            warmup_ratio=warmup, chunk_size=chunk, endpoint_noise="same", guide=guide))
 
 
 def plain(tiny, cond, negative, seed=3):
@@ -67,6 +67,24 @@ def test_endpoints_are_the_plain_generations_and_the_frames_are_interpolated(dit
     assert differs(middle, a) and differs(middle, b) and differs(middle, without[1])
     record = attention.latest()  # the DiT recorder's maps of every frame, one column per text row
     assert record.info.family == tiny.arch and record.step_maps[0][1].shape[:3] == (3, prompts["a dog"][0][0].shape[1], 4)
+
+
+def test_interpolation_acts_during_the_warmup_only(dit, nodes):
+    """Warm-up 0.5 of 3 steps interpolates the first step only: its middle frame lies between no interpolation
+    (warm-up 0) and interpolation on every step (warm-up 1), equal to neither."""
+    tiny, prompts = dit
+    runs = {w: interpolate(nodes, tiny, prompts, warmup=w)[0]["samples"] for w in (0.0, 0.5, 1.0)}
+    assert differs(runs[0.5][1], runs[0.0][1]) and differs(runs[0.5][1], runs[1.0][1])
+    assert close(runs[0.5][0], runs[0.0][0]) and close(runs[0.5][-1], runs[1.0][-1])
+
+
+def test_chunks_give_the_same_frames(dit, nodes):
+    tiny, prompts = dit
+    if tiny.arch not in ("sd3", "qwen_image"):
+        pytest.skip("one MMDiT and one 5-D latent with an unconditional pass are enough")
+    whole = interpolate(nodes, tiny, prompts, frames=5, chunk=0)[0]["samples"]
+    chunked = interpolate(nodes, tiny, prompts, frames=5, chunk=2)[0]["samples"]
+    assert whole.shape[0] == 5 and chunked.shape == whole.shape and close(chunked, whole)
 
 
 def test_inner_and_outer_interpolation_differ(dit, nodes):
