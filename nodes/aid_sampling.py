@@ -3,11 +3,41 @@
 One sampling call denoises a batch ``[A, frame_1 .. frame_k, B]``: the endpoints with their own
 prompts and noises, the frames with their own condition (AID: the lerp of the endpoint
 conditions; PAID: the guide prompt) and the slerp of the endpoint noises. During the warm-up
-steps, in the conditional pass only, every self- and cross-attention layer gives each frame the
-interpolated attention over the endpoints' keys/values (``storm_ops.aid.interpolation``); endpoint
-rows and the unconditional pass keep plain attention, so the endpoints are exactly the plain
-generations of A and B. Afterwards every frame denoises on its own. Long sequences run in chunks
-of frames, each chunk with both endpoints, so memory is bounded by the chunk size.
+steps, in the conditional pass only, every attention layer gives each frame the interpolated
+attention over the endpoints' keys/values (``storm_ops.aid.interpolation``); endpoint rows and the
+unconditional pass keep plain attention, so the endpoints are the plain generations of A and B.
+Afterwards every frame denoises on its own. Long sequences run in chunks of frames, each chunk
+with both endpoints, so memory is bounded by the chunk size.
+
+UNets (SD1.x, SD2.x, SDXL): ``attn1`` (self) and ``attn2`` (cross) replace patches, as AID does
+(He et al., NeurIPS 2024: the inner/outer interpolated attention in every self- and
+cross-attention layer).
+
+DiTs (SD3's MMDiT, Flux.1, Chroma, Qwen-Image) have no separate self- and cross-attention: each
+block runs one joint attention over ``[text rows; image rows]`` (Esser et al. 2024, eq. 6), which
+is both at once. The pack applies AID's interpolation to that joint attention with the *full*
+joint key/value sets of the endpoints, ``K_A = [K_A^text; K_A^image]`` (likewise ``V_A``, ``K_B``,
+``V_B``), for every query row of the frame (its text rows and its image rows):
+
+* outer: ``O_t = (1 - t) Attn(Q_t, K_A, V_A) + t Attn(Q_t, K_B, V_B)``;
+* inner: ``O_t = Attn(Q_t, (1 - t) K_A + t K_B, (1 - t) V_A + t V_B)`` (text row i of A mixes with
+  text row i of B, image patch j with image patch j);
+* fused (AID's "fusion with self-attention", the default): the frame's own joint keys/values
+  ``[K_t^text; K_t^image]`` are prepended in every branch, ``Attn(Q_t, [K_t; K_A], [V_t; V_A])``.
+
+So the frame's image queries see A's and B's image patches (AID's interpolated self-attention)
+and A's and B's prompt rows (its interpolated cross-attention) in one softmax, as the joint
+attention itself weighs text against image; its text queries are interpolated the same way, so
+the frame's text stream follows the same path. The hook is the host's
+``optimized_attention_override`` (the joint attention's kernel call), told each model call's text
+rows and latent size by a model function wrapper, as the DiT recorder (``dit_capture``) is; a
+call whose key length is neither ``text + image`` rows nor ``image`` rows (SD3.5's image-only
+self-attention is the latter, and is interpolated like a UNet's ``attn1``) passes through.
+
+A DiT's text rows are part of its joint sequence, so tiling a prompt to a common length (what
+makes prompts of different lengths combinable in a UNet's cross-attention) would change a DiT's
+image: on a DiT every prompt must have as many rows as the others (SD3 and Flux pad theirs to a
+fixed length; Chroma's and Qwen-Image's follow the prompt).
 """
 
 from __future__ import annotations
@@ -18,14 +48,16 @@ import comfy.sample
 import comfy.samplers
 import comfy.utils
 import torch
+from einops import rearrange
 
 from ..storm_ops.aid.interpolation import frame_chunks, interpolated_attention, match_token_lengths
 from ..storm_ops.aid.schedule import lerp, slerp, warmup_steps
 from ..storm_ops.errors import StormError
 from ..storm_ops.guidance.run_log import RunInfo
-from .architecture import check_conditioning_family, describe_unet
-from .attention_capture import AttentionHistory, MapRecorder, RunRecord, install_patches
+from .architecture import ModelInfo, check_conditioning_family, describe_model
+from .attention_capture import AttentionHistory, MapRecorder, RunRecord
 from .compat import host_attention, latent_preview_callback, require_model, throw_if_interrupted
+from .dit_capture import image_rows, install_call_wrapper, install_recording
 
 AID_MODES = {"fused outer": ("outer", True), "fused inner": ("inner", True), "outer": ("outer", False),
              "inner": ("inner", False)}
@@ -86,6 +118,94 @@ def install_interpolation(model_options: dict, plan: ChunkPlan, layers) -> None:
         replace[name] = patches
 
 
+class JointInterpolation:
+    """The ``optimized_attention_override`` of a DiT chunk: each frame row of a conditional chunk gets the
+    interpolated joint attention over the endpoints' full joint keys/values (module docstring).
+
+    ``clone()`` deep-copies ``model_options`` on some hosts; :meth:`__deepcopy__` keeps this one object, whose
+    per-call state (text rows, latent shape) the model function wrapper sets through :meth:`begin_call`.
+    """
+
+    def __init__(self, plan: ChunkPlan, patch_size: int, previous=None, pad_rows_to: int = 1):
+        self.plan, self.patch_size, self.previous, self.pad_rows_to = plan, patch_size, previous, pad_rows_to
+        self._text_rows: int | None = None
+        self._latent_shape: tuple[int, ...] | None = None
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def begin_call(self, text_rows: int | None, latent_shape) -> None:
+        self._text_rows = None if text_rows is None else int(text_rows)
+        self._latent_shape = tuple(latent_shape)
+
+    def __call__(self, func, *args, **kwargs):
+        out = self.previous(func, *args, **kwargs) if self.previous is not None else func(*args, **kwargs)
+        options = kwargs.get("transformer_options") or {}
+        cond_or_uncond = list(options.get("cond_or_uncond", [0]))
+        if (self._text_rows is None or len(args) < 3 or 0 not in cond_or_uncond or self.plan.t.shape[0] == 0
+                or not self.plan.active(options)):
+            return out
+        q, k, v = args[:3]
+        heads = args[3] if len(args) > 3 else kwargs.get("heads")
+        heads_first = bool(kwargs.get("skip_reshape"))  # Flux, Chroma, Qwen-Image: (B, H, L, d); MMDiT: (B, L, H * d)
+        # Z-Image pads its text rows and its image rows each to a multiple of ``pad_rows_to``
+        pad = self.pad_rows_to
+        image = -(-image_rows(self._latent_shape, self.patch_size) // pad) * pad
+        text = -(-self._text_rows // pad) * pad
+        if heads is None or (k.shape[-2] if heads_first else k.shape[1]) not in (text + image, image):
+            return out
+        if (args[4] if len(args) > 4 else kwargs.get("mask")) is not None:
+            raise StormError("attention interpolation cannot interpolate a masked joint attention (a conditioning "
+                             "with an attention mask)", input_name="positive_a")
+        return self._interpolate(func, out, q, k, v, int(heads), heads_first, cond_or_uncond, kwargs)
+
+    def _interpolate(self, func, out, q, k, v, heads, heads_first, cond_or_uncond, kwargs):
+        rows = q.shape[0] // len(cond_or_uncond)
+        frames = self.plan.t.shape[0]
+        if rows != frames + 2:
+            raise StormError(f"attention interpolation expected {frames + 2} rows per chunk, got {rows}")
+        # interpolated_attention's layout: (B, L, H * d) (MMDiT hands v over as (B, L, H, d))
+        q, k, v = (rearrange(x, "b h n d -> b n (h d)") if heads_first else x.flatten(2) for x in (q, k, v))
+        plain = {key: value for key, value in kwargs.items()
+                 if key not in ("heads", "mask", "skip_reshape", "skip_output_reshape")}
+
+        def kernel(q_, k_, v_, h_):  # the host's kernel the call came with (inside its override wrapper)
+            return func(q_, k_, v_, h_, **plain)
+
+        out = out.clone()
+        for chunk, kind in enumerate(cond_or_uncond):
+            if kind != 0:
+                continue
+            lo, hi = chunk * rows, (chunk + 1) * rows
+            own = {"k_self": k[lo + 1:hi - 1], "v_self": v[lo + 1:hi - 1]} if self.plan.fused else {}
+            mixed = interpolated_attention(q[lo + 1:hi - 1], k[lo:lo + 1], v[lo:lo + 1], k[hi - 1:hi], v[hi - 1:hi],
+                                           self.plan.t, heads, mode=self.plan.mode, attn_fn=kernel, **own)
+            if kwargs.get("skip_output_reshape"):
+                mixed = rearrange(mixed, "b n (h d) -> b h n d", h=heads)
+            out[lo + 1:hi - 1] = mixed.to(out.dtype)
+        return out
+
+
+def install_joint_interpolation(model_options: dict, plan: ChunkPlan, patch_size: int,
+                                pad_rows_to: int = 1) -> JointInterpolation:
+    """Register a :class:`JointInterpolation` (chained to the override that was there) and the model function
+    wrapper that tells it each call's text rows and latent size."""
+    transformer_options = model_options.setdefault("transformer_options", {})
+    override = JointInterpolation(plan, patch_size, transformer_options.get("optimized_attention_override"),
+                                  pad_rows_to)
+    transformer_options["optimized_attention_override"] = override
+    install_call_wrapper(model_options, override.begin_call)
+    return override
+
+
+def install_chunk_interpolation(model_options: dict, plan: ChunkPlan, arch: ModelInfo) -> None:
+    """The interpolation of one chunk: ``attn1``/``attn2`` patches on a UNet, the joint-attention override on a DiT."""
+    if arch.is_dit:
+        install_joint_interpolation(model_options, plan, 2 ** arch.layers[0].level, arch.pad_rows_to)
+    else:
+        install_interpolation(model_options, plan, arch.layers)
+
+
 # ------------------------------------------------------------------------------ conditions
 def _cond_parts(conditioning, name: str):
     if not conditioning:
@@ -99,11 +219,19 @@ def _cond_parts(conditioning, name: str):
     return tensor, extras
 
 
-def frame_conditioning(cond_a, cond_b, t: torch.Tensor, guide=None):
+#: DiT families whose model reads a conditioning's ``attention_mask`` only as a regional mask (with
+#: ``attention_mask_img_shape``): a text encoder's padding mask (Flux.2 klein's) never reaches their attention
+#: (ComfyUI's ``model_base.Flux.extra_conds``, which Flux.2 and Chroma inherit)
+TEXT_MASK_UNUSED = ("flux", "flux2", "chroma")
+
+
+def frame_conditioning(cond_a, cond_b, t: torch.Tensor, guide=None, joint: bool = False, family: str = ""):
     """One CONDITIONING whose batch rows are ``[A, frames..., B]``.
 
-    Frames get ``lerp(A, B, t)`` (AID) or the guide prompt (PAID). Prompts of different lengths
-    are tiled to a common length (attention to a repeated key set is unchanged).
+    Frames get ``lerp(A, B, t)`` (AID) or the guide prompt (PAID). For a UNet, prompts of different
+    lengths are tiled to a common length (cross-attention to a repeated key set is unchanged); for a
+    DiT (``joint``) the text rows are part of the joint attention, where tiling would change the
+    endpoints' images, so the prompts must have equal lengths, and one attention mask (or none) must fit them all.
     """
     ta, ea = _cond_parts(cond_a, "positive_a")
     tb, eb = _cond_parts(cond_b, "positive_b")
@@ -115,11 +243,17 @@ def frame_conditioning(cond_a, cond_b, t: torch.Tensor, guide=None):
                 f"{name} has {tensor.shape[-1]} features per token but positive_a has {ta.shape[-1]}: the prompts "
                 "were encoded by different text encoders (e.g. SDXL and SD1.x); encode all prompts with the "
                 "CLIP of the model being sampled", input_name=name)
+    mask = None
+    if joint:
+        mask = _check_joint_prompts(parts, names, [ea, eb] + ([_cond_parts(guide, "guide")[1]] if guide is not None else []),
+                                    family in TEXT_MASK_UNUSED)
     parts = match_token_lengths(parts, names)
     ta, tb = parts[0], parts[1]
     middle = parts[2].expand(t.shape[0], -1, -1) if guide is not None else lerp(ta, tb, t)
     rows = torch.cat([ta, middle.to(ta.dtype), tb], 0)
-    extras = dict(ea)
+    extras = {k: v for k, v in ea.items() if k != "attention_mask"}
+    if mask is not None:
+        extras["attention_mask"] = mask.expand(rows.shape[0], *mask.shape[1:])
     pooled_a, pooled_b = ea.get("pooled_output"), eb.get("pooled_output")
     if pooled_a is not None and pooled_b is not None:
         if guide is not None and _cond_parts(guide, "guide")[1].get("pooled_output") is not None:
@@ -128,6 +262,37 @@ def frame_conditioning(cond_a, cond_b, t: torch.Tensor, guide=None):
             mid = lerp(pooled_a, pooled_b, t)
         extras["pooled_output"] = torch.cat([pooled_a, mid.to(pooled_a.dtype), pooled_b], 0)
     return [[rows, extras]]
+
+
+def _check_joint_prompts(parts, names, extras, mask_unused: bool):
+    """A DiT's prompts run in one joint-attention batch: equal text rows, one guidance value, and one attention mask
+    for all (returned; None: none). An all-ones mask is no mask (the host's models drop it); where the model does
+    not read a text encoder's mask (``mask_unused``), differing masks are dropped."""
+    for tensor, name in zip(parts[1:], names[1:], strict=True):
+        if tensor.shape[1] != parts[0].shape[1]:
+            raise StormError(
+                f"{name} encodes to {tensor.shape[1]} text rows but positive_a to {parts[0].shape[1]}: on a DiT the "
+                "text rows are part of every frame's joint attention, so all prompts of an interpolation must "
+                "have the same number of tokens (change a word, or add one, until they match)", input_name=name)
+    masks = [extra.get("attention_mask") for extra in extras]
+    masks = [None if m is None or bool((m != 0).all()) else m for m in masks]
+    for extra, mask, name in zip(extras, masks, names, strict=True):
+        if extra.get("attention_mask_img_shape") is not None:
+            raise StormError("a regional attention mask cannot be interpolated; connect the prompt without its mask",
+                             input_name=name)
+        if not mask_unused and not _same_mask(mask, masks[0]):
+            raise StormError(f"{name} has another attention mask than positive_a (its padding differs): on a DiT every "
+                             "frame's joint attention shares one; give the prompts the same number of tokens",
+                             input_name=name)
+        if name != names[0] and extra.get("guidance") != extras[0].get("guidance"):
+            raise StormError(f"{name} has guidance {extra.get('guidance')} but positive_a has "
+                             f"{extras[0].get('guidance')}: every frame shares one (use one FluxGuidance value)",
+                             input_name=name)
+    return None if mask_unused else masks[0]
+
+
+def _same_mask(a, b) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and a.shape == b.shape and torch.equal(a, b))
 
 
 # ------------------------------------------------------------------------------ sampling
@@ -143,17 +308,20 @@ class InterpolationSettings:
 def sample_sequence(model, positive_a, positive_b, negative, guide, latent: dict, seed: int, steps: int,
                     cfg: float, sampler_name: str, scheduler: str, settings: InterpolationSettings,
                     noise_b_seed: int | None, record_layers: str | None = None):
-    """Sample the whole sequence; returns (latent batch ``(n, C, h, w)``, RunRecord or None)."""
+    """Sample the whole sequence; returns (latent batch ``(n, C, h, w)`` or ``(n, C, 1, h, w)``, RunRecord or None)."""
     samples = latent["samples"]
     if samples.shape[0] != 1:
         raise StormError(f"the latent has a batch of {samples.shape[0]}; give a single latent (the frames are "
                          "the batch)", input_name="latent_image")
     samples = comfy.sample.fix_empty_latent_channels(model, samples)
-    arch = describe_unet(require_model(model, settings.node).model, settings.node)
+    # an image latent: (1, C, H, W), or a video-format latent of one frame (1, C, 1, H, W) (Qwen-Image's)
+    if not (samples.dim() == 4 or (samples.dim() == 5 and samples.shape[2] == 1)):
+        raise StormError(f"expected an image latent of shape (1, C, H, W) or (1, C, 1, H, W), got "
+                         f"{tuple(samples.shape)}", input_name="latent_image")
+    arch = describe_model(require_model(model, settings.node).model, settings.node)
     check_conditioning_family(settings.node, arch, {
         name: [c[0] for c in cond] for name, cond in
         (("positive_a", positive_a), ("positive_b", positive_b), ("negative", negative), ("guide", guide or []))})
-    layers = arch.layers
     mode, fused = AID_MODES[settings.mode]
     noise_a = comfy.sample.prepare_noise(samples, seed)
     noise_b = noise_a if noise_b_seed is None else comfy.sample.prepare_noise(samples, noise_b_seed)
@@ -173,15 +341,15 @@ def sample_sequence(model, positive_a, positive_b, negative, guide, latent: dict
         t = middle[chunk]
         plan = ChunkPlan(t, mode, fused, warmup_sigma if w > 0 else float("inf"))
         patched = model.clone()
-        install_interpolation(patched.model_options, plan, layers)
+        install_chunk_interpolation(patched.model_options, plan, arch)
         record = None
         if record_layers is not None:
             record = RunRecord(RunInfo(settings.node, arch.model_name, arch.family, steps=n_steps, chunk=index))
             chosen = arch.select(record_layers, settings.node)
-            install_patches(patched.model_options, MapRecorder(chosen, record), chosen)
+            install_recording(patched.model_options, MapRecorder(chosen, record), chosen, arch)
         noise = torch.cat([noise_a, slerp(noise_a, noise_b, t).to(noise_a.dtype), noise_b], 0)
-        batch_latent = samples.expand(noise.shape[0], -1, -1, -1).contiguous()
-        cond = frame_conditioning(positive_a, positive_b, t, guide)
+        batch_latent = samples.expand(noise.shape[0], *samples.shape[1:]).contiguous()
+        cond = frame_conditioning(positive_a, positive_b, t, guide, joint=arch.is_dit, family=arch.family)
 
         def callback(step, x0, x, total, offset=index * n_steps):
             throw_if_interrupted()

@@ -230,7 +230,8 @@ def describe_unet(base_model, node: str = "STORM") -> ModelInfo:
     """Introspect ``base_model`` (a ComfyUI ``BaseModel``) for its cross-attention layers.
 
     Raises :class:`StormError` naming ``node`` and the model for architectures without a
-    UNet (DiT models such as SD3 or Flux) or without cross-attention.
+    UNet (DiT models such as SD3 or Flux: :func:`describe_model` describes those) or without
+    cross-attention.
     """
     config = getattr(base_model, "model_config", None)
     model_name = type(config).__name__ if config is not None else type(base_model).__name__
@@ -239,8 +240,8 @@ def describe_unet(base_model, node: str = "STORM") -> ModelInfo:
     if family == "other" or not _is_unet(base_model):
         error = unsupported_family(node, config, "SD1.x, SD2.x and SDXL")
         if family in DIT_FAMILIES:
-            error = StormError(f"{error} ({family_name(config)} works with the Attention Recorder and the guided samplers, "
-                               "not with attention interpolation)", input_name="model")
+            error = StormError(f"{error} ({family_name(config)} is a DiT: the pack describes it by its joint-attention "
+                               "blocks, not by UNet layers)", input_name="model")
         raise error
     layers: list[CrossAttentionLayer] = []
     level = 0

@@ -50,8 +50,7 @@ class JointAttentionTap:
         return -(-rows // self.pad_rows_to) * self.pad_rows_to
 
     def _image_rows(self) -> int:
-        p = self.patch_size
-        return -(-self._latent_shape[-2] // p) * -(-self._latent_shape[-1] // p)
+        return image_rows(self._latent_shape, self.patch_size)
 
     def __call__(self, func, *args, **kwargs):
         if self._text_rows is not None and len(args) >= 2:
@@ -94,6 +93,12 @@ def install_joint_tap(model_options: dict, recorder: MapRecorder, patch_size: in
     return tap
 
 
+def image_rows(latent_shape, patch_size: int) -> int:
+    """The image rows of a joint attention on a latent of ``latent_shape`` (``(..., h, w)``): one per patch."""
+    p = patch_size
+    return -(-latent_shape[-2] // p) * -(-latent_shape[-1] // p)
+
+
 def context_rows(args: dict) -> int | None:
     """The text rows of a model call (the UNet function wrapper's ``args``)."""
     context = args.get("c", {}).get("c_crossattn")
@@ -108,13 +113,19 @@ def install_recording(model_options: dict, recorder: MapRecorder, layers: tuple[
     if not model.is_dit:
         return install_patches(model_options, recorder, layers)
     tap = install_joint_tap(model_options, recorder, 2 ** layers[0].level, model.pad_rows_to)
+    install_call_wrapper(model_options, tap.begin_call)
+    return model_options
+
+
+def install_call_wrapper(model_options: dict, begin_call) -> None:
+    """A model function wrapper (chained to the one that was there) that calls ``begin_call(text rows,
+    latent shape)`` before every model call, for an attention override that must know them."""
     previous = model_options.get("model_function_wrapper")
 
     def storm_joint_call(apply_model, args):
-        tap.begin_call(context_rows(args), args["input"].shape)
+        begin_call(context_rows(args), args["input"].shape)
         if previous is not None:
             return previous(apply_model, args)
         return apply_model(args["input"], args["timestep"], **args["c"])
 
     model_options["model_function_wrapper"] = storm_joint_call
-    return model_options

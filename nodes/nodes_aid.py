@@ -47,7 +47,9 @@ class AttentionInterpolation:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "The diffusion model (SD1.x, SD2.x or SDXL)."}),
+            "model": ("MODEL", {"tooltip": "The diffusion model: SD1.x, SD2.x, SDXL, or an SD3.x, Flux.1, Flux.2 klein, "
+                                           "Chroma, Qwen-Image or Z-Image DiT (its prompts must have equal token "
+                                           "counts)."}),
             "positive_a": ("CONDITIONING", {"tooltip": "Prompt of the first frame."}),
             "positive_b": ("CONDITIONING", {"tooltip": "Prompt of the last frame."}),
             "negative": ("CONDITIONING", {"tooltip": "Negative prompt of every frame."}),

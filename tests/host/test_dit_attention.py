@@ -229,13 +229,6 @@ def test_binding_and_spatial_guidance_run_on_a_dit(dit, nodes, method):
     assert all(isinstance(v, float) for e in log for v in e.loss_before + e.loss_after)
 
 
-def test_attention_interpolation_refuses_a_dit_clearly(dit, nodes, prompt):
-    tokens, positive, negative = prompt
-    with torch.inference_mode(), pytest.raises(Exception, match="not with attention interpolation"):
-        call_node(nodes["STORM_AttentionInterpolation"], model=dit.model, positive_a=positive, positive_b=positive,
-                  negative=negative, latent_image={"samples": torch.zeros(LATENT)}, frames=2, steps=2)
-
-
 @pytest.mark.parametrize("dit", ["flux"], indirect=True)  # the tiny SD3 has CLIP rows only
 def test_prompt_analysis_binds_words_in_the_t5_rows(dit, nodes):
     with torch.inference_mode():
