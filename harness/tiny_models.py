@@ -532,6 +532,8 @@ def _initial_values(
         return torch.randn(shape, generator=gen)
     if type(module).__name__ in ("RMSNorm", "T5LayerNorm") and param_name in ("weight", "scale"):
         return torch.ones(shape)  # the DiTs' RMS norms (MMDiT's weight, Flux's scale) and T5's
+    if param_name == "class_embedding":  # a CLIP vision tower's learned class row: N(0, 1) like its embeddings
+        return torch.randn(shape, generator=gen)
     if param_name in ("x_pad_token", "cap_pad_token"):  # Z-Image's learned pad rows (image, caption): N(0, 0.02)
         return 0.02 * torch.randn(shape, generator=gen)
     return None
@@ -630,6 +632,31 @@ def _tiny_sdxl_clip_class() -> type:
             self.dtypes = {dtype}
 
     return TinySDXLClipModel
+
+
+#: a CLIP vision tower at tiny width: the ViT-L/14 config of the host (``comfy/clip_vision_config_vitl.json``) with
+#: these entries replaced
+TINY_CLIP_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 2,
+                    "image_size": 32, "patch_size": 8, "projection_dim": 16}
+
+
+def build_tiny_clip_vision(seed: int = 0, **overrides: Any) -> Any:
+    """The host's ``comfy.clip_vision.ClipVisionModel`` (what *Load CLIP Vision* returns) at tiny width
+    (:data:`TINY_CLIP_VISION`, then ``overrides``, e.g. ``projection_dim``), with :func:`initialise_weights` (the host
+    class reads its config from a JSON file on older hosts)."""
+    import tempfile
+
+    ensure_host()
+    import comfy.clip_vision
+
+    host_config = Path(comfy.clip_vision.__file__).with_name("clip_vision_config_vitl.json")
+    config = {**json.loads(host_config.read_text()), **TINY_CLIP_VISION, **overrides}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "clip_vision_config_tiny.json"
+        path.write_text(json.dumps(config))
+        model = comfy.clip_vision.ClipVisionModel(str(path))
+    initialise_weights(model.model, seed)
+    return model
 
 
 def build_vae(seed: int, channels: int = 4) -> Any:

@@ -61,6 +61,7 @@ EXAMPLES: dict[str, str] = {
     "astar": "A-STAR - keep both objects",
     "storm_spatial": "STORM - put A left of B",
     "aid_morph": "AID - morph two prompts",
+    "aid_dynamic_morph": "AID - dynamic selection morph",
     "paid_composition": "PAID - compose two concepts",
     "sd35_attend_and_excite": "SD3.5 - lost objects, heatmaps",
     "flux_heatmaps": "Flux - attention heatmaps",
@@ -129,6 +130,7 @@ CPU_PROFILE = {
     "EmptySD3LatentImage": {"width": 128, "height": 128},
     "STORM_GuidedKSampler": {"steps": 8},
     "STORM_AttentionInterpolation": {"steps": 6},
+    "STORM_DynamicInterpolation": {"steps": 4, "exploration_size": 5, "interpolation_size": 4},
     "KSampler": {"steps": 8},
     "BasicScheduler": {"steps": 8},
 }

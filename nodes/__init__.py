@@ -13,7 +13,7 @@ if host_supported() is not None:
 if isolation_notice() is not None:
     logging.getLogger("comfyui-storm").warning(isolation_notice())
 
-from .nodes_aid import AttentionInterpolation, SelectFrame
+from .nodes_aid import AttentionInterpolation, DynamicInterpolation, SelectFrame
 from .nodes_attention import AttentionHeatmap, AttentionRecorder, SaveAttention
 from .nodes_binding import AStar, SynGen
 from .nodes_guidance import AttendAndExcite
@@ -35,6 +35,7 @@ _NODES = {
     "STORM_AttentionHeatmap": AttentionHeatmap,
     "STORM_SaveAttention": SaveAttention,
     "STORM_AttentionInterpolation": AttentionInterpolation,
+    "STORM_DynamicInterpolation": DynamicInterpolation,
     "STORM_SelectFrame": SelectFrame,
 }
 

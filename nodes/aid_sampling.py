@@ -303,6 +303,36 @@ class InterpolationSettings:
     warmup_ratio: float = 0.5
     chunk_size: int = 4
     node: str = "STORM Attention Interpolation"
+    #: start latents of endpoints A and B (a LATENT dict, e.g. an inverted image), or None for seeded noise
+    starts: tuple = (None, None)
+
+
+def start_noise(model, start: dict, like: torch.Tensor, sigmas: torch.Tensor, name: str) -> torch.Tensor:
+    """The noise that makes the host's sampler start exactly at the latent ``start`` (an inverted image: e.g. the
+    output of SamplerCustom with FlipSigmas on the VAE-encoded image) from an empty latent.
+
+    The sampler starts at ``noise_scaling(sigma_0, noise, process_latent_in(latent_image))``, linear in ``noise``;
+    with ``latent_image = 0`` (an empty latent) that is ``c * noise``, so ``noise = process_latent_in(start) / c``
+    starts at the same point as a sampler with its noise disabled run from ``start`` (KSamplerAdvanced
+    ``add_noise: disable``) on SD1.x/SD2.x/SDXL, where ``noise_scaling(s, 0, x) = x``. AID then slerps the two
+    endpoints' start noises for the frames (He et al., NeurIPS 2024, section 3), here the two inversions."""
+    x = start["samples"] if isinstance(start, dict) and "samples" in start else None
+    if x is None:
+        raise StormError("expected a LATENT", input_name=name)
+    x = comfy.sample.fix_empty_latent_channels(model, x)
+    if tuple(x.shape) != tuple(like.shape):
+        raise StormError(f"the start latent has shape {tuple(x.shape)}, the frames {tuple(like.shape)}: invert an "
+                         f"image of the frame size (batch 1)", input_name=name)
+    sampling = model.get_model_object("model_sampling")
+    sigma = sigmas[:1].float()
+    # the host's KSAMPLER.max_denoise: the first sigma is the model's largest
+    max_denoise = bool(torch.isclose(sigma, sampling.sigma_max.float().cpu().reshape(1), rtol=1e-5).item()
+                       or float(sigma) > float(sampling.sigma_max))
+    scale = sampling.noise_scaling(sigma, torch.ones(1), torch.zeros(1), max_denoise).reshape(())
+    if not float(scale) > 0:
+        raise StormError(f"this model's sampler starts at sigma {float(sigma):g} where a start latent cannot be "
+                         f"reached", input_name=name)
+    return model.model.process_latent_in(x.float()).to(like.dtype) / scale
 
 
 def sample_sequence(model, positive_a, positive_b, negative, guide, latent: dict, seed: int, steps: int,
@@ -330,6 +360,15 @@ def sample_sequence(model, positive_a, positive_b, negative, guide, latent: dict
     chunks = frame_chunks(middle.shape[0], settings.chunk_size) if middle.shape[0] else [slice(0, 0)]
     sigmas = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler_name,
                                      scheduler=scheduler, model_options=model.model_options).sigmas
+    start_a, start_b = settings.starts
+    if start_a is not None or start_b is not None:
+        if samples.abs().max() > 0:
+            raise StormError("with a start latent (start_a / start_b) the latent_image must be an empty latent (it "
+                             "gives the frame size); connect an Empty Latent Image", input_name="latent_image")
+        if start_a is not None:
+            noise_a = start_noise(model, start_a, noise_a, sigmas, "start_a")
+        if start_b is not None:
+            noise_b = start_noise(model, start_b, noise_b, sigmas, "start_b")
     n_steps = sigmas.shape[-1] - 1
     w = warmup_steps(n_steps, settings.warmup_ratio)
     warmup_sigma = float(sigmas[w]) if w < n_steps else -1.0  # interpolate while sigma > sigmas[w]

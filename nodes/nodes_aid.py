@@ -1,4 +1,5 @@
-"""AID / PAID nodes: attention interpolation between two prompts, and frame selection."""
+"""AID / PAID nodes: attention interpolation between two prompts (a fixed Beta schedule, or AID's dynamic
+selection), and frame selection."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import comfy.samplers
 import torch
 
 from ..storm_ops.aid import schedule as aid_schedule
+from ..storm_ops.aid import selection
 from ..storm_ops.aid.interpolation import DEFAULT_FUSED, DEFAULT_MODE
 from ..storm_ops.aid.schedule import beta_schedule
 from ..storm_ops.attention.maps import MapSettings, word_maps
 from ..storm_ops.errors import StormError
 from ..storm_ops.losses.attend_excite import max_attention
+from .aid_dynamic import clip_scores, decode, dynamic_sequence
 from .aid_sampling import AID_MODES, InterpolationSettings, attention_history, sample_sequence
 from .architecture import DEFAULT_LAYER_SELECTION
 from .attention_capture import tag_latent
@@ -84,12 +87,16 @@ class AttentionInterpolation:
                                                                   "uses seed + 1 and frames slerp between the two."}),
         }, "optional": {
             "guide": ("CONDITIONING", {"tooltip": "PAID: a guide prompt the frames follow (e.g. 'a dog driving a car')."}),
+            "start_a": ("LATENT", {"tooltip": "Interpolate from a real image: endpoint A starts from this inverted "
+                                              "latent instead of the seed's noise (SamplerCustom with FlipSigmas, "
+                                              "noise off, on the VAE-encoded image; SD1.x/SD2.x/SDXL)."}),
+            "start_b": ("LATENT", {"tooltip": "The same for endpoint B (its inverted image)."}),
         }}
 
     @node_errors(NODE_NAME)
     def interpolate(self, model, positive_a, positive_b, negative, latent_image, frames, seed, steps, cfg,
                     sampler_name, scheduler, mode, alpha, beta, warmup_ratio, chunk_size, endpoint_noise,
-                    guide=None):
+                    guide=None, start_a=None, start_b=None):
         if mode not in AID_MODES:
             raise StormError(f"unknown mode {mode!r}; use one of {list(AID_MODES)}", input_name="mode")
         if not 0.0 <= warmup_ratio <= 1.0:
@@ -98,7 +105,7 @@ class AttentionInterpolation:
             raise StormError(f"chunk_size must be >= 0, got {chunk_size}", input_name="chunk_size")
         coefficients = beta_schedule(int(frames), float(alpha), float(beta))
         settings = InterpolationSettings(coefficients, mode, float(warmup_ratio),
-                                         int(chunk_size) or max(int(frames) - 2, 1), self.NODE_NAME)
+                                         int(chunk_size) or max(int(frames) - 2, 1), self.NODE_NAME, (start_a, start_b))
         samples, record = sample_sequence(
             model, positive_a, positive_b, negative, guide, latent_image, seed, steps, cfg, sampler_name, scheduler,
             settings, None if endpoint_noise == "same" else seed + 1, record_layers=DEFAULT_LAYER_SELECTION)
@@ -107,16 +114,81 @@ class AttentionInterpolation:
                 "result": (tag_latent({"samples": samples}, record, self.NODE_NAME), attention_history(record), text)}
 
 
+class DynamicInterpolation:
+    """STORM Dynamic Interpolation: AID's dynamic selection of the coefficients (He et al., NeurIPS 2024)."""
+
+    NODE_NAME = "STORM Dynamic Interpolation"
+    SEARCH_ALIASES = ("dynamic selection", "smooth morph", "aid dynamic", "beta prior", "even morph")  # node search
+    DESCRIPTION = (
+        "AID's dynamic selection (He et al., NeurIPS 2024, 'to further improve smoothness'): explores coefficients "
+        "by repeatedly generating the frame between the two neighbouring frames that differ most (placed by a Beta "
+        "prior refitted to the measured differences), then keeps the explored frames whose adjacent differences are "
+        "most even. Frame difference is 1 - cos of CLIP image embeddings when a CLIP vision model is connected, else "
+        "of the decoded frames at 64 x 64 px. Reports smoothness (1 - Gini of the adjacent differences) and "
+        "consistency (their mean). Costs exploration_size frames, each sampled with both endpoints (about 3x a "
+        "fixed-schedule sequence of the same size).")
+    CATEGORY = "STORM/interpolation"
+    FUNCTION = "interpolate"
+    RETURN_TYPES = ("LATENT", "IMAGE", "STRING", "STRING")
+    RETURN_NAMES = ("frames", "images", "coefficients", "report")
+    OUTPUT_TOOLTIPS = (
+        "The chosen frames [A, ..., B] as one latent batch.",
+        "The chosen frames decoded (the distances were measured on them).",
+        "The coefficient of each chosen frame.",
+        "Smoothness and consistency of the chosen and the explored frames, the refitted Beta prior.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        shared = AttentionInterpolation.INPUT_TYPES()
+        required = {k: v for k, v in shared["required"].items() if k not in ("frames", "alpha", "beta", "chunk_size")}
+        required["vae"] = ("VAE", {"tooltip": "Decodes the frames whose differences the selection measures."})
+        required["exploration_size"] = ("INT", {"default": selection.EXPLORATION_SIZE, "min": 3, "max": 128,
+                                                "tooltip": "Coefficients explored, both endpoints included (the "
+                                                           "release: 16)."})
+        required["interpolation_size"] = ("INT", {"default": selection.INTERPOLATION_SIZE, "min": 2, "max": 128,
+                                                  "tooltip": "Frames kept, both endpoints included (the release: 7); "
+                                                             "at most exploration_size."})
+        required["alpha"] = float_input(selection.INIT_ALPHA, 0.01, 100.0, 0.1,
+                                        "Initial Beta prior (the release: 3, 3); refitted after every split.")
+        required["beta"] = float_input(selection.INIT_BETA, 0.01, 100.0, 0.1, "Second initial Beta parameter.")
+        optional = dict(shared["optional"])
+        optional["clip_vision"] = ("CLIP_VISION", {"tooltip": "Measure frame differences with this model's image "
+                                                              "embeddings, as the release does (Load CLIP Vision). "
+                                                              "Without it: the decoded frames at 64 x 64 px."})
+        return {"required": required, "optional": optional}
+
+    @node_errors(NODE_NAME)
+    def interpolate(self, model, positive_a, positive_b, negative, latent_image, seed, steps, cfg, sampler_name,
+                    scheduler, mode, warmup_ratio, endpoint_noise, vae, exploration_size, interpolation_size, alpha,
+                    beta, guide=None, clip_vision=None, start_a=None, start_b=None):
+        if mode not in AID_MODES:
+            raise StormError(f"unknown mode {mode!r}; use one of {list(AID_MODES)}", input_name="mode")
+        if not 0.0 <= warmup_ratio <= 1.0:
+            raise StormError(f"warmup_ratio must lie in [0, 1], got {warmup_ratio}", input_name="warmup_ratio")
+        settings = InterpolationSettings(torch.tensor([0.0, 1.0]), mode, float(warmup_ratio), 1, self.NODE_NAME,
+                                         (start_a, start_b))
+        samples, images, chosen, report = dynamic_sequence(
+            model, positive_a, positive_b, negative, guide, latent_image, seed, steps, cfg, sampler_name, scheduler,
+            settings, None if endpoint_noise == "same" else seed + 1, vae, clip_vision,
+            exploration_size=int(exploration_size), interpolation_size=int(interpolation_size), alpha=float(alpha),
+            beta=float(beta))
+        text = ", ".join(f"{i}: {t:.5f}" for i, t in enumerate(chosen.ts))
+        return {"ui": {"storm_text": [report]}, "result": ({"samples": samples}, images, text, report)}
+
+
 class SelectFrame:
-    """STORM Select Frame: pick the frame whose subjects are all strongly attended (no CLIP model needed)."""
+    """STORM Select Frame: pick the frame whose subjects are all strongly attended, or with a CLIP vision model the
+    frame with the highest CLIP score to the guide prompt (PAID's choice)."""
 
     NODE_NAME = "STORM Select Frame"
-    SEARCH_ALIASES = ("pick frame", "best frame", "morph frame", "select image from batch")  # node search
+    SEARCH_ALIASES = ("pick frame", "best frame", "morph frame", "select image from batch", "clip score")  # node search
     DESCRIPTION = (
-        "Picks the best frame of an interpolation for compositional generation without any internet model: "
-        "each frame is scored by Attend-and-Excite's measure on its own cross-attention maps (the smallest, "
-        "over the subjects, of the smoothed maximum attention), and the frame where every subject is most "
-        "present wins. Connect the guide prompt's subjects ('dog, car').")
+        "Picks the best frame of an interpolation for compositional generation. Without a CLIP vision model "
+        "(no download needed) each frame is scored by Attend-and-Excite's measure on its own cross-attention maps "
+        "(the smallest, over the subjects, of the smoothed maximum attention), and the frame where every subject is "
+        "most present wins. With clip_vision, clip and vae connected it keeps the frame with the highest CLIP score "
+        "to the tokens' prompt (the guide prompt), as PAID's release does; both scores are listed.")
     CATEGORY = "STORM/interpolation"
     FUNCTION = "select"
     RETURN_TYPES = ("LATENT", "INT", "STRING")
@@ -132,22 +204,44 @@ class SelectFrame:
                                                    "prompt for PAID), e.g. STORM Subject Tokens 'dog, car'."}),
             "include_endpoints": ("BOOLEAN", {"default": False,
                                               "tooltip": "Also consider the first and last frame (plain A and B)."}),
+        }, "optional": {
+            "clip_vision": ("CLIP_VISION", {"tooltip": "Choose by CLIP score to the tokens' prompt instead (Load CLIP "
+                                                       "Vision); needs clip and vae too."}),
+            "clip": ("CLIP", {"tooltip": "The text tower of the same CLIP model as clip_vision (its projected pooled "
+                                         "output is compared), e.g. SDXL's CLIP with clip_vision_g."}),
+            "vae": ("VAE", {"tooltip": "Decodes the frames for the CLIP vision model."}),
         }}
 
     @node_errors(NODE_NAME)
-    def select(self, frames, attention, tokens, include_endpoints):
+    def select(self, frames, attention, tokens, include_endpoints, clip_vision=None, clip=None, vae=None):
         record = attention.find(frames)
         if record is None:
             raise StormError("these frames were not produced by the interpolation run that recorded this attention; "
                              "connect both outputs of the same STORM Attention Interpolation node", input_name="frames")
-        if not tokens.subjects:
+        if clip_vision is not None:
+            for name, value in (("clip", clip), ("vae", vae)):
+                if value is None:
+                    raise StormError("a CLIP score needs the CLIP vision model, the text encoder of the same CLIP "
+                                     "model (clip) and the VAE that decodes the frames (vae); connect all three, or "
+                                     "disconnect clip_vision to choose by attention", input_name=name)
+        elif not tokens.subjects:
             raise StormError("no subjects to score: list them in STORM Subject Tokens", input_name="tokens")
-        scores = frame_scores(record, tokens)
-        candidates = range(scores.shape[0]) if include_endpoints else range(1, scores.shape[0] - 1)
+        scores = frame_scores(record, tokens) if tokens.subjects else None
+        clip_score = None
+        if clip_vision is not None:
+            clip_score = clip_scores(decode(vae, frames["samples"]), clip_vision, clip, tokens.text)
+        ranking = clip_score if clip_score is not None else scores
+        candidates = range(ranking.shape[0]) if include_endpoints else range(1, ranking.shape[0] - 1)
         if not candidates:
-            candidates = range(scores.shape[0])
-        best = max(candidates, key=lambda i: float(scores[i]))
-        text = "\n".join(f"frame {i}: {float(s):.4f}{'  <- best' if i == best else ''}" for i, s in enumerate(scores))
+            candidates = range(ranking.shape[0])
+        best = max(candidates, key=lambda i: float(ranking[i]))
+        lines = []
+        for i in range(ranking.shape[0]):
+            parts = [] if scores is None else [f"attention {float(scores[i]):.4f}"]
+            if clip_score is not None:
+                parts.append(f"CLIP score {float(clip_score[i]):.4f}")
+            lines.append(f"frame {i}: {', '.join(parts)}{'  <- best' if i == best else ''}")
+        text = "\n".join(lines)
         out = dict(frames)
         out["samples"] = frames["samples"][best:best + 1].clone()
         out.pop("batch_index", None)

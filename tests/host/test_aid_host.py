@@ -1,5 +1,7 @@
 """AID / PAID on the real hosts: exact endpoints, chunking, PAID frame selection, bad input."""
 
+import re
+
 import comfy.sample
 import pytest
 import torch
@@ -130,6 +132,40 @@ def test_paid_guide_and_frame_selection(nodes, prompts):
         nodes["STORM_SelectFrame"]().select(frames={"samples": torch.randn(5, 4, *HW)}, attention=attention,
                                             tokens=tokens, include_endpoints=False)
 
+
+
+def test_select_frame_by_clip_score_with_a_clip_vision_model(nodes, prompts):
+    """PAID's choice: with a CLIP vision model the frame with the highest CLIP score to the guide prompt (cos of its
+    image embedding and the text tower's projected pooled output, both from the host's own calls) wins; endpoints
+    stay out unless asked; a missing partner input and a text tower of another width are refused by name."""
+    from harness.tiny_models import build_tiny_clip_vision
+
+    tm, a, b, neg, guide = prompts("sd15")
+    frames, attention, _ = node_output(interpolate(nodes, tm.model, a, b, neg, frames=5, guide=guide))
+    with torch.inference_mode():
+        tokens = node_output(nodes["STORM_SubjectTokens"]().run(clip=tm.clip, text="a dog driving a car",
+                                                                subjects="dog, car"))[0]
+        pooled = tm.clip.encode_from_tokens(tm.clip.tokenize("a dog driving a car"), return_pooled=True)[1]
+        clip_vision = build_tiny_clip_vision(projection_dim=pooled.shape[-1])
+        image_embeds = clip_vision.encode_image(tm.vae.decode(frames["samples"]))["image_embeds"].float()
+        expected = torch.nn.functional.cosine_similarity(image_embeds, pooled.float().expand_as(image_embeds), dim=1)
+
+        def select(include_endpoints, **kw):
+            return node_output(nodes["STORM_SelectFrame"]().select(frames=frames, attention=attention, tokens=tokens,
+                                                                   include_endpoints=include_endpoints, **kw))
+
+        best, index, scores = select(False, clip_vision=clip_vision, clip=tm.clip, vae=tm.vae)
+        assert index == 1 + int(expected[1:-1].argmax())
+        assert torch.equal(best["samples"][0], frames["samples"][index])
+        listed = [float(x) for x in re.findall(r"CLIP score (-?[0-9.]+)", scores)]
+        assert listed == pytest.approx(expected.tolist(), abs=1e-4)
+        assert scores.count("attention ") == 5
+        assert select(True, clip_vision=clip_vision, clip=tm.clip, vae=tm.vae)[1] == int(expected.argmax())
+        with pytest.raises(Exception, match=r"STORM Select Frame: input 'vae'"):
+            select(False, clip_vision=clip_vision, clip=tm.clip)
+        other = build_tiny_clip_vision(projection_dim=pooled.shape[-1] + 1)
+        with pytest.raises(Exception, match=r"STORM Select Frame: input 'clip':.*not two towers of one CLIP model"):
+            select(False, clip_vision=other, clip=tm.clip, vae=tm.vae)
 
 def test_bad_input_names_the_input(nodes, prompts):
     tm, a, b, neg, _ = prompts("sd15")
