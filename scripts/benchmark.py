@@ -439,6 +439,10 @@ class PeakMemory:
 class SavedBytes:
     """Bytes autograd saves for backward while active (each storage once): a pass's activation memory.
 
+    ``bytes`` sums every storage saved (what a pass keeps when its backward starts); ``peak`` is the most held at
+    once, a storage counting from the save until autograd frees it: the figure for passes that recompute blocks in
+    backward, whose replays save and free one block's activations at a time (``bytes`` would sum them all).
+
     On the CPU this is the only memory figure that does not depend on the allocator. The gradient pass
     installs saved-tensor hooks of its own (``allow_mutation_on_saved_tensors``), which would hide an
     outer hook, so while active every pack hook pushed is wrapped to count what it receives (benchmark
@@ -446,8 +450,9 @@ class SavedBytes:
     freed by one pass can be reused by the next."""
 
     def __init__(self):
-        self.bytes = 0
+        self.bytes = self.peak = self._live = 0
         self._seen = set()
+        self._held: dict[tuple, int] = {}
 
     def _count(self, t):
         storage = t.untyped_storage()
@@ -455,7 +460,17 @@ class SavedBytes:
         if key not in self._seen:
             self._seen.add(key)
             self.bytes += storage.nbytes()
-        return t
+        if not self._held.get(key):
+            self._live += storage.nbytes()
+            self.peak = max(self.peak, self._live)
+        self._held[key] = self._held.get(key, 0) + 1
+        return key
+
+    def _release(self, key) -> None:
+        self._held[key] -= 1
+        if not self._held[key]:
+            del self._held[key]
+            self._live -= key[1]
 
     def __enter__(self):
         import torch
@@ -464,10 +479,11 @@ class SavedBytes:
         self._push = push = autograd._push_saved_tensors_default_hooks
 
         def counting_push(pack, unpack):
-            push(lambda t: pack(self._count(t)), unpack)
+            push(lambda t: _Held(self, self._count(t), pack(t)), lambda held: unpack(held.packed))
 
         autograd._push_saved_tensors_default_hooks = counting_push
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._count, lambda t: t)
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(lambda t: _Held(self, self._count(t), t),
+                                                               lambda held: held.packed)
         self._hooks.__enter__()
         return self
 
@@ -477,6 +493,18 @@ class SavedBytes:
         self._hooks.__exit__(*exc)
         torch._C._autograd._push_saved_tensors_default_hooks = self._push
         self._seen.clear()
+
+
+class _Held:
+    """What a counting pack hook returns: the inner hook's packed value; freed with the saved tensor."""
+
+    __slots__ = ("counter", "key", "packed")
+
+    def __init__(self, counter: SavedBytes, key, packed):
+        self.counter, self.key, self.packed = counter, key, packed
+
+    def __del__(self):
+        self.counter._release(self.key)
 
 
 def _bare_pass(pack, tm, pos, latent, sigma):
