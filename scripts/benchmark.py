@@ -39,6 +39,16 @@ with weights the host casts per call (recast in backward vs kept).
     python -m scripts.benchmark --real --archs sd35m --devices cpu --steps 3 --size 256 --repeats 1 \
         --memory 128,192,256 --memory-dtype float32      # SD3.5 Medium on a CPU without fast bf16
 
+``--archs qwen_image,z_image`` (and ``flux2`` = Flux.2 dev, ``flux2_klein4b``, ``flux2_klein9b``) with ``--memory SIZES``
+measures memory only, on the CPU: a few real-size blocks of each model, from the host's own model detection
+(:data:`harness.tiny_dit.REAL_DITS`), the bytes one gradient pass keeps for backward (floor, ours, and ours with every
+block computed again in backward: per-block recomputation, its peak held at once), extrapolated per block to the
+whole model and affinely in the image rows it attends over (one per 16 x 16 px; Z-Image pads them to a multiple of
+32) to 1024 px, with the estimate for a GPU (bf16 activations, fp8 weights) against 24 GB:
+
+    python -m scripts.benchmark --archs qwen_image,z_image --memory 128,192,256
+    python -m scripts.benchmark --archs flux2,flux2_klein4b,flux2_klein9b --memory 64,128,192   # 16 px latents
+
 ``--spatial N`` also prints the STORM relation sweep: over N seeds, how often the subject's
 attention centroid ends on the requested side of the object with and without guidance.
 
@@ -1027,7 +1037,7 @@ def _memory_real_dit(arch: str, sizes: list[int], configs: list[tuple[int, ...]]
             guidance = nodes["STORM_AttendAndExcite"]().build(tokens=tokens, step_size=20.0, start_at=0.0, end_at=1.0,
                                                               thresholds="", max_refine_iters=0, smoothing=True,
                                                               end_tokens="auto")[0]
-        pixels = 16 if arch == "flux2" else 8
+        pixels = 16 if spec.arch == "flux2" else 8
         for size in sizes:
             shape = (1, tm.channels, 1, size // pixels, size // pixels) if arch == "qwen_image" else \
                 (1, tm.channels, size // pixels, size // pixels)
@@ -1055,10 +1065,21 @@ def _memory_real_dit(arch: str, sizes: list[int], configs: list[tuple[int, ...]]
     return rows
 
 
+def real_dit_image_rows(arch: str, size: int) -> int:
+    """The image rows a model of :data:`harness.tiny_dit.REAL_DITS` ``arch`` attends over at ``size`` px: one per 16 x
+    16 pixels (Qwen-Image and Z-Image: 8 px latents in 2 x 2 patches; Flux.2: 16 px latents), Z-Image's padded to a
+    multiple of 32 as the host's ``NextDiT`` pads them (``pad_tokens_multiple``): at 192 px 144 rows become 160."""
+    from harness.tiny_dit import REAL_DITS
+
+    rows = (size // 16) ** 2
+    return rows + (-rows) % 32 if REAL_DITS[arch].arch == "z_image" else rows
+
+
 def extrapolate_real_dit(rows: list[dict], arch: str, native: int = 1024) -> dict:
     """The whole model at ``native`` px from the measured points: per size, the bytes of the first block configuration
-    plus, per kind, (the model's blocks - measured) x (one more block's bytes); then affine in the pixel count through
-    the two largest sizes (the smallest checks the line)."""
+    plus, per kind, (the model's blocks - measured) x (one more block's bytes); then affine in the image rows the model
+    attends over (:func:`real_dit_image_rows`: the pixel count, but for Z-Image's padding) through the two largest sizes
+    (the smallest checks the line)."""
     from harness.tiny_dit import REAL_DITS
 
     spec = REAL_DITS[arch]
@@ -1082,12 +1103,13 @@ def extrapolate_real_dit(rows: list[dict], arch: str, native: int = 1024) -> dic
     full = sorted(whole)
     if len(full) >= 2:
         lo, hi = full[-2], full[-1]
+        n = {size: real_dit_image_rows(arch, size) for size in (*full, native)}
         for key in keys:
-            slope = (whole[hi][key] - whole[lo][key]) / (hi ** 2 - lo ** 2)
-            out[key] = whole[hi][key] + slope * (native ** 2 - hi ** 2)
+            slope = (whole[hi][key] - whole[lo][key]) / (n[hi] - n[lo])
+            out[key] = whole[hi][key] + slope * (n[native] - n[hi])
             if len(full) >= 3:  # the third point against the line through the other two
                 first = full[0]
-                out[key + "_check"] = whole[first][key] - (whole[hi][key] + slope * (first ** 2 - hi ** 2))
+                out[key + "_check"] = whole[first][key] - (whole[hi][key] + slope * (n[first] - n[hi]))
     return out
 
 
@@ -1114,7 +1136,7 @@ def _print_real_dit(rows: list[dict], archs: list[str], native: int = 1024) -> N
             print(f"  whole model at {size} px: floor {v['floor_saved_mib']:.0f} MiB, ours {v['ours_saved_mib']:.0f} "
                   f"(peak {v['ours_peak_mib']:.0f}), recomputed blocks peak {v['recompute_peak_mib']:.0f} MiB")
         checks = ", ".join(f"{k[:-6]} {ext[k]:+.1f} MiB" for k in ext if k.endswith("_check"))
-        print(f"  at {native} px (affine in pixels through the two largest sizes{'; smallest vs line: ' + checks if checks else ''}):"
+        print(f"  at {native} px (affine in image rows through the two largest sizes{'; smallest vs line: ' + checks if checks else ''}):"
               f" floor {ext['floor_saved_mib']:.0f} MiB, ours {ext['ours_saved_mib']:.0f} MiB, with recomputed blocks "
               f"{ext['recompute_peak_mib']:.0f} MiB (fp32)")
         weights = params  # fp8: one byte per parameter
