@@ -26,8 +26,10 @@ import torch
 from .host import ensure_host
 from .tiny_models import ATTN2_QK_GAIN, DIT_ARCHS, build_vae, initialise_weights
 
-__all__ = ["DIT_ARCHS", "FLUX_DEV", "FLUX_TOY", "SD35_MEDIUM", "FluxWidths", "TinyDiT", "build_flux_blocks",
-           "build_real_size_dit", "build_tiny_dit", "dit_conditioning", "flux_unet_config"]
+__all__ = ["DIT_ARCHS", "FLUX2_DEV", "FLUX2_KLEIN_4B", "FLUX2_KLEIN_9B", "FLUX_DEV", "FLUX_TOY", "QWEN_IMAGE", "REAL_DITS",
+           "SD35_MEDIUM", "Z_IMAGE", "FluxWidths", "RealDiT", "TinyDiT", "build_flux_blocks", "build_real_dit",
+           "build_real_size_dit", "build_tiny_dit", "dit_conditioning", "flux_unet_config", "real_dit_config",
+           "real_dit_parameters", "widen_conditioning"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -355,3 +357,127 @@ def dit_conditioning(tiny: TinyDiT, tokens: int, *, seed: int = 0) -> list:
     if tiny.arch == "flux":
         extra["guidance"] = 3.5
     return [[cond, extra]]
+
+
+@dataclasses.dataclass(frozen=True)
+class RealDiT:
+    """A released DiT's size: its family (``arch``, a :data:`DIT_ARCHS` name), stream width, text-encoder width, the
+    numbers of blocks of each kind of the whole model (Flux.2: double, single; others: one kind), and where the
+    numbers come from. A measurement builds a few blocks of it (:func:`build_real_dit`)."""
+
+    arch: str
+    name: str
+    hidden: int
+    context: int
+    blocks: tuple[int, ...]
+    source: str
+
+
+#: Qwen-Image (Qwen 2025): the host's model detection reads only the latent channels and the block count off the file;
+#: the widths are the defaults of the host's ``QwenImageTransformer2DModel`` (24 heads of 128, Qwen2.5-VL 7B's 3584)
+QWEN_IMAGE = RealDiT("qwen_image", "Qwen-Image", 3072, 3584, (60,),
+                     "60 blocks: the released file; widths: the host's QwenImageTransformer2DModel defaults")
+#: Z-Image (Tongyi-MAI 2025): the host's model detection reads dim 3840 and the Qwen3 4B width 2560 off
+#: ``cap_embedder.1.weight`` and sets 30 heads, 2 + 2 refiner blocks (the NextDiT default) and padding to 32 rows
+Z_IMAGE = RealDiT("z_image", "Z-Image", 3840, 2560, (30,),
+                  "30 layers: the released file; heads, refiners, padding: the host's model_detection for dim 3840")
+#: Flux.2 dev (Black Forest Labs 2025): the host reads the widths off ``img_in`` / ``txt_in`` and counts the blocks;
+#: the sizes of the released file are those of the reference implementation's defaults (diffusers'
+#: ``Flux2Transformer2DModel``: 8 double, 48 single blocks, 48 heads of 128, Mistral 3 Small's 3 x 5120 = 15360)
+FLUX2_DEV = RealDiT("flux2", "Flux.2 dev", 6144, 15360, (8, 48),
+                    "diffusers' Flux2Transformer2DModel defaults (the host reads them off the file)")
+#: Flux.2 klein 4B and 9B: the text-encoder widths are the host's (Qwen3 4B / 8B, three layers stacked: 3 x 2560,
+#: 3 x 4096); the stream widths and block counts are assumed from the released models' configurations (not in the
+#: host's code)
+FLUX2_KLEIN_4B = RealDiT("flux2", "Flux.2 klein 4B", 3072, 7680, (5, 20),
+                         "assumed: 5 double + 20 single blocks, 24 heads (the released klein 4B configuration)")
+FLUX2_KLEIN_9B = RealDiT("flux2", "Flux.2 klein 9B", 4096, 12288, (8, 24),
+                         "assumed: 8 double + 24 single blocks, 32 heads (the released klein 9B configuration)")
+#: by benchmark name
+REAL_DITS = {"qwen_image": QWEN_IMAGE, "z_image": Z_IMAGE, "flux2": FLUX2_DEV, "flux2_klein4b": FLUX2_KLEIN_4B,
+             "flux2_klein9b": FLUX2_KLEIN_9B}
+
+
+def real_dit_config(spec: RealDiT, blocks: tuple[int, ...]) -> Any:
+    """The host's ``model_config`` of a file of ``spec``'s widths with ``blocks`` blocks (of each kind), from the
+    host's own ``comfy.model_detection`` on meta tensors (the keys and shapes it reads, no memory)."""
+    ensure_host()
+    import comfy.model_detection
+
+    def meta(*shape: int) -> torch.Tensor:
+        return torch.empty(shape, device="meta")
+
+    h = spec.hidden
+    if spec.arch == "qwen_image":
+        sd = {"txt_norm.weight": meta(spec.context), "img_in.weight": meta(h, 64)}
+        sd.update({f"transformer_blocks.{i}.attn.to_q.weight": meta(h, h) for i in range(blocks[0])})
+    elif spec.arch == "z_image":
+        sd = {"cap_embedder.1.weight": meta(h, spec.context), "noise_refiner.0.attention.k_norm.weight": meta(128),
+              "cap_pad_token": meta(1, h), "x_pad_token": meta(1, h)}
+        sd.update({f"layers.{i}.ffn_norm1.weight": meta(h) for i in range(blocks[0])})
+    elif spec.arch == "flux2":
+        sd = {"img_in.weight": meta(h, 128), "txt_in.weight": meta(h, spec.context),
+              "double_stream_modulation_img.lin.weight": meta(6 * h, h),
+              **({"guidance_in.in_layer.weight": meta(h, 256)} if spec is FLUX2_DEV else {})}
+        sd.update({f"double_blocks.{i}.img_attn.norm.key_norm.scale": meta(128) for i in range(blocks[0])})
+        sd.update({f"single_blocks.{i}.linear1.weight": meta(h, h) for i in range(blocks[1])})
+    else:
+        raise ValueError(f"no real-size configuration for {spec.arch!r}")
+    unet_config = comfy.model_detection.detect_unet_config(sd, "")
+    expected = {"qwen_image": "qwen_image", "z_image": "lumina2", "flux2": "flux2"}[spec.arch]
+    if unet_config is None or unet_config.get("image_model") != expected:
+        raise RuntimeError(f"this ComfyUI's model detection does not read a {spec.name} file: {unet_config}")
+    model_config = comfy.model_detection.model_config_from_unet_config(unet_config, sd)
+    if model_config is None:
+        raise RuntimeError(f"this ComfyUI has no model class for {unet_config}")
+    return model_config
+
+
+def real_dit_parameters(spec: RealDiT) -> int:
+    """Parameters of the whole diffusion model of ``spec`` (built on the meta device: no memory)."""
+    model_config = real_dit_config(spec, spec.blocks)
+    model_config.set_inference_dtype(torch.bfloat16, None)
+    model = model_config.get_model({}, "", device=torch.device("meta"))
+    return sum(p.numel() for p in model.diffusion_model.parameters())
+
+
+#: the module lists of each family's repeated blocks, in :attr:`RealDiT.blocks` order
+_REPEATED = {"qwen_image": ("transformer_blocks",), "z_image": ("layers",), "flux2": ("double_blocks", "single_blocks")}
+
+
+def build_real_dit(spec: RealDiT, blocks: tuple[int, ...], *, seed: int = 0, dtype: torch.dtype = torch.bfloat16,
+                   compute_dtype: torch.dtype | None = torch.float32) -> TinyDiT:
+    """A random-weight ``spec`` with only ``blocks`` blocks (of each kind), from the host's classes
+    (:func:`real_dit_config`), and the family's thin text encoder (its conditioning is widened to the real width by
+    :func:`widen_conditioning`). The blocks of one kind share one set of weights (the same module repeated: blocks
+    are identical in shape, and activations do not depend on the weights' values), so a few real-size blocks fit a
+    CPU's memory; weights are kept in ``dtype`` and computed in ``compute_dtype`` (the host's manual cast, recast in
+    backward by the gradient pass). The ``TinyDiT``'s ``context_dim`` is the real text width."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    model_config = real_dit_config(spec, blocks)
+    load_device = mm.get_torch_device()
+    offload_device = mm.unet_offload_device()
+    with torch.no_grad():
+        model_config.set_inference_dtype(dtype, compute_dtype)
+        model = model_config.get_model({}, "", device=offload_device)
+        for name in _REPEATED[spec.arch]:
+            repeated = getattr(model.diffusion_model, name)
+            for i in range(1, len(repeated)):
+                repeated[i] = repeated[0]
+        initialise_weights(model.diffusion_model, seed)
+        clip = _build_clip(spec.arch, seed)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    return TinyDiT(spec.arch, patcher, spec.context, 0, clip, None, _CHANNELS.get(spec.arch, 16))
+
+
+def widen_conditioning(conditioning: list, width: int, *, seed: int = 0) -> list:
+    """``conditioning`` of a thin text encoder mapped to ``width`` features per row by a fixed random projection (the
+    same rows, a real encoder's width: what a real-size DiT's text stream costs)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for cond, extra in conditioning:
+        projection = torch.randn(cond.shape[-1], width, generator=gen) / cond.shape[-1] ** 0.5
+        out.append([cond.float() @ projection, dict(extra)])
+    return out

@@ -13,6 +13,8 @@ the image.
 
 from __future__ import annotations
 
+import contextlib
+
 from einops import rearrange
 
 from .architecture import JOINT, CrossAttentionLayer, ModelInfo
@@ -37,6 +39,12 @@ class JointAttentionTap:
         self._text_rows: int | None = None
         self._latent_shape: tuple[int, ...] | None = None
         self._block = 0
+        #: while a block runs with per-block recomputation (:mod:`.block_checkpoint`): the list its joint calls'
+        #: image queries and text keys go to instead of the recorder, and (not in a replay) their keys and options
+        self._capture: list | None = None
+        self._pending: list = []
+        self._replay = False
+        self._flushable: list = []
 
     def __deepcopy__(self, memo):
         return self
@@ -73,13 +81,56 @@ class JointAttentionTap:
             k_txt = rearrange(k[:, :, :t], "b h n d -> b n (h d)")
         else:
             q_img, k_txt = q[:, start:start + image], k[:, :t]
+        if self._capture is not None:  # a recomputed block: handed to the recorder after the block (flush)
+            self._capture += [q_img, k_txt]
+            if self._replay:
+                return
         options = kwargs.get("transformer_options") or {}
         extra = {"cond_or_uncond": options.get("cond_or_uncond", [0]), "sigmas": options.get("sigmas"),
                  "n_heads": heads, "original_shape": self._latent_shape,
                  GRAD_PASS_FLAG: options.get(GRAD_PASS_FLAG, False)}
         key = (JOINT, self._block)
         self._block += 1
+        if self._capture is not None:
+            self._pending.append((key, extra))
+            return
         if self.recorder.observe(key, q_img, k_txt, extra):
+            raise StopForward
+
+    # -- per-block recomputation (nodes.block_checkpoint) --------------------------------------------
+    def call_state(self) -> tuple:
+        """What :meth:`begin_call` set, for a replay of a block in backward."""
+        return self._text_rows, self._latent_shape
+
+    @contextlib.contextmanager
+    def capture(self, replay: bool, state: tuple):
+        """While a block runs under :func:`~storm_ops.guidance.recompute.recompute_in_backward`: its joint calls'
+        image queries and text keys go to the yielded list (two per call). In the forward (``replay`` False) they
+        are counted as blocks and handed to the recorder afterwards by :meth:`flush`; in the block's replay in
+        backward (with ``state``, the model call's :meth:`call_state`) they are only collected again."""
+        previous = self._capture, self._pending, self._replay, self.call_state()
+        self._capture, self._replay = [], replay
+        if replay:
+            self._text_rows, self._latent_shape = state
+        else:
+            self._pending = []
+        try:
+            yield self._capture
+        finally:
+            self._capture, pending, self._replay = previous[0], self._pending, previous[2]
+            if replay:
+                self._text_rows, self._latent_shape = previous[3]
+            else:
+                self._pending, self._flushable = previous[1], pending
+
+    def flush(self, tensors: list) -> None:
+        """Hand the calls of the block that just ran (:meth:`capture`) to the recorder, with their differentiable
+        queries and keys ``tensors``; raises :class:`StopForward` when the recorder has every layer."""
+        pending, self._flushable = self._flushable, []
+        stop = False
+        for i, (key, extra) in enumerate(pending):
+            stop = self.recorder.observe(key, tensors[2 * i], tensors[2 * i + 1], extra) or stop
+        if stop:
             raise StopForward
 
 

@@ -22,6 +22,7 @@ SD1.x/SDXL (``x = x0 + sigma * eps``), 1 for rectified-flow models such as SD3 a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ from ..storm_ops.guidance.terms import Guidance
 from ..storm_ops.tokens.identity import check_prompt_encoding, prompt_encoding
 from .architecture import DEFAULT_LAYER_SELECTION, check_conditioning_family, describe_model
 from .attention_capture import AttentionHistory, MapRecorder, RunRecord, StopForward
+from .block_checkpoint import checkpointed_blocks
 from .compat import (
     OUT_OF_MEMORY,
     accepts_kwarg,
@@ -45,7 +47,7 @@ from .compat import (
     report_progress,
     throw_if_interrupted,
 )
-from .dit_capture import install_recording
+from .dit_capture import JointAttentionTap, install_recording
 from .errors import node_error_context
 from .gradient_pass import gradient_options, gradient_pass
 
@@ -68,6 +70,9 @@ class GuidedSamplerSettings:
     node: str = NODE
     #: stop gradient passes after the last recorded layer (off only to benchmark the full pass)
     stop_early: bool = True
+    #: a DiT's gradient passes compute each block again in backward from the first guided step on (otherwise only
+    #: after a pass ran out of GPU memory); :mod:`.block_checkpoint`
+    recompute_blocks: bool = False
 
     def __post_init__(self) -> None:
         if self.base_sampler not in BASE_SAMPLERS:
@@ -207,7 +212,9 @@ class GuidedRun:
                 term.check_layout(n_tokens)
         self.record = RunRecord(RunInfo(self.node, arch.model_name, arch.family, [layer.label for layer in layers],
                                         base_sampler=settings.base_sampler, steps=self.num_steps,
-                                        guided_steps=sorted(self.guided), pixels_per_latent=arch.pixels_per_latent))
+                                        guided_steps=sorted(self.guided), pixels_per_latent=arch.pixels_per_latent,
+                                        blocks_recomputed=settings.recompute_blocks and arch.is_dit))
+        self.arch = arch
         if len(conds.get("positive") or []) == 1:
             self.record.prompt_encoding = prompt_encoding(conds["positive"][0]["cross_attn"])
         self.recorder = MapRecorder(layers, self.record, n_tokens, stop_early=settings.stop_early)
@@ -215,6 +222,9 @@ class GuidedRun:
         options = comfy.model_patcher.create_model_options_clone(extra_args.get("model_options", {}))
         self.extra_args = {**extra_args, "model_options": install_recording(options, self.recorder, layers, arch)}
         self.grad_options = gradient_options(self.extra_args["model_options"])
+        tap = self.extra_args["model_options"].get("transformer_options", {}).get("optimized_attention_override")
+        #: a DiT's recording tap (its blocks hand it their joint calls when they are recomputed in backward)
+        self.tap = tap if isinstance(tap, JointAttentionTap) else None
         #: each term's scratch state for this run (A-STAR's previous masks, say)
         self.states: dict = {}
 
@@ -232,7 +242,10 @@ class GuidedRun:
     def gradient(self, z: torch.Tensor, step: int):
         """One gradient pass at ``z``: the guidance's combined loss and its gradient."""
         info = self.record.info
-        with gradient_pass(offload=info.activations_offloaded, net=self.base_model.diffusion_model) as frozen:
+        net = self.base_model.diffusion_model
+        recompute = checkpointed_blocks(net, self.arch.family, self.tap) if info.blocks_recomputed \
+            else contextlib.nullcontext()
+        with gradient_pass(offload=info.activations_offloaded, net=net) as frozen, recompute:
             zg = z.detach().clone().requires_grad_(True)
             timestep = (self.sigmas[step] * self.batch_ones).detach().clone()
             z_in = inpaint_blend(self.model, zg, timestep, self.extra_args.get("denoise_mask"), self.grad_options)
@@ -250,22 +263,27 @@ class GuidedRun:
             return combined, torch.zeros_like(zg)
 
     def gradient_or_offload(self, z: torch.Tensor, step: int):
-        """:meth:`gradient`; when its activations do not fit next to the model, free what the failed pass held and
-        keep them in CPU memory for the rest of the run (slower, never a crashed run)."""
-        try:
-            return self.gradient(z, step)
-        except OUT_OF_MEMORY:
-            if self.record.info.activations_offloaded:
-                raise _out_of_memory(self.node, z, self.record.info.pixels_per_latent) from None
-        self.recorder.abort_grad_pass()
-        free_accelerator_memory()
-        self.record.info.activations_offloaded = True
-        log.warning("%s: out of GPU memory in the gradient pass at step %d; keeping its activations in "
-                    "CPU memory for the rest of this run (slower)", self.node, step)
-        try:
-            return self.gradient(z, step)
-        except OUT_OF_MEMORY:
-            raise _out_of_memory(self.node, z, self.record.info.pixels_per_latent) from None
+        """:meth:`gradient`; when its activations do not fit next to the model, free what the failed pass held and, for
+        the rest of the run, compute a DiT's blocks again in backward instead of keeping their activations (about one
+        more forward pass), and if that does not fit either, keep the activations in CPU memory (slower, never a
+        crashed run)."""
+        info = self.record.info
+        while True:
+            try:
+                return self.gradient(z, step)
+            except OUT_OF_MEMORY:
+                if info.activations_offloaded:
+                    raise _out_of_memory(self.node, z, info.pixels_per_latent) from None
+            self.recorder.abort_grad_pass()
+            free_accelerator_memory()
+            if self.arch.is_dit and not info.blocks_recomputed:
+                info.blocks_recomputed = True
+                log.warning("%s: out of GPU memory in the gradient pass at step %d; computing each block again in "
+                            "backward for the rest of this run (about one more forward pass)", self.node, step)
+            else:
+                info.activations_offloaded = True
+                log.warning("%s: out of GPU memory in the gradient pass at step %d; keeping its activations in "
+                            "CPU memory for the rest of this run (slower)", self.node, step)
 
     # -- the end -----------------------------------------------------------------------------
     def finish(self, x: torch.Tensor) -> None:

@@ -39,6 +39,16 @@ with weights the host casts per call (recast in backward vs kept).
     python -m scripts.benchmark --real --archs sd35m --devices cpu --steps 3 --size 256 --repeats 1 \
         --memory 128,192,256 --memory-dtype float32      # SD3.5 Medium on a CPU without fast bf16
 
+``--archs qwen_image,z_image`` (and ``flux2`` = Flux.2 dev, ``flux2_klein4b``, ``flux2_klein9b``) with ``--memory SIZES``
+measures memory only, on the CPU: a few real-size blocks of each model, from the host's own model detection
+(:data:`harness.tiny_dit.REAL_DITS`), the bytes one gradient pass keeps for backward (floor, ours, and ours with every
+block computed again in backward: per-block recomputation, its peak held at once), extrapolated per block to the
+whole model and affinely in the image rows it attends over (one per 16 x 16 px; Z-Image pads them to a multiple of
+32) to 1024 px, with the estimate for a GPU (bf16 activations, fp8 weights) against 24 GB:
+
+    python -m scripts.benchmark --archs qwen_image,z_image --memory 128,192,256
+    python -m scripts.benchmark --archs flux2,flux2_klein4b,flux2_klein9b --memory 64,128,192   # 16 px latents
+
 ``--spatial N`` also prints the STORM relation sweep: over N seeds, how often the subject's
 attention centroid ends on the requested side of the object with and without guidance.
 
@@ -53,6 +63,7 @@ RSS growth on CPU, peak allocated memory on CUDA).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -67,6 +78,8 @@ CHILD = [sys.executable, "-m", "scripts.benchmark"]
 #: the real-size DiT configurations (``--real`` only): SD3.5 Medium (:func:`harness.tiny_dit.build_real_size_dit`)
 #: and Flux.1-dev, measured on a few of its real-size blocks (:func:`harness.tiny_dit.build_flux_blocks`)
 DIT = ("sd35m", "flux")
+#: families measured for memory only, on a few real-size blocks (:data:`harness.tiny_dit.REAL_DITS`)
+REAL_DIT_ARCHS = ("qwen_image", "z_image", "flux2", "flux2_klein4b", "flux2_klein9b")
 #: Flux is measured with this many units of (1 double- + 2 single-stream blocks) and extrapolated per unit to
 #: Flux.1-dev's 19 (19 double + 38 single blocks): run time and memory are affine in the number of blocks
 FLUX_UNITS = (1, 3)
@@ -439,6 +452,10 @@ class PeakMemory:
 class SavedBytes:
     """Bytes autograd saves for backward while active (each storage once): a pass's activation memory.
 
+    ``bytes`` sums every storage saved (what a pass keeps when its backward starts); ``peak`` is the most held at
+    once, a storage counting from the save until autograd frees it: the figure for passes that recompute blocks in
+    backward, whose replays save and free one block's activations at a time (``bytes`` would sum them all).
+
     On the CPU this is the only memory figure that does not depend on the allocator. The gradient pass
     installs saved-tensor hooks of its own (``allow_mutation_on_saved_tensors``), which would hide an
     outer hook, so while active every pack hook pushed is wrapped to count what it receives (benchmark
@@ -446,8 +463,9 @@ class SavedBytes:
     freed by one pass can be reused by the next."""
 
     def __init__(self):
-        self.bytes = 0
+        self.bytes = self.peak = self._live = 0
         self._seen = set()
+        self._held: dict[tuple, int] = {}
 
     def _count(self, t):
         storage = t.untyped_storage()
@@ -455,7 +473,17 @@ class SavedBytes:
         if key not in self._seen:
             self._seen.add(key)
             self.bytes += storage.nbytes()
-        return t
+        if not self._held.get(key):
+            self._live += storage.nbytes()
+            self.peak = max(self.peak, self._live)
+        self._held[key] = self._held.get(key, 0) + 1
+        return key
+
+    def _release(self, key) -> None:
+        self._held[key] -= 1
+        if not self._held[key]:
+            del self._held[key]
+            self._live -= key[1]
 
     def __enter__(self):
         import torch
@@ -464,10 +492,11 @@ class SavedBytes:
         self._push = push = autograd._push_saved_tensors_default_hooks
 
         def counting_push(pack, unpack):
-            push(lambda t: pack(self._count(t)), unpack)
+            push(lambda t: _Held(self, self._count(t), pack(t)), lambda held: unpack(held.packed))
 
         autograd._push_saved_tensors_default_hooks = counting_push
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._count, lambda t: t)
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(lambda t: _Held(self, self._count(t), t),
+                                                               lambda held: held.packed)
         self._hooks.__enter__()
         return self
 
@@ -477,6 +506,18 @@ class SavedBytes:
         self._hooks.__exit__(*exc)
         torch._C._autograd._push_saved_tensors_default_hooks = self._push
         self._seen.clear()
+
+
+class _Held:
+    """What a counting pack hook returns: the inner hook's packed value; freed with the saved tensor."""
+
+    __slots__ = ("counter", "key", "packed")
+
+    def __init__(self, counter: SavedBytes, key, packed):
+        self.counter, self.key, self.packed = counter, key, packed
+
+    def __del__(self):
+        self.counter._release(self.key)
 
 
 def _bare_pass(pack, tm, pos, latent, sigma):
@@ -647,7 +688,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", default="auto", help="comma list of cpu,cuda (default: cpu + cuda if present)")
     parser.add_argument("--archs", default="sd15,sdxl",
                         help="comma list of sd15, sdxl (tiny or --real), sd35m and flux (--real only, current ComfyUI; "
-                             "flux: a few real-size blocks, extrapolated per block)")
+                             "flux: a few real-size blocks, extrapolated per block); or, for memory only (--memory), "
+                             "any of qwen_image, z_image, flux2 (dev), flux2_klein4b, flux2_klein9b: a few real-size "
+                             "blocks on the CPU, extrapolated per block to the whole model and in pixels to 1024 px, "
+                             "with and without blocks recomputed in backward")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--size", type=int, default=256, help="image size in pixels (latent = size / 8)")
     parser.add_argument("--repeats", type=int, default=3)
@@ -662,6 +706,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --memory: auto = fp16 on CUDA, bf16 on the CPU (a GPU's bytes); float32 for CPUs "
                              "without fast bf16 (the network's activations then take twice a GPU's bytes)")
     parser.add_argument("--memory-child", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--real-dit-child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--spatial", type=int, default=0, metavar="N",
                         help="also run the STORM relation sweep over N seeds on the CPU (the issue asks for >= 16)")
     parser.add_argument("--interpolation", action="store_true", help="also run the AID smoothness and memory report")
@@ -685,6 +730,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.spatial_child:
         print(json.dumps(_spatial(archs, args.spatial)))
         return 0
+    if args.real_dit_child:
+        from harness.tiny_dit import REAL_DITS
+
+        configs = BLOCK_CONFIGS[REAL_DITS[args.real_dit_child].arch]
+        print(json.dumps(_memory_real_dit(args.real_dit_child, [int(v) for v in args.memory.split(",")], configs)))
+        return 0
     if args.memory_child:
         print(json.dumps(_memory(args.devices, args.memory_child, [int(v) for v in args.memory.split(",")],
                                  args.memory_dtype)))
@@ -693,6 +744,19 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_interpolation(args.interp_child, args.devices)))
         return 0
 
+    real_dits = [a for a in archs if a in REAL_DIT_ARCHS]
+    if real_dits:  # memory only: a few real-size blocks on the CPU, one process per model
+        if len(real_dits) != len(archs) or not args.memory:
+            raise SystemExit(f"{', '.join(REAL_DIT_ARCHS)}: memory only (--memory SIZES), without other archs")
+        rows = []
+        for arch in real_dits:
+            try:
+                rows += run_child(["--real-dit-child", arch, "--memory", args.memory])
+            except RuntimeError as e:
+                print(e, file=sys.stderr)
+                return 1
+        _print_real_dit(rows, real_dits)
+        return 0
     if args.devices == "auto":
         probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
                                capture_output=True, text=True)
@@ -886,6 +950,202 @@ def _spatial(archs: list[str], seeds: int) -> list[str]:
                      "a car below a bird"):
             rows.append(sweep(pack, tm.model, tm.clip, negative, text, range(seeds), arch).row())
     return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# memory at real size of the families with a language-model text encoder (--archs qwen_image,z_image,flux2,...)
+
+#: the block configurations each family is measured with (blocks of each kind; see harness.tiny_dit.RealDiT): the
+#: first, then one more block of each kind, so that each kind's bytes per block are a difference
+BLOCK_CONFIGS = {"qwen_image": ((1,), (2,)), "z_image": ((1,), (2,)), "flux2": ((1, 1), (2, 1), (1, 2))}
+#: text rows of the measured prompt's conditioning as the model sees it ("a cat and a dog" in each family's template)
+LLM_PROMPT = "a cat and a dog"
+
+
+def _real_dit_floor(pack, tm, context, latent, sigma):
+    """The floor of one gradient pass of a real-size DiT of the new families (see :func:`_bare_pass`): the host's
+    ``apply_model`` with the conditioning the host's ``extra_conds`` makes (Flux.2's 512 padded rows, Z-Image's token
+    count), stopped at the queries of the last joint attention, then backward to the latent."""
+    import torch
+
+    base_model = tm.model.model
+    noisy = latent + torch.randn(latent.shape, generator=torch.Generator().manual_seed(0)) * sigma
+    conds = base_model.extra_conds(cross_attn=context, noise=noisy, device=torch.device("cpu"), guidance=3.5)
+    kwargs = {k: v.cond for k, v in conds.items()}
+    info = pack.nodes.architecture.describe_model(base_model)
+    rows = kwargs["c_crossattn"].shape[1]
+    patch = 2 ** info.layers[0].level
+    image = -(-latent.shape[-2] // patch) * -(-latent.shape[-1] // patch)
+    pad = info.pad_rows_to
+    joint = -(-rows // pad) * pad + -(-image // pad) * pad
+    captured, seen = {}, [0]
+
+    class Stop(Exception):
+        pass
+
+    def override(func, *args, **kw):
+        if args[1].shape[2] == joint:
+            seen[0] += 1
+            if seen[0] == len(info.layers):
+                captured["q"] = args[0]
+                raise Stop
+        return func(*args, **kw)
+
+    def run():
+        with pack.nodes.gradient_pass.gradient_pass(net=base_model.diffusion_model):
+            x = noisy.clone().requires_grad_(True)
+            try:
+                base_model.apply_model(x, sigma.reshape(1), transformer_options={"optimized_attention_override": override},
+                                       **kwargs)
+                raise RuntimeError("the pass was not stopped at the last joint attention")
+            except Stop:
+                pass
+            return torch.autograd.grad(captured.pop("q").float().square().mean(), x)[0]
+    return run
+
+
+def _memory_real_dit(arch: str, sizes: list[int], configs: list[tuple[int, ...]]) -> list[dict]:
+    """Bytes one gradient pass saves for backward on a few real-size blocks of ``arch`` (:data:`harness.tiny_dit.
+    REAL_DITS`), for each block configuration and image size: the floor, ours, and ours with every block computed again
+    in backward (``recompute``: its peak held at once). Weights in bf16 (blocks of a kind share them), computed in fp32
+    (this CPU has no fast bf16): the network's activations take twice a GPU's bf16 bytes."""
+    os.environ["STORM_TEST_DEVICE"] = "cpu"
+    os.environ["STORM_TEST_ATTENTION"] = "pytorch"
+    from harness.host import ensure_host, load_pack
+
+    ensure_host()
+    import comfy.model_management as mm
+    import comfy.sample
+    import comfy.samplers
+    import torch
+
+    from harness.nodeutil import call_node
+    from harness.tiny_dit import REAL_DITS, build_real_dit, widen_conditioning
+
+    pack = load_pack()
+    nodes = pack.NODE_CLASS_MAPPINGS
+    spec = REAL_DITS[arch]
+    sampler_mod = pack.nodes.guided_sampler
+    rows = []
+    for blocks in configs:
+        with torch.inference_mode():
+            tm = build_real_dit(spec, blocks)
+            tokens, thin, _ = call_node(nodes["STORM_SubjectTokens"], clip=tm.clip, text=LLM_PROMPT, subjects="cat, dog")
+            pos = widen_conditioning(thin, spec.context)
+            layout = dataclasses.replace(tokens.layout, encoding=pos[0][0][0].float())
+            tokens = dataclasses.replace(tokens, layout=layout)
+            guidance = nodes["STORM_AttendAndExcite"]().build(tokens=tokens, step_size=20.0, start_at=0.0, end_at=1.0,
+                                                              thresholds="", max_refine_iters=0, smoothing=True,
+                                                              end_tokens="auto")[0]
+        pixels = 16 if spec.arch == "flux2" else 8
+        for size in sizes:
+            shape = (1, tm.channels, 1, size // pixels, size // pixels) if arch == "qwen_image" else \
+                (1, tm.channels, size // pixels, size // pixels)
+            latent = torch.zeros(shape)
+            sigmas = comfy.samplers.KSampler(tm.model, steps=1, device=tm.model.load_device, sampler="euler",
+                                             scheduler="simple", model_options=tm.model.model_options).sigmas
+            row = {"arch": arch, "name": spec.name, "blocks": list(blocks), "size": size}
+            with torch.inference_mode(False), SavedBytes() as floor:
+                _real_dit_floor(pack, tm, pos[0][0], latent, sigmas[0])()
+            row["floor_saved_mib"] = floor.bytes / 2 ** 20
+            for label, recompute in (("ours", False), ("recompute", True)):
+                settings = sampler_mod.GuidedSamplerSettings(guidance, "euler", recompute_blocks=recompute)
+                history = pack.nodes.attention_capture.AttentionHistory("benchmark", capacity=1)
+                with torch.inference_mode(), SavedBytes() as saved:
+                    comfy.sample.sample_custom(tm.model, torch.zeros_like(latent), 1.0,
+                                               sampler_mod.make_ksampler(settings, history), sigmas, pos, pos, latent,
+                                               disable_pbar=True, seed=1)
+                if _gradient_passes(history.latest()) != 1:
+                    raise RuntimeError("expected one gradient pass")
+                row[f"{label}_saved_mib"], row[f"{label}_peak_mib"] = saved.bytes / 2 ** 20, saved.peak / 2 ** 20
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+        del tm
+        mm.unload_all_models()
+    return rows
+
+
+def real_dit_image_rows(arch: str, size: int) -> int:
+    """The image rows a model of :data:`harness.tiny_dit.REAL_DITS` ``arch`` attends over at ``size`` px: one per 16 x
+    16 pixels (Qwen-Image and Z-Image: 8 px latents in 2 x 2 patches; Flux.2: 16 px latents), Z-Image's padded to a
+    multiple of 32 as the host's ``NextDiT`` pads them (``pad_tokens_multiple``): at 192 px 144 rows become 160."""
+    from harness.tiny_dit import REAL_DITS
+
+    rows = (size // 16) ** 2
+    return rows + (-rows) % 32 if REAL_DITS[arch].arch == "z_image" else rows
+
+
+def extrapolate_real_dit(rows: list[dict], arch: str, native: int = 1024) -> dict:
+    """The whole model at ``native`` px from the measured points: per size, the bytes of the first block configuration
+    plus, per kind, (the model's blocks - measured) x (one more block's bytes); then affine in the image rows the model
+    attends over (:func:`real_dit_image_rows`: the pixel count, but for Z-Image's padding) through the two largest sizes
+    (the smallest checks the line)."""
+    from harness.tiny_dit import REAL_DITS
+
+    spec = REAL_DITS[arch]
+    configs = BLOCK_CONFIGS[spec.arch]
+    by = {(tuple(r["blocks"]), r["size"]): r for r in rows if r["arch"] == arch}
+    sizes = sorted({r["size"] for r in rows if r["arch"] == arch})
+    keys = ("floor_saved_mib", "ours_saved_mib", "recompute_peak_mib", "ours_peak_mib")
+    whole = {}
+    for size in sizes:
+        if not all((c, size) in by for c in configs):
+            continue
+        base = by[(configs[0], size)]
+        whole[size] = {}
+        for key in keys:
+            value = base[key]
+            for kind, config in enumerate(configs[1:]):
+                per_block = by[(config, size)][key] - base[key]
+                value += (spec.blocks[kind] - configs[0][kind]) * per_block
+            whole[size][key] = value
+    out = {"arch": arch, "name": spec.name, "sizes": whole}
+    full = sorted(whole)
+    if len(full) >= 2:
+        lo, hi = full[-2], full[-1]
+        n = {size: real_dit_image_rows(arch, size) for size in (*full, native)}
+        for key in keys:
+            slope = (whole[hi][key] - whole[lo][key]) / (n[hi] - n[lo])
+            out[key] = whole[hi][key] + slope * (n[native] - n[hi])
+            if len(full) >= 3:  # the third point against the line through the other two
+                first = full[0]
+                out[key + "_check"] = whole[first][key] - (whole[hi][key] + slope * (n[first] - n[hi]))
+    return out
+
+
+def _print_real_dit(rows: list[dict], archs: list[str], native: int = 1024) -> None:
+    from harness.tiny_dit import REAL_DITS, real_dit_parameters
+
+    print("\nbytes one gradient pass keeps for backward (fp32 compute on this CPU: a GPU's bf16 bytes are half), "
+          "a few real-size blocks")
+    head = f"{'model':16} {'blocks':8} {'size':>5} {'floor MiB':>9} {'ours MiB':>9} {'ours peak':>9} {'recompute peak':>14}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['name']:16} {str(tuple(r['blocks'])):8} {r['size']:5d} {r['floor_saved_mib']:9.1f} "
+              f"{r['ours_saved_mib']:9.1f} {r['ours_peak_mib']:9.1f} {r['recompute_peak_mib']:14.1f}")
+    gib = 2 ** 30
+    for arch in archs:
+        ext = extrapolate_real_dit(rows, arch, native)
+        if "ours_saved_mib" not in ext:
+            continue
+        spec = REAL_DITS[arch]
+        params = real_dit_parameters(spec)
+        print(f"\n{spec.name}: {params / 1e9:.2f} B parameters ({spec.blocks} blocks; {spec.source})")
+        for size, v in ext["sizes"].items():
+            print(f"  whole model at {size} px: floor {v['floor_saved_mib']:.0f} MiB, ours {v['ours_saved_mib']:.0f} "
+                  f"(peak {v['ours_peak_mib']:.0f}), recomputed blocks peak {v['recompute_peak_mib']:.0f} MiB")
+        checks = ", ".join(f"{k[:-6]} {ext[k]:+.1f} MiB" for k in ext if k.endswith("_check"))
+        print(f"  at {native} px (affine in image rows through the two largest sizes{'; smallest vs line: ' + checks if checks else ''}):"
+              f" floor {ext['floor_saved_mib']:.0f} MiB, ours {ext['ours_saved_mib']:.0f} MiB, with recomputed blocks "
+              f"{ext['recompute_peak_mib']:.0f} MiB (fp32)")
+        weights = params  # fp8: one byte per parameter
+        for label, key in (("ours", "ours_saved_mib"), ("recomputed blocks", "recompute_peak_mib")):
+            activations = ext[key] / 2 * 2 ** 20  # bf16 on a GPU
+            total = (activations + weights) / gib
+            print(f"  GPU estimate, {label}: {activations / gib:.1f} GiB bf16 activations + {weights / gib:.1f} GiB fp8 "
+                  f"weights = {total:.1f} GiB -> {'fits' if total < 24 * 1e9 / gib else 'does not fit'} a 24 GB card "
+                  "(before the forward's transient buffers)")
 
 
 if __name__ == "__main__":

@@ -139,6 +139,9 @@ class RunInfo:
     weights_recast: int = 0
     #: whether the gradient passes keep their activations in CPU memory (after running out of GPU memory)
     activations_offloaded: bool = False
+    #: whether the gradient passes compute each DiT block again in backward instead of keeping its activations
+    #: (after running out of GPU memory, or asked for)
+    blocks_recomputed: bool = False
     #: an interpolation run: the chunk of frames a record holds, or how many chunks were merged
     chunk: int | None = None
     chunks: int | None = None
