@@ -13,7 +13,7 @@ if host_supported() is not None:
 if isolation_notice() is not None:
     logging.getLogger("comfyui-storm").warning(isolation_notice())
 
-from .nodes_aid import AttentionInterpolation, SelectFrame
+from .nodes_aid import AttentionInterpolation, ImageMorph, SelectFrame
 from .nodes_attention import AttentionHeatmap, AttentionRecorder, SaveAttention
 from .nodes_binding import AStar, SynGen
 from .nodes_guidance import AttendAndExcite
@@ -36,6 +36,7 @@ _NODES = {
     "STORM_SaveAttention": SaveAttention,
     "STORM_AttentionInterpolation": AttentionInterpolation,
     "STORM_SelectFrame": SelectFrame,
+    "STORM_ImageMorph": ImageMorph,
 }
 
 NODE_CLASS_MAPPINGS = dict(_NODES)
