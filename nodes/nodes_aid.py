@@ -13,8 +13,7 @@ from ..storm_ops.errors import StormError
 from ..storm_ops.losses.attend_excite import max_attention
 from .aid_image import check_endpoint_models, install_image_morph
 from .aid_sampling import AID_MODES, InterpolationSettings, _cond_parts, attention_history, sample_sequence
-from .architecture import check_conditioning_family
-from .architecture import DEFAULT_LAYER_SELECTION
+from .architecture import DEFAULT_LAYER_SELECTION, check_conditioning_family
 from .attention_capture import tag_latent
 from .errors import node_errors
 from .widgets import float_input, int_input
