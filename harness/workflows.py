@@ -67,6 +67,7 @@ EXAMPLES: dict[str, str] = {
     "flux_heatmaps": "Flux - attention heatmaps",
     "z_image_attend_and_excite": "Z-Image - lost objects, heatmaps",
     "qwen_image_syngen": "Qwen-Image - bind each colour",
+    "aid_image_morph": "AID - morph two images",
 }
 EXAMPLES_DIR = REPO_ROOT / "example_workflows"
 
@@ -122,6 +123,17 @@ TINY_LOADER = "STORMTest_TinyCheckpointLoader"
 TINY_FILE_LOADERS = {"UNETLoader": ("STORMTest_TinyUNETLoader", ("unet_name",)),
                      "CLIPLoader": ("STORMTest_TinyCLIPLoader", ("clip_name", "type")),
                      "VAELoader": ("STORMTest_TinyVAELoader", ("vae_name",))}
+#: image prompts: the core LoadImage and the IP-Adapter pack's nodes (ComfyUI_IPAdapter_plus, which the tests do not
+#: install) -> their test-only stand-ins in ``tiny_nodes`` (the same inputs and outputs), and the inputs kept
+TINY_IMAGE_PROMPT_NODES = {
+    "LoadImage": ("STORMTest_LoadImage", ("image",)),
+    "IPAdapterUnifiedLoader": ("STORMTest_IPAdapterUnifiedLoader", ("model", "preset", "ipadapter")),
+    "IPAdapter": ("STORMTest_IPAdapter", ("model", "ipadapter", "image", "weight", "start_at", "end_at",
+                                          "weight_type", "attn_mask")),
+}
+#: third-party node types the examples use whose definitions (for :func:`ui_to_api`) are their stand-ins' when the
+#: pack is not installed: the stand-ins declare the pack's inputs in the pack's order
+THIRD_PARTY_NODES = ("IPAdapterUnifiedLoader", "IPAdapter")
 
 #: per node type: widget values replaced so an example runs in seconds on CPU with the tiny models
 #: (image size and step count only; every other value is the workflow's own)
@@ -131,6 +143,7 @@ CPU_PROFILE = {
     "STORM_GuidedKSampler": {"steps": 8},
     "STORM_AttentionInterpolation": {"steps": 6},
     "STORM_DynamicInterpolation": {"steps": 4, "exploration_size": 5, "interpolation_size": 4},
+    "STORM_ImageMorph": {"steps": 6},
     "KSampler": {"steps": 8},
     "BasicScheduler": {"steps": 8},
 }
@@ -339,7 +352,9 @@ def substitute_checkpoints(
     """Return a copy of ``api_prompt`` whose checkpoint loaders are ``STORMTest_TinyCheckpointLoader``.
 
     Only ``class_type`` changes; ``ckpt_name`` (which picks the tiny architecture) and the output
-    slots (MODEL, CLIP, VAE) are the same. With ``shape_model``, SD1.5 checkpoints load the shipped
+    slots (MODEL, CLIP, VAE) are the same. The core loaders of separate files and the image-prompt nodes
+    (``LoadImage``, the IP-Adapter pack's) get their stand-ins (:data:`TINY_FILE_LOADERS`,
+    :data:`TINY_IMAGE_PROMPT_NODES`). With ``shape_model``, SD1.5 checkpoints load the shipped
     trained shape model (:data:`harness.tiny_models.SHAPE_MODEL`) instead of random weights.
     """
     from .tiny_models import SHAPE_MODEL, arch_from_checkpoint_name
@@ -355,6 +370,9 @@ def substitute_checkpoints(
             entry["inputs"] = {"ckpt_name": name}
         elif entry.get("class_type") in TINY_FILE_LOADERS:  # a family shipped as separate files
             entry["class_type"], keep = TINY_FILE_LOADERS[entry["class_type"]]
+            entry["inputs"] = {k: v for k, v in entry.get("inputs", {}).items() if k in keep}
+        elif entry.get("class_type") in TINY_IMAGE_PROMPT_NODES:  # an image prompt (picture, IP-Adapter)
+            entry["class_type"], keep = TINY_IMAGE_PROMPT_NODES[entry["class_type"]]
             entry["inputs"] = {k: v for k, v in entry.get("inputs", {}).items() if k in keep}
     return out
 
@@ -630,6 +648,10 @@ class WorkflowRunner:
                     defs[name] = cls.INPUT_TYPES()
                 except Exception as exc:  # a broken third-party node must not break conversion
                     logger.warning("INPUT_TYPES of %s failed: %s", name, exc)
+            for name in THIRD_PARTY_NODES:  # not installed here: read the workflow by its stand-in's inputs
+                stand_in = TINY_IMAGE_PROMPT_NODES[name][0]
+                if name not in defs and stand_in in defs:
+                    defs[name] = defs[stand_in]
             self._node_defs = defs
         return self._node_defs
 

@@ -13,7 +13,7 @@ if host_supported() is not None:
 if isolation_notice() is not None:
     logging.getLogger("comfyui-storm").warning(isolation_notice())
 
-from .nodes_aid import AttentionInterpolation, DynamicInterpolation, SelectFrame
+from .nodes_aid import AttentionInterpolation, DynamicInterpolation, ImageMorph, SelectFrame
 from .nodes_attention import AttentionHeatmap, AttentionRecorder, SaveAttention
 from .nodes_binding import AStar, SynGen
 from .nodes_guidance import AttendAndExcite
@@ -37,6 +37,7 @@ _NODES = {
     "STORM_AttentionInterpolation": AttentionInterpolation,
     "STORM_DynamicInterpolation": DynamicInterpolation,
     "STORM_SelectFrame": SelectFrame,
+    "STORM_ImageMorph": ImageMorph,
 }
 
 NODE_CLASS_MAPPINGS = dict(_NODES)

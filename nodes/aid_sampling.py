@@ -106,10 +106,11 @@ def make_interpolation_patch(plan: ChunkPlan, previous=None):
     return storm_aid_attention
 
 
-def install_interpolation(model_options: dict, plan: ChunkPlan, layers) -> None:
-    """Register the interpolation patch on every attn1 and attn2 of ``layers`` (all transformer depths)."""
+def install_interpolation(model_options: dict, plan: ChunkPlan, layers, names=("attn1", "attn2")) -> None:
+    """Register the interpolation patch on every attn1 and attn2 (or only the ``names`` given) of ``layers`` (all
+    transformer depths)."""
     replace = model_options.setdefault("transformer_options", {}).setdefault("patches_replace", {})
-    for name in ("attn1", "attn2"):
+    for name in names:
         patches = dict(replace.get(name, {}))
         for layer in layers:
             for depth in range(layer.depth):
@@ -337,8 +338,11 @@ def start_noise(model, start: dict, like: torch.Tensor, sigmas: torch.Tensor, na
 
 def sample_sequence(model, positive_a, positive_b, negative, guide, latent: dict, seed: int, steps: int,
                     cfg: float, sampler_name: str, scheduler: str, settings: InterpolationSettings,
-                    noise_b_seed: int | None, record_layers: str | None = None):
-    """Sample the whole sequence; returns (latent batch ``(n, C, h, w)`` or ``(n, C, 1, h, w)``, RunRecord or None)."""
+                    noise_b_seed: int | None, record_layers: str | None = None, install_chunk=None):
+    """Sample the whole sequence; returns (latent batch ``(n, C, h, w)`` or ``(n, C, 1, h, w)``, RunRecord or None).
+
+    ``install_chunk(model_options, plan, arch)`` replaces :func:`install_chunk_interpolation` as what patches each
+    chunk's model (image morphing, ``aid_image``)."""
     samples = latent["samples"]
     if samples.shape[0] != 1:
         raise StormError(f"the latent has a batch of {samples.shape[0]}; give a single latent (the frames are "
@@ -380,7 +384,7 @@ def sample_sequence(model, positive_a, positive_b, negative, guide, latent: dict
         t = middle[chunk]
         plan = ChunkPlan(t, mode, fused, warmup_sigma if w > 0 else float("inf"))
         patched = model.clone()
-        install_chunk_interpolation(patched.model_options, plan, arch)
+        (install_chunk or install_chunk_interpolation)(patched.model_options, plan, arch)
         record = None
         if record_layers is not None:
             record = RunRecord(RunInfo(settings.node, arch.model_name, arch.family, steps=n_steps, chunk=index))
@@ -420,8 +424,8 @@ def _merge_records(records, frames):
     return merged
 
 
-def attention_history(record) -> AttentionHistory:
-    history = AttentionHistory("STORM Attention Interpolation", capacity=1)
+def attention_history(record, node: str = "STORM Attention Interpolation") -> AttentionHistory:
+    history = AttentionHistory(node, capacity=1)
     if record is not None:
         history.add(record)
     return history

@@ -1,7 +1,9 @@
 """AID / PAID nodes: attention interpolation between two prompts (a fixed Beta schedule, or AID's dynamic
-selection), and frame selection."""
+selection) or two image-prompted models, and frame selection."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import comfy.samplers
 import torch
@@ -14,8 +16,9 @@ from ..storm_ops.attention.maps import MapSettings, word_maps
 from ..storm_ops.errors import StormError
 from ..storm_ops.losses.attend_excite import max_attention
 from .aid_dynamic import clip_scores, decode, dynamic_sequence
-from .aid_sampling import AID_MODES, InterpolationSettings, attention_history, sample_sequence
-from .architecture import DEFAULT_LAYER_SELECTION
+from .aid_image import check_endpoint_models, install_image_morph
+from .aid_sampling import AID_MODES, InterpolationSettings, _cond_parts, attention_history, sample_sequence
+from .architecture import DEFAULT_LAYER_SELECTION, check_conditioning_family
 from .attention_capture import tag_latent
 from .errors import node_errors
 from .widgets import float_input, int_input
@@ -97,21 +100,101 @@ class AttentionInterpolation:
     def interpolate(self, model, positive_a, positive_b, negative, latent_image, frames, seed, steps, cfg,
                     sampler_name, scheduler, mode, alpha, beta, warmup_ratio, chunk_size, endpoint_noise,
                     guide=None, start_a=None, start_b=None):
-        if mode not in AID_MODES:
-            raise StormError(f"unknown mode {mode!r}; use one of {list(AID_MODES)}", input_name="mode")
-        if not 0.0 <= warmup_ratio <= 1.0:
-            raise StormError(f"warmup_ratio must lie in [0, 1], got {warmup_ratio}", input_name="warmup_ratio")
-        if chunk_size < 0:
-            raise StormError(f"chunk_size must be >= 0, got {chunk_size}", input_name="chunk_size")
-        coefficients = beta_schedule(int(frames), float(alpha), float(beta))
-        settings = InterpolationSettings(coefficients, mode, float(warmup_ratio),
-                                         int(chunk_size) or max(int(frames) - 2, 1), self.NODE_NAME, (start_a, start_b))
+        settings = replace(interpolation_settings(self.NODE_NAME, frames, mode, alpha, beta, warmup_ratio, chunk_size),
+                           starts=(start_a, start_b))
         samples, record = sample_sequence(
             model, positive_a, positive_b, negative, guide, latent_image, seed, steps, cfg, sampler_name, scheduler,
             settings, None if endpoint_noise == "same" else seed + 1, record_layers=DEFAULT_LAYER_SELECTION)
-        text = ", ".join(f"{i}: {float(t):.4f}" for i, t in enumerate(coefficients))
-        return {"ui": {"storm_text": [f"coefficients: {text}"]},
-                "result": (tag_latent({"samples": samples}, record, self.NODE_NAME), attention_history(record), text)}
+        return sequence_result(self.NODE_NAME, settings, samples, record)
+
+
+def interpolation_settings(node: str, frames, mode, alpha, beta, warmup_ratio, chunk_size) -> InterpolationSettings:
+    """The checked settings of an interpolation node's widgets (the coefficients from the Beta schedule)."""
+    if mode not in AID_MODES:
+        raise StormError(f"unknown mode {mode!r}; use one of {list(AID_MODES)}", input_name="mode")
+    if not 0.0 <= warmup_ratio <= 1.0:
+        raise StormError(f"warmup_ratio must lie in [0, 1], got {warmup_ratio}", input_name="warmup_ratio")
+    if chunk_size < 0:
+        raise StormError(f"chunk_size must be >= 0, got {chunk_size}", input_name="chunk_size")
+    coefficients = beta_schedule(int(frames), float(alpha), float(beta))
+    return InterpolationSettings(coefficients, mode, float(warmup_ratio), int(chunk_size) or max(int(frames) - 2, 1),
+                                 node)
+
+
+def sequence_result(node: str, settings: InterpolationSettings, samples, record) -> dict:
+    text = ", ".join(f"{i}: {float(t):.4f}" for i, t in enumerate(settings.frames))
+    return {"ui": {"storm_text": [f"coefficients: {text}"]},
+            "result": (tag_latent({"samples": samples}, record, node), attention_history(record, node), text)}
+
+
+class ImageMorph:
+    """STORM Image Morph: AID between two image-prompted models (image morphing, image-control generation)."""
+
+    NODE_NAME = "STORM Image Morph"
+    SEARCH_ALIASES = ("morph images", "image morphing", "ip-adapter interpolation", "image control",
+                      "image prompt scale", "blend images")  # node search
+    DESCRIPTION = (
+        "Image morphing and image-control generation of PAID (He et al., NeurIPS 2024): a sequence of frames between "
+        "two image prompts. Apply an image prompt that patches cross-attention (e.g. the IP-Adapter pack's IPAdapter "
+        "node) to one checkpoint twice, image A -> model_a, image B -> model_b; every frame's cross-attention is "
+        "(1 - t) times model_a's plus t times model_b's, and self-attention is interpolated as in STORM Attention "
+        "Interpolation during the warm-up. The first and last frames equal plain generations of model_a and "
+        "model_b. Image-control: connect the checkpoint without the image prompt to model_a; t then acts as the "
+        "adapter's scale (frame 0 is the plain model).")
+    CATEGORY = "STORM/interpolation"
+    FUNCTION = "morph"
+    RETURN_TYPES = ("LATENT", "STORM_ATTENTION", "STRING")
+    RETURN_NAMES = ("frames", "attention", "coefficients")
+    OUTPUT_TOOLTIPS = (
+        "All frames [A, ..., B] as one latent batch.",
+        "Cross-attention maps of the prompt in every frame (batch rows), for STORM Attention Heatmap.",
+        "The interpolation coefficient t of each frame (image-control: the image prompt's scale).",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        spec = AttentionInterpolation.INPUT_TYPES()["required"]
+        shared = {name: spec[name] for name in ("latent_image", "frames", "seed", "steps", "cfg", "sampler_name",
+                                                 "scheduler")}
+        return {"required": {
+            "model_a": ("MODEL", {"tooltip": "The first frame's model: a UNet (SD1.x, SD2.x, SDXL) with image A's "
+                                             "prompt applied (e.g. IPAdapter). Image-control: the checkpoint "
+                                             "without an image prompt (t = 0)."}),
+            "model_b": ("MODEL", {"tooltip": "The last frame's model: the same checkpoint with image B's prompt "
+                                             "(only cross-attention patches may differ from model_a)."}),
+            "positive": ("CONDITIONING", {"tooltip": "Prompt of every frame (may be empty or a short description)."}),
+            "negative": ("CONDITIONING", {"tooltip": "Negative prompt of every frame."}),
+            **shared,
+            "mode": (spec["mode"][0], {**spec["mode"][1],
+                                       "tooltip": "Self-attention interpolation during the warm-up (" +
+                                                  spec["mode"][1]["tooltip"] + ") Cross-attention is always the "
+                                                  "outer mix of the two models."}),
+            "alpha": spec["alpha"],
+            "beta": spec["beta"],
+            "warmup_ratio": float_input(aid_schedule.DEFAULT_WARMUP_RATIO, 0.0, 1.0, 0.01,
+                                        "Interpolate self-attention during this fraction of the steps (0: only the "
+                                        "cross-attention is mixed, at every step)."),
+            "chunk_size": spec["chunk_size"],
+            "endpoint_noise": spec["endpoint_noise"],
+        }}
+
+    @node_errors(NODE_NAME)
+    def morph(self, model_a, model_b, positive, negative, latent_image, frames, seed, steps, cfg, sampler_name,
+              scheduler, mode, alpha, beta, warmup_ratio, chunk_size, endpoint_noise):
+        settings = interpolation_settings(self.NODE_NAME, frames, mode, alpha, beta, warmup_ratio, chunk_size)
+        arch, patches_a, patches_b = check_endpoint_models(model_a, model_b, self.NODE_NAME)
+        _cond_parts(positive, "positive")
+        check_conditioning_family(self.NODE_NAME, arch, {"positive": [c[0] for c in positive],
+                                                         "negative": [c[0] for c in negative]})
+
+        def install(model_options, plan, _arch):
+            install_image_morph(model_options, plan, arch.layers, patches_a, patches_b)
+
+        samples, record = sample_sequence(
+            model_a, positive, positive, negative, None, latent_image, seed, steps, cfg, sampler_name, scheduler,
+            settings, None if endpoint_noise == "same" else seed + 1, record_layers=DEFAULT_LAYER_SELECTION,
+            install_chunk=install)
+        return sequence_result(self.NODE_NAME, settings, samples, record)
 
 
 class DynamicInterpolation:

@@ -329,6 +329,60 @@ def aid_dynamic_morph(defs: Mapping[str, Mapping], out: Path) -> None:
     g.save("aid_dynamic_morph", out)
 
 
+def aid_image_morph(defs: Mapping[str, Mapping], out: Path) -> None:
+    """Image morphing with the IP-Adapter pack (ComfyUI_IPAdapter_plus): one checkpoint, each picture applied to it
+    by the pack's IPAdapter node, the two models into STORM Image Morph. The pack's nodes keep positional widget
+    values, in the pack's input order (model, preset; weight, start_at, end_at, weight_type)."""
+    g = Graph(defs)
+    ckpt = checkpoint(g)
+    unified = g.node("IPAdapterUnifiedLoader", (20, 330), (320, 80), ["STANDARD (medium strength)"],
+                     inputs=[("model", "MODEL"), ("ipadapter", "IPADAPTER")],
+                     outputs=[("model", "MODEL"), ("ipadapter", "IPADAPTER")])
+    g.link(ckpt, 0, unified, 0)
+    adapted = []
+    for i, (name, label) in enumerate((("cat.png", "A (first frame)"), ("dog.png", "B (last frame)"))):
+        image = g.node("LoadImage", (380, 20 + 380 * i), (320, 320), [name, "image"],
+                       outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")], title=f"Image {label}")
+        ipa = g.node("IPAdapter", (740, 20 + 380 * i), (320, 200), [0.5, 0.0, 1.0, "standard"],
+                     inputs=[("model", "MODEL"), ("ipadapter", "IPADAPTER"), ("image", "IMAGE"),
+                             ("attn_mask", "MASK")],
+                     outputs=[("MODEL", "MODEL")], title=f"IPAdapter (image {label.split()[0]})")
+        g.link(unified, 0, ipa, 0)
+        g.link(unified, 1, ipa, 1)
+        g.link(image, 0, ipa, 2)
+        adapted.append(ipa)
+    pos = clip_encode(g, ckpt, "best quality, high quality", (740, 780), "Prompt (every frame)")
+    neg = negative(g, ckpt, pos=(740, 950))
+    lat = empty_latent(g, pos=(740, 1120))
+    morph = g.node("STORM_ImageMorph", (1110, 60), (380, 480), {"frames": 9, "seed": 1002},
+                   inputs=[("model_a", "MODEL"), ("model_b", "MODEL"), ("positive", "CONDITIONING"),
+                           ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
+                   outputs=[("frames", "LATENT"), ("attention", "STORM_ATTENTION"), ("coefficients", "STRING")])
+    for slot, src in enumerate([(adapted[0], 0), (adapted[1], 0), (pos, 0), (neg, 0), (lat, 0)]):
+        g.link(*src, morph, slot)
+    dec = g.node("VAEDecode", (1540, 60), (210, 50), [], inputs=[("samples", "LATENT"), ("vae", "VAE")],
+                 outputs=[("IMAGE", "IMAGE")])
+    g.link(morph, 0, dec, 0)
+    g.link(ckpt, 2, dec, 1)
+    anim = g.node("SaveAnimatedWEBP", (1790, 60), (420, 460), ["storm/aid_image_morph", 6.0, False, 90, "default"],
+                  inputs=[("images", "IMAGE")])
+    g.link(dec, 0, anim, 0)
+    frames = g.node("SaveImage", (1790, 560), (420, 300), ["storm/aid_image_morph_frames"],
+                    inputs=[("images", "IMAGE")])
+    g.link(dec, 0, frames, 0)
+    g.note((20, 460), (330, 420),
+           "Image morphing (PAID, He et al., NeurIPS 2024): a morph from picture A to picture B.\n\n"
+           "Needs the IP-Adapter pack (ComfyUI_IPAdapter_plus) and its SD1.5 models; put your two pictures in "
+           "the Load Image nodes. Each picture is applied to the same checkpoint by its own IPAdapter node; STORM "
+           "Image Morph mixes the two models' cross-attention, (1 - t) A + t B, and interpolates self-attention on "
+           "the first half of the steps. The first and last frames are exactly the plain generations of the two "
+           "IP-Adapter models. Weight 0.5 leaves room for the prompt; raise it for closer copies of the "
+           "pictures.\n\n"
+           "Image-control: connect the checkpoint's MODEL (no IPAdapter) to model_a; t then acts as the picture's "
+           "IP-Adapter weight, from 0 (the plain prompt) to 1.")
+    g.save("aid_image_morph", out)
+
+
 def paid_composition(defs: Mapping[str, Mapping], out: Path) -> None:
     g = Graph(defs)
     ckpt = checkpoint(g)
@@ -509,7 +563,7 @@ def qwen_image_syngen(defs: Mapping[str, Mapping], out: Path) -> None:
 
 
 EXAMPLES = (attend_and_excite, syngen, astar, storm_spatial, aid_morph, aid_dynamic_morph, paid_composition,
-            sd35_attend_and_excite, flux_heatmaps, z_image_attend_and_excite, qwen_image_syngen)
+            sd35_attend_and_excite, flux_heatmaps, z_image_attend_and_excite, qwen_image_syngen, aid_image_morph)
 
 
 def build_all(out: Path = OUT) -> list[Path]:

@@ -33,7 +33,8 @@ from harness.workflows import EXAMPLES, example_path
 ROOT = Path(__file__).resolve().parents[1]
 
 #: the example workflows' texts -> the shape-model prompt of the same construction (pair, binding,
-#: relation, morph endpoints, composition guide); the negative prompt becomes the empty prompt
+#: relation, morph endpoints, composition guide); the negative prompt, and an image prompt's text (its objects come
+#: from the pictures), become the empty prompt
 SHAPE_PROMPTS = {
     "a cat and a dog": "a red circle and a blue square",
     "cat, dog": "circle, square",
@@ -43,6 +44,7 @@ SHAPE_PROMPTS = {
     "a cat to the left of a dog": "a red circle to the left of a blue square",
     "a photo of a cat": "a red circle",
     "a photo of a dog": "a blue square",
+    "best quality, high quality": "",
     "a dog": "a red circle",
     "a car": "a blue square",
     "a dog driving a car": "a red circle above a blue square",

@@ -14,6 +14,7 @@ const TEXT_OUTPUTS = {
   STORM_PromptAnalysis: "storm_text",
   STORM_AttentionInterpolation: "storm_text",
   STORM_SelectFrame: "storm_text",
+  STORM_ImageMorph: "storm_text",
   STORM_SaveAttention: "storm_text",
   STORM_AttentionHeatmap: "storm_log",
 };

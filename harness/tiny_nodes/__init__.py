@@ -26,6 +26,7 @@ if _REPO_ROOT not in sys.path:
 
 import functools  # noqa: E402
 
+from harness.image_adapter import TEST_IMAGES  # noqa: E402
 from harness.tiny_dit import DIT_ARCHS, build_tiny_dit  # noqa: E402
 from harness.tiny_models import (  # noqa: E402
     CLIP_LOADER_TYPES,
@@ -68,12 +69,14 @@ class STORMTest_TinyCheckpointLoader:
             if not SHAPE_MODEL.is_file():
                 raise FileNotFoundError(f"the shape model {SHAPE_MODEL} is missing (git lfs? a partial clone?)")
             tiny = load_trained(SHAPE_MODEL)
+            _remember_text_encoder(tiny.model, tiny.clip)
             return (tiny.model, tiny.clip, tiny.vae)
         arch = arch_from_checkpoint_name(ckpt_name)
         if arch in DIT_ARCHS:
             tiny = build_tiny_dit(arch, seed=0)
         else:
             tiny = build_tiny(arch, seed=0)
+        _remember_text_encoder(tiny.model, tiny.clip)
         return (tiny.model, tiny.clip, tiny.vae)
 
 
@@ -141,11 +144,111 @@ class STORMTest_TinyVAELoader:
         return (build_vae(0, channels=16),)
 
 
+TEST_IMAGE_SIZE = 128
+#: every tiny model's base model (id) -> (it, its text encoder): the IPAdapter stand-in's "image encoder" needs it
+_TEXT_ENCODERS: dict[int, tuple] = {}
+
+
+def _remember_text_encoder(model, clip) -> None:
+    _TEXT_ENCODERS[id(model.model)] = (model.model, clip)
+
+
+class STORMTest_LoadImage:
+    """Drop-in replacement for the core ``LoadImage``: draws the shape scene :data:`TEST_IMAGES` names for the file
+    (the tests have no input folder of the user's pictures)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("STRING", {"default": "cat.png", "tooltip": "One of: " + ", ".join(TEST_IMAGES)})}}
+
+    RETURN_TYPES = ("IMAGE", "MASK")
+    FUNCTION = "load_image"
+    CATEGORY = "testing/storm"
+    DESCRIPTION = "Test-only: the shape picture (128 px) named by the example workflow's image file."
+
+    def load_image(self, image):
+        import numpy as np
+        import torch
+
+        from harness.shape_world import parse_caption, render, scene_from_spec
+
+        if image not in TEST_IMAGES:
+            raise ValueError(f"no test picture for {image!r}; known: {list(TEST_IMAGES)}")
+        scene = scene_from_spec(parse_caption(TEST_IMAGES[image]), np.random.default_rng(0), size=TEST_IMAGE_SIZE)
+        pixels = torch.from_numpy(render(scene)).float().div(255.0)[None]
+        return (pixels, torch.zeros(1, TEST_IMAGE_SIZE, TEST_IMAGE_SIZE))
+
+
+#: the inputs of the IP-Adapter pack's (ComfyUI_IPAdapter_plus) IPAdapterUnifiedLoader and IPAdapter nodes, in the
+#: pack's order (the example workflow's widgets_values are positional): only the interface, read from the pack
+IPADAPTER_PRESETS = ["LIGHT - SD1.5 only (low strength)", "STANDARD (medium strength)", "VIT-G (medium strength)",
+                     "PLUS (high strength)", "PLUS FACE (portraits)", "FULL FACE - SD1.5 only (portraits stronger)"]
+IPADAPTER_WEIGHT_TYPES = ["standard", "prompt is more important", "style transfer"]
+
+
+class STORMTest_IPAdapterUnifiedLoader:
+    """Stand-in for the IP-Adapter pack's ``IPAdapterUnifiedLoader`` (same inputs and outputs): loads nothing; its
+    IPADAPTER is a marker that ``STORMTest_IPAdapter`` reads."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "preset": (IPADAPTER_PRESETS,)},
+                "optional": {"ipadapter": ("IPADAPTER",)}}
+
+    RETURN_TYPES = ("MODEL", "IPADAPTER")
+    RETURN_NAMES = ("model", "ipadapter")
+    FUNCTION = "load_models"
+    CATEGORY = "testing/storm"
+    DESCRIPTION = "Test-only stand-in for IPAdapterUnifiedLoader: the model unchanged and a marker adapter."
+
+    def load_models(self, model, preset, ipadapter=None):
+        return (model, {"storm_test_adapter": preset})
+
+
+class STORMTest_IPAdapter:
+    """Stand-in for the IP-Adapter pack's ``IPAdapter`` node (same inputs and outputs): patches every ``attn2`` of the
+    model with the test adapter ``harness.image_adapter.CaptionImageAdapter`` (attention to the picture's keys/values
+    added to the layer's output, scaled by ``weight``), as the pack patches it with the trained adapter. Its "image
+    encoder" is the shape evaluator's caption of the picture, encoded by the tiny model's own text encoder."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "ipadapter": ("IPADAPTER",), "image": ("IMAGE",),
+                             "weight": ("FLOAT", {"default": 1.0, "min": -1, "max": 3, "step": 0.05}),
+                             "start_at": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001}),
+                             "end_at": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001}),
+                             "weight_type": (IPADAPTER_WEIGHT_TYPES,)},
+                "optional": {"attn_mask": ("MASK",)}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "apply_ipadapter"
+    CATEGORY = "testing/storm"
+    DESCRIPTION = "Test-only stand-in for IPAdapter: the test image adapter on every cross-attention."
+
+    def apply_ipadapter(self, model, ipadapter, image, weight, start_at, end_at, weight_type, attn_mask=None):
+        from harness.image_adapter import apply_caption_adapter
+
+        if "storm_test_adapter" not in ipadapter:
+            raise ValueError("connect STORMTest_IPAdapterUnifiedLoader's ipadapter")
+        if (start_at, end_at, weight_type, attn_mask) != (0.0, 1.0, "standard", None):
+            raise ValueError("the test adapter applies at every step, with weight_type 'standard' and no mask")
+        base, clip = _TEXT_ENCODERS.get(id(model.model), (None, None))
+        if base is not model.model:
+            raise ValueError("the IPAdapter stand-in needs a model from STORMTest_TinyCheckpointLoader")
+        return (apply_caption_adapter(model, clip, image, weight),)
+
+
 NODE_CLASS_MAPPINGS = {"STORMTest_TinyCheckpointLoader": STORMTest_TinyCheckpointLoader,
                        "STORMTest_TinyUNETLoader": STORMTest_TinyUNETLoader,
                        "STORMTest_TinyCLIPLoader": STORMTest_TinyCLIPLoader,
-                       "STORMTest_TinyVAELoader": STORMTest_TinyVAELoader}
+                       "STORMTest_TinyVAELoader": STORMTest_TinyVAELoader,
+                       "STORMTest_LoadImage": STORMTest_LoadImage,
+                       "STORMTest_IPAdapterUnifiedLoader": STORMTest_IPAdapterUnifiedLoader,
+                       "STORMTest_IPAdapter": STORMTest_IPAdapter}
 NODE_DISPLAY_NAME_MAPPINGS = {"STORMTest_TinyCheckpointLoader": "Tiny Checkpoint Loader (STORM tests)",
                               "STORMTest_TinyUNETLoader": "Tiny Diffusion Model Loader (STORM tests)",
                               "STORMTest_TinyCLIPLoader": "Tiny CLIP Loader (STORM tests)",
-                              "STORMTest_TinyVAELoader": "Tiny VAE Loader (STORM tests)"}
+                              "STORMTest_TinyVAELoader": "Tiny VAE Loader (STORM tests)",
+                              "STORMTest_LoadImage": "Shape Picture Loader (STORM tests)",
+                              "STORMTest_IPAdapterUnifiedLoader": "IPAdapter Unified Loader stand-in (STORM tests)",
+                              "STORMTest_IPAdapter": "IPAdapter stand-in (STORM tests)"}

@@ -14,6 +14,7 @@ from PIL import Image
 from harness.workflows import (
     CPU_PROFILE,
     EXAMPLES,
+    TINY_LOADER,
     example_files,
     example_key,
     example_path,
@@ -117,3 +118,26 @@ def test_paid_heatmap_shows_the_frame_select_frame_picked(runner):
     prompt = ci_prompt(example_path("paid_composition"), runner)
     pick = next(i for i, n in prompt.items() if n["class_type"] == "STORM_SelectFrame")
     assert prompt[_heatmap_node(prompt)]["inputs"]["batch_index"] == [pick, 1]
+
+
+def test_image_morph_example_as_image_control(runner):
+    """The image morph example, and the same with the checkpoint's MODEL (no IPAdapter) into model_a, as the
+    example's note says for image-control: both run; the first frame changes (picture A's model -> the plain
+    checkpoint), the last (picture B's model, exactly) does not."""
+    prompt = ci_prompt(example_path("aid_image_morph"), runner)
+    morph = next(i for i, n in prompt.items() if n["class_type"] == "STORM_ImageMorph")
+    saver = next(i for i, n in prompt.items() if n["class_type"] == "SaveImage")
+    loader = next(i for i, n in prompt.items() if n["class_type"] == TINY_LOADER)
+    assert {n["class_type"] for n in prompt.values()} >= {"STORMTest_IPAdapter", "STORMTest_LoadImage"}
+    prompt[morph]["inputs"]["frames"] = 3
+
+    def frames(result):
+        result.raise_for_error()
+        return [np.asarray(Image.open(p)).astype(np.float64) for p in result.file_paths(saver)]
+
+    morphed = frames(runner.run(prompt))
+    prompt[morph]["inputs"]["model_a"] = [loader, 0]
+    control = frames(runner.run(prompt))
+    assert len(morphed) == len(control) == 3
+    assert np.abs(morphed[0] - control[0]).mean() > 1.0
+    assert np.abs(morphed[-1] - control[-1]).max() <= 1.0

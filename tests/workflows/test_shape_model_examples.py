@@ -1,8 +1,8 @@
 """The README's first command: every SD1.5 example workflow on the shipped shape model draws shapes.
 
 ``scripts.run_example`` swaps the checkpoint for ``models/storm_shapes_sd15.safetensors`` and each
-workflow's prompts for shape prompts of the same construction; the saved image must show at least one
-of the prompted objects (colour and shape, read back by ``harness.shape_eval``) and the heatmaps and
+workflow's prompts for shape prompts of the same construction (an image prompt's pictures for shape pictures);
+the saved image must show at least one of the prompted objects (colour and shape, read back by ``harness.shape_eval``) and the heatmaps and
 guidance log must be written. Whether the methods *improve* the images is measured by
 ``tests/host/test_shape_model.py`` on many noises, not on one.
 """
@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from harness.image_adapter import TEST_IMAGES
 from harness.shape_eval import clutter, detect, is_clean
 from harness.shape_world import parse_caption
 from harness.workflows import checkpoint_archs, example_files, example_key
@@ -42,6 +43,8 @@ def test_example_on_the_shape_model_draws_the_prompted_shapes(path, tmp_path, ru
     texts = [v for n in prompt.values() for k, v in n["inputs"].items() if k == "text" and isinstance(v, str)]
     assert texts and set(texts) <= set(run_example.SHAPE_PROMPTS.values())  # every prompt was replaced
     asked = {obj for t in texts if t for obj in parse_caption(t).objects}
+    pictures = [TEST_IMAGES[n["inputs"]["image"]] for n in prompt.values() if n["class_type"] == "STORMTest_LoadImage"]
+    asked |= {obj for caption in pictures for obj in parse_caption(caption).objects}  # image prompts' objects
     savers = [node_id for node_id, n in prompt.items() if n["class_type"] == "SaveImage"
               and prompt[n["inputs"]["images"][0]]["class_type"] != "STORM_AttentionHeatmap"]
     assert savers
