@@ -13,6 +13,7 @@ const TEXT_OUTPUTS = {
   STORM_SubjectTokens: "storm_text",
   STORM_PromptAnalysis: "storm_text",
   STORM_AttentionInterpolation: "storm_text",
+  STORM_DynamicInterpolation: "storm_text",
   STORM_SelectFrame: "storm_text",
   STORM_ImageMorph: "storm_text",
   STORM_SaveAttention: "storm_text",

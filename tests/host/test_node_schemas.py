@@ -65,3 +65,19 @@ def test_every_node_can_be_found_by_what_it_does(pack, nodes):
                      "heatmap": ["STORM_AttentionHeatmap"]}
     # without a running server (the executor alone, these tests) no route is added and nothing breaks
     assert pack.nodes.web_routes.register_routes(nodes) is False
+
+
+def test_every_node_that_reports_text_shows_it_in_the_node(nodes):
+    """A node whose function returns ``ui.storm_text`` (or ``storm_log``) is listed in web/storm.js' TEXT_OUTPUTS, which
+    draws that text inside the node; otherwise the report would reach the browser and never be shown."""
+    import re
+    from pathlib import Path
+
+    script = (Path(__file__).resolve().parents[2] / "web" / "storm.js").read_text()
+    table = re.search(r"const TEXT_OUTPUTS = \{(.*?)\};", script, re.S).group(1)
+    listed = dict(re.findall(r"(\w+): \"(\w+)\"", table))
+    for node_id, cls in nodes.items():
+        source = inspect.getsource(cls)
+        for key in ("storm_text", "storm_log"):
+            if re.search(rf"[\"']ui[\"']: \{{[\"']{key}[\"']", source):
+                assert listed.get(node_id) == key, f"{node_id} reports {key} but web/storm.js does not show it"
