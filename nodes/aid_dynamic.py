@@ -34,9 +34,11 @@ FALLBACK_SIDE = 64
 
 @dataclass
 class Frame:
-    """One explored frame: its latent (the model's shape, batch 1) and the vector its distance is measured on."""
+    """One explored frame: its latent (the model's shape, batch 1), its decoded image and the vector its distance is
+    measured on."""
 
     latent: torch.Tensor
+    image: torch.Tensor
     embedding: torch.Tensor
 
 
@@ -133,7 +135,7 @@ def dynamic_sequence(model, positive_a, positive_b, negative, guide, latent: dic
 
     def keep(t: float, samples: torch.Tensor) -> Frame:
         images = decode(vae, samples)
-        frame = Frame(samples.detach().cpu(), frame_embedding(images, clip_vision)[0])
+        frame = Frame(samples.detach().cpu(), images, frame_embedding(images, clip_vision)[0])
         done[t] = frame
         pbar.update_absolute(len(done), exploration_size)
         return frame
@@ -155,4 +157,5 @@ def dynamic_sequence(model, positive_a, positive_b, negative, guide, latent: dic
     samples = torch.cat([frame.latent for frame in selection.items], 0)
     name = "1 - cos of the CLIP vision model's image embeddings" if clip_vision is not None else \
         f"1 - cos of the decoded frames at {FALLBACK_SIDE} x {FALLBACK_SIDE} px, mean-centred (no CLIP vision model)"
-    return samples, decode(vae, samples), selection, describe(selection, name)
+    images = torch.cat([frame.image for frame in selection.items], 0)  # decoded once, when explored
+    return samples, images, selection, describe(selection, name)

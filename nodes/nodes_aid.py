@@ -245,12 +245,10 @@ class DynamicInterpolation:
     def interpolate(self, model, positive_a, positive_b, negative, latent_image, seed, steps, cfg, sampler_name,
                     scheduler, mode, warmup_ratio, endpoint_noise, vae, exploration_size, interpolation_size, alpha,
                     beta, guide=None, clip_vision=None, start_a=None, start_b=None):
-        if mode not in AID_MODES:
-            raise StormError(f"unknown mode {mode!r}; use one of {list(AID_MODES)}", input_name="mode")
-        if not 0.0 <= warmup_ratio <= 1.0:
-            raise StormError(f"warmup_ratio must lie in [0, 1], got {warmup_ratio}", input_name="warmup_ratio")
-        settings = InterpolationSettings(torch.tensor([0.0, 1.0]), mode, float(warmup_ratio), 1, self.NODE_NAME,
-                                         (start_a, start_b))
+        # the checks and settings of the fixed node; each explored frame replaces the coefficients (both endpoints
+        # and one frame per chunk)
+        settings = replace(interpolation_settings(self.NODE_NAME, 2, mode, 1.0, 1.0, warmup_ratio, 1),
+                           starts=(start_a, start_b))
         samples, images, chosen, report = dynamic_sequence(
             model, positive_a, positive_b, negative, guide, latent_image, seed, steps, cfg, sampler_name, scheduler,
             settings, None if endpoint_noise == "same" else seed + 1, vae, clip_vision,

@@ -268,13 +268,28 @@ def interpolation_node(g: Graph, pos, frames: int, with_guide: bool) -> dict:
                   title="STORM Attention Interpolation (PAID)" if with_guide else "STORM Attention Interpolation (AID)")
 
 
-def aid_morph(defs: Mapping[str, Mapping], out: Path) -> None:
-    g = Graph(defs)
+def morph_prompts(g: Graph) -> tuple[dict, dict, dict, dict, dict]:
+    """The checkpoint, prompts A (cat) and B (dog), the negative prompt and the empty latent of the prompt morphs."""
     ckpt = checkpoint(g)
     a = clip_encode(g, ckpt, "a photo of a cat", (380, 20), "Prompt A (first frame)")
     b = clip_encode(g, ckpt, "a photo of a dog", (380, 190), "Prompt B (last frame)")
     neg = negative(g, ckpt, pos=(380, 360))
     lat = empty_latent(g, pos=(380, 540))
+    return ckpt, a, b, neg, lat
+
+
+def save_sequence(g: Graph, src: dict, slot: int, x: int, name: str, fps: float) -> None:
+    """Save a sequence of frames (IMAGE output ``slot`` of ``src``) as an animated WEBP and as single images."""
+    anim = g.node("SaveAnimatedWEBP", (x, 60), (420, 460), [f"storm/{name}", fps, False, 90, "default"],
+                  inputs=[("images", "IMAGE")])
+    g.link(src, slot, anim, 0)
+    frames = g.node("SaveImage", (x, 560), (420, 300), [f"storm/{name}_frames"], inputs=[("images", "IMAGE")])
+    g.link(src, slot, frames, 0)
+
+
+def aid_morph(defs: Mapping[str, Mapping], out: Path) -> None:
+    g = Graph(defs)
+    ckpt, a, b, neg, lat = morph_prompts(g)
     aid = interpolation_node(g, (840, 60), 9, with_guide=False)
     for slot, src in enumerate([(ckpt, 0), (a, 0), (b, 0), (neg, 0), (lat, 0)]):
         g.link(*src, aid, slot)
@@ -282,11 +297,7 @@ def aid_morph(defs: Mapping[str, Mapping], out: Path) -> None:
                  outputs=[("IMAGE", "IMAGE")])
     g.link(aid, 0, dec, 0)
     g.link(ckpt, 2, dec, 1)
-    anim = g.node("SaveAnimatedWEBP", (1520, 60), (420, 460), ["storm/aid_morph", 6.0, False, 90, "default"],
-                  inputs=[("images", "IMAGE")])
-    g.link(dec, 0, anim, 0)
-    frames = g.node("SaveImage", (1520, 560), (420, 300), ["storm/aid_morph_frames"], inputs=[("images", "IMAGE")])
-    g.link(dec, 0, frames, 0)
+    save_sequence(g, dec, 0, 1520, "aid_morph", 6.0)
     g.note((20, 330), (330, 300),
            "AID (He et al., NeurIPS 2024): a morph from prompt A to prompt B made by interpolating inside the "
            "attention layers, not the text embeddings.\n\n"
@@ -298,11 +309,7 @@ def aid_morph(defs: Mapping[str, Mapping], out: Path) -> None:
 
 def aid_dynamic_morph(defs: Mapping[str, Mapping], out: Path) -> None:
     g = Graph(defs)
-    ckpt = checkpoint(g)
-    a = clip_encode(g, ckpt, "a photo of a cat", (380, 20), "Prompt A (first frame)")
-    b = clip_encode(g, ckpt, "a photo of a dog", (380, 190), "Prompt B (last frame)")
-    neg = negative(g, ckpt, pos=(380, 360))
-    lat = empty_latent(g, pos=(380, 540))
+    ckpt, a, b, neg, lat = morph_prompts(g)
     inputs = [("model", "MODEL"), ("positive_a", "CONDITIONING"), ("positive_b", "CONDITIONING"),
               ("negative", "CONDITIONING"), ("latent_image", "LATENT"), ("vae", "VAE"), ("guide", "CONDITIONING"),
               ("start_a", "LATENT"), ("start_b", "LATENT"), ("clip_vision", "CLIP_VISION")]
@@ -312,11 +319,7 @@ def aid_dynamic_morph(defs: Mapping[str, Mapping], out: Path) -> None:
                  outputs=[("frames", "LATENT"), ("images", "IMAGE"), ("coefficients", "STRING"), ("report", "STRING")])
     for slot, src in enumerate([(ckpt, 0), (a, 0), (b, 0), (neg, 0), (lat, 0), (ckpt, 2)]):
         g.link(*src, aid, slot)
-    anim = g.node("SaveAnimatedWEBP", (1270, 60), (420, 460), ["storm/aid_dynamic", 4.0, False, 90, "default"],
-                  inputs=[("images", "IMAGE")])
-    g.link(aid, 1, anim, 0)
-    frames = g.node("SaveImage", (1270, 560), (420, 300), ["storm/aid_dynamic_frames"], inputs=[("images", "IMAGE")])
-    g.link(aid, 1, frames, 0)
+    save_sequence(g, aid, 1, 1270, "aid_dynamic", 4.0)
     g.note((20, 330), (330, 420),
            "AID's dynamic selection (He et al., NeurIPS 2024, 'to further improve smoothness'): instead of a fixed "
            "Beta schedule, frames are generated one at a time where the morph changes most (between the two "
@@ -364,12 +367,7 @@ def aid_image_morph(defs: Mapping[str, Mapping], out: Path) -> None:
                  outputs=[("IMAGE", "IMAGE")])
     g.link(morph, 0, dec, 0)
     g.link(ckpt, 2, dec, 1)
-    anim = g.node("SaveAnimatedWEBP", (1790, 60), (420, 460), ["storm/aid_image_morph", 6.0, False, 90, "default"],
-                  inputs=[("images", "IMAGE")])
-    g.link(dec, 0, anim, 0)
-    frames = g.node("SaveImage", (1790, 560), (420, 300), ["storm/aid_image_morph_frames"],
-                    inputs=[("images", "IMAGE")])
-    g.link(dec, 0, frames, 0)
+    save_sequence(g, dec, 0, 1790, "aid_image_morph", 6.0)
     g.note((20, 460), (330, 420),
            "Image morphing (PAID, He et al., NeurIPS 2024): a morph from picture A to picture B.\n\n"
            "Needs the IP-Adapter pack (ComfyUI_IPAdapter_plus) and its SD1.5 models; put your two pictures in "
