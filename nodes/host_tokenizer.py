@@ -93,6 +93,9 @@ _UNSUPPORTED_STREAMS = {
     "mistral3_24b": "Flux.2 dev's Mistral text encoder is not supported yet (ComfyUI pads its conditioning to 512 "
                     "rows when sampling, and its tokenizer ships inside the text-encoder file, so the pack could not "
                     "be tested with it); Flux.2 klein (a Qwen3 text encoder) works",
+    "llama": "HiDream's text encoders (CLIP-L, CLIP-G, T5 and Llama 3.1, whose rows ComfyUI hands to every block beside "
+             "the T5 rows) are not supported yet: the Llama 3 tokenizer is absent from the ComfyUI trees the pack is "
+             "tested on, so its rows could not be laid out against it",
 }
 
 

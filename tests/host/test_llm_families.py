@@ -156,3 +156,28 @@ def test_binding_spatial_and_astar_guidance_run(family, nodes, method):
     log = guided_log_of_method(nodes, tiny.clip, tiny.model, method, cfg=CFG, latent=torch.zeros(fam.empty))
     assert log and all(e.updates >= 1 and not e.skipped for e in log)
     assert all(isinstance(v, float) for e in log for v in e.loss_before + e.loss_after)
+
+
+class _TokensOnly:
+    """A text encoder reduced to its tokenizer's output keys: what :func:`prompt_layout` reads first."""
+
+    def __init__(self, keys):
+        self.keys = keys
+
+    def tokenize(self, text):
+        return {key: [[(1, 1.0)]] for key in self.keys}
+
+
+@pytest.mark.parametrize(("keys", "names"), [
+    (("l", "mistral3_24b"), "Flux.2 dev's Mistral text encoder"),
+    # the keys of the host's HiDreamTokenizer (comfy/text_encoders/hidream.py); its Llama 3 tokenizer file is not in
+    # the host trees here, so the real tokenizer cannot be built
+    (("g", "l", "t5xxl", "llama"), "HiDream's text encoders"),
+])
+def test_text_encoders_without_a_tested_layout_are_refused_by_name(pack, keys, names):
+    """Subject Tokens (and everything that lays out a prompt) names the text encoder instead of laying out only the
+    streams it knows (HiDream's T5 rows alone would pass for a Flux conditioning)."""
+    with pytest.raises(pack.storm_ops.errors.StormError) as err:
+        pack.nodes.host_tokenizer.prompt_layout(_TokensOnly(keys), "a cat and a dog", rows=128)
+    assert names in str(err.value) and "not supported yet" in str(err.value)
+    assert err.value.input_name == "clip"
