@@ -68,6 +68,7 @@ EXAMPLES: dict[str, str] = {
     "z_image_attend_and_excite": "Z-Image - lost objects, heatmaps",
     "qwen_image_syngen": "Qwen-Image - bind each colour",
     "aid_image_morph": "AID - morph two images",
+    "aid_real_images": "AID - morph two real pictures",
 }
 EXAMPLES_DIR = REPO_ROOT / "example_workflows"
 
@@ -140,6 +141,7 @@ THIRD_PARTY_NODES = ("IPAdapterUnifiedLoader", "IPAdapter")
 CPU_PROFILE = {
     "EmptyLatentImage": {"width": 128, "height": 128},
     "EmptySD3LatentImage": {"width": 128, "height": 128},
+    "ImageScale": {"width": 128, "height": 128},  # pictures scaled to the frame size
     "STORM_GuidedKSampler": {"steps": 8},
     "STORM_AttentionInterpolation": {"steps": 6},
     "STORM_DynamicInterpolation": {"steps": 4, "exploration_size": 5, "interpolation_size": 4},

@@ -258,11 +258,12 @@ def clip_encode(g: Graph, ckpt: dict, text: str, pos, title: str) -> dict:
     return node
 
 
-def interpolation_node(g: Graph, pos, frames: int, with_guide: bool) -> dict:
+def interpolation_node(g: Graph, pos, frames: int, with_guide: bool, starts: bool = False, **widgets) -> dict:
     inputs = [("model", "MODEL"), ("positive_a", "CONDITIONING"), ("positive_b", "CONDITIONING"),
-              ("negative", "CONDITIONING"), ("latent_image", "LATENT"), ("guide", "CONDITIONING")]
+              ("negative", "CONDITIONING"), ("latent_image", "LATENT"), ("guide", "CONDITIONING")] + \
+        ([("start_a", "LATENT"), ("start_b", "LATENT")] if starts else [])
     return g.node("STORM_AttentionInterpolation", pos, (380, 480),
-                  {"frames": frames, "seed": 1002},  # AID's official settings
+                  {"frames": frames, "seed": 1002, **widgets},  # AID's official settings
                   inputs=inputs, outputs=[("frames", "LATENT"), ("attention", "STORM_ATTENTION"),
                                           ("coefficients", "STRING")],
                   title="STORM Attention Interpolation (PAID)" if with_guide else "STORM Attention Interpolation (AID)")
@@ -330,6 +331,71 @@ def aid_dynamic_morph(defs: Mapping[str, Mapping], out: Path) -> None:
            "Connect Load CLIP Vision to clip_vision to measure differences with CLIP image embeddings, as the "
            "release does; without it the decoded frames at 64 x 64 px are compared.")
     g.save("aid_dynamic_morph", out)
+
+
+def inverted_picture(g: Graph, ckpt: dict, prompt: dict, name: str, label: str, y: int) -> dict:
+    """Load Image -> Image Scale (the frame size) -> VAE Encode -> SamplerCustom with its noise off, cfg 1, over
+    FlipSigmas of the interpolation's scheduler: the latent a sampler starts from to end at the picture (ComfyUI's
+    inversion graph); the SamplerCustom node (its output 0 is that latent)."""
+    image = g.node("LoadImage", (380, y), (320, 320), [name, "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
+                   title=f"Picture {label}")
+    scale = g.node("ImageScale", (740, y), (320, 130), ["lanczos", 512, 512, "center"],
+                   inputs=[("image", "IMAGE")], outputs=[("IMAGE", "IMAGE")], title="Image Scale (the frame size)")
+    g.link(image, 0, scale, 0)
+    encode = g.node("VAEEncode", (740, y + 170), (210, 50), [], inputs=[("pixels", "IMAGE"), ("vae", "VAE")],
+                    outputs=[("LATENT", "LATENT")])
+    g.link(scale, 0, encode, 0)
+    g.link(ckpt, 2, encode, 1)
+    select = g.node("KSamplerSelect", (740, y + 260), (320, 60), ["euler"],
+                    outputs=[("SAMPLER", "SAMPLER")])
+    steps = g.node_defs["STORM_AttentionInterpolation"]["required"]["steps"][1]["default"]  # the interpolation's
+    schedule = g.node("BasicScheduler", (1100, y + 230), (320, 110), ["normal", steps, 1.0],
+                      inputs=[("model", "MODEL")], outputs=[("SIGMAS", "SIGMAS")])
+    g.link(ckpt, 0, schedule, 0)
+    flip = g.node("FlipSigmas", (1100, y + 380), (210, 30), [], inputs=[("sigmas", "SIGMAS")],
+                  outputs=[("SIGMAS", "SIGMAS")])
+    g.link(schedule, 0, flip, 0)
+    invert = g.node("SamplerCustom", (1100, y), (320, 200), [False, 0, "fixed", 1.0],
+                    inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                            ("sampler", "SAMPLER"), ("sigmas", "SIGMAS"), ("latent_image", "LATENT")],
+                    outputs=[("output", "LATENT"), ("denoised_output", "LATENT")],
+                    title=f"Invert picture {label.split()[0]} (noise off, cfg 1, flipped sigmas)")
+    for slot, src in enumerate([(ckpt, 0), (prompt, 0), (prompt, 0), (select, 0), (flip, 0), (encode, 0)]):
+        g.link(*src, invert, slot)
+    return invert
+
+
+def aid_real_images(defs: Mapping[str, Mapping], out: Path) -> None:
+    """A prompt morph whose endpoints start from two inverted pictures (``start_a`` / ``start_b``)."""
+    g = Graph(defs)
+    ckpt, a, b, neg, lat = morph_prompts(g)
+    starts = [inverted_picture(g, ckpt, prompt, name, label, y)
+              for prompt, name, label, y in ((a, "cat.png", "A (first frame)", 760),
+                                             (b, "dog.png", "B (last frame)", 1200))]
+    # cfg 1, the inversion's: at a higher cfg the endpoints leave the inverted pictures (the shape model at cfg 2
+    # turns picture A's circle into a triangle)
+    aid = interpolation_node(g, (1470, 60), 9, with_guide=False, starts=True, cfg=1.0)
+    for slot, src in enumerate([(ckpt, 0), (a, 0), (b, 0), (neg, 0), (lat, 0)]):
+        g.link(*src, aid, slot)
+    g.link(starts[0], 0, aid, 6)
+    g.link(starts[1], 0, aid, 7)
+    dec = g.node("VAEDecode", (1900, 60), (210, 50), [], inputs=[("samples", "LATENT"), ("vae", "VAE")],
+                 outputs=[("IMAGE", "IMAGE")])
+    g.link(aid, 0, dec, 0)
+    g.link(ckpt, 2, dec, 1)
+    save_sequence(g, dec, 0, 2150, "aid_real_images", 6.0)
+    g.note((20, 330), (330, 480),
+           "AID from real pictures: the first frame starts from picture A inverted, the last from picture B "
+           "inverted, and the frames between from the slerp of the two.\n\n"
+           "Put your pictures in the Load Image nodes and describe each in its prompt. Each is scaled to the frame "
+           "size (the Empty Latent Image's), VAE-encoded and inverted: SamplerCustom with its noise off and cfg 1 "
+           "runs the sampler backwards over the flipped sigmas of the same scheduler and step count as the "
+           "interpolation. The endpoints give the pictures back as far as the inversion is exact: at cfg 1, as "
+           "here (the inversion's cfg); a higher cfg sharpens the frames between but moves the endpoints away from "
+           "the pictures.\n\n"
+           "SD1.x, SD2.x and SDXL only: on flow models (SD3, Flux, ...) ComfyUI's FlipSigmas inversion cannot make "
+           "a start latent.")
+    g.save("aid_real_images", out)
 
 
 def aid_image_morph(defs: Mapping[str, Mapping], out: Path) -> None:
@@ -561,7 +627,8 @@ def qwen_image_syngen(defs: Mapping[str, Mapping], out: Path) -> None:
 
 
 EXAMPLES = (attend_and_excite, syngen, astar, storm_spatial, aid_morph, aid_dynamic_morph, paid_composition,
-            sd35_attend_and_excite, flux_heatmaps, z_image_attend_and_excite, qwen_image_syngen, aid_image_morph)
+            sd35_attend_and_excite, flux_heatmaps, z_image_attend_and_excite, qwen_image_syngen, aid_image_morph,
+            aid_real_images)
 
 
 def build_all(out: Path = OUT) -> list[Path]:

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     replaced = use_shape_prompts(prompt) if shapes else []
     for node in prompt.values():
         inputs = node["inputs"]
-        if node["class_type"] == "EmptyLatentImage":
+        if node["class_type"] in ("EmptyLatentImage", "ImageScale"):  # pictures are scaled to the frame size
             inputs.update(width=args.size, height=args.size)
         if "steps" in inputs and not isinstance(inputs["steps"], list):
             inputs["steps"] = args.steps

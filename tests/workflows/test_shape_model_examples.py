@@ -64,3 +64,22 @@ def test_example_on_the_shape_model_draws_the_prompted_shapes(path, tmp_path, ru
             assert not messy, f"node {node_id}: not a clean image: {messy}"
     if any(n["class_type"] == "STORM_AttentionHeatmap" for n in prompt.values()):
         assert list(tmp_path.glob("heatmaps_node*.png"))
+
+
+def test_real_pictures_example_gives_the_pictures_back(tmp_path, runner):
+    """AID from real pictures: the first and last frames, started from the inverted pictures, are the pictures (within
+    a few levels of 255), and a frame between differs from both pictures: the inversion graph of the example is wired right
+    (each picture to its own endpoint) and its settings invert exactly."""
+    from harness.tiny_nodes import STORMTest_LoadImage
+    from harness.workflows import example_path
+
+    assert run_example.main([str(tmp_path), "--workflow", str(example_path("aid_real_images"))]) == 0
+    prompt = json.loads((tmp_path / "prompt_api.json").read_text())
+    saver = next(node_id for node_id, n in prompt.items() if n["class_type"] == "SaveImage")
+    frames = [np.asarray(Image.open(p).convert("RGB"), dtype=np.float64)
+              for p in sorted(tmp_path.glob(f"SaveImage_node{saver}_*.png"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))]
+    pictures = [STORMTest_LoadImage().load_image(name)[0][0].numpy() * 255 for name in ("cat.png", "dog.png")]
+    first, last = (float(np.abs(f - p).mean()) for f, p in zip((frames[0], frames[-1]), pictures, strict=True))
+    assert first < 4.0 and last < 4.0, (first, last)
+    between = max(min(float(np.abs(f - p).mean()) for p in pictures) for f in frames[1:-1])
+    assert between > 4 * max(first, last), (between, first, last)
