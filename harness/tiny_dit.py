@@ -109,11 +109,21 @@ _FLUX2_CONFIG = {
     "guidance_embed": False, "txt_ids_dims": [3], "global_modulation": True, "mlp_silu_act": True, "ops_bias": False,
     "default_ref_method": "index", "ref_index_scale": 10.0,
 }
+#: Krea 2 (the host's Krea2, a single-stream DiT): a text-fusion adapter (two layer-wise and two refiner blocks) over the
+#: 12 layers the host's Qwen3-VL 4B encoder taps (hidden states 2, 5, ..., 35: so at least 36 layers), flattened into
+#: one conditioning row of 12 x the width; then single-stream blocks over [text, image] rows; a Wan 2.1 latent (16
+#: channels, 8 px). 2 heads of 32 (grouped: 1 key/value head) = 8 + 12 + 12 RoPE channels
+_KREA2_TE_WIDTH = 16
+_KREA2_CONFIG = {
+    "image_model": "krea2", "features": 64, "heads": 2, "kvheads": 1, "layers": 2, "patch": 2, "channels": 16,
+    "txtdim": _KREA2_TE_WIDTH, "txtlayers": 12, "txtheads": 2, "txtkvheads": 2, "multiplier": 4,
+}
 _SPECS = {"sd3": ("SD3", _SD3_CONFIG, 4096, 2048), "flux": ("Flux", _FLUX_CONFIG, _FLUX_T5_WIDTH, 32),
           "chroma": ("Chroma", _CHROMA_CONFIG, _FLUX_T5_WIDTH, 0),
           "qwen_image": ("QwenImage", _QWEN_CONFIG, _QWEN_TE_WIDTH, 0),
           "z_image": ("ZImage", _ZIMAGE_CONFIG, _ZIMAGE_TE_WIDTH, 0),
-          "flux2": ("Flux2", _FLUX2_CONFIG, 3 * _KLEIN_TE_WIDTH, 0)}
+          "flux2": ("Flux2", _FLUX2_CONFIG, 3 * _KLEIN_TE_WIDTH, 0),
+          "krea2": ("Krea2", _KREA2_CONFIG, 12 * _KREA2_TE_WIDTH, 0)}
 #: latent channels of the families whose latent is not 16 channels
 _CHANNELS = {"flux2": 128}
 
@@ -140,6 +150,9 @@ _TEXT = {
     # klein stacks layers 9, 18 and 27 (so at least 28 layers)
     "flux2": {"qwen3_4b_model_config": {"hidden_size": _KLEIN_TE_WIDTH, "intermediate_size": 32,
                                         "num_hidden_layers": 28, "num_attention_heads": 2, "num_key_value_heads": 1}},
+    # Krea 2 taps hidden states 2, 5, ..., 35 of Qwen3-VL 4B (so at least 36 layers)
+    "krea2": {"qwen3vl_4b_model_config": {"hidden_size": _KREA2_TE_WIDTH, "intermediate_size": 32,
+                                          "num_hidden_layers": 36, "num_attention_heads": 2, "num_key_value_heads": 1}},
 }
 
 
@@ -154,6 +167,8 @@ def _build_clip(arch: str, seed: int) -> Any:
         target = comfy.supported_models_base.ClipTarget(pixart_t5.PixArtTokenizer, pixart_t5.pixart_te())
     elif arch == "qwen_image":
         return _build_qwen_clip(seed)
+    elif arch == "krea2":
+        return _build_krea2_clip(seed)
     elif arch == "z_image":
         from comfy.text_encoders import z_image  # not in ComfyUI 0.3.64
 
@@ -187,6 +202,30 @@ def _build_qwen_clip(seed: int) -> Any:
                              model_options=dict(_TEXT["qwen_image"]))
     finally:
         qwen_vl.Qwen2VLVisionTransformer = real
+    initialise_weights(clip.cond_stage_model, seed + 1, keep=("logit_scale",))
+    return clip
+
+
+def _build_krea2_clip(seed: int) -> Any:
+    """Krea 2's text encoder (the host's Qwen3-VL 4B classes with its 12-layer tap, and its tokenizer) at a thin width.
+    The host builds Qwen3-VL's vision tower (24 blocks of 1024) beside the language model; its size is made thin
+    while the encoder is built (image prompts are not used here)."""
+    import comfy.sd
+    import comfy.supported_models_base
+    from comfy.text_encoders import krea2, qwen3vl
+
+    real, common = dict(qwen3vl.QWEN3VL_VISION), dict(qwen3vl.QWEN3VL_VISION_COMMON)
+    qwen3vl.QWEN3VL_VISION["qwen3vl_4b"] = {"hidden_size": 16, "intermediate_size": 32, "depth": 1,
+                                            "deepstack_visual_indexes": [0]}
+    qwen3vl.QWEN3VL_VISION_COMMON.update(num_heads=2, num_position_embeddings=64)
+    try:
+        clip = comfy.sd.CLIP(target=comfy.supported_models_base.ClipTarget(krea2.Krea2Tokenizer, krea2.te()),
+                             model_options=dict(_TEXT["krea2"]))
+    finally:
+        qwen3vl.QWEN3VL_VISION.clear()
+        qwen3vl.QWEN3VL_VISION.update(real)
+        qwen3vl.QWEN3VL_VISION_COMMON.clear()
+        qwen3vl.QWEN3VL_VISION_COMMON.update(common)
     initialise_weights(clip.cond_stage_model, seed + 1, keep=("logit_scale",))
     return clip
 

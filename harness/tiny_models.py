@@ -352,9 +352,9 @@ def arch_from_checkpoint_name(ckpt_name: str) -> str:
 
 #: tiny DiTs loaded from separate model, text-encoder and VAE files (UNETLoader, CLIPLoader, VAELoader), as the
 #: file names name them
-SEPARATE_FILE_ARCHS = ("qwen_image", "z_image", "flux2")
+SEPARATE_FILE_ARCHS = ("qwen_image", "z_image", "flux2", "krea2")
 #: ``CLIPLoader``'s ``type`` of each of these families' text encoders
-CLIP_LOADER_TYPES = {"qwen_image": "qwen_image", "lumina2": "z_image", "flux2": "flux2"}
+CLIP_LOADER_TYPES = {"qwen_image": "qwen_image", "lumina2": "z_image", "flux2": "flux2", "krea2": "krea2"}
 
 
 def arch_from_model_file(name: str) -> str | None:
@@ -530,6 +530,10 @@ def _initial_values(
         return torch.ones(shape) if param_name == "weight" else torch.zeros(shape)
     if isinstance(module, torch.nn.Embedding):
         return torch.randn(shape, generator=gen)
+    if type(module).__name__ == "RMSNorm" and type(module).__module__.endswith(".krea2.model"):
+        return torch.zeros(shape)  # Krea 2's RMS norms scale by 1 + scale (stored zero-centred)
+    if type(module).__name__ in ("DoubleSharedModulation", "SimpleModulation") and param_name == "lin":
+        return 0.02 * torch.randn(shape, generator=gen)  # Krea 2's learned modulation offsets, added to the timestep's
     if type(module).__name__ in ("RMSNorm", "T5LayerNorm") and param_name in ("weight", "scale"):
         return torch.ones(shape)  # the DiTs' RMS norms (MMDiT's weight, Flux's scale) and T5's
     if param_name == "class_embedding":  # a CLIP vision tower's learned class row: N(0, 1) like its embeddings

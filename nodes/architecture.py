@@ -74,7 +74,7 @@ FAMILY_NAMES = {
 }
 #: the families attention recording and guidance support (UNets with cross-attention: any SD1.x/SD2.x/SDXL
 #: derivative; DiTs: :data:`DIT_FAMILIES`)
-SUPPORTED_FAMILIES = "SD1.x, SD2.x, SDXL, SD3.x, Flux.1, Flux.2, Chroma, Qwen-Image and Z-Image"
+SUPPORTED_FAMILIES = "SD1.x, SD2.x, SDXL, SD3.x, Flux.1, Flux.2, Chroma, Qwen-Image, Z-Image and Krea 2"
 
 _FAMILIES = (  # order matters: subclasses first
     ("sdxl_refiner", "SDXLRefiner"),
@@ -87,9 +87,10 @@ _FAMILIES = (  # order matters: subclasses first
     ("chroma", "Chroma"),  # Flux's blocks (not a subclass of Flux); T5 rows alone
     ("qwen_image", "QwenImage"),  # dual-stream blocks only; Qwen2.5-VL rows (the chat template's tail kept)
     ("z_image", "ZImage"),  # single-stream blocks over [text, image], each padded to a multiple of 32 rows
+    ("krea2", "Krea2"),  # single-stream blocks over [text, image]; Qwen3-VL rows (12 layers fused), template tail kept
 )
 #: DiT families with joint text-image attention
-DIT_FAMILIES = ("sd3", "flux", "flux2", "chroma", "qwen_image", "z_image")
+DIT_FAMILIES = ("sd3", "flux", "flux2", "chroma", "qwen_image", "z_image", "krea2")
 #: the patch key of a DiT block's joint attention
 JOINT = "joint"
 
@@ -180,6 +181,8 @@ def _joint_blocks(net, family: str) -> tuple[int, int, int] | None:
         return len(net.transformer_blocks), net.transformer_blocks[0].attn.heads, net.txt_in.in_features
     if family == "z_image" and hasattr(net, "layers") and hasattr(net, "cap_embedder"):
         return len(net.layers), net.layers[0].attention.n_local_heads, net.cap_embedder[-1].in_features
+    if family == "krea2" and hasattr(net, "blocks") and hasattr(net, "txtfusion"):  # the conditioning: 12 layers' rows
+        return len(net.blocks), net.heads, net.txtlayers * net.txtdim
     return None
 
 
@@ -201,7 +204,8 @@ def describe_model(base_model, node: str = "STORM") -> ModelInfo:
         raise StormError(f"{node}: the {model_name} model has no joint attention blocks the pack knows",
                          input_name="model")
     blocks, heads, width = found
-    patch = getattr(base_model.diffusion_model, "patch_size", 2)
+    net = base_model.diffusion_model
+    patch = getattr(net, "patch_size", getattr(net, "patch", 2))  # Krea 2 names it `patch`
     patch = patch[-1] if isinstance(patch, (tuple, list)) else patch
     level = max(int(patch).bit_length() - 1, 0)  # patch 2**n = n halvings of the latent
     layers = tuple(CrossAttentionLayer((JOINT, i), level, 1, heads, width) for i in range(blocks))

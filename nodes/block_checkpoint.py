@@ -31,6 +31,7 @@ _BLOCK_LISTS = {
     "chroma": ("double_blocks", "single_blocks"),
     "qwen_image": ("transformer_blocks",),
     "z_image": ("context_refiner", "noise_refiner", "layers"),
+    "krea2": ("blocks",),
 }
 
 

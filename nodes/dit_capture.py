@@ -2,7 +2,8 @@
 
 These families run one *joint* attention per block over ``[text rows, image rows]`` (MMDiT: context then
 x, Esser et al. 2024 eq. 6; Flux.1/Flux.2/Chroma: txt then img, in double and single blocks alike; Qwen-Image's
-dual-stream blocks; Z-Image's single-stream blocks over text and image each padded to 32 rows). The host calls
+dual-stream blocks; Z-Image's single-stream blocks over text and image each padded to 32 rows; Krea 2's single-stream
+blocks, after a text-fusion adapter whose text-only calls are let through). The host calls
 ``transformer_options["optimized_attention_override"]`` with every attention call and its kernel; the
 tap hands the image queries and the text keys of each joint call to the recorder, which takes their
 softmax over the text rows only: the image-to-text attention a cross-attention layer would have, with

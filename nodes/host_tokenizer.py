@@ -2,9 +2,9 @@
 
 UNet families condition on CLIP columns only. SD3 conditions on its CLIP columns followed by T5
 rows, Flux on T5 rows alone (its CLIP-L gives only the pooled vector), Chroma on the T5 rows of the prompt
-alone (no padding); either text encoder of SD3 may be left out. Qwen-Image, Z-Image and Flux.2 condition on a
-language model's rows of the prompt inside a chat template, of which Qwen-Image's encoder drops the system turn
-(:func:`_llm_layout`). Which streams a conditioning holds is read off its row count (see
+alone (no padding); either text encoder of SD3 may be left out. Qwen-Image, Z-Image, Flux.2 and Krea 2 condition on a
+language model's rows of the prompt inside a chat template, of which Qwen-Image's and Krea 2's encoders drop the system
+turn (:func:`_llm_layout`). Which streams a conditioning holds is read off its row count (see
 :func:`conditioning_layout`)."""
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ LLM_STREAMS = {
     "qwen25_7b": LLMStream("Qwen2.5-VL", "<|im_start|>user\n", "<|im_end|>"),
     "qwen3_4b": LLMStream("Qwen3", "<|im_start|>user\n", "<|im_end|>"),
     "qwen3_8b": LLMStream("Qwen3", "<|im_start|>user\n", "<|im_end|>"),
+    "qwen3vl_4b": LLMStream("Qwen3-VL", "<|im_start|>user\n", "<|im_end|>"),  # Krea 2 (Qwen-Image's system turn)
 }
 #: text encoders whose rows the pack does not lay out: the key of their tokens -> what to tell the user
 _UNSUPPORTED_STREAMS = {
@@ -121,7 +122,8 @@ def _prompt_start(texts: list[str | None], opening: str) -> int:
 
 def _llm_layout(clip, tokens: dict, key: str, rows: int | None = None, keep_opening: bool = False) -> TokenLayout:
     """The rows of a language-model encoder's conditioning: the host encodes the prompt inside its family's chat
-    template and keeps the last ``rows`` tokens (Qwen-Image drops the template's system turn; Z-Image and Flux.2 keep
+    template and keeps the last ``rows`` tokens (Qwen-Image and Krea 2 drop the template's system turn; Z-Image and
+    Flux.2 keep
     every token). Without ``rows`` (no encoding yet) the kept rows start at the prompt, or with ``keep_opening`` at
     the first token. The template's rows before
     the prompt are start tokens, its closing tokens (and padding) the layout's end and padding: never words."""
@@ -209,12 +211,13 @@ _DIT_TOKENIZERS = {"sd3": ("comfy.text_encoders.sd3_clip", "SD3Tokenizer"),
                    "chroma": ("comfy.text_encoders.pixart_t5", "PixArtTokenizer"),
                    "qwen_image": ("comfy.text_encoders.qwen_image", "QwenImageTokenizer"),
                    "z_image": ("comfy.text_encoders.z_image", "ZImageTokenizer"),
-                   "flux2": ("comfy.text_encoders.flux", "KleinTokenizer")}  # Flux.2 klein 4B (dev's is in its file)
+                   "flux2": ("comfy.text_encoders.flux", "KleinTokenizer"),
+                   "krea2": ("comfy.text_encoders.krea2", "Krea2Tokenizer")}  # Flux.2 klein 4B (dev's is in its file)
 #: the streams of a DiT family's conditioning when all its text encoders are loaded, in order (a
 #: conditioning with fewer encoders is laid out by :func:`conditioning_layout` from its row count)
 DIT_STREAMS = {"sd3": ("CLIP", _T5_NAME), "flux": (_T5_NAME,), "chroma": (_T5_NAME,),
                "qwen_image": (LLM_STREAMS["qwen25_7b"].name,), "z_image": (LLM_STREAMS["qwen3_4b"].name,),
-               "flux2": (LLM_STREAMS["qwen3_4b"].name,)}
+               "flux2": (LLM_STREAMS["qwen3_4b"].name,), "krea2": (LLM_STREAMS["qwen3vl_4b"].name,)}
 #: families whose conditioning keeps its chat template's opening rows (Qwen-Image drops its system turn and the
 #: user turn's opening: its rows start at the prompt)
 _KEEPS_TEMPLATE_OPENING = frozenset({"z_image", "flux2"})
@@ -230,7 +233,8 @@ def text_layout(text: str, family: str | None = None) -> TokenLayout:
     """The layout of ``text`` without a loaded model (for the UI's token chips; the nodes use the model's own
     tokenizer): SD1.x/SDXL's CLIP columns, or for a DiT ``family`` (a key of :data:`DIT_STREAMS`) the rows of that
     family's conditioning: SD3's CLIP columns then its T5 rows, Flux's and Chroma's T5 rows, the Qwen2.5-VL rows
-    Qwen-Image keeps, the Qwen3 rows of Z-Image and Flux.2 klein (the whole chat template; klein's 512)."""
+    Qwen-Image keeps (and the Qwen3-VL rows Krea 2 keeps), the Qwen3 rows of Z-Image and Flux.2 klein (the whole chat
+    template; klein's 512)."""
     if family is not None and family not in DIT_STREAMS:
         raise StormError(f"unknown model family {family!r}; expected one of {sorted(DIT_STREAMS)} or none",
                          input_name="family")

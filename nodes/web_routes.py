@@ -5,7 +5,7 @@ versions that read a node's ``SEARCH_ALIASES`` put them into ``/object_info`` th
 ones (0.3.64 and the pip fork do not) ``web/storm.js`` fills them in from here, so node search finds
 "morph" or "placement" on every host. The node classes are the one owner of the aliases.
 
-``GET /storm/tokens?text=...[&family=sd3|flux|flux2|chroma|qwen_image|z_image]``: ``{"words": [{"text", "positions", "ref", "streams"}, ...],
+``GET /storm/tokens?text=...[&family=sd3|flux|flux2|chroma|qwen_image|z_image|krea2]``: ``{"words": [{"text", "positions", "ref", "streams"}, ...],
 "columns", "streams", "family"}``, the prompt's words with their columns and the reference a subject list uses for them
 (``storm_ops.tokens.subjects.word_references``): the token chips of STORM Subject Tokens and Prompt Analysis.
 Without ``family`` the columns are SD1.x/SDXL's CLIP columns; with it, the rows of an SD3 or Flux
@@ -27,7 +27,7 @@ MAX_TEXT = 4000
 
 
 def prompt_tokens(text: str, family: str | None = None) -> dict:
-    """What :data:`TOKENS_ROUTE` returns for ``text`` (``family``: ``"sd3"``, ``"flux"``, ``"flux2"``, ``"chroma"``, ``"qwen_image"``, ``"z_image"`` or None for CLIP)."""
+    """What :data:`TOKENS_ROUTE` returns for ``text`` (``family``: ``"sd3"``, ``"flux"``, ``"flux2"``, ``"chroma"``, ``"qwen_image"``, ``"z_image"``, ``"krea2"`` or None for CLIP)."""
     from ..storm_ops.tokens.subjects import word_references
     from .host_tokenizer import text_layout
 

@@ -67,13 +67,14 @@ function showText(node, text) {
 const CHIP_NODES = new Set(["STORM_SubjectTokens", "STORM_PromptAnalysis"]);
 const CHIPS = "storm_chips";
 const FAMILY_NAMES = { sd3: "SD3", flux: "Flux", chroma: "Chroma", qwen_image: "Qwen-Image", z_image: "Z-Image",
-  flux2: "Flux.2" };
+  flux2: "Flux.2", krea2: "Krea 2" };
 
 // The DiT family of the CLIP a node reads ("sd3", "flux", "chroma"), or "" for SD1.x/SDXL's CLIP columns: the
 // loader at the other end of its `clip` input (through reroutes). Triple CLIP Loader is SD3 with T5; a
 // Dual CLIP Loader says its type (SD3 only when one of its files is a T5), and so does a CLIP Loader of type
-// "chroma" (Chroma's T5), "qwen_image" (Qwen2.5-VL), "lumina2" with a Qwen3 file (Z-Image) or "flux2" with a
-// Qwen3 file (Flux.2 klein; dev's Mistral tokenizer is inside its file: no chips); a checkpoint says it in its file name
+// "chroma" (Chroma's T5), "qwen_image" (Qwen2.5-VL), "krea2" (Qwen3-VL), "lumina2" with a Qwen3 file (Z-Image)
+// or "flux2" with a Qwen3 file (Flux.2 klein; dev's Mistral tokenizer is inside its file: no chips); a checkpoint
+// says it in its file name
 // ("sd3.5_large_fp8_scaled", "flux1-dev"). Anything else (a single CLIP Loader could be CLIP or T5) keeps
 // the CLIP columns; the node's tokenization output after a run always lists the real ones.
 function clipFamily(node) {
@@ -90,7 +91,7 @@ function clipFamily(node) {
   if (source.type === "TripleCLIPLoader") return "sd3";
   if (source.type === "CLIPLoader") {
     const type = value("type");
-    if (["chroma", "qwen_image"].includes(type)) return type;
+    if (["chroma", "qwen_image", "krea2"].includes(type)) return type;
     if (type === "lumina2" && value("clip_name").includes("qwen")) return "z_image";
     if (type === "flux2" && value("clip_name").includes("qwen")) return "flux2";
   }

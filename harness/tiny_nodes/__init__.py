@@ -30,6 +30,7 @@ from harness.image_adapter import TEST_IMAGES  # noqa: E402
 from harness.tiny_dit import DIT_ARCHS, build_tiny_dit  # noqa: E402
 from harness.tiny_models import (  # noqa: E402
     CLIP_LOADER_TYPES,
+    SEPARATE_FILE_ARCHS,
     SHAPE_MODEL,
     arch_from_checkpoint_name,
     arch_from_model_file,
@@ -93,8 +94,8 @@ class STORMTest_TinyUNETLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"unet_name": ("STRING", {"default": "z_image_turbo_bf16.safetensors", "tooltip":
-                                                     "Model file name; only used to pick the family (qwen_image, "
-                                                     "z_image, flux2)."})}}
+                                                     "Model file name; only used to pick the family (" +
+                                                     ", ".join(SEPARATE_FILE_ARCHS) + ")."})}}
 
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "load_unet"
@@ -104,7 +105,7 @@ class STORMTest_TinyUNETLoader:
     def load_unet(self, unet_name):
         arch = arch_from_model_file(unet_name)
         if arch is None:
-            raise ValueError(f"no tiny model for {unet_name!r}: the name must contain qwen_image, z_image or flux2")
+            raise ValueError(f"no tiny model for {unet_name!r}: the name must contain one of {list(SEPARATE_FILE_ARCHS)}")
         return (_tiny_dit(arch).model,)
 
 

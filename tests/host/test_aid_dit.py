@@ -17,18 +17,20 @@ from harness.tiny_models import tiny_conditioning
 #: 64 x 96 px: 4 x 6 patches of 2 x 2 (Qwen-Image's sampler makes it (1, 16, 1, 8, 12)); Flux.2: 4 x 6 latent
 #: pixels of 16 px, patches of 1
 LATENTS = {"flux2": (1, 128, 4, 6)}
+#: families whose latent is a one-frame video latent (the Wan 2.1 latent format): the node samples (B, 16, 1, h, w)
+VIDEO_LATENT = ("qwen_image", "krea2")
 STEPS = 3
 #: the cfg each family is sampled with (Flux is guidance-distilled: cfg 1, no unconditional pass)
-CFG = {"sd3": 4.0, "flux": 1.0, "chroma": 3.5, "qwen_image": 3.0, "z_image": 3.0, "flux2": 3.0}
+CFG = {"sd3": 4.0, "flux": 1.0, "chroma": 3.5, "qwen_image": 3.0, "z_image": 3.0, "flux2": 3.0, "krea2": 3.0}
 #: the host's model class of the families ComfyUI 0.3.64 lacks
-NEWER = {"z_image": "ZImage", "flux2": "Flux2"}
+NEWER = {"z_image": "ZImage", "flux2": "Flux2", "krea2": "Krea2"}
 
 
 def latent_of(arch: str) -> tuple:
     return LATENTS.get(arch, (1, 16, 8, 12))
 
 
-@pytest.fixture(scope="module", params=["sd3", "flux", "chroma", "qwen_image", "z_image", "flux2"])
+@pytest.fixture(scope="module", params=["sd3", "flux", "chroma", "qwen_image", "z_image", "flux2", "krea2"])
 def dit(request):
     import comfy.supported_models
 
@@ -69,7 +71,7 @@ def test_endpoints_are_the_plain_generations_and_the_frames_are_interpolated(dit
     tiny, prompts = dit
     frames, attention, coefficients = interpolate(nodes, tiny, prompts)
     samples = frames["samples"]
-    shape = (3, 16, 1, 8, 12) if tiny.arch == "qwen_image" else (3, *latent_of(tiny.arch)[1:])
+    shape = (3, 16, 1, 8, 12) if tiny.arch in VIDEO_LATENT else (3, *latent_of(tiny.arch)[1:])
     assert samples.shape == shape and coefficients == "0: 0.0000, 1: 0.5000, 2: 1.0000"
     a, b = plain(tiny, prompts["a dog"], prompts[""]), plain(tiny, prompts["a car"], prompts[""])
     assert close(samples[0], a) and close(samples[-1], b)
@@ -130,7 +132,7 @@ def test_paid_guide_prompt_on_a_dit(dit, nodes):
 
 def test_prompts_of_different_lengths_are_refused_on_a_dit(dit, nodes):
     tiny, prompts = dit
-    if tiny.arch not in ("chroma", "qwen_image", "z_image"):
+    if tiny.arch not in ("chroma", "qwen_image", "z_image", "krea2"):
         pytest.skip("SD3, Flux and Flux.2 klein pad every prompt to one length")
     longer = {**prompts, "a car": prompts["a dog driving a car"]}
     with pytest.raises(Exception, match=r"STORM Attention Interpolation: input 'positive_b':.*text rows"):

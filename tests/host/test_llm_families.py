@@ -40,12 +40,13 @@ FAMILIES = {
                          (4, 6), 80.0),
     "z_image": Family("z_image", "qwen3_4b", "Qwen3", 13, 13, (4, 7), (1, 16, 8, 12), (1, 16, 8, 12), (4, 6), 80.0),
     "flux2": Family("flux2", "qwen3_4b", "Qwen3", 512, 512, (4, 7), (1, 128, 4, 6), (1, 128, 4, 6), (4, 6), 20.0),
+    "krea2": Family("krea2", "qwen3vl_4b", "Qwen3-VL", 44, 10, (1, 4), (1, 16, 1, 8, 12), (1, 16, 8, 12), (4, 6), 80.0),
 }
 CFG = 3.0
 
 
 #: the host's model class of each family (ComfyUI 0.3.64 has Qwen-Image only)
-HOST_CLASSES = {"qwen_image": "QwenImage", "z_image": "ZImage", "flux2": "Flux2"}
+HOST_CLASSES = {"qwen_image": "QwenImage", "z_image": "ZImage", "flux2": "Flux2", "krea2": "Krea2"}
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
@@ -79,7 +80,7 @@ def test_each_word_gets_the_rows_the_host_encoder_gives_it(family, prompt):
     rows = positive[0][0].shape[1]
     kept = ids[len(ids) - rows:]
     assert (len(ids), rows, tokens.layout.length) == (fam.tokens, fam.rows, fam.rows)
-    if fam.arch == "qwen_image":
+    if fam.arch in ("qwen_image", "krea2"):
         assert hf.decode(ids[:len(ids) - rows]).startswith("<|im_start|>system")  # the dropped template turn
     else:
         assert hf.decode(kept[:3]) == "<|im_start|>user\n"  # the template's opening is kept
@@ -114,7 +115,8 @@ def test_the_recorder_records_each_block_and_leaves_the_sample_unchanged(family,
     assert torch.equal(plain, recorded)
     record = attention.latest()
     blocks = len(tiny.model.model.diffusion_model.double_blocks) + len(tiny.model.model.diffusion_model.single_blocks) \
-        if fam.arch == "flux2" else 2  # Qwen-Image: 2 dual-stream blocks; Z-Image: 2 joint blocks (not the refiners)
+        if fam.arch == "flux2" else 2  # Qwen-Image: 2 dual-stream blocks; Z-Image, Krea 2: 2 joint blocks (not the
+    # refiners: Z-Image's, Krea 2's text-fusion blocks)
     assert record.info.family == fam.arch and len(record.info.layers) == blocks
     maps = record.step_maps[0][1]
     assert maps.shape[-3:] == (fam.rows, *fam.maps)  # one column per conditioning row, one pixel per patch

@@ -18,7 +18,7 @@ from harness.tiny_models import tiny_conditioning
 #: the families recording and guidance support, by the pack's family key (the README's family table)
 SUPPORTED = {"SD15": "sd1", "SD20": "sd2", "SDXL": "sdxl", "SDXLRefiner": "sdxl_refiner", "SD3": "sd3",
              "Flux": "flux", "FluxSchnell": "flux", "FluxInpaint": "flux", "Chroma": "chroma",
-             "QwenImage": "qwen_image", "Flux2": "flux2", "ZImage": "z_image"}
+             "QwenImage": "qwen_image", "Flux2": "flux2", "ZImage": "z_image", "Krea2": "krea2"}
 
 
 def _stub(cls) -> types.SimpleNamespace:

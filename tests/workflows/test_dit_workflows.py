@@ -1,4 +1,4 @@
-"""Attention heatmaps of tiny DiTs (SD3, Flux, Chroma; Qwen-Image, Z-Image, Flux.2) through the host's executor
+"""Attention heatmaps of tiny DiTs (SD3, Flux, Chroma; Qwen-Image, Z-Image, Flux.2, Krea 2) through the host's executor
 (current ComfyUI only).
 
 The graph a user builds for a DiT: the checkpoint's CLIP into STORM Subject Tokens, its MODEL through
@@ -62,12 +62,14 @@ SEPARATE_FILES = {
     "qwen_image": ("qwen_image_fp8_e4m3fn.safetensors", "qwen_image", "EmptySD3LatentImage", 3.0),
     "z_image": ("z_image_turbo_bf16.safetensors", "lumina2", "EmptySD3LatentImage", 1.0),
     "flux2": ("flux2_klein_4b.safetensors", "flux2", "EmptyFlux2LatentImage", 1.0),
+    # Krea 2 Turbo's template: no sampling-shift node, an SD latent made a one-frame 16-channel latent by the sampler
+    "krea2": ("krea2_turbo_int8_convrot.safetensors", "krea2", "EmptyLatentImage", 1.0),
 }
 
 
 def separate_files_prompt(arch: str) -> dict:
-    """UNETLoader -> ModelSamplingAuraFlow -> STORM Attention Recorder -> core KSampler; CLIPLoader -> STORM Subject
-    Tokens; the heatmap over the decoded image (Flux.2: over nothing, the tiny VAE has 16 channels, not 128)."""
+    """UNETLoader -> ModelSamplingAuraFlow (not for Krea 2) -> STORM Attention Recorder -> core KSampler; CLIPLoader ->
+    STORM Subject Tokens; the heatmap over the decoded image (Flux.2: over nothing, the tiny VAE has 16 channels, not 128)."""
     unet, clip_type, empty, cfg = SEPARATE_FILES[arch]
     prompt = {
         "1": {"class_type": "UNETLoader", "inputs": {"unet_name": unet, "weight_dtype": "default"}},
@@ -88,6 +90,9 @@ def separate_files_prompt(arch: str) -> dict:
             "attention": ["4", 1], "latent": ["6", 0], "tokens": ["2", 0], "show": "subjects", "view": "attention"}},
         "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 1], "filename_prefix": "storm/dit"}},
     }
+    if arch == "krea2":
+        del prompt["12"]
+        prompt["4"]["inputs"]["model"] = ["1", 0]
     if arch != "flux2":
         prompt["13"] = {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}}
         prompt["7"] = {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["13", 0]}}
@@ -97,7 +102,7 @@ def separate_files_prompt(arch: str) -> dict:
 
 @pytest.mark.parametrize("arch", list(SEPARATE_FILES))
 def test_heatmaps_of_families_loaded_from_separate_files(arch, runner):
-    """Qwen-Image, Z-Image and Flux.2 klein as their templates load them (diffusion model, text encoder, VAE
+    """Qwen-Image, Z-Image, Flux.2 klein and Krea 2 as their templates load them (diffusion model, text encoder, VAE
     files), the core KSampler after ModelSamplingAuraFlow: each subject's map from the LLM encoder's rows, at the
     image's size (Flux.2: 16 image pixels per latent pixel)."""
     result = runner.run(separate_files_prompt(arch))
