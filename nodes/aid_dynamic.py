@@ -19,14 +19,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import comfy.utils
 import torch
 
 from ..storm_ops.aid.selection import consistency as mean_distance
 from ..storm_ops.aid.selection import cosine_distance, dynamic_selection, smoothness
 from ..storm_ops.errors import StormError
 from .aid_sampling import InterpolationSettings, sample_sequence
-from .compat import throw_if_interrupted
+from .compat import NodeProgress, throw_if_interrupted
 
 #: side of the decoded frames compared without a CLIP vision model
 FALLBACK_SIDE = 64
@@ -111,6 +110,25 @@ def describe(selection, distance_name: str) -> str:
     return "\n".join(lines)
 
 
+class RunsProgress:
+    """One progress bar over ``runs`` sampling runs of equal length (the explored frames of one node run)."""
+
+    def __init__(self, model, runs: int):
+        self.model, self.runs, self.started = model, runs, 0
+        self.node: NodeProgress | None = None
+
+    def next_run(self):
+        """The ``progress(done, total, x0)`` of the next run (:func:`~.aid_sampling.sample_sequence`)."""
+        index, self.started = self.started, self.started + 1
+
+        def progress(steps_done: int, total: int, x0) -> None:
+            if self.node is None:  # the runs' length is known at the first step
+                self.node = NodeProgress(self.model, self.runs * total)
+            self.node.update(index * total + steps_done, x0)
+
+        return progress
+
+
 def dynamic_sequence(model, positive_a, positive_b, negative, guide, latent: dict, seed: int, steps: int, cfg: float,
                      sampler_name: str, scheduler: str, settings: InterpolationSettings, noise_b_seed: int | None,
                      vae, clip_vision=None, *, exploration_size: int, interpolation_size: int, alpha: float,
@@ -123,21 +141,21 @@ def dynamic_sequence(model, positive_a, positive_b, negative, guide, latent: dic
     if exploration_size < 3:
         raise StormError(f"exploration_size must be at least 3 (both ends and a middle), got {exploration_size}",
                          input_name="exploration_size")
-    pbar = comfy.utils.ProgressBar(exploration_size)
     done: dict[float, Frame] = {}
+    # one bar over every sampling run: the endpoints' and one per explored coefficient between them
+    runs = RunsProgress(model, exploration_size - 1)
 
     def sample(ts: list[float]) -> torch.Tensor:
         frames = torch.tensor(ts, dtype=torch.float64)
         samples, _ = sample_sequence(model, positive_a, positive_b, negative, guide, latent, seed, steps, cfg,
                                      sampler_name, scheduler, replace(settings, frames=frames, chunk_size=1),
-                                     noise_b_seed)
+                                     noise_b_seed, progress=runs.next_run())
         return samples
 
     def keep(t: float, samples: torch.Tensor) -> Frame:
         images = decode(vae, samples)
         frame = Frame(samples.detach().cpu(), images, frame_embedding(images, clip_vision)[0])
         done[t] = frame
-        pbar.update_absolute(len(done), exploration_size)
         return frame
 
     def generate(t: float) -> Frame:

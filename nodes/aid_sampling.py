@@ -46,7 +46,6 @@ from dataclasses import dataclass, replace
 
 import comfy.sample
 import comfy.samplers
-import comfy.utils
 import torch
 from einops import rearrange
 
@@ -56,7 +55,7 @@ from ..storm_ops.errors import StormError
 from ..storm_ops.guidance.run_log import RunInfo
 from .architecture import ModelInfo, check_conditioning_family, describe_model
 from .attention_capture import AttentionHistory, MapRecorder, RunRecord
-from .compat import host_attention, latent_preview_callback, require_model, throw_if_interrupted
+from .compat import NodeProgress, host_attention, require_model, throw_if_interrupted
 from .dit_capture import image_rows, install_call_wrapper, install_recording
 
 AID_MODES = {"fused outer": ("outer", True), "fused inner": ("inner", True), "outer": ("outer", False),
@@ -338,11 +337,13 @@ def start_noise(model, start: dict, like: torch.Tensor, sigmas: torch.Tensor, na
 
 def sample_sequence(model, positive_a, positive_b, negative, guide, latent: dict, seed: int, steps: int,
                     cfg: float, sampler_name: str, scheduler: str, settings: InterpolationSettings,
-                    noise_b_seed: int | None, record_layers: str | None = None, install_chunk=None):
+                    noise_b_seed: int | None, record_layers: str | None = None, install_chunk=None, progress=None):
     """Sample the whole sequence; returns (latent batch ``(n, C, h, w)`` or ``(n, C, 1, h, w)``, RunRecord or None).
 
     ``install_chunk(model_options, plan, arch)`` replaces :func:`install_chunk_interpolation` as what patches each
-    chunk's model (image morphing, ``aid_image``)."""
+    chunk's model (image morphing, ``aid_image``). ``progress(done, total, x0)`` reports the steps done of this
+    sequence's ``total`` (every chunk's steps) to a caller that samples several sequences on one bar; by default
+    the node's bar is this sequence's."""
     samples = latent["samples"]
     if samples.shape[0] != 1:
         raise StormError(f"the latent has a batch of {samples.shape[0]}; give a single latent (the frames are "
@@ -376,8 +377,9 @@ def sample_sequence(model, positive_a, positive_b, negative, guide, latent: dict
     n_steps = sigmas.shape[-1] - 1
     w = warmup_steps(n_steps, settings.warmup_ratio)
     warmup_sigma = float(sigmas[w]) if w < n_steps else -1.0  # interpolate while sigma > sigmas[w]
-    pbar = comfy.utils.ProgressBar(n_steps * len(chunks))
-    preview = latent_preview_callback(model, n_steps)
+    if progress is None:
+        bar = NodeProgress(model, n_steps * len(chunks))
+        progress = lambda done, total, x0: bar.update(done, x0)  # noqa: E731
     outputs, records = [], []
     for index, chunk in enumerate(chunks):
         throw_if_interrupted()
@@ -396,8 +398,7 @@ def sample_sequence(model, positive_a, positive_b, negative, guide, latent: dict
 
         def callback(step, x0, x, total, offset=index * n_steps):
             throw_if_interrupted()
-            pbar.update_absolute(offset + step + 1, n_steps * len(chunks))
-            preview(step, x0, x, total)
+            progress(offset + step + 1, n_steps * len(chunks), x0)
 
         out = comfy.sample.sample(patched, noise, steps, cfg, sampler_name, scheduler, cond, negative, batch_latent,
                                   callback=callback, disable_pbar=True, seed=seed)

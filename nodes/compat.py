@@ -129,6 +129,28 @@ def latent_preview_callback(model, steps: int):
     return importlib.import_module("latent_preview").prepare_callback(model, steps)
 
 
+class NodeProgress:
+    """One progress bar over a node's whole work of ``total`` steps (several sampling runs: AID's chunks, dynamic
+    selection's explored frames), with the host's latent previews. The host's per-run callback
+    (:func:`latent_preview_callback`) starts a bar of its own run's steps, which would move the node's bar back at each
+    run; this one only moves forward."""
+
+    def __init__(self, model, total: int):
+        self.total = max(int(total), 1)
+        self.bar = comfy.utils.ProgressBar(self.total)
+        # the host's previewer (None when previews are off), as its prepare_callback picks it
+        self.previewer = importlib.import_module("latent_preview").get_previewer(model.load_device,
+                                                                                 model.model.latent_format)
+
+    def update(self, value: int, x0: torch.Tensor | None = None) -> None:
+        preview = None
+        if self.previewer is not None and x0 is not None:
+            if getattr(x0, "is_nested", False):
+                x0 = x0.tensors[0]
+            preview = self.previewer.decode_latent_to_preview_image("JPEG", x0)
+        self.bar.update_absolute(min(int(value), self.total), self.total, preview)
+
+
 def folder_paths():
     """The host's ``folder_paths`` module."""
     return importlib.import_module("folder_paths")

@@ -122,3 +122,37 @@ def test_on_the_shape_model_at_least_as_smooth_as_the_fixed_schedule_on_the_same
     rows = compare(pack, tiny, [SMOOTH_SEED], steps=SMOOTH_STEPS, frames=5, exploration=9)
     by = {row["method"]: row for row in rows}
     assert by["dynamic"]["smoothness"] >= by["fixed"]["smoothness"], rows
+
+
+@pytest.fixture
+def progress_bar(monkeypatch):
+    """What the node's progress bar shows: ``(value, total)`` of each update the host sends to the browser."""
+    import comfy.utils
+
+    shown = []
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, *a, **kw: shown.append((value, total)))
+    return shown
+
+
+def _moves_forward_to_the_end(shown):
+    totals = {total for _, total in shown}
+    values = [value for value, _ in shown]
+    return len(totals) == 1 and values == sorted(values) and values[-1] == next(iter(totals)), shown
+
+
+@pytest.mark.parametrize("node", ["dynamic", "fixed in chunks"])
+def test_one_progress_bar_moves_forward_over_every_sampling_run(nodes, setup, progress_bar, node):
+    """The node samples several runs (the explored frames; the fixed node's chunks): its bar covers them all and never
+    moves back, as a ComfyUI user reads it (the host's own per-run bar restarted at every run)."""
+    tm = setup[0]
+    if node == "dynamic":
+        dynamic(nodes, setup, tm.vae, 5, 3, steps=3)
+        runs = 4  # the endpoints' run, then one per explored coefficient between them
+    else:
+        with torch.inference_mode():
+            node_output(nodes["STORM_AttentionInterpolation"]().interpolate(
+                **shared(setup, steps=3), frames=5, alpha=3.0, beta=3.0, chunk_size=1))
+        runs = 3  # one chunk per middle frame
+    ok, shown = _moves_forward_to_the_end(progress_bar)
+    assert ok, shown
+    assert shown[-1] == (3 * runs, 3 * runs)
