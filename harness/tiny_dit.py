@@ -432,9 +432,14 @@ FLUX2_KLEIN_4B = RealDiT("flux2", "Flux.2 klein 4B", 3072, 7680, (5, 20),
                          "assumed: 5 double + 20 single blocks, 24 heads (the released klein 4B configuration)")
 FLUX2_KLEIN_9B = RealDiT("flux2", "Flux.2 klein 9B", 4096, 12288, (8, 24),
                          "assumed: 8 double + 24 single blocks, 32 heads (the released klein 9B configuration)")
+#: Krea 2 (Krea 2026): the host's model detection reads the stream width, the block count and the heads off the file;
+#: the sizes are the defaults of the host's ``SingleStreamDiT`` (48 heads and 12 key/value heads of 128, 28 blocks, a
+#: text-fusion adapter over 12 layers of Qwen3-VL 4B's 2560: 12 x 2560 = 30720 features per conditioning row)
+KREA2 = RealDiT("krea2", "Krea 2", 6144, 12 * 2560, (28,),
+                "the host's SingleStreamDiT defaults (the host reads the released file's sizes off it)")
 #: by benchmark name
 REAL_DITS = {"qwen_image": QWEN_IMAGE, "z_image": Z_IMAGE, "flux2": FLUX2_DEV, "flux2_klein4b": FLUX2_KLEIN_4B,
-             "flux2_klein9b": FLUX2_KLEIN_9B}
+             "flux2_klein9b": FLUX2_KLEIN_9B, "krea2": KREA2}
 
 
 def real_dit_config(spec: RealDiT, blocks: tuple[int, ...]) -> Any:
@@ -460,10 +465,15 @@ def real_dit_config(spec: RealDiT, blocks: tuple[int, ...]) -> Any:
               **({"guidance_in.in_layer.weight": meta(h, 256)} if spec is FLUX2_DEV else {})}
         sd.update({f"double_blocks.{i}.img_attn.norm.key_norm.scale": meta(128) for i in range(blocks[0])})
         sd.update({f"single_blocks.{i}.linear1.weight": meta(h, h) for i in range(blocks[1])})
+    elif spec.arch == "krea2":
+        layers, width = 12, spec.context // 12
+        sd = {"txtfusion.projector.weight": meta(1, layers), "first.weight": meta(h, 64),
+              "txtfusion.layerwise_blocks.0.prenorm.scale": meta(width), "blocks.0.attn.wk.weight": meta(12 * 128, h)}
+        sd.update({f"blocks.{i}.attn.wq.weight": meta(h, h) for i in range(blocks[0])})
     else:
         raise ValueError(f"no real-size configuration for {spec.arch!r}")
     unet_config = comfy.model_detection.detect_unet_config(sd, "")
-    expected = {"qwen_image": "qwen_image", "z_image": "lumina2", "flux2": "flux2"}[spec.arch]
+    expected = {"qwen_image": "qwen_image", "z_image": "lumina2", "flux2": "flux2", "krea2": "krea2"}[spec.arch]
     if unet_config is None or unet_config.get("image_model") != expected:
         raise RuntimeError(f"this ComfyUI's model detection does not read a {spec.name} file: {unet_config}")
     model_config = comfy.model_detection.model_config_from_unet_config(unet_config, sd)
@@ -481,7 +491,8 @@ def real_dit_parameters(spec: RealDiT) -> int:
 
 
 #: the module lists of each family's repeated blocks, in :attr:`RealDiT.blocks` order
-_REPEATED = {"qwen_image": ("transformer_blocks",), "z_image": ("layers",), "flux2": ("double_blocks", "single_blocks")}
+_REPEATED = {"qwen_image": ("transformer_blocks",), "z_image": ("layers",), "flux2": ("double_blocks", "single_blocks"),
+             "krea2": ("blocks",)}
 
 
 def build_real_dit(spec: RealDiT, blocks: tuple[int, ...], *, seed: int = 0, dtype: torch.dtype = torch.bfloat16,

@@ -39,7 +39,7 @@ with weights the host casts per call (recast in backward vs kept).
     python -m scripts.benchmark --real --archs sd35m --devices cpu --steps 3 --size 256 --repeats 1 \
         --memory 128,192,256 --memory-dtype float32      # SD3.5 Medium on a CPU without fast bf16
 
-``--archs qwen_image,z_image`` (and ``flux2`` = Flux.2 dev, ``flux2_klein4b``, ``flux2_klein9b``) with ``--memory SIZES``
+``--archs qwen_image,z_image`` (and ``flux2`` = Flux.2 dev, ``flux2_klein4b``, ``flux2_klein9b``, ``krea2``) with ``--memory SIZES``
 measures memory only, on the CPU: a few real-size blocks of each model, from the host's own model detection
 (:data:`harness.tiny_dit.REAL_DITS`), the bytes one gradient pass keeps for backward (floor, ours, and ours with every
 block computed again in backward: per-block recomputation, its peak held at once), extrapolated per block to the
@@ -79,7 +79,7 @@ CHILD = [sys.executable, "-m", "scripts.benchmark"]
 #: and Flux.1-dev, measured on a few of its real-size blocks (:func:`harness.tiny_dit.build_flux_blocks`)
 DIT = ("sd35m", "flux")
 #: families measured for memory only, on a few real-size blocks (:data:`harness.tiny_dit.REAL_DITS`)
-REAL_DIT_ARCHS = ("qwen_image", "z_image", "flux2", "flux2_klein4b", "flux2_klein9b")
+REAL_DIT_ARCHS = ("qwen_image", "z_image", "flux2", "flux2_klein4b", "flux2_klein9b", "krea2")
 #: Flux is measured with this many units of (1 double- + 2 single-stream blocks) and extrapolated per unit to
 #: Flux.1-dev's 19 (19 double + 38 single blocks): run time and memory are affine in the number of blocks
 FLUX_UNITS = (1, 3)
@@ -689,7 +689,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--archs", default="sd15,sdxl",
                         help="comma list of sd15, sdxl (tiny or --real), sd35m and flux (--real only, current ComfyUI; "
                              "flux: a few real-size blocks, extrapolated per block); or, for memory only (--memory), "
-                             "any of qwen_image, z_image, flux2 (dev), flux2_klein4b, flux2_klein9b: a few real-size "
+                             "any of qwen_image, z_image, flux2 (dev), flux2_klein4b, flux2_klein9b, krea2: a few real-size "
                              "blocks on the CPU, extrapolated per block to the whole model and in pixels to 1024 px, "
                              "with and without blocks recomputed in backward")
     parser.add_argument("--steps", type=int, default=20)
@@ -957,7 +957,8 @@ def _spatial(archs: list[str], seeds: int) -> list[str]:
 
 #: the block configurations each family is measured with (blocks of each kind; see harness.tiny_dit.RealDiT): the
 #: first, then one more block of each kind, so that each kind's bytes per block are a difference
-BLOCK_CONFIGS = {"qwen_image": ((1,), (2,)), "z_image": ((1,), (2,)), "flux2": ((1, 1), (2, 1), (1, 2))}
+BLOCK_CONFIGS = {"qwen_image": ((1,), (2,)), "z_image": ((1,), (2,)), "flux2": ((1, 1), (2, 1), (1, 2)),
+                 "krea2": ((1,), (2,))}
 #: text rows of the measured prompt's conditioning as the model sees it ("a cat and a dog" in each family's template)
 LLM_PROMPT = "a cat and a dog"
 
@@ -1039,7 +1040,7 @@ def _memory_real_dit(arch: str, sizes: list[int], configs: list[tuple[int, ...]]
                                                               end_tokens="auto")[0]
         pixels = 16 if spec.arch == "flux2" else 8
         for size in sizes:
-            shape = (1, tm.channels, 1, size // pixels, size // pixels) if arch == "qwen_image" else \
+            shape = (1, tm.channels, 1, size // pixels, size // pixels) if arch in ("qwen_image", "krea2") else \
                 (1, tm.channels, size // pixels, size // pixels)
             latent = torch.zeros(shape)
             sigmas = comfy.samplers.KSampler(tm.model, steps=1, device=tm.model.load_device, sampler="euler",

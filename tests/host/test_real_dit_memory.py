@@ -10,7 +10,7 @@ from scripts.benchmark import BLOCK_CONFIGS, extrapolate_real_dit, real_dit_imag
 KEYS = ("floor_saved_mib", "ours_saved_mib", "recompute_peak_mib", "ours_peak_mib")
 #: the image rows the host's models attend over at 128, 192 and 256 px (Z-Image pads 144 rows to 160)
 ROWS = {"z_image": {128: 64, 192: 160, 256: 256}, "qwen_image": {128: 64, 192: 144, 256: 256},
-        "flux2": {128: 64, 192: 144, 256: 256}}
+        "flux2": {128: 64, 192: 144, 256: 256}, "krea2": {128: 64, 192: 144, 256: 256}}
 
 
 def test_image_rows_are_one_per_16_pixels_and_z_image_pads_them_to_32():
@@ -35,7 +35,7 @@ def _rows(arch: str, base: float, per_row: float, per_block: float) -> list[dict
     return out
 
 
-@pytest.mark.parametrize("arch", ["z_image", "qwen_image", "flux2"])
+@pytest.mark.parametrize("arch", ["z_image", "qwen_image", "flux2", "krea2"])
 def test_the_whole_model_at_1024_px_lies_on_the_line_in_image_rows(arch):
     spec = REAL_DITS[arch]
     out = extrapolate_real_dit(_rows(arch, 10.0, 0.5, 0.25), arch)
