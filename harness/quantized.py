@@ -28,8 +28,14 @@ import torch
 
 from .host import ensure_host
 
+#: int8 with ConvRot (comfy-kitchen: each weight row rotated by group-wise Hadamard matrices before per-row int8
+#: quantization, the activations rotated alike at run time; Krea 2 Turbo's released file): the host's
+#: ``int8_tensorwise`` layer format with ``convrot`` in its ``comfy_quant`` entry. Groups of 16 (a power of 4, as the
+#: Hadamard construction needs) so the tiny models' widths divide; the released files use 256
+INT8_CONVROT = "int8_tensorwise_convrot"
+CONVROT_GROUP = 16
 #: what each format needs of a weight's shape (rows, columns multiple of), for the layers it quantizes
-_BLOCK = {"nvfp4": (16, 16), "mxfp8": (32, 32)}
+_BLOCK = {"nvfp4": (16, 16), "mxfp8": (32, 32), INT8_CONVROT: (1, CONVROT_GROUP)}
 
 
 #: the release "scaled fp8" file format (every host)
@@ -47,13 +53,26 @@ def _per_layer_formats() -> tuple[str, ...]:
 
 
 def cpu_formats() -> tuple[str, ...]:
-    """The formats this host loads whose quantizer runs on the CPU at the tiny widths: ``scaled_fp8`` and the
+    """The formats this host loads whose quantizer runs on the CPU at the tiny widths: ``scaled_fp8``, the
     host's per-layer formats (``comfy.quant_ops.QUANT_ALGOS``) but convrot_w4a4 and asym_w4a8_int8, which need
-    layer widths of 256 and more."""
+    layer widths of 256 and more, and int8 with ConvRot (:data:`INT8_CONVROT`) where the host reads it."""
     ensure_host()
     per_layer = [f for f in _per_layer_formats() if f in ("float8_e4m3fn", "float8_e5m2", "nvfp4", "mxfp8",
                                                            "int8_tensorwise")]
-    return (SCALED_FP8, *per_layer)
+    return (SCALED_FP8, *per_layer, *((INT8_CONVROT,) if _host_reads_convrot() else ()))
+
+
+def _host_reads_convrot() -> bool:
+    """Whether the host's int8 layout has ConvRot parameters (comfy-kitchen 0.2.31 with ComfyUI 0.33 reads them off
+    an int8 layer's ``comfy_quant`` entry)."""
+    import dataclasses
+
+    if "int8_tensorwise" not in _per_layer_formats():
+        return False
+    from comfy.quant_ops import QUANT_ALGOS, get_layout_class
+
+    params = get_layout_class(QUANT_ALGOS["int8_tensorwise"]["comfy_tensor_layout"]).Params
+    return "convrot" in {f.name for f in dataclasses.fields(params)}
 
 
 def scaled_fp8_state_dict(net: torch.nn.Module) -> tuple[dict[str, torch.Tensor], int]:
@@ -79,16 +98,20 @@ def quantized_state_dict(net: torch.nn.Module, fmt: str) -> tuple[dict[str, torc
     ensure_host()
     from comfy.quant_ops import QUANT_ALGOS, QuantizedTensor
 
-    layout = QUANT_ALGOS[fmt]["comfy_tensor_layout"]
     rows, cols = _BLOCK.get(fmt, (1, 1))
+    options, entry = {}, {"format": fmt}
+    if fmt == INT8_CONVROT:  # per-row scales, as the released files have them
+        options = {"convrot": True, "convrot_groupsize": CONVROT_GROUP, "per_channel": True, "is_weight": True}
+        fmt, entry = "int8_tensorwise", {"format": "int8_tensorwise", "convrot": True, "convrot_groupsize": CONVROT_GROUP}
+    layout = QUANT_ALGOS[fmt]["comfy_tensor_layout"]
     linears = {name + ".weight" for name, m in net.named_modules() if isinstance(m, torch.nn.Linear)}
     out: dict[str, torch.Tensor] = {}
     count = 0
     for key, value in net.state_dict().items():
         if key in linears and value.shape[0] % rows == 0 and value.shape[1] % cols == 0:
             prefix = key[: -len("weight")]
-            out.update(QuantizedTensor.from_float(value.detach().float().clone(), layout).state_dict(key))
-            out[prefix + "comfy_quant"] = torch.tensor(list(json.dumps({"format": fmt}).encode()), dtype=torch.uint8)
+            out.update(QuantizedTensor.from_float(value.detach().float().clone(), layout, **options).state_dict(key))
+            out[prefix + "comfy_quant"] = torch.tensor(list(json.dumps(entry).encode()), dtype=torch.uint8)
             count += 1
         else:
             out[key] = value.detach().clone()
