@@ -69,6 +69,7 @@ EXAMPLES: dict[str, str] = {
     "qwen_image_syngen": "Qwen-Image - bind each colour",
     "aid_image_morph": "AID - morph two images",
     "aid_real_images": "AID - morph two real pictures",
+    "krea2_storm_spatial": "Krea 2 - put A left of B",
 }
 EXAMPLES_DIR = REPO_ROOT / "example_workflows"
 

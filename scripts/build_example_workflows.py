@@ -546,12 +546,16 @@ def flux_heatmaps(defs: Mapping[str, Mapping], out: Path) -> None:
     g.save("flux_heatmaps", out)
 
 
-def separate_files(g: Graph, unet: str, clip: str, clip_type: str, vae: str, shift: float) -> tuple[dict, dict, dict]:
+def separate_files(g: Graph, unet: str, clip: str, clip_type: str, vae: str,
+                   shift: float | None) -> tuple[dict, dict, dict]:
     """The loaders of a family shipped as separate files (diffusion model, text encoder, VAE), as its ComfyUI
-    templates load it, and ModelSamplingAuraFlow's ``shift`` on the model: (model source, CLIP loader, VAE loader)."""
+    templates load it, and ModelSamplingAuraFlow's ``shift`` on the model (None: the model's own, no node): (model
+    source, CLIP loader, VAE loader)."""
     unet_node = g.node("UNETLoader", (20, 40), (320, 90), [unet, "default"], outputs=[("MODEL", "MODEL")])
     clip_node = g.node("CLIPLoader", (20, 170), (320, 110), [clip, clip_type, "default"], outputs=[("CLIP", "CLIP")])
     vae_node = g.node("VAELoader", (20, 320), (320, 60), [vae], outputs=[("VAE", "VAE")])
+    if shift is None:
+        return unet_node, clip_node, vae_node
     shifted = g.node("ModelSamplingAuraFlow", (20, 420), (320, 60), [shift], inputs=[("model", "MODEL")],
                      outputs=[("MODEL", "MODEL")])
     g.link(unet_node, 0, shifted, 0)
@@ -626,9 +630,42 @@ def qwen_image_syngen(defs: Mapping[str, Mapping], out: Path) -> None:
     g.save("qwen_image_syngen", out)
 
 
+def krea2_storm_spatial(defs: Mapping[str, Mapping], out: Path) -> None:
+    """Krea 2 Turbo as its ComfyUI template runs it (no sampling-shift node, Empty Latent Image, euler / simple,
+    8 steps, cfg 1), with STORM's spatial transport and heatmaps."""
+    g = Graph(defs)
+    model, clip, vae = separate_files(g, "krea2_turbo_int8_convrot.safetensors", "qwen3vl_4b_fp8_scaled.safetensors",
+                                      "krea2", "qwen_image_vae.safetensors", None)
+    ana = g.node("STORM_PromptAnalysis", (380, 40), (420, 510), {"text": "a cat to the left of a dog"},
+                 inputs=[("clip", "CLIP")],
+                 outputs=[("analysis", "STORM_ANALYSIS"), ("tokens", "STORM_TOKENS"), ("conditioning", "CONDITIONING"),
+                          ("text", "STRING")], title="STORM Prompt Analysis (positive prompt)")
+    g.link(clip, 0, ana, 0)
+    neg = g.node("CLIPTextEncode", (380, 610), (400, 130), [""], inputs=[("clip", "CLIP")],
+                 outputs=[("CONDITIONING", "CONDITIONING")], title="CLIP Text Encode (unused at cfg 1)")
+    g.link(clip, 0, neg, 0)
+    lat = empty_latent(g, pos=(380, 790), size=1024)
+    sto = g.node("STORM_SpatialTransport", (850, 40), (380, 330), {"mode": "paper"},
+                 inputs=[("analysis", "STORM_ANALYSIS"), ("guidance", "STORM_GUIDANCE"), ("masks", "MASK")],
+                 outputs=[("guidance", "STORM_GUIDANCE")])
+    g.link(ana, 0, sto, 0)
+    ks = guided_ksampler(g, (1280, 120), steps=8, cfg=1.0, sampler_name="euler", scheduler="simple")
+    for slot, src in enumerate([(model, 0), (sto, 0), (ana, 2), (neg, 0), (lat, 0)]):
+        g.link(*src, ks, slot)
+    decode_save_heatmaps(g, vae, (ks, 0), (ks, 1), (ana, 1), 1670, "krea2_storm_spatial", vae_slot=0)
+    g.note((20, 430), (330, 360),
+           "STORM (Han et al., CVPR 2025) on Krea 2 Turbo with ComfyUI-STORM: the cat to the left of the dog.\n\n"
+           "Loaded as the Krea 2 Turbo template loads it: the diffusion model (its int8 ConvRot file), Qwen3-VL 4B "
+           "(CLIP Loader type 'krea2') and Qwen-Image's VAE; euler / simple, 8 steps, cfg 1.\n\n"
+           "Prompt Analysis finds the relation in the dependency parse and the words in the Qwen3-VL rows Krea 2 keeps "
+           "of its chat template. STORM's settings are the paper's (for SD's UNets), not calibrated for Krea 2. "
+           "Needs a current ComfyUI.")
+    g.save("krea2_storm_spatial", out)
+
+
 EXAMPLES = (attend_and_excite, syngen, astar, storm_spatial, aid_morph, aid_dynamic_morph, paid_composition,
             sd35_attend_and_excite, flux_heatmaps, z_image_attend_and_excite, qwen_image_syngen, aid_image_morph,
-            aid_real_images)
+            aid_real_images, krea2_storm_spatial)
 
 
 def build_all(out: Path = OUT) -> list[Path]:
