@@ -1,6 +1,6 @@
 """Counters around the AID / PAID interpolation patches, for host tests and the benchmark.
 
-The product patch (``nodes/interpolation.py``) keeps no statistics. :func:`interpolation_stats`
+The product patch (``nodes/aid_attention.py``) keeps no statistics. :func:`interpolation_stats`
 wraps that module's ``make_interpolation_patch`` and ``interpolated_attention`` for the duration
 of a ``with`` block and records, for every sampling chunk (one ``ChunkPlan``, in order):
 
@@ -27,7 +27,7 @@ class ChunkStats:
 def interpolation_stats(interp):
     """Count what the interpolation patches do inside the block.
 
-    ``interp`` is the pack's ``nodes.aid_sampling`` module. Yields a list that fills with one
+    ``interp`` is the pack's ``nodes.aid_attention`` module (the interpolation patches). Yields a list that fills with one
     :class:`ChunkStats` per ``ChunkPlan`` that patches are made for, in order of creation.
     """
     stats: list[ChunkStats] = []

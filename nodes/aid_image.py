@@ -28,7 +28,7 @@ interpolates *between the two models' cross-attention*, whatever the adapter com
   zero-image embedding, is part of each model's own computation and of its plain generation);
 * self-attention (``attn1``) is AID-interpolated over the endpoints' hidden states during the warm-up, in the
   conditional pass only, with ``mode`` (default fused outer), exactly as STORM Attention Interpolation does
-  (``aid_sampling.make_interpolation_patch``): the paper's morphs install AID's processors in every attention
+  (``aid_attention.make_interpolation_patch``): the paper's morphs install AID's processors in every attention
   layer. ``warmup_ratio`` 0 turns it off, and then a frame differs from the endpoints by its cross-attention only.
 
 Endpoints: endpoint A's rows see exactly what ``model_a`` computes in every layer and pass, B's exactly what
@@ -48,7 +48,7 @@ from __future__ import annotations
 import torch
 
 from ..storm_ops.errors import StormError
-from .aid_sampling import ChunkPlan, install_interpolation
+from .aid_attention import ChunkPlan, install_interpolation
 from .architecture import describe_model
 from .compat import host_attention, require_model
 

@@ -15,9 +15,10 @@ from ..storm_ops.aid.schedule import beta_schedule
 from ..storm_ops.attention.maps import MapSettings, word_maps
 from ..storm_ops.errors import StormError
 from ..storm_ops.losses.attend_excite import max_attention
+from .aid_attention import AID_MODES
 from .aid_dynamic import clip_scores, decode, dynamic_sequence
 from .aid_image import check_endpoint_models, install_image_morph
-from .aid_sampling import AID_MODES, InterpolationSettings, _cond_parts, attention_history, sample_sequence
+from .aid_sampling import InterpolationSettings, _cond_parts, attention_history, sample_sequence
 from .architecture import DEFAULT_LAYER_SELECTION, check_conditioning_family
 from .attention_capture import tag_latent
 from .errors import node_errors

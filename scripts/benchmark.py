@@ -893,7 +893,7 @@ def _interpolation(kind: str, device: str) -> dict:
         latent = {"samples": torch.zeros(1, 4, size // 8, size // 8)}
         settings = interp.InterpolationSettings(beta_schedule(frames, 3.0, 3.0), mode, warmup,
                                                 chunk or max(frames - 2, 1))  # 0: all frames in one batch
-        with torch.inference_mode(), interpolation_stats(interp) as stats:
+        with torch.inference_mode(), interpolation_stats(pack.nodes.aid_attention) as stats:
             out, _ = interp.sample_sequence(tm.model, a, b, neg, None, latent, seed, steps, 7.5, "euler",
                                             "normal", settings, None)
         return out, max(s.max_rows for s in stats)

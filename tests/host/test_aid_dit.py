@@ -1,6 +1,6 @@
 """AID / PAID on DiTs (SD3's MMDiT, Flux.1, Flux.2, Chroma, Qwen-Image, Z-Image) through STORM Attention Interpolation.
 
-The frames' joint attention is interpolated over the endpoints' joint keys/values (``nodes/aid_sampling.py``);
+The frames' joint attention is interpolated over the endpoints' joint keys/values (``nodes/aid_attention.py``);
 the endpoint rows and the unconditional pass keep plain attention, so the first and last frames are the plain
 generations of A and B; the middle frame must differ from both and from the frame that the same noise and
 conditioning give without interpolated attention (warm-up 0).

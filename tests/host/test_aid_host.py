@@ -77,7 +77,7 @@ def test_attention_interpolation_acts_during_the_warmup_only(pack, prompts):
     runs = {}
     for warmup in (0.0, 0.6):
         settings = interp.InterpolationSettings(coef, "fused outer", warmup, 3)
-        with torch.inference_mode(), interpolation_stats(interp) as stats:
+        with torch.inference_mode(), interpolation_stats(pack.nodes.aid_attention) as stats:
             frames, _ = interp.sample_sequence(tm.model, a, b, neg, None, latent, 3, 5, 7.5, "euler", "normal",
                                                settings, None)
         runs[warmup] = (frames, stats)
@@ -96,7 +96,7 @@ def test_chunking_bounds_the_batch_and_does_not_change_the_frames(pack, prompts)
     results = {}
     for frames, chunk in ((4, 2), (16, 2), (16, 14)):
         coef = pack.storm_ops.aid.schedule.beta_schedule(frames, 3.0, 3.0)
-        with torch.inference_mode(), interpolation_stats(interp) as stats:
+        with torch.inference_mode(), interpolation_stats(pack.nodes.aid_attention) as stats:
             out, _ = interp.sample_sequence(tm.model, a, b, neg, None, latent, 3, 3, 7.5, "euler", "normal",
                                             interp.InterpolationSettings(coef, "fused outer", 0.5, chunk), None)
         results[(frames, chunk)] = (out, max(s.max_rows for s in stats), len(stats))
