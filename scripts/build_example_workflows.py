@@ -88,11 +88,16 @@ def empty_latent(g: Graph, pos=(380, 620), size=512) -> dict:
     return g.node("EmptyLatentImage", pos, (320, 110), [size, size, 1], outputs=[("LATENT", "LATENT")])
 
 
-def guided_ksampler(g: Graph, pos, seed=42, **widgets) -> dict:
-    return g.node("STORM_GuidedKSampler", pos, (340, 330), {"seed": seed, **widgets},
-                  inputs=[("model", "MODEL"), ("guidance", "STORM_GUIDANCE"), ("positive", "CONDITIONING"),
-                          ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
-                  outputs=[("latent", "LATENT"), ("attention", "STORM_ATTENTION")])
+def guided_ksampler(g: Graph, pos, sources=(), seed=42, **widgets) -> dict:
+    """STORM Guided KSampler, its inputs (model, guidance, positive, negative, latent_image) linked from ``sources``
+    (``(node, output slot)`` each, in that order)."""
+    ks = g.node("STORM_GuidedKSampler", pos, (340, 330), {"seed": seed, **widgets},
+                inputs=[("model", "MODEL"), ("guidance", "STORM_GUIDANCE"), ("positive", "CONDITIONING"),
+                        ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
+                outputs=[("latent", "LATENT"), ("attention", "STORM_ATTENTION")])
+    for slot, src in enumerate(sources):
+        g.link(*src, ks, slot)
+    return ks
 
 
 def decode_save_heatmaps(g: Graph, ckpt: dict, latent_src: tuple[dict, int], attention_src: tuple[dict, int],
@@ -124,6 +129,32 @@ def dit_latent(g: Graph, pos=(380, 620), size=1024) -> dict:
     return g.node("EmptySD3LatentImage", pos, (320, 110), [size, size, 1], outputs=[("LATENT", "LATENT")])
 
 
+def prompt_analysis(g: Graph, clip_src: tuple[dict, int], text: str) -> dict:
+    """STORM Prompt Analysis of the positive prompt ``text``, its CLIP from ``clip_src`` (node, output slot)."""
+    ana = g.node("STORM_PromptAnalysis", (380, 40), (420, 510), {"text": text}, inputs=[("clip", "CLIP")],
+                 outputs=[("analysis", "STORM_ANALYSIS"), ("tokens", "STORM_TOKENS"), ("conditioning", "CONDITIONING"),
+                          ("text", "STRING")], title="STORM Prompt Analysis (positive prompt)")
+    g.link(*clip_src, ana, 0)
+    return ana
+
+
+def spatial_transport(g: Graph, ana: dict) -> dict:
+    """STORM Spatial Transport (paper mode, the released defaults) on Prompt Analysis ``ana``'s relations."""
+    sto = g.node("STORM_SpatialTransport", (850, 40), (380, 330), {"mode": "paper"},
+                 inputs=[("analysis", "STORM_ANALYSIS"), ("guidance", "STORM_GUIDANCE"), ("masks", "MASK")],
+                 outputs=[("guidance", "STORM_GUIDANCE")])
+    g.link(ana, 0, sto, 0)
+    return sto
+
+
+def empty_prompt(g: Graph, clip: dict, pos, title: str) -> dict:
+    """The empty prompt encoded by a CLIP loader ``clip`` (a DiT's negative)."""
+    neg = g.node("CLIPTextEncode", pos, (400, 130), [""], inputs=[("clip", "CLIP")],
+                 outputs=[("CONDITIONING", "CONDITIONING")], title=title)
+    g.link(clip, 0, neg, 0)
+    return neg
+
+
 def subject_tokens(g: Graph, ckpt: dict, text: str, subjects: str) -> dict:
     tok = g.node("STORM_SubjectTokens", (380, 60), (400, 330), {"text": text, "subjects": subjects},
                  inputs=[("clip", "CLIP")],
@@ -142,9 +173,7 @@ def attend_excite_graph(g: Graph, ckpt: dict, latent, prefix: str, **sampler) ->
     ae = g.node("STORM_AttendAndExcite", (830, 40), (360, 330), {},
                 inputs=[("tokens", "STORM_TOKENS"), ("guidance", "STORM_GUIDANCE")], outputs=[("guidance", "STORM_GUIDANCE")])
     g.link(tok, 0, ae, 0)
-    ks = guided_ksampler(g, (1240, 120), **sampler)
-    for slot, src in enumerate([(ckpt, 0), (ae, 0), (tok, 1), (neg, 0), (lat, 0)]):
-        g.link(*src, ks, slot)
+    ks = guided_ksampler(g, (1240, 120), [(ckpt, 0), (ae, 0), (tok, 1), (neg, 0), (lat, 0)], **sampler)
     decode_save_heatmaps(g, ckpt, (ks, 0), (ks, 1), (tok, 0), 1630, prefix)
 
 
@@ -165,20 +194,14 @@ def attend_and_excite(defs: Mapping[str, Mapping], out: Path) -> None:
 def syngen(defs: Mapping[str, Mapping], out: Path) -> None:
     g = Graph(defs)
     ckpt = checkpoint(g)
-    ana = g.node("STORM_PromptAnalysis", (380, 40), (420, 510), {"text": "a red crown and a golden strawberry"},
-                 inputs=[("clip", "CLIP")],
-                 outputs=[("analysis", "STORM_ANALYSIS"), ("tokens", "STORM_TOKENS"), ("conditioning", "CONDITIONING"),
-                          ("text", "STRING")], title="STORM Prompt Analysis (positive prompt)")
-    g.link(ckpt, 1, ana, 0)
+    ana = prompt_analysis(g, (ckpt, 1), "a red crown and a golden strawberry")
     neg = negative(g, ckpt, pos=(380, 610))
     lat = empty_latent(g, pos=(380, 790))
     sg = g.node("STORM_SynGen", (850, 40), (360, 260), {},  # the paper's defaults
                 inputs=[("analysis", "STORM_ANALYSIS"), ("guidance", "STORM_GUIDANCE")],
                 outputs=[("guidance", "STORM_GUIDANCE")])
     g.link(ana, 0, sg, 0)
-    ks = guided_ksampler(g, (1260, 120), seed=1924)
-    for slot, src in enumerate([(ckpt, 0), (sg, 0), (ana, 2), (neg, 0), (lat, 0)]):
-        g.link(*src, ks, slot)
+    ks = guided_ksampler(g, (1260, 120), [(ckpt, 0), (sg, 0), (ana, 2), (neg, 0), (lat, 0)], seed=1924)
     decode_save_heatmaps(g, ckpt, (ks, 0), (ks, 1), (ana, 1), 1650, "syngen", show="all words")
     g.note((20, 330), (330, 280),
            "SynGen (Rassin et al. 2023): binds each modifier to its noun.\n\n"
@@ -227,20 +250,11 @@ def astar(defs: Mapping[str, Mapping], out: Path) -> None:
 def storm_spatial(defs: Mapping[str, Mapping], out: Path) -> None:
     g = Graph(defs)
     ckpt = checkpoint(g)
-    ana = g.node("STORM_PromptAnalysis", (380, 40), (420, 510), {"text": "a cat to the left of a dog"},
-                 inputs=[("clip", "CLIP")],
-                 outputs=[("analysis", "STORM_ANALYSIS"), ("tokens", "STORM_TOKENS"), ("conditioning", "CONDITIONING"),
-                          ("text", "STRING")], title="STORM Prompt Analysis (positive prompt)")
-    g.link(ckpt, 1, ana, 0)
+    ana = prompt_analysis(g, (ckpt, 1), "a cat to the left of a dog")
     neg = negative(g, ckpt, pos=(380, 610))
     lat = empty_latent(g, pos=(380, 790))
-    sto = g.node("STORM_SpatialTransport", (850, 40), (380, 330), {"mode": "paper"},  # the released defaults
-                 inputs=[("analysis", "STORM_ANALYSIS"), ("guidance", "STORM_GUIDANCE"), ("masks", "MASK")],
-                 outputs=[("guidance", "STORM_GUIDANCE")])
-    g.link(ana, 0, sto, 0)
-    ks = guided_ksampler(g, (1280, 120))
-    for slot, src in enumerate([(ckpt, 0), (sto, 0), (ana, 2), (neg, 0), (lat, 0)]):
-        g.link(*src, ks, slot)
+    sto = spatial_transport(g, ana)
+    ks = guided_ksampler(g, (1280, 120), [(ckpt, 0), (sto, 0), (ana, 2), (neg, 0), (lat, 0)])
     decode_save_heatmaps(g, ckpt, (ks, 0), (ks, 1), (ana, 1), 1670, "storm_spatial")
     g.note((20, 330), (330, 300),
            "STORM (Han et al., CVPR 2025): puts objects where the prompt says.\n\n"
@@ -288,17 +302,23 @@ def save_sequence(g: Graph, src: dict, slot: int, x: int, name: str, fps: float)
     g.link(src, slot, frames, 0)
 
 
+def decode_sequence(g: Graph, ckpt: dict, src: dict, x: int, name: str, fps: float = 6.0) -> None:
+    """Decode the frames (LATENT output 0 of ``src``) with the checkpoint's VAE at ``x`` and save them
+    (:func:`save_sequence`) beside it."""
+    dec = g.node("VAEDecode", (x, 60), (210, 50), [], inputs=[("samples", "LATENT"), ("vae", "VAE")],
+                 outputs=[("IMAGE", "IMAGE")])
+    g.link(src, 0, dec, 0)
+    g.link(ckpt, 2, dec, 1)
+    save_sequence(g, dec, 0, x + 250, name, fps)
+
+
 def aid_morph(defs: Mapping[str, Mapping], out: Path) -> None:
     g = Graph(defs)
     ckpt, a, b, neg, lat = morph_prompts(g)
     aid = interpolation_node(g, (840, 60), 9, with_guide=False)
     for slot, src in enumerate([(ckpt, 0), (a, 0), (b, 0), (neg, 0), (lat, 0)]):
         g.link(*src, aid, slot)
-    dec = g.node("VAEDecode", (1270, 60), (210, 50), [], inputs=[("samples", "LATENT"), ("vae", "VAE")],
-                 outputs=[("IMAGE", "IMAGE")])
-    g.link(aid, 0, dec, 0)
-    g.link(ckpt, 2, dec, 1)
-    save_sequence(g, dec, 0, 1520, "aid_morph", 6.0)
+    decode_sequence(g, ckpt, aid, 1270, "aid_morph")
     g.note((20, 330), (330, 300),
            "AID (He et al., NeurIPS 2024): a morph from prompt A to prompt B made by interpolating inside the "
            "attention layers, not the text embeddings.\n\n"
@@ -379,11 +399,7 @@ def aid_real_images(defs: Mapping[str, Mapping], out: Path) -> None:
         g.link(*src, aid, slot)
     g.link(starts[0], 0, aid, 6)
     g.link(starts[1], 0, aid, 7)
-    dec = g.node("VAEDecode", (1900, 60), (210, 50), [], inputs=[("samples", "LATENT"), ("vae", "VAE")],
-                 outputs=[("IMAGE", "IMAGE")])
-    g.link(aid, 0, dec, 0)
-    g.link(ckpt, 2, dec, 1)
-    save_sequence(g, dec, 0, 2150, "aid_real_images", 6.0)
+    decode_sequence(g, ckpt, aid, 1900, "aid_real_images")
     g.note((20, 330), (330, 480),
            "AID from real pictures: the first frame starts from picture A inverted, the last from picture B "
            "inverted, and the frames between from the slerp of the two.\n\n"
@@ -429,11 +445,7 @@ def aid_image_morph(defs: Mapping[str, Mapping], out: Path) -> None:
                    outputs=[("frames", "LATENT"), ("attention", "STORM_ATTENTION"), ("coefficients", "STRING")])
     for slot, src in enumerate([(adapted[0], 0), (adapted[1], 0), (pos, 0), (neg, 0), (lat, 0)]):
         g.link(*src, morph, slot)
-    dec = g.node("VAEDecode", (1540, 60), (210, 50), [], inputs=[("samples", "LATENT"), ("vae", "VAE")],
-                 outputs=[("IMAGE", "IMAGE")])
-    g.link(morph, 0, dec, 0)
-    g.link(ckpt, 2, dec, 1)
-    save_sequence(g, dec, 0, 1790, "aid_image_morph", 6.0)
+    decode_sequence(g, ckpt, morph, 1540, "aid_image_morph")
     g.note((20, 460), (330, 420),
            "Image morphing (PAID, He et al., NeurIPS 2024): a morph from picture A to picture B.\n\n"
            "Needs the IP-Adapter pack (ComfyUI_IPAdapter_plus) and its SD1.5 models; put your two pictures in "
@@ -573,16 +585,13 @@ def z_image_attend_and_excite(defs: Mapping[str, Mapping], out: Path) -> None:
                  outputs=[("tokens", "STORM_TOKENS"), ("conditioning", "CONDITIONING"), ("tokenization", "STRING")],
                  title="STORM Subject Tokens (positive prompt)")
     g.link(clip, 0, tok, 0)
-    neg = g.node("CLIPTextEncode", (380, 440), (400, 130), [""], inputs=[("clip", "CLIP")],
-                 outputs=[("CONDITIONING", "CONDITIONING")], title="CLIP Text Encode (unused at cfg 1)")
-    g.link(clip, 0, neg, 0)
+    neg = empty_prompt(g, clip, (380, 440), "CLIP Text Encode (unused at cfg 1)")
     lat = dit_latent(g)
     ae = g.node("STORM_AttendAndExcite", (830, 40), (360, 330), {},
                 inputs=[("tokens", "STORM_TOKENS"), ("guidance", "STORM_GUIDANCE")], outputs=[("guidance", "STORM_GUIDANCE")])
     g.link(tok, 0, ae, 0)
-    ks = guided_ksampler(g, (1240, 120), steps=8, cfg=1.0, sampler_name="res_multistep", scheduler="simple")
-    for slot, src in enumerate([(model, 0), (ae, 0), (tok, 1), (neg, 0), (lat, 0)]):
-        g.link(*src, ks, slot)
+    ks = guided_ksampler(g, (1240, 120), [(model, 0), (ae, 0), (tok, 1), (neg, 0), (lat, 0)], steps=8, cfg=1.0,
+                         sampler_name="res_multistep", scheduler="simple")
     decode_save_heatmaps(g, vae, (ks, 0), (ks, 1), (tok, 0), 1630, "z_image_attend_and_excite", vae_slot=0)
     g.note((20, 520), (330, 330),
            "Attend-and-Excite on Z-Image Turbo with ComfyUI-STORM.\n\n"
@@ -602,22 +611,15 @@ def qwen_image_syngen(defs: Mapping[str, Mapping], out: Path) -> None:
     model, clip, vae = separate_files(g, "qwen_image_2512_fp8_e4m3fn.safetensors",
                                       "qwen_2.5_vl_7b_fp8_scaled.safetensors", "qwen_image",
                                       "qwen_image_vae.safetensors", 3.1)
-    ana = g.node("STORM_PromptAnalysis", (380, 40), (420, 510), {"text": "a red crown and a golden strawberry"},
-                 inputs=[("clip", "CLIP")],
-                 outputs=[("analysis", "STORM_ANALYSIS"), ("tokens", "STORM_TOKENS"), ("conditioning", "CONDITIONING"),
-                          ("text", "STRING")], title="STORM Prompt Analysis (positive prompt)")
-    g.link(clip, 0, ana, 0)
-    neg = g.node("CLIPTextEncode", (380, 610), (400, 130), [""], inputs=[("clip", "CLIP")],
-                 outputs=[("CONDITIONING", "CONDITIONING")], title="CLIP Text Encode (negative prompt)")
-    g.link(clip, 0, neg, 0)
+    ana = prompt_analysis(g, (clip, 0), "a red crown and a golden strawberry")
+    neg = empty_prompt(g, clip, (380, 610), "CLIP Text Encode (negative prompt)")
     lat = dit_latent(g, pos=(380, 790), size=1328)
     sg = g.node("STORM_SynGen", (850, 40), (360, 260), {},  # the paper's defaults
                 inputs=[("analysis", "STORM_ANALYSIS"), ("guidance", "STORM_GUIDANCE")],
                 outputs=[("guidance", "STORM_GUIDANCE")])
     g.link(ana, 0, sg, 0)
-    ks = guided_ksampler(g, (1260, 120), seed=1924, steps=50, cfg=4.0, sampler_name="euler", scheduler="simple")
-    for slot, src in enumerate([(model, 0), (sg, 0), (ana, 2), (neg, 0), (lat, 0)]):
-        g.link(*src, ks, slot)
+    ks = guided_ksampler(g, (1260, 120), [(model, 0), (sg, 0), (ana, 2), (neg, 0), (lat, 0)], seed=1924, steps=50,
+                         cfg=4.0, sampler_name="euler", scheduler="simple")
     decode_save_heatmaps(g, vae, (ks, 0), (ks, 1), (ana, 1), 1650, "qwen_image_syngen", show="all words",
                          vae_slot=0)
     g.note((20, 520), (330, 330),
@@ -636,22 +638,12 @@ def krea2_storm_spatial(defs: Mapping[str, Mapping], out: Path) -> None:
     g = Graph(defs)
     model, clip, vae = separate_files(g, "krea2_turbo_int8_convrot.safetensors", "qwen3vl_4b_fp8_scaled.safetensors",
                                       "krea2", "qwen_image_vae.safetensors", None)
-    ana = g.node("STORM_PromptAnalysis", (380, 40), (420, 510), {"text": "a cat to the left of a dog"},
-                 inputs=[("clip", "CLIP")],
-                 outputs=[("analysis", "STORM_ANALYSIS"), ("tokens", "STORM_TOKENS"), ("conditioning", "CONDITIONING"),
-                          ("text", "STRING")], title="STORM Prompt Analysis (positive prompt)")
-    g.link(clip, 0, ana, 0)
-    neg = g.node("CLIPTextEncode", (380, 610), (400, 130), [""], inputs=[("clip", "CLIP")],
-                 outputs=[("CONDITIONING", "CONDITIONING")], title="CLIP Text Encode (unused at cfg 1)")
-    g.link(clip, 0, neg, 0)
+    ana = prompt_analysis(g, (clip, 0), "a cat to the left of a dog")
+    neg = empty_prompt(g, clip, (380, 610), "CLIP Text Encode (unused at cfg 1)")
     lat = empty_latent(g, pos=(380, 790), size=1024)
-    sto = g.node("STORM_SpatialTransport", (850, 40), (380, 330), {"mode": "paper"},
-                 inputs=[("analysis", "STORM_ANALYSIS"), ("guidance", "STORM_GUIDANCE"), ("masks", "MASK")],
-                 outputs=[("guidance", "STORM_GUIDANCE")])
-    g.link(ana, 0, sto, 0)
-    ks = guided_ksampler(g, (1280, 120), steps=8, cfg=1.0, sampler_name="euler", scheduler="simple")
-    for slot, src in enumerate([(model, 0), (sto, 0), (ana, 2), (neg, 0), (lat, 0)]):
-        g.link(*src, ks, slot)
+    sto = spatial_transport(g, ana)
+    ks = guided_ksampler(g, (1280, 120), [(model, 0), (sto, 0), (ana, 2), (neg, 0), (lat, 0)], steps=8, cfg=1.0,
+                         sampler_name="euler", scheduler="simple")
     decode_save_heatmaps(g, vae, (ks, 0), (ks, 1), (ana, 1), 1670, "krea2_storm_spatial", vae_slot=0)
     g.note((20, 430), (330, 360),
            "STORM (Han et al., CVPR 2025) on Krea 2 Turbo with ComfyUI-STORM: the cat to the left of the dog.\n\n"
