@@ -498,6 +498,12 @@ def check_dit_chips(page, out: Path) -> list[str]:
         if tuple(found) != expected:
             errors.append(f"with a {loader} {widgets} on clip: chips {found[0]} with caption {found[1]!r}, "
                           f"expected {expected[0]} with {expected[1]!r}")
+    # a chip refresh still pending (250 ms after typing) when another workflow replaces the graph: the node has left
+    # its graph by then; web/storm.js must not throw (main fails this check on the page's errors)
+    page.evaluate("""async ([id, next]) => { const text = app.graph.getNodeById(id).widgets.find((w) => w.name === "text");
+        text.callback?.("a cat and a bird"); await app.loadGraphData(next); }""",
+                  [node_id, json.loads(example_path("flux_heatmaps").read_text())])
+    page.wait_for_timeout(1000)
     return errors
 
 
@@ -585,21 +591,27 @@ def main() -> int:
                       *found, sep="\n  ")
                 if found:
                     failed.append("template browser")
+                seen = len(errors)
                 try:
                     found = check_chips(page, url, node_defs, out, args.timeout)
                 except Exception as exc:  # noqa: BLE001 - report, go on with the examples
                     found = [f"{type(exc).__name__}: {exc}"]
+                ours, others = split_errors(errors[seen:], noted)  # web/storm.js' errors meanwhile fail it too
+                found += ours
                 print(f"token chips (shown, clicked, used by the run): {'FAIL' if found else 'ok'}",
-                      *found, sep="\n  ")
+                      *found, *(f"note: {e}" for e in others), sep="\n  ")
                 if found:
                     failed.append("token chips")
+                seen = len(errors)
                 try:
                     found = check_dit_chips(page, out)
                 except Exception as exc:  # noqa: BLE001 - report, go on with the examples
                     found = [f"{type(exc).__name__}: {exc}"]
+                ours, others = split_errors(errors[seen:], noted)
+                found += ours
                 print(f"token chips on DiTs (the rows of their conditioning: {', '.join(DIT_CHIPS)}; "
-                      f"{len(LOADER_CASES)} loaders on clip): {'FAIL' if found else 'ok'}",
-                      *found, sep="\n  ")
+                      f"{len(LOADER_CASES)} loaders on clip; a refresh pending when the graph is replaced): "
+                      f"{'FAIL' if found else 'ok'}", *found, *(f"note: {e}" for e in others), sep="\n  ")
                 if found:
                     failed.append("DiT token chips")
                 for path in examples:
