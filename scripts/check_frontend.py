@@ -5,7 +5,8 @@ loader (``harness/tiny_nodes``), opens it in headless Chromium and, for every ex
 
 1. loads it with ``app.loadGraphData`` and compares the frontend's ``app.graphToPrompt()`` with the
    test harness' ``ui_to_api`` (which the workflow tests rely on);
-2. loads its tiny version (``STORMTest_TinyCheckpointLoader``, 128x128, few steps), compares again,
+2. loads its tiny version (the workflow tests' stand-ins: ``STORMTest_TinyCheckpointLoader``, the tiny UNET, CLIP
+   and VAE loaders, the picture loader and the IP-Adapter pack's nodes; 128x128, few steps), compares again,
    queues it from the page (``app.queuePrompt``), waits for ``/history/<prompt_id>`` and requires
    ``status_str == "success"``, saved images, and the STORM text boxes (``web/storm.js``) filled with
    the text the nodes reported;
@@ -15,8 +16,10 @@ loader (``harness/tiny_nodes``), opens it in headless Chromium and, for every ex
    the history entry (``<out>/run_<name>.history.json``) and the server log (``<out>/server.log``).
 
 Before the examples: node search by task ("morph", "placement", "heatmap"), the node help pages, and
-the token chips of Subject Tokens (clicks change ``subjects`` and the run uses them). ``--vue-nodes``
-repeats everything with the Vue node renderer on.
+the token chips of Subject Tokens (clicks change ``subjects`` and the run uses them; on the DiT examples and with
+other loaders on ``clip``, the rows of that family's conditioning). ``--vue-nodes`` repeats everything with the Vue
+node renderer on. The IP-Adapter pack is not installed: its nodes in an example are left out of the as-loaded
+comparison and overlap check (the frontend has no definition for them) and checked as their stand-ins.
 
 Page errors and console errors or warnings that name the extension (``/extensions/ComfyUI-STORM/``, e.g.
 the frontend's "Uncaught error in event listener" warning with a storm.js stack) fail the example; other
