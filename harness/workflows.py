@@ -137,6 +137,18 @@ TINY_IMAGE_PROMPT_NODES = {
 #: pack is not installed: the stand-ins declare the pack's inputs in the pack's order
 THIRD_PARTY_NODES = ("IPAdapterUnifiedLoader", "IPAdapter")
 
+
+def with_third_party_defs(node_defs: Mapping[str, Any]) -> dict[str, Any]:
+    """``node_defs`` plus, for each of :data:`THIRD_PARTY_NODES` it lacks (the pack is not installed), its stand-in's
+    definition, so :func:`ui_to_api` reads the pack's nodes of an example by the stand-in's inputs (same names and order)."""
+    defs = dict(node_defs)
+    for name in THIRD_PARTY_NODES:
+        stand_in = TINY_IMAGE_PROMPT_NODES[name][0]
+        if name not in defs and stand_in in defs:
+            defs[name] = defs[stand_in]
+    return defs
+
+
 #: per node type: widget values replaced so an example runs in seconds on CPU with the tiny models
 #: (image size and step count only; every other value is the workflow's own)
 CPU_PROFILE = {
@@ -651,11 +663,7 @@ class WorkflowRunner:
                     defs[name] = cls.INPUT_TYPES()
                 except Exception as exc:  # a broken third-party node must not break conversion
                     logger.warning("INPUT_TYPES of %s failed: %s", name, exc)
-            for name in THIRD_PARTY_NODES:  # not installed here: read the workflow by its stand-in's inputs
-                stand_in = TINY_IMAGE_PROMPT_NODES[name][0]
-                if name not in defs and stand_in in defs:
-                    defs[name] = defs[stand_in]
-            self._node_defs = defs
+            self._node_defs = with_third_party_defs(defs)
         return self._node_defs
 
     def validate(self, api_prompt: Mapping[str, Any]) -> tuple[bool, str | None, dict[str, Any]]:

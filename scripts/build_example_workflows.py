@@ -475,7 +475,8 @@ def paid_composition(defs: Mapping[str, Mapping], out: Path) -> None:
     paid = interpolation_node(g, (840, 60), 7, with_guide=True)
     for slot, src in enumerate([(ckpt, 0), (a, 0), (b, 0), (neg, 0), (lat, 0), (guide, 1)]):
         g.link(*src, paid, slot)
-    pick = g.node("STORM_SelectFrame", (1270, 40), (340, 220), {},
+    # its optional clip_vision, clip and vae inputs (CLIP-score selection) and its text box: 282 px tall in frontend 1.58
+    pick = g.node("STORM_SelectFrame", (1270, 40), (340, 300), {},
                   inputs=[("frames", "LATENT"), ("attention", "STORM_ATTENTION"), ("tokens", "STORM_TOKENS")],
                   outputs=[("latent", "LATENT"), ("index", "INT"), ("scores", "STRING")])
     g.link(paid, 0, pick, 0)
@@ -493,7 +494,7 @@ def paid_composition(defs: Mapping[str, Mapping], out: Path) -> None:
     g.link(ckpt, 2, dec_all, 1)
     every = g.node("PreviewImage", (1900, 560), (420, 300), [], inputs=[("images", "IMAGE")], title="All frames")
     g.link(dec_all, 0, every, 0)
-    heat = g.node("STORM_AttentionHeatmap", (1270, 300), (340, 520), {},
+    heat = g.node("STORM_AttentionHeatmap", (1270, 420), (340, 520), {},
                   inputs=[("attention", "STORM_ATTENTION"), ("latent", "LATENT"), ("tokens", "STORM_TOKENS"),
                           ("image", "IMAGE"), ("batch_index", "INT", "widget")],
                   outputs=[("grid", "IMAGE"), ("overlay", "IMAGE"), ("mask", "MASK"), ("log", "STRING")])
@@ -501,7 +502,7 @@ def paid_composition(defs: Mapping[str, Mapping], out: Path) -> None:
     g.link(paid, 0, heat, 1)
     g.link(guide, 0, heat, 2)
     g.link(pick, 1, heat, 4)  # the heatmap shows the frame Select Frame picked
-    save_h = g.node("SaveImage", (1270, 1180), (340, 300), ["storm/paid_composition_heatmaps"],
+    save_h = g.node("SaveImage", (1270, 1300), (340, 300), ["storm/paid_composition_heatmaps"],
                     inputs=[("images", "IMAGE")])
     g.link(heat, 0, save_h, 0)
     g.note((20, 330), (330, 320),

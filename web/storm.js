@@ -185,6 +185,9 @@ function renderChips(node) {
 }
 
 async function refreshChips(node) {
+  // the timer may fire after the node left its graph (another workflow loaded, the node deleted): nothing to show,
+  // and the loader lookup would throw (litegraph's getInputNode needs the graph)
+  if (!node.graph) return;
   const text = node.widgets?.find((w) => w.name === "text")?.value ?? "";
   const family = clipFamily(node);
   const key = `${family}\n${text}`;
