@@ -369,10 +369,10 @@ def inverted_picture(g: Graph, ckpt: dict, prompt: dict, name: str, label: str, 
     select = g.node("KSamplerSelect", (740, y + 260), (320, 60), ["euler"],
                     outputs=[("SAMPLER", "SAMPLER")])
     steps = g.node_defs["STORM_AttentionInterpolation"]["required"]["steps"][1]["default"]  # the interpolation's
-    schedule = g.node("BasicScheduler", (1100, y + 230), (320, 110), ["normal", steps, 1.0],
+    schedule = g.node("BasicScheduler", (740, y + 370), (320, 110), ["normal", steps, 1.0],
                       inputs=[("model", "MODEL")], outputs=[("SIGMAS", "SIGMAS")])
     g.link(ckpt, 0, schedule, 0)
-    flip = g.node("FlipSigmas", (1100, y + 380), (210, 30), [], inputs=[("sigmas", "SIGMAS")],
+    flip = g.node("FlipSigmas", (740, y + 530), (210, 30), [], inputs=[("sigmas", "SIGMAS")],
                   outputs=[("SIGMAS", "SIGMAS")])
     g.link(schedule, 0, flip, 0)
     invert = g.node("SamplerCustom", (1100, y), (320, 200), [False, 0, "fixed", 1.0],
@@ -391,7 +391,7 @@ def aid_real_images(defs: Mapping[str, Mapping], out: Path) -> None:
     ckpt, a, b, neg, lat = morph_prompts(g)
     starts = [inverted_picture(g, ckpt, prompt, name, label, y)
               for prompt, name, label, y in ((a, "cat.png", "A (first frame)", 760),
-                                             (b, "dog.png", "B (last frame)", 1200))]
+                                             (b, "dog.png", "B (last frame)", 1400))]
     # cfg 1, the inversion's: at a higher cfg the endpoints leave the inverted pictures (the shape model at cfg 2
     # turns picture A's circle into a triangle)
     aid = interpolation_node(g, (1470, 60), 9, with_guide=False, starts=True, cfg=1.0)
@@ -446,7 +446,7 @@ def aid_image_morph(defs: Mapping[str, Mapping], out: Path) -> None:
     for slot, src in enumerate([(adapted[0], 0), (adapted[1], 0), (pos, 0), (neg, 0), (lat, 0)]):
         g.link(*src, morph, slot)
     decode_sequence(g, ckpt, morph, 1540, "aid_image_morph")
-    g.note((20, 460), (330, 420),
+    g.note((20, 490), (330, 420),  # below the IP-Adapter loader as drawn without that pack (108 px)
            "Image morphing (PAID, He et al., NeurIPS 2024): a morph from picture A to picture B.\n\n"
            "Needs the IP-Adapter pack (ComfyUI_IPAdapter_plus) and its SD1.5 models; put your two pictures in "
            "the Load Image nodes. Each picture is applied to the same checkpoint by its own IPAdapter node; STORM "

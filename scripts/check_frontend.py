@@ -434,6 +434,7 @@ DIT_CHIPS = {
     "qwen_image_syngen": (["a 0", "red 1", "crown 2", "and 3", "a 4", "golden 5", "strawberry 6"],
                           "Qwen-Image (Qwen2.5-VL)"),
     "z_image_attend_and_excite": (["a 3", "cat 4", "and 5", "a 6", "dog 7"], "Z-Image (Qwen3)"),
+    "krea2_storm_spatial": (["a 0", "cat 1", "to 2", "the 3", "left 4", "of 5", "a 6", "dog 7"], "Krea 2 (Qwen3-VL)"),
 }
 #: the example whose chip node ("a cat and a dog") the loader cases below connect other loaders to
 LOADER_CASES_ON = "z_image_attend_and_excite"
@@ -456,6 +457,9 @@ LOADER_CASES = (
      (["a 3", "cat 4", "and 5", "a 6", "dog 7"], "Flux.2 (Qwen3)")),
     # Flux.2 dev (its Mistral tokenizer is inside the file): CLIP columns
     ("CLIPLoader", {"type": "flux2", "clip_name": "mistral_3_small_flux2_bf16.safetensors"}, (CLIP_CHIPS, "")),
+    # Krea 2 (Qwen3-VL 4B; the rows Qwen-Image's template leaves, as Qwen-Image's)
+    ("CLIPLoader", {"type": "krea2", "clip_name": "qwen3vl_4b_fp8_scaled.safetensors"},
+     (["a 0", "cat 1", "and 2", "a 3", "dog 4"], "Krea 2 (Qwen3-VL)")),
 )
 CHIP_NODES = ("STORM_SubjectTokens", "STORM_PromptAnalysis")  # the nodes web/storm.js gives token chips
 
