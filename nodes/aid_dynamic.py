@@ -128,6 +128,11 @@ class RunsProgress:
 
         return progress
 
+    def finish(self) -> None:
+        """The bar at its end (the selection may have asked for fewer runs than it could)."""
+        if self.node is not None:
+            self.node.update(self.node.total)
+
 
 def dynamic_sequence(model, positive_a, positive_b, negative, guide, latent: dict, seed: int, steps: int, cfg: float,
                      sampler_name: str, scheduler: str, settings: InterpolationSettings, noise_b_seed: int | None,
@@ -172,6 +177,7 @@ def dynamic_sequence(model, positive_a, positive_b, negative, guide, latent: dic
     selection = dynamic_selection(generate, lambda x, y: cosine_distance(x.embedding, y.embedding),
                                   exploration_size=exploration_size, interpolation_size=interpolation_size,
                                   init_alpha=alpha, init_beta=beta)
+    runs.finish()
     samples = torch.cat([frame.latent for frame in selection.items], 0)
     name = "1 - cos of the CLIP vision model's image embeddings" if clip_vision is not None else \
         f"1 - cos of the decoded frames at {FALLBACK_SIDE} x {FALLBACK_SIDE} px, mean-centred (no CLIP vision model)"
