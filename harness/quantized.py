@@ -100,9 +100,10 @@ def quantized_state_dict(net: torch.nn.Module, fmt: str) -> tuple[dict[str, torc
 
     rows, cols = _BLOCK.get(fmt, (1, 1))
     options, entry = {}, {"format": fmt}
-    if fmt == INT8_CONVROT:  # per-row scales, as the released files have them
-        options = {"convrot": True, "convrot_groupsize": CONVROT_GROUP, "per_channel": True, "is_weight": True}
-        fmt, entry = "int8_tensorwise", {"format": "int8_tensorwise", "convrot": True, "convrot_groupsize": CONVROT_GROUP}
+    if fmt == INT8_CONVROT:  # the int8 format with ConvRot's parameters in its entry; per-row scales, as released
+        convrot = {"convrot": True, "convrot_groupsize": CONVROT_GROUP}
+        fmt = "int8_tensorwise"
+        options, entry = {**convrot, "per_channel": True, "is_weight": True}, {"format": fmt, **convrot}
     layout = QUANT_ALGOS[fmt]["comfy_tensor_layout"]
     linears = {name + ".weight" for name, m in net.named_modules() if isinstance(m, torch.nn.Linear)}
     out: dict[str, torch.Tensor] = {}

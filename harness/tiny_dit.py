@@ -18,8 +18,10 @@ them must be 4096 wide), Flux with CLIP-L (pooled only) and a thin T5 (its 256 r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
+from unittest import mock
 
 import torch
 
@@ -166,9 +168,13 @@ def _build_clip(arch: str, seed: int) -> Any:
     elif arch == "chroma":
         target = comfy.supported_models_base.ClipTarget(pixart_t5.PixArtTokenizer, pixart_t5.pixart_te())
     elif arch == "qwen_image":
-        return _build_qwen_clip(seed)
+        from comfy.text_encoders import qwen_image
+
+        target = comfy.supported_models_base.ClipTarget(qwen_image.QwenImageTokenizer, qwen_image.te())
     elif arch == "krea2":
-        return _build_krea2_clip(seed)
+        from comfy.text_encoders import krea2  # not in ComfyUI 0.3.64
+
+        target = comfy.supported_models_base.ClipTarget(krea2.Krea2Tokenizer, krea2.te())
     elif arch == "z_image":
         from comfy.text_encoders import z_image  # not in ComfyUI 0.3.64
 
@@ -177,57 +183,35 @@ def _build_clip(arch: str, seed: int) -> Any:
         target = comfy.supported_models_base.ClipTarget(flux.KleinTokenizer, flux.klein_te())
     else:
         target = comfy.supported_models_base.ClipTarget(flux.FluxTokenizer, flux.flux_clip())
-    clip = comfy.sd.CLIP(target=target, model_options=dict(_TEXT[arch]))
+    with _thin_vision_tower(arch):
+        clip = comfy.sd.CLIP(target=target, model_options=dict(_TEXT[arch]))
     initialise_weights(clip.cond_stage_model, seed + 1, keep=("logit_scale",))
     return clip
 
 
-def _build_qwen_clip(seed: int) -> Any:
-    """Qwen-Image's text encoder (the host's Qwen2.5-VL classes and tokenizer) at a thin width. The host always
-    builds the 658 M-parameter vision tower beside the language model; it is made thin while the encoder is
-    built (image prompts are not used here)."""
-    import comfy.sd
-    import comfy.supported_models_base
-    from comfy.text_encoders import qwen_image, qwen_vl
+@contextlib.contextmanager
+def _thin_vision_tower(arch: str):
+    """While open, the vision tower the host always builds beside a vision-language text encoder is thin: Qwen-Image's
+    Qwen2.5-VL (658 M parameters) and Krea 2's Qwen3-VL 4B (24 blocks of 1024). Image prompts are not used here; for
+    the other families nothing changes."""
+    with contextlib.ExitStack() as stack:
+        if arch == "qwen_image":
+            from comfy.text_encoders import qwen_vl
 
-    real = qwen_vl.Qwen2VLVisionTransformer
+            real = qwen_vl.Qwen2VLVisionTransformer
 
-    def thin_vision(*args, device=None, dtype=None, ops=None, **kwargs):
-        return real(hidden_size=16, output_hidden_size=_QWEN_TE_WIDTH, intermediate_size=32, num_heads=2,
-                    num_layers=1, device=device, dtype=dtype, ops=ops)
+            def thin_vision(*args, device=None, dtype=None, ops=None, **kwargs):
+                return real(hidden_size=16, output_hidden_size=_QWEN_TE_WIDTH, intermediate_size=32, num_heads=2,
+                            num_layers=1, device=device, dtype=dtype, ops=ops)
 
-    qwen_vl.Qwen2VLVisionTransformer = thin_vision
-    try:
-        clip = comfy.sd.CLIP(target=comfy.supported_models_base.ClipTarget(qwen_image.QwenImageTokenizer, qwen_image.te()),
-                             model_options=dict(_TEXT["qwen_image"]))
-    finally:
-        qwen_vl.Qwen2VLVisionTransformer = real
-    initialise_weights(clip.cond_stage_model, seed + 1, keep=("logit_scale",))
-    return clip
+            stack.enter_context(mock.patch.object(qwen_vl, "Qwen2VLVisionTransformer", thin_vision))
+        elif arch == "krea2":
+            from comfy.text_encoders import qwen3vl
 
-
-def _build_krea2_clip(seed: int) -> Any:
-    """Krea 2's text encoder (the host's Qwen3-VL 4B classes with its 12-layer tap, and its tokenizer) at a thin width.
-    The host builds Qwen3-VL's vision tower (24 blocks of 1024) beside the language model; its size is made thin
-    while the encoder is built (image prompts are not used here)."""
-    import comfy.sd
-    import comfy.supported_models_base
-    from comfy.text_encoders import krea2, qwen3vl
-
-    real, common = dict(qwen3vl.QWEN3VL_VISION), dict(qwen3vl.QWEN3VL_VISION_COMMON)
-    qwen3vl.QWEN3VL_VISION["qwen3vl_4b"] = {"hidden_size": 16, "intermediate_size": 32, "depth": 1,
-                                            "deepstack_visual_indexes": [0]}
-    qwen3vl.QWEN3VL_VISION_COMMON.update(num_heads=2, num_position_embeddings=64)
-    try:
-        clip = comfy.sd.CLIP(target=comfy.supported_models_base.ClipTarget(krea2.Krea2Tokenizer, krea2.te()),
-                             model_options=dict(_TEXT["krea2"]))
-    finally:
-        qwen3vl.QWEN3VL_VISION.clear()
-        qwen3vl.QWEN3VL_VISION.update(real)
-        qwen3vl.QWEN3VL_VISION_COMMON.clear()
-        qwen3vl.QWEN3VL_VISION_COMMON.update(common)
-    initialise_weights(clip.cond_stage_model, seed + 1, keep=("logit_scale",))
-    return clip
+            stack.enter_context(mock.patch.dict(qwen3vl.QWEN3VL_VISION, {"qwen3vl_4b": {
+                "hidden_size": 16, "intermediate_size": 32, "depth": 1, "deepstack_visual_indexes": [0]}}))
+            stack.enter_context(mock.patch.dict(qwen3vl.QWEN3VL_VISION_COMMON, num_heads=2, num_position_embeddings=64))
+        yield
 
 
 def build_tiny_dit(arch: str, *, seed: int = 0, dtype: torch.dtype = torch.float32,

@@ -1040,9 +1040,10 @@ def _memory_real_dit(arch: str, sizes: list[int], configs: list[tuple[int, ...]]
                                                               end_tokens="auto")[0]
         pixels = 16 if spec.arch == "flux2" else 8
         for size in sizes:
-            shape = (1, tm.channels, 1, size // pixels, size // pixels) if arch in ("qwen_image", "krea2") else \
-                (1, tm.channels, size // pixels, size // pixels)
-            latent = torch.zeros(shape)
+            # a one-frame video latent for the families whose latent format is a video's (Qwen-Image, Krea 2), as the
+            # host's samplers make it
+            latent = comfy.sample.fix_empty_latent_channels(tm.model, torch.zeros(1, tm.channels, size // pixels,
+                                                                                   size // pixels))
             sigmas = comfy.samplers.KSampler(tm.model, steps=1, device=tm.model.load_device, sampler="euler",
                                              scheduler="simple", model_options=tm.model.model_options).sigmas
             row = {"arch": arch, "name": spec.name, "blocks": list(blocks), "size": size}
